@@ -1,0 +1,15 @@
+// CPU backend of the ops: the reference every CUDA kernel is tested against. Arguments are
+// already checked by ops/.
+#pragma once
+
+#include "marlin/quant.h"
+#include "marlin/tensor.h"
+
+namespace marlin::cpu {
+
+// C[M, N] = A[M, K] @ dequant(W) (+ bias); C is preallocated with A's dtype.
+void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
+// C[M, N] = A[M, K] @ B[K, N] (+ bias) with B in f16, bf16 or f32.
+void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
+
+}  // namespace marlin::cpu

@@ -1,0 +1,144 @@
+// CPU GEMM over quantized or dense weights. Each task owns a block of output columns and rows:
+// it decodes a [k-chunk, 64] tile of the weight to f32 once and streams every row of A through
+// it, so each weight is decoded once per row block and the inner loop vectorizes over columns.
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "marlin/thread_pool.h"
+#include "quant/formats.h"
+
+namespace marlin::cpu {
+namespace {
+
+constexpr int64_t kColumnBlock = 64;
+constexpr int64_t kRowBlock = 64;
+
+float load_scalar(const void* base, DType t, int64_t i) {
+  switch (t) {
+    case DType::f32: return static_cast<const float*>(base)[i];
+    case DType::f16: return half_bits_to_float(static_cast<const uint16_t*>(base)[i]);
+    default: return bf16_bits_to_float(static_cast<const uint16_t*>(base)[i]);
+  }
+}
+
+void store_scalar(void* base, DType t, int64_t i, float v) {
+  switch (t) {
+    case DType::f32: static_cast<float*>(base)[i] = v; break;
+    case DType::f16: static_cast<uint16_t*>(base)[i] = float_to_half_bits(v); break;
+    default: static_cast<uint16_t*>(base)[i] = float_to_bf16_bits(v); break;
+  }
+}
+
+// Rows of A (contiguous, f16/bf16/f32) converted to f32 once.
+std::vector<float> to_f32(const Tensor& a) {
+  std::vector<float> out(static_cast<size_t>(a.numel()));
+  const void* p = a.data_ptr();
+  parallel_for(0, a.numel(), 1 << 16, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) out[static_cast<size_t>(i)] = load_scalar(p, a.dtype(), i);
+  });
+  return out;
+}
+
+// tile[kk][j] = W[k0 + kk][n0 + j] for kk < rows, j < width; columns past width are zero.
+using TileLoader = void (*)(const void* ctx, int64_t k0, int64_t rows, int64_t n0,
+                            int64_t width, float* tile);
+
+struct QuantContext {
+  const QuantizedWeight* w;
+};
+
+void load_quant_tile(const void* ctx, int64_t k0, int64_t rows, int64_t n0, int64_t width,
+                     float* tile) {
+  const QuantizedWeight& w = *static_cast<const QuantContext*>(ctx)->w;
+  const int bits = format_bits(w.format), P = format_values_per_word(w.format);
+  const uint32_t mask = (1u << bits) - 1u;
+  const uint32_t* packed = w.packed.data<uint32_t>();
+  const uint16_t* scales = static_cast<const uint16_t*>(w.scales.data_ptr());
+  // Decode tables: at most 256 entries, built per call of the tile (cheap next to the tile).
+  float table[256];
+  for (uint32_t c = 0; c <= mask; ++c) table[c] = quant::decode(w.format, c);
+  float scale[kColumnBlock];
+  int64_t group = -1;
+  for (int64_t kk = 0; kk < rows; ++kk) {
+    const int64_t k = k0 + kk;
+    if (k / w.group_size != group) {
+      group = k / w.group_size;
+      for (int64_t j = 0; j < width; ++j) scale[j] = half_bits_to_float(scales[group * w.N + n0 + j]);
+    }
+    const uint32_t* row = packed + (k / P) * w.N + n0;
+    const int shift = bits * static_cast<int>(k % P);
+    float* t = tile + kk * kColumnBlock;
+    for (int64_t j = 0; j < width; ++j) t[j] = table[(row[j] >> shift) & mask] * scale[j];
+    for (int64_t j = width; j < kColumnBlock; ++j) t[j] = 0.0f;
+  }
+}
+
+struct DenseContext {
+  const Tensor* b;
+};
+
+void load_dense_tile(const void* ctx, int64_t k0, int64_t rows, int64_t n0, int64_t width,
+                     float* tile) {
+  const Tensor& b = *static_cast<const DenseContext*>(ctx)->b;
+  const int64_t N = b.size(1);
+  for (int64_t kk = 0; kk < rows; ++kk) {
+    float* t = tile + kk * kColumnBlock;
+    for (int64_t j = 0; j < width; ++j) t[j] = load_scalar(b.data_ptr(), b.dtype(), (k0 + kk) * N + n0 + j);
+    for (int64_t j = width; j < kColumnBlock; ++j) t[j] = 0.0f;
+  }
+}
+
+void gemm_tiled(const Tensor& A, int64_t K, int64_t N, int64_t k_chunk, TileLoader load,
+                const void* ctx, const Tensor& bias, Tensor& C) {
+  const int64_t M = A.size(0);
+  const std::vector<float> a = to_f32(A);
+  const int64_t col_blocks = (N + kColumnBlock - 1) / kColumnBlock;
+  const int64_t row_blocks = (M + kRowBlock - 1) / kRowBlock;
+  parallel_for(0, col_blocks * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> tile(static_cast<size_t>(k_chunk * kColumnBlock));
+    std::vector<float> acc(static_cast<size_t>(kRowBlock * kColumnBlock));
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t n0 = (task % col_blocks) * kColumnBlock;
+      const int64_t m0 = (task / col_blocks) * kRowBlock;
+      const int64_t width = std::min(kColumnBlock, N - n0);
+      const int64_t rows = std::min(kRowBlock, M - m0);
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t k0 = 0; k0 < K; k0 += k_chunk) {
+        const int64_t kc = std::min(k_chunk, K - k0);
+        load(ctx, k0, kc, n0, width, tile.data());
+        for (int64_t m = 0; m < rows; ++m) {
+          const float* arow = a.data() + (m0 + m) * K + k0;
+          float* __restrict c = acc.data() + m * kColumnBlock;
+          for (int64_t kk = 0; kk < kc; ++kk) {
+            const float av = arow[kk];
+            const float* __restrict t = tile.data() + kk * kColumnBlock;
+            for (int64_t j = 0; j < kColumnBlock; ++j) c[j] += av * t[j];
+          }
+        }
+      }
+      for (int64_t m = 0; m < rows; ++m) {
+        for (int64_t j = 0; j < width; ++j) {
+          float v = acc[static_cast<size_t>(m * kColumnBlock + j)];
+          if (bias.defined()) v += load_scalar(bias.data_ptr(), bias.dtype(), n0 + j);
+          store_scalar(C.data_ptr(), C.dtype(), (m0 + m) * N + n0 + j, v);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace
+
+void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  QuantContext ctx{&W};
+  gemm_tiled(A, W.K, W.N, W.group_size, load_quant_tile, &ctx, bias, C);
+}
+
+void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C) {
+  DenseContext ctx{&B};
+  gemm_tiled(A, B.size(0), B.size(1), 128, load_dense_tile, &ctx, bias, C);
+}
+
+}  // namespace marlin::cpu

@@ -1,0 +1,23 @@
+// CUDA backend of the ops (launchers in kernels/cuda/*.cu). Arguments are already checked by
+// ops/; every launcher runs on the current stream of the tensors' device and checks the launch.
+#pragma once
+
+#include "marlin/quant.h"
+#include "marlin/tensor.h"
+
+namespace marlin::cuda {
+
+// Fills `out` (packed u32 [K/P, N], scales f16 [K/g, N], preallocated on the device).
+void quantize(const Tensor& weight, QuantFormat format, const QuantizeOptions& options,
+              QuantizedWeight& out);
+// out [K, N] in f16, bf16 or f32.
+void dequantize(const QuantizedWeight& weight, Tensor& out);
+// C[M, N] = A @ dequant(W) (+ bias): a fused split-K kernel for small M, dequant + cuBLAS
+// beyond it.
+void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
+// C = A @ B (+ bias) with cuBLAS, B f16/bf16 [K, N] of A's dtype.
+void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
+// Number of streaming multiprocessors of the device (cached).
+int multiprocessor_count(int device);
+
+}  // namespace marlin::cuda

@@ -1,0 +1,58 @@
+// Small device helpers shared by the CUDA kernels: 16-bit float loads/stores and the
+// value-to-template switch for activation dtypes.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "marlin/dtype.h"
+#include "marlin/error.h"
+
+namespace marlin::cuda {
+
+__device__ __forceinline__ float to_float(float v) { return v; }
+__device__ __forceinline__ float to_float(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_float(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// Bias of any float dtype, read as float; kind 0 means no bias.
+enum class BiasKind : int { none = 0, f16 = 1, bf16 = 2, f32 = 3 };
+__device__ __forceinline__ float load_bias(const void* bias, BiasKind kind, int64_t i) {
+  switch (kind) {
+    case BiasKind::f16: return __half2float(static_cast<const __half*>(bias)[i]);
+    case BiasKind::bf16: return __bfloat162float(static_cast<const __nv_bfloat16*>(bias)[i]);
+    case BiasKind::f32: return static_cast<const float*>(bias)[i];
+    default: return 0.0f;
+  }
+}
+
+inline BiasKind bias_kind(DType t, bool defined) {
+  if (!defined) return BiasKind::none;
+  return t == DType::f16 ? BiasKind::f16 : t == DType::bf16 ? BiasKind::bf16 : BiasKind::f32;
+}
+
+}  // namespace marlin::cuda
+
+// DISPATCH_FLOAT16(dtype, T, ...): runs the body with T = __half or __nv_bfloat16.
+#define MARLIN_DISPATCH_FLOAT16(dtype, T, op, ...)                                  \
+  do {                                                                              \
+    if ((dtype) == ::marlin::DType::f16) {                                          \
+      using T = __half;                                                             \
+      __VA_ARGS__                                                                   \
+    } else if ((dtype) == ::marlin::DType::bf16) {                                  \
+      using T = __nv_bfloat16;                                                      \
+      __VA_ARGS__                                                                   \
+    } else {                                                                        \
+      ::marlin::fail(op, "expected f16 or bf16, got ", ::marlin::dtype_name(dtype)); \
+    }                                                                               \
+  } while (0)

@@ -1,0 +1,389 @@
+// Quantized GEMM on CUDA over the canonical layout.
+//
+// Small M (decode): a fused split-K kernel. A warp covers 128 columns with one 16-byte load of
+// packed words per thread per row, so every weight byte is read once, coalesced; the 8 warps of
+// a block share the columns and split the block's K range, and blocks split K further when the
+// columns alone cannot fill the GPU. The last block of a column tile to finish sums the split
+// partials in a fixed order (deterministic), so one launch does everything.
+// Codes become floats with a few integer operations (no conversion instructions): the code's
+// bits are placed into an f32's sign/exponent/mantissa fields, which yields the value times a
+// power of two that is folded into A (staged in shared memory) and the scales.
+//
+// Larger M: dequantize to A's dtype and run cuBLAS (tensor cores).
+#include <cublas_v2.h>
+
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/builtin_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "marlin/stream.h"
+
+namespace marlin::cuda {
+namespace {
+
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStageK = 256;  // k values of A staged in shared memory per step
+constexpr int kMaxSkinnyM = 8;
+
+template <QuantFormat F>
+struct Codec;
+
+// E2M1 nibble s.e1e0.m -> f32 bits s | e1e0 << 23 | m << 22: the value times 2^-126.
+template <>
+struct Codec<QuantFormat::fp4_e2m1> {
+  static constexpr int P = 8;
+  static constexpr float a_prescale = 9.223372036854775808e18f;  // 2^63
+  static constexpr float s_prescale = 9.223372036854775808e18f;  // 2^63
+  template <int J>
+  __device__ __forceinline__ static float decode(uint32_t q) {
+    constexpr int sign_shift = 28 - 4 * J;
+    const uint32_t body = (22 - 4 * J >= 0) ? (q << (22 - 4 * J >= 0 ? 22 - 4 * J : 0))
+                                            : (q >> (4 * J - 22 > 0 ? 4 * J - 22 : 0));
+    return __uint_as_float(((q << sign_shift) & 0x80000000u) | (body & 0x01c00000u));
+  }
+  __device__ __forceinline__ static float scaled(float code_value, float s) { return code_value * s; }
+};
+
+// E4M3 byte s.eeee.mmm -> f32 bits s | eeee.mmm << 20: the value times 2^-120.
+template <>
+struct Codec<QuantFormat::fp8_e4m3> {
+  static constexpr int P = 4;
+  static constexpr float a_prescale = 1.152921504606846976e18f;  // 2^60
+  static constexpr float s_prescale = 1.152921504606846976e18f;  // 2^60
+  template <int J>
+  __device__ __forceinline__ static float decode(uint32_t q) {
+    constexpr int sign_shift = 24 - 8 * J;
+    const uint32_t body = (20 - 8 * J >= 0) ? (q << (20 - 8 * J >= 0 ? 20 - 8 * J : 0))
+                                            : (q >> (8 * J - 20 > 0 ? 8 * J - 20 : 0));
+    return __uint_as_float(((q << sign_shift) & 0x80000000u) | (body & 0x07f00000u));
+  }
+  __device__ __forceinline__ static float scaled(float code_value, float s) { return code_value * s; }
+};
+
+// INT2 code c -> f32 bits 0x4b000000 | c, i.e. 2^23 + c; subtracting 2^23 gives c exactly.
+template <>
+struct Codec<QuantFormat::int2> {
+  static constexpr int P = 16;
+  static constexpr float a_prescale = 1.0f;
+  static constexpr float s_prescale = 1.0f;
+  template <int J>
+  __device__ __forceinline__ static float decode(uint32_t q) {
+    return __uint_as_float(0x4b000000u | ((q >> (2 * J)) & 3u));
+  }
+  __device__ __forceinline__ static float scaled(float code_value, float s) {
+    return fmaf(code_value - 8388608.0f, s, -1.5f * s);  // (c - 1.5) * s, rounded once
+  }
+};
+
+template <QuantFormat F, int J, int P>
+struct DecodeAll {
+  __device__ __forceinline__ static void run(uint32_t q, float s, float* w) {
+    w[J] = Codec<F>::scaled(Codec<F>::template decode<J>(q), s);
+    DecodeAll<F, J + 1, P>::run(q, s, w);
+  }
+};
+template <QuantFormat F, int P>
+struct DecodeAll<F, P, P> {
+  __device__ __forceinline__ static void run(uint32_t, float, float*) {}
+};
+
+template <int CPT>
+__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[CPT]) {
+  if constexpr (CPT == 4) {
+    // Streamed once: keep it out of L1.
+    uint4 v;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+                 : "l"(p));
+    w[0] = v.x;
+    w[1] = v.y;
+    w[2] = v.z;
+    w[3] = v.w;
+  } else {
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) w[c] = __ldg(p + c);
+  }
+}
+
+template <QuantFormat F, int MT, int CPT, typename TA>
+__global__ void __launch_bounds__(kThreads)
+    gemm_q_skinny_kernel(const TA* __restrict__ A, const uint32_t* __restrict__ packed,
+                         const __half* __restrict__ scales, const void* __restrict__ bias,
+                         BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
+                         unsigned* __restrict__ counters, int M, int N, int K, int group_size,
+                         int k_per_split) {
+  using Cd = Codec<F>;
+  constexpr int P = Cd::P;
+  constexpr int kRowsPerStep = kStageK / P;
+  constexpr int kRowsPerWarp = kRowsPerStep / kWarps;
+  constexpr int kTileCols = 32 * CPT;
+  static_assert(kRowsPerWarp >= 1, "stage too small");
+
+  __shared__ float a_s[MT][kStageK];
+  __shared__ float red[kWarps][MT][kTileCols];
+  __shared__ bool is_last_block;
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int col0 = blockIdx.x * kTileCols + lane * CPT;
+  const bool active = col0 < N;
+  const int kbeg = blockIdx.y * k_per_split;
+  const int kend = min(K, kbeg + k_per_split);
+
+  float acc[MT][CPT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) acc[m][c] = 0.0f;
+
+  for (int kc = kbeg; kc < kend; kc += kStageK) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < MT * kStageK; i += kThreads) {
+      const int m = i / kStageK, kk = i % kStageK;
+      float v = 0.0f;
+      if (m < M && kc + kk < kend) v = to_float(A[static_cast<int64_t>(m) * K + kc + kk]) * Cd::a_prescale;
+      a_s[m][kk] = v;
+    }
+    __syncthreads();
+    if (!active) continue;
+    uint32_t words[kRowsPerWarp][CPT];
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      const int k = kc + (warp * kRowsPerWarp + i) * P;
+      if (k < kend) {
+        load_words<CPT>(packed + static_cast<int64_t>(k / P) * N + col0, words[i]);
+      } else {
+#pragma unroll
+        for (int c = 0; c < CPT; ++c) words[i][c] = 0;
+      }
+    }
+#pragma unroll
+    for (int i = 0; i < kRowsPerWarp; ++i) {
+      const int kl = (warp * kRowsPerWarp + i) * P;
+      const int k = kc + kl;
+      if (k >= kend) break;
+      const __half* srow = scales + static_cast<int64_t>(k / group_size) * N + col0;
+#pragma unroll
+      for (int c = 0; c < CPT; ++c) {
+        const float s = __half2float(srow[c]) * Cd::s_prescale;
+        float w[P];
+        DecodeAll<F, 0, P>::run(words[i][c], s, w);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+#pragma unroll
+          for (int j = 0; j < P; ++j) acc[m][c] = fmaf(a_s[m][kl + j], w[j], acc[m][c]);
+        }
+      }
+    }
+  }
+
+  // Sum the warps' partial dot products.
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) red[warp][m][lane * CPT + c] = acc[m][c];
+  __syncthreads();
+  const bool split = gridDim.y > 1;
+  for (int i = threadIdx.x; i < MT * kTileCols; i += kThreads) {
+    const int m = i / kTileCols, cl = i % kTileCols;
+    const int col = blockIdx.x * kTileCols + cl;
+    if (m >= M || col >= N) continue;
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v += red[w][m][cl];
+    if (!split) {
+      C[static_cast<int64_t>(m) * N + col] = from_float<TA>(v + load_bias(bias, bias_kind, col));
+    } else {
+      partials[(static_cast<int64_t>(blockIdx.y) * M + m) * N + col] = v;
+    }
+  }
+  if (!split) return;
+
+  // The last block of this column tile sums the partials of all splits, in split order.
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
+  __syncthreads();
+  if (!is_last_block) return;
+  __threadfence();
+  for (int i = threadIdx.x; i < MT * kTileCols; i += kThreads) {
+    const int m = i / kTileCols, cl = i % kTileCols;
+    const int col = blockIdx.x * kTileCols + cl;
+    if (m >= M || col >= N) continue;
+    float v = 0.0f;
+    for (unsigned s = 0; s < gridDim.y; ++s) v += __ldcg(partials + (static_cast<int64_t>(s) * M + m) * N + col);
+    C[static_cast<int64_t>(m) * N + col] = from_float<TA>(v + load_bias(bias, bias_kind, col));
+  }
+  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+}
+
+template <typename T>
+__global__ void add_bias_kernel(T* __restrict__ C, const void* __restrict__ bias, BiasKind kind,
+                                int64_t M, int64_t N) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < M * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    C[i] = from_float<T>(to_float(C[i]) + load_bias(bias, kind, i % N));
+}
+
+// Per-device scratch of the split-K kernel: partial sums and the column tiles' arrival
+// counters (zeroed once; the kernel leaves them zero).
+struct SplitWorkspace {
+  Tensor partials;
+  Tensor counters;
+};
+
+SplitWorkspace& split_workspace(int device, int64_t partial_floats, int64_t tiles) {
+  static std::mutex mutex;
+  static std::vector<SplitWorkspace> per_device(64);
+  std::lock_guard<std::mutex> lock(mutex);
+  SplitWorkspace& ws = per_device.at(static_cast<size_t>(device));
+  if (!ws.partials.defined() || ws.partials.numel() < partial_floats)
+    ws.partials = Tensor::empty({std::max<int64_t>(partial_floats, 1 << 20)}, DType::f32, Device::cuda(device));
+  if (!ws.counters.defined() || ws.counters.numel() < tiles)
+    ws.counters = Tensor::zeros({std::max<int64_t>(tiles, 4096)}, DType::u32, Device::cuda(device));
+  return ws;
+}
+
+cublasHandle_t cublas_handle(int device) {
+  static std::mutex mutex;
+  static std::vector<cublasHandle_t> handles(64, nullptr);
+  std::lock_guard<std::mutex> lock(mutex);
+  cublasHandle_t& h = handles.at(static_cast<size_t>(device));
+  if (!h) {
+    MARLIN_CUDA_CHECK(cudaSetDevice(device), "cublas");
+    MARLIN_CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublas", "cublasCreate failed on cuda:", device);
+  }
+  return h;
+}
+
+template <QuantFormat F, int MT, int CPT, typename TA>
+void launch_skinny(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                   cudaStream_t stream) {
+  const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
+  const int device = A.device().index;
+  const int tiles = (N + 32 * CPT - 1) / (32 * CPT);
+  // Enough blocks for about four per SM, but at least one stage of K per block.
+  const int sms = multiprocessor_count(device);
+  int splits = std::max(1, std::min((4 * sms + tiles - 1) / tiles, K / kStageK));
+  int k_per_split = (K + splits - 1) / splits;
+  k_per_split = (k_per_split + kStageK - 1) / kStageK * kStageK;
+  splits = (K + k_per_split - 1) / k_per_split;
+  float* partials = nullptr;
+  unsigned* counters = nullptr;
+  if (splits > 1) {
+    SplitWorkspace& ws = split_workspace(device, static_cast<int64_t>(splits) * M * N, tiles);
+    partials = ws.partials.data<float>();
+    counters = ws.counters.data<unsigned>();
+  }
+  gemm_q_skinny_kernel<F, MT, CPT, TA><<<dim3(tiles, splits), kThreads, 0, stream>>>(
+      static_cast<const TA*>(A.data_ptr()), W.packed.data<uint32_t>(),
+      static_cast<const __half*>(W.scales.data_ptr()), bias.defined() ? bias.data_ptr() : nullptr,
+      bias_kind(bias.dtype(), bias.defined()), static_cast<TA*>(C.data_ptr()), partials, counters,
+      M, N, K, W.group_size, k_per_split);
+  MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
+}
+
+template <QuantFormat F, typename TA>
+void dispatch_skinny(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                     cudaStream_t stream) {
+  const int64_t M = A.size(0);
+  const bool vector4 = W.N % 4 == 0 && reinterpret_cast<uintptr_t>(W.packed.data_ptr()) % 16 == 0;
+#define MARLIN_SKINNY_M(MT)                                          \
+  if (M <= MT) {                                                     \
+    if (vector4) launch_skinny<F, MT, 4, TA>(A, W, bias, C, stream); \
+    else launch_skinny<F, MT, 1, TA>(A, W, bias, C, stream);         \
+    return;                                                          \
+  }
+  MARLIN_SKINNY_M(1)
+  MARLIN_SKINNY_M(2)
+  MARLIN_SKINNY_M(4)
+  MARLIN_SKINNY_M(8)
+#undef MARLIN_SKINNY_M
+}
+
+// C[M, N] = A[M, K] @ B[K, N], all row-major, through cuBLAS's column-major view:
+// C^T[N, M] = B^T[N, K] @ A^T[K, M].
+void cublas_gemm(const Tensor& A, const void* B, int64_t K, int64_t N, Tensor& C, cudaStream_t stream) {
+  const int device = A.device().index;
+  cublasHandle_t h = cublas_handle(device);
+  cublasSetStream(h, stream);
+  const cudaDataType_t t = A.dtype() == DType::f16 ? CUDA_R_16F : CUDA_R_16BF;
+  const float alpha = 1.0f, beta = 0.0f;
+  const cublasStatus_t st = cublasGemmEx(
+      h, CUBLAS_OP_N, CUBLAS_OP_N, static_cast<int>(N), static_cast<int>(A.size(0)),
+      static_cast<int>(K), &alpha, B, t, static_cast<int>(N), A.data_ptr(), t, static_cast<int>(K),
+      &beta, C.data_ptr(), t, static_cast<int>(N), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+  MARLIN_CHECK(st == CUBLAS_STATUS_SUCCESS, "gemm", "cublasGemmEx failed (status ", static_cast<int>(st),
+               ") for M=", A.size(0), ", N=", N, ", K=", K);
+}
+
+void add_bias(Tensor& C, const Tensor& bias, cudaStream_t stream) {
+  if (!bias.defined()) return;
+  const int64_t total = C.numel();
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + 255) / 256, 65535));
+  MARLIN_DISPATCH_FLOAT16(C.dtype(), T, "gemm", {
+    add_bias_kernel<T><<<blocks, 256, 0, stream>>>(static_cast<T*>(C.data_ptr()), bias.data_ptr(),
+                                                   bias_kind(bias.dtype(), true), C.size(0), C.size(1));
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("gemm");
+}
+
+}  // namespace
+
+int multiprocessor_count(int device) {
+  static std::mutex mutex;
+  static std::vector<int> counts(64, 0);
+  std::lock_guard<std::mutex> lock(mutex);
+  int& n = counts.at(static_cast<size_t>(device));
+  if (n == 0) MARLIN_CUDA_CHECK(cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device), "multiprocessor_count");
+  return n;
+}
+
+void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
+  if (A.size(0) <= kMaxSkinnyM) {
+    MARLIN_DISPATCH_FLOAT16(A.dtype(), TA, "gemm_q", {
+      switch (W.format) {
+        case QuantFormat::fp4_e2m1: dispatch_skinny<QuantFormat::fp4_e2m1, TA>(A, W, bias, C, stream); break;
+        case QuantFormat::fp8_e4m3: dispatch_skinny<QuantFormat::fp8_e4m3, TA>(A, W, bias, C, stream); break;
+        case QuantFormat::int2: dispatch_skinny<QuantFormat::int2, TA>(A, W, bias, C, stream); break;
+      }
+    });
+    return;
+  }
+  // Prefill: one dequantization pass, then tensor-core GEMM. The buffer comes from the caching
+  // allocator, so repeated calls do not reach cudaMalloc.
+  Tensor dense = Tensor::empty({W.K, W.N}, A.dtype(), A.device());
+  dequantize(W, dense);
+  cublas_gemm(A, dense.data_ptr(), W.K, W.N, C, stream);
+  add_bias(C, bias, stream);
+}
+
+void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C) {
+  cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
+  cublas_gemm(A, B.data_ptr(), B.size(0), B.size(1), C, stream);
+  add_bias(C, bias, stream);
+}
+
+void append_gemm_kernels(std::vector<BuiltinKernel>& out) {
+  out.push_back({"gemm_fp4_m1_f16", reinterpret_cast<const void*>(&gemm_q_skinny_kernel<QuantFormat::fp4_e2m1, 1, 4, __half>)});
+  out.push_back({"gemm_fp8_m1_f16", reinterpret_cast<const void*>(&gemm_q_skinny_kernel<QuantFormat::fp8_e4m3, 1, 4, __half>)});
+  out.push_back({"gemm_int2_m1_f16", reinterpret_cast<const void*>(&gemm_q_skinny_kernel<QuantFormat::int2, 1, 4, __half>)});
+  out.push_back({"add_bias_f16", reinterpret_cast<const void*>(&add_bias_kernel<__half>)});
+}
+
+const std::vector<BuiltinKernel>& builtin_kernels() {
+  static const std::vector<BuiltinKernel> kernels = [] {
+    std::vector<BuiltinKernel> k;
+    append_quant_kernels(k);
+    append_gemm_kernels(k);
+    return k;
+  }();
+  return kernels;
+}
+
+}  // namespace marlin::cuda

@@ -1,0 +1,128 @@
+// CUDA quantizer and dequantizer. The quantizer runs the same scalar code as the CPU reference
+// (quant/formats.h; this file is built with -fmad=false) so both give identical codes and scales.
+#include "core/cuda_check.h"
+#include "kernels/cuda/builtin_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "marlin/stream.h"
+#include "quant/formats.h"
+
+namespace marlin::cuda {
+namespace {
+
+// One thread per (group, column): columns are adjacent across a warp, so loads coalesce.
+template <typename T>
+__global__ void quantize_kernel(const T* __restrict__ weight, int64_t K, int64_t N,
+                                QuantFormat format, QuantizeOptions opt,
+                                uint32_t* __restrict__ packed, uint16_t* __restrict__ scales,
+                                int* __restrict__ bad_value) {
+  const int64_t n = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (n >= N) return;
+  const int g = opt.group_size;
+  const int bits = format_bits(format), P = 32 / bits;
+  for (int64_t group = blockIdx.y; group < K / g; group += gridDim.y) {
+    const T* col = weight + group * g * N + n;
+    auto load = [&](int i) { return to_float(col[static_cast<int64_t>(i) * N]); };
+    bool finite = true;
+    for (int i = 0; i < g; ++i) finite &= isfinite(load(i));
+    if (!finite) {
+      atomicExch(bad_value, 1);
+      return;
+    }
+    const float scale = quant::choose_group_scale(format, load, g, opt);
+    if (!isfinite(scale)) atomicExch(bad_value, 2);
+    scales[group * N + n] = float_to_half_bits(scale);
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    for (int i = 0; i < g; i += P) {
+      uint32_t word = 0;
+      for (int v = 0; v < P; ++v) word |= quant::encode(format, load(i + v) * inv) << (bits * v);
+      packed[(group * g + i) / P * N + n] = word;
+    }
+  }
+}
+
+// One thread per packed word: decodes its P values down column n.
+template <typename TOut>
+__global__ void dequantize_kernel(const uint32_t* __restrict__ packed,
+                                  const uint16_t* __restrict__ scales, int64_t K, int64_t N,
+                                  int group_size, QuantFormat format, TOut* __restrict__ out) {
+  const int bits = format_bits(format), P = 32 / bits;
+  const uint32_t mask = (1u << bits) - 1u;
+  const int64_t words = K / P * N;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < words;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t row = i / N, n = i % N;
+    const uint32_t q = __ldg(packed + i);
+    const float s = half_bits_to_float(__ldg(scales + (row * P / group_size) * N + n));
+    for (int j = 0; j < P; ++j)
+      out[(row * P + j) * N + n] = from_float<TOut>(quant::decode(format, (q >> (bits * j)) & mask) * s);
+  }
+}
+
+cudaStream_t stream_of(const Tensor& t) {
+  return static_cast<cudaStream_t>(current_stream(t.device().index).handle);
+}
+
+}  // namespace
+
+void quantize(const Tensor& weight, QuantFormat format, const QuantizeOptions& options,
+              QuantizedWeight& out) {
+  constexpr const char* op = "quantize";
+  const int64_t K = weight.size(0), N = weight.size(1);
+  cudaStream_t stream = stream_of(weight);
+  Tensor flag = Tensor::zeros({1}, DType::i32, weight.device());
+  const dim3 block(128);
+  const dim3 grid(static_cast<unsigned>((N + 127) / 128),
+                  static_cast<unsigned>(std::min<int64_t>(K / options.group_size, 65535)));
+  auto* packed = out.packed.data<uint32_t>();
+  auto* scales = static_cast<uint16_t*>(out.scales.data_ptr());
+  switch (weight.dtype()) {
+    case DType::f32:
+      quantize_kernel<<<grid, block, 0, stream>>>(weight.data<float>(), K, N, format, options, packed, scales, flag.data<int>());
+      break;
+    case DType::f16:
+      quantize_kernel<<<grid, block, 0, stream>>>(static_cast<const __half*>(weight.data_ptr()), K, N, format, options, packed, scales, flag.data<int>());
+      break;
+    default:
+      quantize_kernel<<<grid, block, 0, stream>>>(static_cast<const __nv_bfloat16*>(weight.data_ptr()), K, N, format, options, packed, scales, flag.data<int>());
+      break;
+  }
+  MARLIN_CUDA_CHECK_LAUNCH(op);
+  // Quantization is a load-time step: one synchronisation to report bad weights is fine.
+  const int bad = flag.to(Device::cpu()).data<int>()[0];
+  MARLIN_CHECK(bad != 1, op, "weight ", weight.describe(), " contains NaN or infinity");
+  MARLIN_CHECK(bad != 2, op, "weight ", weight.describe(),
+               " has a group whose absmax is too large for an fp16 scale");
+}
+
+void dequantize(const QuantizedWeight& w, Tensor& out) {
+  const int64_t words = w.packed.numel();
+  const int threads = 256;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((words + threads - 1) / threads, 65535 * 8));
+  cudaStream_t stream = stream_of(w.packed);
+  const auto* packed = w.packed.data<uint32_t>();
+  const auto* scales = static_cast<const uint16_t*>(w.scales.data_ptr());
+  switch (out.dtype()) {
+    case DType::f32:
+      dequantize_kernel<<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, w.format, out.data<float>());
+      break;
+    case DType::f16:
+      dequantize_kernel<<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, w.format, static_cast<__half*>(out.data_ptr()));
+      break;
+    default:
+      dequantize_kernel<<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, w.format, static_cast<__nv_bfloat16*>(out.data_ptr()));
+      break;
+  }
+  MARLIN_CUDA_CHECK_LAUNCH("dequantize");
+}
+
+void append_quant_kernels(std::vector<BuiltinKernel>& out) {
+  out.push_back({"quantize_f32", reinterpret_cast<const void*>(&quantize_kernel<float>)});
+  out.push_back({"quantize_f16", reinterpret_cast<const void*>(&quantize_kernel<__half>)});
+  out.push_back({"quantize_bf16", reinterpret_cast<const void*>(&quantize_kernel<__nv_bfloat16>)});
+  out.push_back({"dequantize_f32", reinterpret_cast<const void*>(&dequantize_kernel<float>)});
+  out.push_back({"dequantize_f16", reinterpret_cast<const void*>(&dequantize_kernel<__half>)});
+  out.push_back({"dequantize_bf16", reinterpret_cast<const void*>(&dequantize_kernel<__nv_bfloat16>)});
+}
+
+}  // namespace marlin::cuda
