@@ -4,5 +4,7 @@
 #include <CLI/CLI.hpp>
 
 namespace marlin::cli {
-void register_bench(CLI::App& app);
+void register_bench(CLI::App& app);     // bench.cpp
+void register_tokenize(CLI::App& app);  // tokenize.cpp
+void register_preprocess(CLI::App& app);  // preprocess.cpp
 }  // namespace marlin::cli

@@ -9,6 +9,8 @@ int main(int argc, char** argv) {
   CLI::App app{"marlin: quantized LLM inference on CUDA and CPU"};
   app.require_subcommand(1);
   marlin::cli::register_bench(app);
+  marlin::cli::register_tokenize(app);
+  marlin::cli::register_preprocess(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

@@ -20,4 +20,9 @@ Tensor gemm_q(const Tensor& A, const QuantizedWeight& weight, const Tensor& bias
 // C[M, N] = A[M, K] @ B[K, N] for unquantized f16/bf16 weights (cuBLAS on CUDA): the baseline.
 Tensor gemm(const Tensor& A, const Tensor& B, const Tensor& bias = {});
 
+// Values ~ N(0, stddev^2) in a float dtype, made on `device` from a counter-based generator:
+// the same seed gives the same tensor at any thread count.
+Tensor random_normal(const Shape& shape, DType dtype, Device device, uint64_t seed,
+                     float stddev = 1.0f);
+
 }  // namespace marlin::ops

@@ -12,4 +12,7 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
 // C[M, N] = A[M, K] @ B[K, N] (+ bias) with B in f16, bf16 or f32.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 
+// out (contiguous f32/f16/bf16) = stddev * N(0, 1) from the counter-based generator.
+void random_normal(Tensor& out, uint64_t seed, float stddev);
+
 }  // namespace marlin::cpu

@@ -17,6 +17,8 @@ void dequantize(const QuantizedWeight& weight, Tensor& out);
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
 // C = A @ B (+ bias) with cuBLAS, B f16/bf16 [K, N] of A's dtype.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
+// out (contiguous f32/f16/bf16) = stddev * N(0, 1) from the counter-based generator.
+void random_normal(Tensor& out, uint64_t seed, float stddev);
 // Number of streaming multiprocessors of the device (cached).
 int multiprocessor_count(int device);
 

@@ -1,0 +1,8 @@
+// The `marlin bench` subcommands.
+#pragma once
+
+#include <CLI/CLI.hpp>
+
+namespace marlin::cli {
+void register_bench_gemm(CLI::App& bench);  // bench_gemm.cpp
+}  // namespace marlin::cli
