@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# One call on the GPU machine: build for the GPU present with every core, run all tests (the
+# GPU-only `cuda` label included), run the benchmarks, and end with a short summary.
+# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick]
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-out}
+mkdir -p "$out"
+export NCCL_NVLS_ENABLE=0
+nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+start=$(date +%s)
+if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/configure.log" 2>&1; then
+  tail -30 "$out/configure.log"; exit 1
+fi
+if ! cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1; then
+  grep -E "error|Error" "$out/build.log" | head -40; exit 1
+fi
+echo "build: $(( $(date +%s) - start )) s"
+grep -E "spill|Used [0-9]+ registers" "$out/build.log" | head -5
+ctest --test-dir build-gpu --output-on-failure >"$out/tests.log" 2>&1
+test_rc=$?
+grep -E "tests passed|Failed|FAILED|\*\*\*" "$out/tests.log" | head -40
+if [ "${1:-}" != "quick" ]; then
+  ./build-gpu/marlin bench gemm --m 1,4,16,32,64,256,1024,4096 --iters 50 2>&1 | tee "$out/bench_gemm.txt"
+fi
+echo "tests exit code: $test_rc"
