@@ -34,11 +34,10 @@ MARLIN_HD uint32_t float_to_fp4_e2m1(float x) {
 
 MARLIN_HD float int2_to_float(uint32_t code) { return static_cast<float>(code & 3u) - 1.5f; }
 
-// Nearest of -1.5, -0.5, 0.5, 1.5 to x (already divided by the scale).
+// Nearest of -1.5, -0.5, 0.5, 1.5 to x (already divided by the scale); ties go up. Comparisons
+// only, so the CPU and CUDA quantizers agree bit for bit whatever the compilers contract.
 MARLIN_HD uint32_t float_to_int2(float x) {
-  float c = x + 2.0f;
-  c = c < 0.0f ? 0.0f : (c > 3.0f ? 3.0f : c);
-  return static_cast<uint32_t>(c);  // floor for c >= 0
+  return x < -1.0f ? 0u : x < 0.0f ? 1u : x < 1.0f ? 2u : 3u;
 }
 
 MARLIN_HD float decode(QuantFormat f, uint32_t code) {

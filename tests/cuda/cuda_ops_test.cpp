@@ -53,8 +53,12 @@ TEST_F(Cuda, QuantizeMatchesCpuBitForBit) {
         const QuantizeOptions opt{.group_size = 64, .method = method};
         QuantizedWeight cpu = ops::quantize(w, f, opt);
         QuantizedWeight gpu_q = ops::quantize(w.to(gpu), f, opt);
-        EXPECT_EQ(gpu_q.packed.to(Device::cpu()).to_float_vector(), cpu.packed.to_float_vector())
-            << format_name(f) << " " << dtype_name(dt);
+        const Tensor got = gpu_q.packed.to(Device::cpu());
+        int64_t mismatches = 0, first = -1;
+        for (int64_t i = 0; i < got.numel(); ++i)
+          if (got.data<uint32_t>()[i] != cpu.packed.data<uint32_t>()[i] && mismatches++ == 0) first = i;
+        EXPECT_EQ(mismatches, 0) << format_name(f) << " " << dtype_name(dt) << " method "
+                                 << static_cast<int>(method) << ", first at word " << first;
         EXPECT_EQ(gpu_q.scales.to(Device::cpu()).to_float_vector(), cpu.scales.to_float_vector())
             << format_name(f) << " " << dtype_name(dt);
       }
