@@ -89,10 +89,17 @@ void run(const Options& o) {
     for (QuantFormat f : formats) {
       std::vector<QuantizedWeight> copies;
       const Tensor w = ops::random_normal({K, N}, DType::f16, device, 7, 0.02f);
-      const QuantizedWeight q = ops::quantize(w, f, {.group_size = o.group_size});
+      QuantizedWeight q = ops::quantize(w, f, {.group_size = o.group_size});
+      ops::prepare_for_gemm(q);
       const int n_copies = copies_for(static_cast<double>(q.nbytes()), o.rotate_mib, device);
       copies.push_back(q);
-      for (int c = 1; c < n_copies; ++c) copies.push_back(QuantizedWeight{q.packed.clone(), q.scales.clone(), f, q.group_size, K, N});
+      for (int c = 1; c < n_copies; ++c) {
+        QuantizedWeight copy = q;
+        copy.packed = q.packed.clone();
+        copy.scales = q.scales.clone();
+        if (q.tiled.defined()) copy.tiled = q.tiled.clone();
+        copies.push_back(copy);
+      }
       quantized.push_back(std::move(copies));
     }
     for (int64_t M : ms) {

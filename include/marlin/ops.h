@@ -13,6 +13,11 @@ QuantizedWeight quantize(const Tensor& weight, QuantFormat format,
 // Dequantizes to [K, N] in f16, bf16 or f32 on the weight's device.
 Tensor dequantize(const QuantizedWeight& weight, DType out_dtype = DType::f16);
 
+// Repacks W once into the device's tile layout (W.tiled) so gemm_q can use the tensor-core
+// kernel; a no-op on the CPU or where the kernel does not apply (then gemm_q uses the canonical
+// layout). Plan-then-run: do it at load time, never per call.
+void prepare_for_gemm(QuantizedWeight& weight);
+
 // C[M, N] = A[M, K] @ dequant(W) (+ bias[N]). A is f16 or bf16, C has A's dtype; bias is
 // f16, bf16 or f32. All tensors on one device. Accumulates in f32.
 Tensor gemm_q(const Tensor& A, const QuantizedWeight& weight, const Tensor& bias = {});

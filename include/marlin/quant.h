@@ -46,6 +46,9 @@ struct QuantizedWeight {
   QuantFormat format = QuantFormat::fp4_e2m1;
   int group_size = 128;
   int64_t K = 0, N = 0;
+  // The device's tile layout for the tensor-core GEMM, made once by ops::prepare_for_gemm
+  // (empty until then; dropped by to()). The canonical tensors above stay the source of truth.
+  Tensor tiled;
 
   Device device() const { return packed.device(); }
   QuantizedWeight to(Device device) const;

@@ -17,7 +17,14 @@ bool on_library_device(KernelLibrary& lib, Device device) {
 QuantizedWeight as_weight(const char* op, const Tensor& packed, const Tensor& scales,
                           QuantFormat format, int64_t K, int64_t N, int group_size) {
   check_quantized_layout(op, packed, scales, format, K, N, group_size);
-  return QuantizedWeight{packed, scales, format, group_size, K, N};
+  QuantizedWeight w;
+  w.packed = packed;
+  w.scales = scales;
+  w.format = format;
+  w.group_size = group_size;
+  w.K = K;
+  w.N = N;
+  return w;
 }
 
 Tensor dispatch_gemm(const char* op, QuantFormat format, KernelLibrary& lib, const Tensor& A,

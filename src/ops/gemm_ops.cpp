@@ -1,4 +1,7 @@
 // ops::gemm_q / ops::gemm: the argument checks shared by every backend, then dispatch.
+#include <algorithm>
+#include <cmath>
+
 #include "kernels/cpu/cpu_kernels.h"
 #include "marlin/ops.h"
 #ifdef MARLIN_WITH_CUDA
@@ -32,6 +35,18 @@ void check_bias(const char* op, const Tensor& bias, int64_t N, Device device) {
 }
 
 }  // namespace
+
+void prepare_for_gemm(QuantizedWeight& W) {
+  check_quantized_layout("prepare_for_gemm", W.packed, W.scales, W.format, W.K, W.N, W.group_size);
+  if (!W.device().is_cuda() || W.tiled.defined()) return;
+#ifdef MARLIN_WITH_CUDA
+  // The kernel multiplies decoded codes by the scale times a power of two in fp16: weights
+  // whose scales would overflow that keep the canonical-layout kernels.
+  float max_abs_scale = 0.0f;
+  for (float s : W.scales.to_float_vector()) max_abs_scale = std::max(max_abs_scale, std::fabs(s));
+  if (cuda::mma_supported(W, max_abs_scale)) W.tiled = cuda::repack_tiled(W);
+#endif
+}
 
 Tensor gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias) {
   constexpr const char* op = "gemm_q";

@@ -59,6 +59,7 @@ QuantizedWeight QuantizedWeight::to(Device device) const {
   QuantizedWeight w = *this;
   w.packed = packed.to(device);
   w.scales = scales.to(device);
+  w.tiled = Tensor();
   return w;
 }
 

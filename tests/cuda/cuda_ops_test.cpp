@@ -99,13 +99,18 @@ TEST_F(Cuda, GemmMatchesFloat64) {
     const DType dt = i % 2 ? DType::bf16 : DType::f16;
     Tensor W = random_tensor({K, N}, DType::f32, 500 + i, 0.05f);
     QuantizedWeight q = ops::quantize(W.to(gpu), f, {.group_size = g});
+    // Odd cases use the tile layout (tensor-core kernel for f16, M <= 64), even ones the
+    // canonical-layout kernels.
+    const bool tiled = i % 2 == 1 || i % 3 == 0;
+    if (tiled) ops::prepare_for_gemm(q);
     Tensor A = random_tensor({M, K}, dt, 600 + i);
     Tensor bias = i % 5 == 0 ? random_tensor({N}, i % 10 == 0 ? DType::f32 : dt, 700 + i) : Tensor();
     Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
     const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, bias);
     const double tol = dt == DType::f16 ? 1e-3 : 6e-3;
     EXPECT_LT(relative_error(to_double(C), ref), tol)
-        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt);
+        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " "
+        << dtype_name(dt) << (tiled ? " tiled" : "");
     ++cases;
   }
   EXPECT_EQ(cases, 78);
@@ -114,8 +119,31 @@ TEST_F(Cuda, GemmMatchesFloat64) {
 TEST_F(Cuda, GemmIsDeterministicAcrossRuns) {
   QuantizedWeight q = ops::quantize(random_tensor({8192, 512}, DType::f32, 1, 0.05f).to(gpu), QuantFormat::fp4_e2m1);
   Tensor A = random_tensor({3, 8192}, DType::f16, 2).to(gpu);
-  const auto first = ops::gemm_q(A, q).to_float_vector();
-  for (int i = 0; i < 5; ++i) EXPECT_EQ(ops::gemm_q(A, q).to_float_vector(), first);
+  for (int tiled = 0; tiled < 2; ++tiled) {
+    if (tiled) ops::prepare_for_gemm(q);
+    const auto first = ops::gemm_q(A, q).to_float_vector();
+    for (int i = 0; i < 5; ++i) EXPECT_EQ(ops::gemm_q(A, q).to_float_vector(), first);
+  }
+}
+
+// The tile layout and the canonical kernels compute the same product on the big decode shapes
+// (split-K and many slabs), for every M tile of the tensor-core kernel.
+TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
+  testing::PoisonScope poison;
+  for (QuantFormat f : kFormats) {
+    const int64_t K = 4096, N = 1000;
+    Tensor W = random_tensor({K, N}, DType::f32, 31, 0.05f);
+    QuantizedWeight q = ops::quantize(W.to(gpu), f, {.group_size = 128});
+    ops::prepare_for_gemm(q);
+    ASSERT_TRUE(q.tiled.defined()) << format_name(f);
+    const auto deq = to_double(dequantize_cpu(q.to(Device::cpu())));
+    for (int64_t M : {1, 16, 17, 40, 64}) {
+      Tensor A = random_tensor({M, K}, DType::f16, 32 + M);
+      Tensor C = ops::gemm_q(A.to(gpu), q);
+      EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), 1e-3)
+          << format_name(f) << " M=" << M;
+    }
+  }
 }
 
 TEST_F(Cuda, DenseGemmMatchesFloat64) {

@@ -15,5 +15,6 @@ const std::vector<BuiltinKernel>& builtin_kernels();
 // Each op family's .cu file appends its kernels.
 void append_quant_kernels(std::vector<BuiltinKernel>& out);
 void append_gemm_kernels(std::vector<BuiltinKernel>& out);
+void append_gemm_mma_kernels(std::vector<BuiltinKernel>& out);
 
 }  // namespace marlin::cuda

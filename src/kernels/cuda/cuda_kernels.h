@@ -15,6 +15,12 @@ void dequantize(const QuantizedWeight& weight, Tensor& out);
 // C[M, N] = A @ dequant(W) (+ bias): a fused split-K kernel for small M, dequant + cuBLAS
 // beyond it.
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
+// Tensor-core path over W.tiled (gemm_q_mma.cu): the tile layout, whether a weight can use it
+// (its largest |scale| keeps the kernel's fp16 scale finite), and the GEMM, which returns false
+// when it does not apply (no tile layout, bf16 activations, M > 64).
+bool mma_supported(const QuantizedWeight& W, float max_abs_scale);
+Tensor repack_tiled(const QuantizedWeight& W);
+bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
 // C = A @ B (+ bias) with cuBLAS, B f16/bf16 [K, N] of A's dtype.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 // out (contiguous f32/f16/bf16) = stddev * N(0, 1) from the counter-based generator.

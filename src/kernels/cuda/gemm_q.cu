@@ -20,6 +20,7 @@
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/split_k.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -126,7 +127,6 @@ __global__ void __launch_bounds__(kThreads)
 
   __shared__ float a_s[MT][kStageK];
   __shared__ float red[kWarps][MT][kTileCols];
-  __shared__ bool is_last_block;
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int col0 = blockIdx.x * kTileCols + lane * CPT;
@@ -181,44 +181,24 @@ __global__ void __launch_bounds__(kThreads)
     }
   }
 
-  // Sum the warps' partial dot products.
+  // Sum the warps' partial dot products, then store (or split-K partials).
 #pragma unroll
   for (int m = 0; m < MT; ++m)
 #pragma unroll
     for (int c = 0; c < CPT; ++c) red[warp][m][lane * CPT + c] = acc[m][c];
   __syncthreads();
+  SplitKEpilogue<TA> epilogue{C, partials, counters, bias, bias_kind, M, N};
   const bool split = gridDim.y > 1;
   for (int i = threadIdx.x; i < MT * kTileCols; i += kThreads) {
     const int m = i / kTileCols, cl = i % kTileCols;
-    const int col = blockIdx.x * kTileCols + cl;
-    if (m >= M || col >= N) continue;
     float v = 0.0f;
 #pragma unroll
     for (int w = 0; w < kWarps; ++w) v += red[w][m][cl];
-    if (!split) {
-      C[static_cast<int64_t>(m) * N + col] = from_float<TA>(v + load_bias(bias, bias_kind, col));
-    } else {
-      partials[(static_cast<int64_t>(blockIdx.y) * M + m) * N + col] = v;
-    }
+    epilogue.store(m, blockIdx.x * kTileCols + cl, v, split);
   }
   if (!split) return;
-
-  // The last block of this column tile sums the partials of all splits, in split order.
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
-  __syncthreads();
-  if (!is_last_block) return;
-  __threadfence();
-  for (int i = threadIdx.x; i < MT * kTileCols; i += kThreads) {
-    const int m = i / kTileCols, cl = i % kTileCols;
-    const int col = blockIdx.x * kTileCols + cl;
-    if (m >= M || col >= N) continue;
-    float v = 0.0f;
-    for (unsigned s = 0; s < gridDim.y; ++s) v += __ldcg(partials + (static_cast<int64_t>(s) * M + m) * N + col);
-    C[static_cast<int64_t>(m) * N + col] = from_float<TA>(v + load_bias(bias, bias_kind, col));
-  }
-  if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
+  const int col_begin = blockIdx.x * kTileCols;
+  epilogue.reduce_if_last(col_begin, min(N, col_begin + kTileCols), MT);
 }
 
 template <typename T>
@@ -227,25 +207,6 @@ __global__ void add_bias_kernel(T* __restrict__ C, const void* __restrict__ bias
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < M * N;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     C[i] = from_float<T>(to_float(C[i]) + load_bias(bias, kind, i % N));
-}
-
-// Per-device scratch of the split-K kernel: partial sums and the column tiles' arrival
-// counters (zeroed once; the kernel leaves them zero).
-struct SplitWorkspace {
-  Tensor partials;
-  Tensor counters;
-};
-
-SplitWorkspace& split_workspace(int device, int64_t partial_floats, int64_t tiles) {
-  static std::mutex mutex;
-  static std::vector<SplitWorkspace> per_device(64);
-  std::lock_guard<std::mutex> lock(mutex);
-  SplitWorkspace& ws = per_device.at(static_cast<size_t>(device));
-  if (!ws.partials.defined() || ws.partials.numel() < partial_floats)
-    ws.partials = Tensor::empty({std::max<int64_t>(partial_floats, 1 << 20)}, DType::f32, Device::cuda(device));
-  if (!ws.counters.defined() || ws.counters.numel() < tiles)
-    ws.counters = Tensor::zeros({std::max<int64_t>(tiles, 4096)}, DType::u32, Device::cuda(device));
-  return ws;
 }
 
 cublasHandle_t cublas_handle(int device) {
@@ -272,18 +233,12 @@ void launch_skinny(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   int k_per_split = (K + splits - 1) / splits;
   k_per_split = (k_per_split + kStageK - 1) / kStageK * kStageK;
   splits = (K + k_per_split - 1) / k_per_split;
-  float* partials = nullptr;
-  unsigned* counters = nullptr;
-  if (splits > 1) {
-    SplitWorkspace& ws = split_workspace(device, static_cast<int64_t>(splits) * M * N, tiles);
-    partials = ws.partials.data<float>();
-    counters = ws.counters.data<unsigned>();
-  }
+  const SplitKBuffers buffers = split_k_buffers(device, splits, M, N, tiles);
   gemm_q_skinny_kernel<F, MT, CPT, TA><<<dim3(tiles, splits), kThreads, 0, stream>>>(
       static_cast<const TA*>(A.data_ptr()), W.packed.data<uint32_t>(),
       static_cast<const __half*>(W.scales.data_ptr()), bias.defined() ? bias.data_ptr() : nullptr,
-      bias_kind(bias.dtype(), bias.defined()), static_cast<TA*>(C.data_ptr()), partials, counters,
-      M, N, K, W.group_size, k_per_split);
+      bias_kind(bias.dtype(), bias.defined()), static_cast<TA*>(C.data_ptr()), buffers.partials,
+      buffers.counters, M, N, K, W.group_size, k_per_split);
   MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
 }
 
@@ -334,6 +289,23 @@ void add_bias(Tensor& C, const Tensor& bias, cudaStream_t stream) {
 
 }  // namespace
 
+SplitKBuffers split_k_buffers(int device, int splits, int M, int N, int column_blocks) {
+  if (splits <= 1) return {};
+  struct Scratch {
+    Tensor partials, counters;
+  };
+  static std::mutex mutex;
+  static std::vector<Scratch> per_device(64);
+  std::lock_guard<std::mutex> lock(mutex);
+  Scratch& ws = per_device.at(static_cast<size_t>(device));
+  const int64_t floats = static_cast<int64_t>(splits) * M * N;
+  if (!ws.partials.defined() || ws.partials.numel() < floats)
+    ws.partials = Tensor::empty({std::max<int64_t>(floats, 1 << 20)}, DType::f32, Device::cuda(device));
+  if (!ws.counters.defined() || ws.counters.numel() < column_blocks)
+    ws.counters = Tensor::zeros({std::max<int64_t>(column_blocks, 4096)}, DType::u32, Device::cuda(device));
+  return {ws.partials.data<float>(), ws.counters.data<unsigned>()};
+}
+
 int multiprocessor_count(int device) {
   static std::mutex mutex;
   static std::vector<int> counts(64, 0);
@@ -344,6 +316,7 @@ int multiprocessor_count(int device) {
 }
 
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  if (gemm_q_tiled(A, W, bias, C)) return;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   if (A.size(0) <= kMaxSkinnyM) {
     MARLIN_DISPATCH_FLOAT16(A.dtype(), TA, "gemm_q", {
@@ -381,6 +354,7 @@ const std::vector<BuiltinKernel>& builtin_kernels() {
     std::vector<BuiltinKernel> k;
     append_quant_kernels(k);
     append_gemm_kernels(k);
+    append_gemm_mma_kernels(k);
     return k;
   }();
   return kernels;
