@@ -20,7 +20,15 @@ grep -E "spill|Used [0-9]+ registers" "$out/build.log" | head -5
 ctest --test-dir build-gpu --output-on-failure >"$out/tests.log" 2>&1
 test_rc=$?
 grep -E "tests passed|Failed|FAILED|\*\*\*" "$out/tests.log" | head -40
-if [ "${1:-}" != "quick" ]; then
+if [ "${1:-}" = "" ] || [ "${1:-}" = "bench" ]; then
   ./build-gpu/marlin bench gemm --m 1,4,16,32,64,256,1024,4096 --iters 50 2>&1 | tee "$out/bench_gemm.txt"
 fi
 echo "tests exit code: $test_rc"
+if [ "${1:-}" = "profile" ] && command -v ncu >/dev/null 2>&1; then
+  ncu --launch-skip 10 --launch-count 1 -k regex:gemm_q_mma \
+      --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
+      --section WarpStateStats --section SchedulerStats --section LaunchStats \
+      ./build-gpu/marlin bench gemm --shapes "${PROFILE_SHAPE:-8192x28672}" --m "${PROFILE_M:-1}" \
+      --formats "${PROFILE_FORMAT:-fp4}" --iters 5 >"$out/ncu.txt" 2>&1
+  grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots|No Eligible|Stall|Warp Cycles Per Issued|Theoretical Occ|Block Limit" "$out/ncu.txt" | head -40
+fi

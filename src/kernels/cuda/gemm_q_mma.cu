@@ -32,7 +32,11 @@ constexpr int kMmaWarps = 4;
 constexpr int kMmaThreads = kMmaWarps * 32;
 constexpr int kUnitK = 32;
 constexpr int kSlabN = 64;
-constexpr int kChunkK = 256;          // k values of A staged per step
+// k values of A staged in shared memory per step: 33 KB whatever the M tile.
+template <int MT>
+constexpr int chunk_k() {
+  return 1024 / MT;
+}
 constexpr int kRowPad = 8;            // halves of padding per A row: conflict-free ldmatrix
 constexpr int kMaxMmaM = 64;
 
@@ -125,6 +129,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   using Cd = MmaCodec<F>;
   constexpr int kW = Cd::kWords;
   constexpr int kAhead = units_ahead<F>();
+  constexpr int kChunkK = chunk_k<MT>();
   __shared__ __align__(16) __half a_s[MT * 16][kChunkK + kRowPad];
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -142,6 +147,7 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int i = 0; i < 4; ++i) acc[mt][t][i] = 0.0f;
 
   const int col_in_tile = lane / 4;
+  __half2 s2[8];
   for (int kc = kbeg; kc < kend; kc += kChunkK) {
     __syncthreads();
     // Stage A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M and the split's end. K and
@@ -177,13 +183,15 @@ __global__ void __launch_bounds__(kMmaThreads)
       for (int a = 0; a < kAhead; ++a) {
         if (u0 + a >= units) break;
         const int k0 = kc + (u0 + a) * kUnitK;
-        const __half* srow = scales + static_cast<int64_t>(k0 / group_size) * N;
-        __half2 s2[8];
+        // Scales change once per group (a multiple of the 32-row unit).
+        if (k0 % group_size == 0 || (u0 + a == 0 && kc == kbeg)) {
+          const __half* srow = scales + static_cast<int64_t>(k0 / group_size) * N;
 #pragma unroll
-        for (int t = 0; t < 8; ++t) {
-          const int n = slab * kSlabN + t * 8 + col_in_tile;
-          const float s = n < N ? __half2float(srow[n]) * Cd::kScaleBias : 0.0f;
-          s2[t] = __float2half2_rn(s);
+          for (int t = 0; t < 8; ++t) {
+            const int n = slab * kSlabN + t * 8 + col_in_tile;
+            const float s = n < N ? __half2float(srow[n]) * Cd::kScaleBias : 0.0f;
+            s2[t] = __float2half2_rn(s);
+          }
         }
 #pragma unroll
         for (int step = 0; step < 2; ++step) {
@@ -279,7 +287,9 @@ void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   const int blocks_x = (slabs + kMmaWarps - 1) / kMmaWarps;
   // Enough blocks for about two per SM; each split covers whole 32-row units.
   const int units = K / kUnitK;
-  int splits = std::clamp((2 * multiprocessor_count(device) + blocks_x - 1) / blocks_x, 1, units);
+  // The last block of a column range sums splits x M x 256 partials alone: keep that small.
+  const int max_splits = std::max(1, std::min(units, 64 / M));
+  int splits = std::clamp((2 * multiprocessor_count(device) + blocks_x - 1) / blocks_x, 1, max_splits);
   const int units_per_split = (units + splits - 1) / splits;
   splits = (units + units_per_split - 1) / units_per_split;
   const int k_per_split = units_per_split * kUnitK;
