@@ -8,6 +8,7 @@ void register_bench(CLI::App& app) {
   CLI::App* bench = app.add_subcommand("bench", "benchmarks (baselines measured in the same run)");
   bench->require_subcommand(1);
   register_bench_gemm(*bench);
+  register_bench_vision(*bench);
 }
 
 }  // namespace marlin::cli

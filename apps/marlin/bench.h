@@ -5,4 +5,5 @@
 
 namespace marlin::cli {
 void register_bench_gemm(CLI::App& bench);  // bench_gemm.cpp
+void register_bench_vision(CLI::App& bench);  // bench_vision.cpp
 }  // namespace marlin::cli
