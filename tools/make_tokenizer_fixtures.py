@@ -13,6 +13,9 @@
 2. Writes tests/fixtures/tokenizers/expected_<name>.json for those and for the real Qwen3 and
    DeepSeek-V3 tokenizers in ../shared/tokenizers (skipped when absent): for every text of a varied
    corpus the ids without and with special tokens, the decoded strings, and ids for invalid UTF-8.
+3. Writes tests/fixtures/tokenizers/expected_components.json: the pieces of each pre-tokenizer
+   (every Split behaviour, inverted or not, ByteLevel, Metaspace, Digits, ...) and the output of
+   each normalizer on sample texts.
 
 With-special-token ids follow the rule of Marlin's Tokenizer: when tokenizer_config.json sets
 add_bos_token / add_eos_token, those decide (as Transformers' Llama tokenizers and llama.cpp do);
@@ -229,8 +232,59 @@ def train_sp_bpe(corpus):
     return sp_dir, save(tok, "sp_metaspace", config)
 
 
+def component_json(**parts):
+    """The tokenizer.json form of a normalizer / pre_tokenizer, as the library serializes it."""
+    tok = Tokenizer(models.BPE())
+    for name, value in parts.items():
+        setattr(tok, name, value)
+    data = json.loads(tok.to_str())
+    return data[next(iter(parts))]
+
+
+def write_components():
+    """Pieces of each pre-tokenizer and output of each normalizer on sample texts, for the unit
+    tests of the steps that the trained and real tokenizers do not use."""
+    texts = ["Hello, world! It's 2024:  numbers 1234567 and  spaces\n\nnew\tlines",
+             " leading and trailing  ", "café ﬁ ① ＡＢＣ Ǆ e\u0301 ÅNGSTRÖM", "a.b..c...d", "",
+             "中文字符 and カタカナ 123 ４５６", "--==!!??", "x"]
+    pre = [
+        ("Split", pre_tokenizers.Split(Regex(r"\p{N}+"), behavior=b, invert=inv))
+        for b in ["removed", "isolated", "merged_with_previous", "merged_with_next", "contiguous"]
+        for inv in [False, True]]
+    pre += [("Split", pre_tokenizers.Split(" ", behavior="merged_with_next")),
+            ("Split", pre_tokenizers.Split(Regex(r"\s+"), behavior="removed", invert=False)),
+            ("ByteLevel", pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True)),
+            ("ByteLevel", pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)),
+            ("Metaspace", pre_tokenizers.Metaspace(prepend_scheme="always", split=True)),
+            ("Metaspace", pre_tokenizers.Metaspace(prepend_scheme="never", split=False)),
+            ("Digits", pre_tokenizers.Digits(individual_digits=True)),
+            ("Digits", pre_tokenizers.Digits(individual_digits=False)),
+            ("Whitespace", pre_tokenizers.Whitespace()),
+            ("WhitespaceSplit", pre_tokenizers.WhitespaceSplit()),
+            ("Punctuation", pre_tokenizers.Punctuation()),
+            ("Sequence", pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                  pre_tokenizers.Punctuation(behavior="contiguous")]))]
+    norms = [normalizers.NFC(), normalizers.NFD(), normalizers.NFKC(), normalizers.NFKD(),
+             normalizers.Lowercase(), normalizers.Strip(), normalizers.StripAccents(),
+             normalizers.Prepend("▁"), normalizers.Replace(Regex(r"\s+"), " "),
+             normalizers.Replace("a", "AA"),
+             normalizers.Sequence([normalizers.NFD(), normalizers.StripAccents(), normalizers.Lowercase()])]
+    out = {"pre_tokenizers": [], "normalizers": []}
+    for _, p in pre:
+        out["pre_tokenizers"].append({"pre_tokenizer": component_json(pre_tokenizer=p), "cases": [
+            {"text": t, "pieces": [piece for piece, _ in p.pre_tokenize_str(t)]} for t in texts]})
+    for n in norms:
+        out["normalizers"].append({"normalizer": component_json(normalizer=n), "cases": [
+            {"text": t, "normalized": n.normalize_str(t)} for t in texts]})
+    path = os.path.join(OUT, "expected_components.json")
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(out, f, ensure_ascii=False, indent=0)
+    print(f"{path}: {len(pre)} pre-tokenizers, {len(norms)} normalizers")
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
+    write_components()
     corpus = training_corpus()
     llama3 = train_llama3_bpe(corpus)
     sp, sp_meta = train_sp_bpe(corpus)

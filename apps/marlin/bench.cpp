@@ -9,6 +9,7 @@ void register_bench(CLI::App& app) {
   bench->require_subcommand(1);
   register_bench_gemm(*bench);
   register_bench_vision(*bench);
+  register_bench_tokenize(*bench);
 }
 
 }  // namespace marlin::cli

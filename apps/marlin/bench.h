@@ -6,4 +6,5 @@
 namespace marlin::cli {
 void register_bench_gemm(CLI::App& bench);  // bench_gemm.cpp
 void register_bench_vision(CLI::App& bench);  // bench_vision.cpp
+void register_bench_tokenize(CLI::App& bench);  // bench_tokenize.cpp
 }  // namespace marlin::cli

@@ -150,7 +150,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
     const auto index = static_cast<int32_t>(symbols.size());
     symbols.push_back({id, index - 1, index + 1, false});
   };
-  std::optional<int32_t> pending_unk;  // an unknown run waiting to be added (fuse_unk)
+  int32_t pending_unk = -1;  // an unknown run waiting to be added (fuse_unk), or -1
   std::string scratch;
   for (size_t pos = 0; pos < word.size();) {
     const size_t length = std::min(utf8_length(static_cast<unsigned char>(word[pos])), word.size() - pos);
@@ -165,7 +165,7 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
       piece = scratch;
     }
     if (auto it = vocab_.find(piece); it != vocab_.end()) {
-      if (pending_unk) add(*pending_unk), pending_unk.reset();
+      if (pending_unk >= 0) add(pending_unk), pending_unk = -1;
       add(it->second);
       continue;
     }
@@ -176,12 +176,12 @@ void BpeModel::merge_word(std::string_view word, std::vector<int32_t>& out) cons
       continue;
     }
     if (unk_id_) {
-      if (pending_unk && !fuse_unk_) add(*pending_unk);
+      if (pending_unk >= 0 && !fuse_unk_) add(pending_unk);
       pending_unk = *unk_id_;
     }
     // Without an unk token the character is dropped, as `tokenizers` does.
   }
-  if (pending_unk) add(*pending_unk);
+  if (pending_unk >= 0) add(pending_unk);
   if (symbols.empty()) return;
   symbols.back().next = -1;
 

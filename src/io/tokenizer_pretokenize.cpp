@@ -86,7 +86,9 @@ class ByteLevelPreTokenizer final : public PreTokenizer {
       std::string_view content =
           std::string_view(list.text).substr(piece.begin, piece.end - piece.begin);
       if (add_prefix_space_ && (content.empty() || content.front() != ' ')) {
-        prefixed.assign(" ").append(content);
+        prefixed.clear();
+        prefixed.push_back(' ');
+        prefixed.append(content);
         content = prefixed;
       }
       words.clear();
@@ -288,8 +290,10 @@ std::unique_ptr<PreTokenizer> parse_pre_tokenizer(const json& j, const std::stri
         j.value("individual_digits", false) ? R"(\p{N})" : R"(\p{N}+)", SplitBehavior::isolated,
         false, file);
   if (type == "Whitespace")
-    return std::make_unique<SplitPreTokenizer>(R"(\w+|[^\w\s]+)", SplitBehavior::removed, true,
-                                               file);
+    // Rust's Unicode \w (PCRE2's lacks the combining marks): \w+|[^\w\s]+
+    return std::make_unique<SplitPreTokenizer>(
+        R"([\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\x{200C}\x{200D}]+|[^\p{L}\p{M}\p{Nd}\p{Nl}\p{Pc}\x{200C}\x{200D}\s]+)",
+        SplitBehavior::removed, true, file);
   if (type == "WhitespaceSplit")
     return std::make_unique<SplitPreTokenizer>(R"(\s)", SplitBehavior::removed, false, file);
   if (type == "Punctuation")

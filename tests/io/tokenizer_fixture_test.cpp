@@ -84,7 +84,9 @@ TEST_P(TokenizerFixture, DecodeMatchesTokenizersLibrary) {
     EXPECT_EQ(decoded, c["decoded"].get<std::string>()) << "text: [" << c["text"] << "]";
     EXPECT_EQ(tok.decode(with_special, true), c["decoded_skip_special"].get<std::string>())
         << "text: [" << c["text"] << "]";
-    if (c["lossless"].get<bool>()) EXPECT_EQ(decoded, c["text"].get<std::string>());
+    if (c["lossless"].get<bool>()) {
+      EXPECT_EQ(decoded, c["text"].get<std::string>());
+    }
   }
 }
 
