@@ -199,6 +199,8 @@ ModelConfig parse_model_config(std::string_view json_text, const std::string& so
   c.hidden_size = f.required_positive("hidden_size");
   c.intermediate_size = f.required_positive("intermediate_size");
   c.num_hidden_layers = f.required_positive("num_hidden_layers");
+  // Per-layer tables are allocated from this; no real model comes near the bound.
+  if (c.num_hidden_layers > 100000) f.fail_key("num_hidden_layers", "is implausibly large");
   c.max_position_embeddings = f.int_or("max_position_embeddings", defaults->max_position_embeddings);
   if (c.max_position_embeddings <= 0) f.fail_key("max_position_embeddings", "must be positive");
   c.rms_norm_eps = f.number_or("rms_norm_eps", defaults->rms_norm_eps);

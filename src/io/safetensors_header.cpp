@@ -143,18 +143,22 @@ SafetensorsTensorInfo parse_entry(const std::string& name, const nlohmann::json&
 
   const auto& shape = entry["shape"];
   MARLIN_CHECK(shape.is_array(), kOp, where, ": shape must be an array, got ", shape.type_name());
-  // numel * element size must fit in int64 (Tensor's sizes) and in the data region.
-  uint64_t nbytes = dtype_size(info.dtype);
+  // The product of the non-zero extents times the element size must fit in int64, so that
+  // strides and byte sizes of the tensor (even an empty one) never overflow.
+  uint64_t span = dtype_size(info.dtype);
+  bool empty = false;
   for (size_t d = 0; d < shape.size(); ++d) {
     uint64_t extent = 0;
     MARLIN_CHECK(as_unsigned(shape[d], extent), kOp, where, ": shape[", d,
                  "] must be a non-negative integer, got ", shape[d].dump());
+    empty = empty || extent == 0;
     MARLIN_CHECK(extent <= static_cast<uint64_t>(INT64_MAX) &&
-                     !__builtin_mul_overflow(nbytes, extent, &nbytes) &&
-                     nbytes <= static_cast<uint64_t>(INT64_MAX),
+                     !__builtin_mul_overflow(span, extent == 0 ? 1 : extent, &span) &&
+                     span <= static_cast<uint64_t>(INT64_MAX),
                  kOp, where, ": shape ", shape.dump(), " overflows 64-bit sizes");
     info.shape.push_back(static_cast<int64_t>(extent));
   }
+  const uint64_t nbytes = empty ? 0 : span;
 
   const auto& offsets = entry["data_offsets"];
   MARLIN_CHECK(offsets.is_array() && offsets.size() == 2, kOp, where,

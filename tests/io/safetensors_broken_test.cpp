@@ -56,6 +56,9 @@ std::vector<BrokenFile> broken_corpus() {
   add("overflowing_shape",
       one(entry("w", "\"F32\"", "[4294967296,4294967296,16]", "[0,8]"), 8),
       {"\"w\"", "overflows"});
+  add("empty_but_overflowing_shape",
+      one(entry("w", "\"F32\"", "[0,4294967296,4294967296]", "[0,0]"), 0),
+      {"\"w\"", "overflows"});
   add("shape_not_array", one(entry("w", "\"F32\"", "2", "[0,8]"), 8), {"\"w\"", "shape"});
   add("offsets_out_of_range", one(entry("w", "\"F32\"", "[2]", "[992,1000]"), 8),
       {"\"w\"", "data_offsets", "past the end"});
