@@ -25,10 +25,10 @@ if [ "${1:-}" = "" ] || [ "${1:-}" = "bench" ]; then
 fi
 echo "tests exit code: $test_rc"
 if [ "${1:-}" = "profile" ] && command -v ncu >/dev/null 2>&1; then
-  ncu --launch-skip 10 --launch-count 1 -k regex:gemm_q_mma \
+  ncu --launch-skip 4 --launch-count 1 -k regex:"${PROFILE_KERNEL:-mma}" \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \
       --section WarpStateStats --section SchedulerStats --section LaunchStats \
       ./build-gpu/marlin bench gemm --shapes "${PROFILE_SHAPE:-8192x28672}" --m "${PROFILE_M:-1}" \
-      --formats "${PROFILE_FORMAT:-fp4}" --iters 5 >"$out/ncu.txt" 2>&1
+      --formats "${PROFILE_FORMAT:-fp4}" --iters 8 >"$out/ncu.txt" 2>&1
   grep -E "Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Issue Slots|No Eligible|Stall|Warp Cycles Per Issued|Theoretical Occ|Block Limit" "$out/ncu.txt" | head -40
 fi

@@ -148,64 +148,80 @@ __global__ void __launch_bounds__(kMmaThreads)
 
   const int col_in_tile = lane / 4;
   __half2 s2[8];
-  for (int kc = kbeg; kc < kend; kc += kChunkK) {
-    __syncthreads();
-    // Stage A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M and the split's end. K and
-    // the split bounds are multiples of 32, so each 8-wide vector is wholly in or out.
-    constexpr int kVecPerRow = kChunkK / 8;
-    for (int i = threadIdx.x; i < MT * 16 * kVecPerRow; i += kMmaThreads) {
-      const int row = i / kVecPerRow, col = (i % kVecPerRow) * 8;
-      uint4 v = make_uint4(0, 0, 0, 0);
-      if (row < M && kc + col < kend) v = *reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col);
-      *reinterpret_cast<uint4*>(&a_s[row][col]) = v;
+  constexpr int kUnitsPerChunk = kChunkK / kUnitK;
+  static_assert(kUnitsPerChunk % kAhead == 0, "a round of units must not straddle an A chunk");
+  const int total_units = (kend - kbeg) / kUnitK;
+  const int64_t first_unit = kbeg / kUnitK;
+
+  // Weights are double-buffered in registers: the next round's loads are in flight while this
+  // round computes (and across the barriers that stage A, which weights do not depend on).
+  uint32_t w_next[kAhead][kW * 4];
+  auto load_round = [&](int r) {
+#pragma unroll
+    for (int a = 0; a < kAhead; ++a) {
+      if (active && r + a < total_units) {
+        const uint4* src = tiled + (((first_unit + r + a) * slabs + slab) * kW) * 32 + lane;
+#pragma unroll
+        for (int j = 0; j < kW; ++j) {
+          const uint4 v = load_stream(src + j * 32);
+          w_next[a][4 * j] = v.x;
+          w_next[a][4 * j + 1] = v.y;
+          w_next[a][4 * j + 2] = v.z;
+          w_next[a][4 * j + 3] = v.w;
+        }
+      }
     }
-    __syncthreads();
+  };
+  load_round(0);
+  for (int r = 0; r < total_units; r += kAhead) {
+    if (r % kUnitsPerChunk == 0) {
+      __syncthreads();
+      // Stage A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M and the split's end. K and
+      // the split bounds are multiples of 32, so each 8-wide vector is wholly in or out.
+      const int kc = kbeg + r * kUnitK;
+      constexpr int kVecPerRow = kChunkK / 8;
+      for (int i = threadIdx.x; i < MT * 16 * kVecPerRow; i += kMmaThreads) {
+        const int row = i / kVecPerRow, col = (i % kVecPerRow) * 8;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (row < M && kc + col < kend) v = *reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col);
+        *reinterpret_cast<uint4*>(&a_s[row][col]) = v;
+      }
+      __syncthreads();
+    }
+    uint32_t w[kAhead][kW * 4];
+#pragma unroll
+    for (int a = 0; a < kAhead; ++a)
+#pragma unroll
+      for (int i = 0; i < kW * 4; ++i) w[a][i] = w_next[a][i];
+    load_round(r + kAhead);
     if (!active) continue;
-    const int units = (min(kChunkK, kend - kc)) / kUnitK;
-    for (int u0 = 0; u0 < units; u0 += kAhead) {
-      uint32_t w[kAhead][kW * 4];
 #pragma unroll
-      for (int a = 0; a < kAhead; ++a) {
-        if (u0 + a < units) {
-          const int64_t unit = (kc + (u0 + a) * kUnitK) / kUnitK;
-          const uint4* src = tiled + ((unit * slabs + slab) * kW) * 32 + lane;
+    for (int a = 0; a < kAhead; ++a) {
+      if (r + a >= total_units) break;
+      const int k0 = kbeg + (r + a) * kUnitK;
+      const int a_col = ((r + a) % kUnitsPerChunk) * kUnitK;
+      // Scales change once per group (a multiple of the 32-row unit).
+      if (k0 % group_size == 0 || r + a == 0) {
+        const __half* srow = scales + static_cast<int64_t>(k0 / group_size) * N;
 #pragma unroll
-          for (int j = 0; j < kW; ++j) {
-            const uint4 v = load_stream(src + j * 32);
-            w[a][4 * j] = v.x;
-            w[a][4 * j + 1] = v.y;
-            w[a][4 * j + 2] = v.z;
-            w[a][4 * j + 3] = v.w;
-          }
+        for (int t = 0; t < 8; ++t) {
+          const int n = slab * kSlabN + t * 8 + col_in_tile;
+          const float s = n < N ? __half2float(srow[n]) * Cd::kScaleBias : 0.0f;
+          s2[t] = __float2half2_rn(s);
         }
       }
 #pragma unroll
-      for (int a = 0; a < kAhead; ++a) {
-        if (u0 + a >= units) break;
-        const int k0 = kc + (u0 + a) * kUnitK;
-        // Scales change once per group (a multiple of the 32-row unit).
-        if (k0 % group_size == 0 || (u0 + a == 0 && kc == kbeg)) {
-          const __half* srow = scales + static_cast<int64_t>(k0 / group_size) * N;
+      for (int step = 0; step < 2; ++step) {
+        uint32_t afrag[MT][4];
 #pragma unroll
-          for (int t = 0; t < 8; ++t) {
-            const int n = slab * kSlabN + t * 8 + col_in_tile;
-            const float s = n < N ? __half2float(srow[n]) * Cd::kScaleBias : 0.0f;
-            s2[t] = __float2half2_rn(s);
-          }
-        }
+        for (int mt = 0; mt < MT; ++mt)
+          ldmatrix_x4(afrag[mt], &a_s[mt * 16 + (lane % 16)][a_col + step * 16 + (lane / 16) * 8]);
 #pragma unroll
-        for (int step = 0; step < 2; ++step) {
-          uint32_t afrag[MT][4];
+        for (int t = 0; t < 8; ++t) {
+          const uint32_t b0 = b_register<F>(w[a], (step * 8 + t) * 2, s2[t]);
+          const uint32_t b1 = b_register<F>(w[a], (step * 8 + t) * 2 + 1, s2[t]);
 #pragma unroll
-          for (int mt = 0; mt < MT; ++mt)
-            ldmatrix_x4(afrag[mt], &a_s[mt * 16 + (lane % 16)][(u0 + a) * kUnitK + step * 16 + (lane / 16) * 8]);
-#pragma unroll
-          for (int t = 0; t < 8; ++t) {
-            const uint32_t b0 = b_register<F>(w[a], (step * 8 + t) * 2, s2[t]);
-            const uint32_t b1 = b_register<F>(w[a], (step * 8 + t) * 2 + 1, s2[t]);
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) mma_16816(acc[mt][t], afrag[mt], b0, b1);
-          }
+          for (int mt = 0; mt < MT; ++mt) mma_16816(acc[mt][t], afrag[mt], b0, b1);
         }
       }
     }
@@ -285,11 +301,11 @@ void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int blocks_x = (slabs + kMmaWarps - 1) / kMmaWarps;
-  // Enough blocks for about two per SM; each split covers whole 32-row units.
+  // Enough blocks for about four per SM; each split covers whole 32-row units.
   const int units = K / kUnitK;
   // The last block of a column range sums splits x M x 256 partials alone: keep that small.
   const int max_splits = std::max(1, std::min(units, 64 / M));
-  int splits = std::clamp((2 * multiprocessor_count(device) + blocks_x - 1) / blocks_x, 1, max_splits);
+  int splits = std::clamp((4 * multiprocessor_count(device) + blocks_x - 1) / blocks_x, 1, max_splits);
   const int units_per_split = (units + splits - 1) / splits;
   splits = (units + units_per_split - 1) / units_per_split;
   const int k_per_split = units_per_split * kUnitK;
