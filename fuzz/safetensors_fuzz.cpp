@@ -12,7 +12,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   using namespace marlin;
   std::optional<SafetensorsFile> parsed;
   try {
-    parsed = SafetensorsFile::from_bytes(std::vector<uint8_t>(data, data + size), "fuzz.safetensors");
+    parsed =
+        SafetensorsFile::from_bytes(std::vector<uint8_t>(data, data + size), "fuzz.safetensors");
   } catch (const Error&) {
     return 0;  // refused cleanly
   }

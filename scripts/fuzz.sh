@@ -30,8 +30,10 @@ for target in "${targets[@]}"; do
   args=(-max_total_time="$seconds" -timeout=10 -rss_limit_mb=2048 -print_final_stats=1
         -artifact_prefix="$build/fuzz/artifacts/$target-")
   [ -f "$root/fuzz/$target.dict" ] && args+=(-dict="$root/fuzz/$target.dict")
+  corpora=("$scratch")
+  [ -d "$seeds" ] && corpora+=("$seeds")
   echo "== $target: ${seconds}s, seeds $seeds"
-  if ! "$build/fuzz/$target" "${args[@]}" "$scratch" "$seeds"; then
+  if ! "$build/fuzz/$target" "${args[@]}" "${corpora[@]}"; then
     echo "== $target FAILED (reproducer in $build/fuzz/artifacts/)"
     status=1
   fi

@@ -37,7 +37,8 @@ GenerationDefaults parse_generation_config(std::string_view json_text, const std
   if (g.top_k && *g.top_k < 0) f.fail_key("top_k", "must not be negative");
   if (g.repetition_penalty && !(*g.repetition_penalty > 0.0))
     f.fail_key("repetition_penalty", "must be positive");
-  if (g.max_new_tokens && *g.max_new_tokens < 0) f.fail_key("max_new_tokens", "must not be negative");
+  if (g.max_new_tokens && *g.max_new_tokens < 0)
+    f.fail_key("max_new_tokens", "must not be negative");
   if (g.max_length && *g.max_length < 0) f.fail_key("max_length", "must not be negative");
   return g;
 }

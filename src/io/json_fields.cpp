@@ -21,7 +21,8 @@ JsonFields::JsonFields(const nlohmann::json& object, std::string source, std::st
                        std::string prefix)
     : object_(object), source_(std::move(source)), op_(op), prefix_(std::move(prefix)) {
   MARLIN_CHECK(object_.is_object(), op_, source_, ": ",
-               prefix_.empty() ? std::string("the file") : "key \"" + prefix_.substr(0, prefix_.size() - 1) + "\"",
+               prefix_.empty() ? std::string("the file")
+                               : "key \"" + prefix_.substr(0, prefix_.size() - 1) + "\"",
                " must be a JSON object, got ", object_.type_name());
 }
 
@@ -102,7 +103,8 @@ std::optional<bool> JsonFields::optional_bool(std::string_view key) const {
   if (!has(key)) return std::nullopt;
   const auto& value = at(key);
   if (!value.is_boolean())
-    fail_key(key, std::string("expected true or false, got ") + value.type_name() + " " + value.dump());
+    fail_key(key,
+             std::string("expected true or false, got ") + value.type_name() + " " + value.dump());
   return value.get<bool>();
 }
 
@@ -126,7 +128,8 @@ std::string JsonFields::required_string(std::string_view key) const {
 std::vector<int64_t> JsonFields::int_list(std::string_view key) const {
   if (!has(key)) return {};
   const auto& value = at(key);
-  if (!value.is_array()) fail_key(key, std::string("expected a list of integers, got ") + value.type_name());
+  if (!value.is_array())
+    fail_key(key, std::string("expected a list of integers, got ") + value.type_name());
   std::vector<int64_t> out;
   for (const auto& item : value) out.push_back(to_int(key, item));
   return out;
@@ -141,7 +144,8 @@ std::vector<int64_t> JsonFields::int_or_int_list(std::string_view key) const {
 std::vector<std::string> JsonFields::string_list(std::string_view key) const {
   if (!has(key)) return {};
   const auto& value = at(key);
-  if (!value.is_array()) fail_key(key, std::string("expected a list of strings, got ") + value.type_name());
+  if (!value.is_array())
+    fail_key(key, std::string("expected a list of strings, got ") + value.type_name());
   std::vector<std::string> out;
   for (const auto& item : value) {
     if (!item.is_string()) fail_key(key, "expected a list of strings, found " + item.dump());

@@ -89,8 +89,8 @@ void parse_attention_shape(const JsonFields& f, ModelConfig& c) {
   c.rotary_dim = static_cast<int64_t>(rotary);
   if (!(c.partial_rotary_factor > 0.0 && c.partial_rotary_factor <= 1.0) ||
       static_cast<double>(c.rotary_dim) != rotary || c.rotary_dim % 2 != 0)
-    f.fail_key("partial_rotary_factor", "must give an even number of rotary dims of head_dim=" +
-                                            std::to_string(c.head_dim));
+    f.fail_key("partial_rotary_factor",
+               "must give an even number of rotary dims of head_dim=" + std::to_string(c.head_dim));
 }
 
 void parse_biases_and_norms(const JsonFields& f, ModelConfig& c) {
@@ -100,11 +100,8 @@ void parse_biases_and_norms(const JsonFields& f, ModelConfig& c) {
       c.attention_output_bias = false;
       break;
     case ModelType::mistral:
-    case ModelType::mixtral:
-      c.attention_bias = c.attention_output_bias = false;
-      break;
-    default:
-      c.attention_bias = c.attention_output_bias = f.bool_or("attention_bias", false);
+    case ModelType::mixtral: c.attention_bias = c.attention_output_bias = false; break;
+    default: c.attention_bias = c.attention_output_bias = f.bool_or("attention_bias", false);
   }
   c.mlp_bias = c.model_type == ModelType::llama && f.bool_or("mlp_bias", false);
   c.qk_norm = c.model_type == ModelType::qwen3 || c.model_type == ModelType::qwen3_moe;
@@ -126,12 +123,12 @@ void parse_sliding_window(const JsonFields& f, ModelConfig& c) {
       if (f.bool_or("use_sliding_window", false)) {
         c.sliding_window = f.optional_int("sliding_window");
         const int64_t first = f.int_or("max_window_layers", 28);
-        for (int64_t i = std::max<int64_t>(first, 0); i < c.num_hidden_layers && c.sliding_window; ++i)
+        for (int64_t i = std::max<int64_t>(first, 0); i < c.num_hidden_layers && c.sliding_window;
+             ++i)
           c.sliding_window_layers[static_cast<size_t>(i)] = true;
       }
       break;
-    default:
-      break;
+    default: break;
   }
   if (f.has("layer_types")) {  // Transformers 5 spells the per-layer choice out
     const auto types = f.string_list("layer_types");
@@ -201,7 +198,8 @@ ModelConfig parse_model_config(std::string_view json_text, const std::string& so
   c.num_hidden_layers = f.required_positive("num_hidden_layers");
   // Per-layer tables are allocated from this; no real model comes near the bound.
   if (c.num_hidden_layers > 100000) f.fail_key("num_hidden_layers", "is implausibly large");
-  c.max_position_embeddings = f.int_or("max_position_embeddings", defaults->max_position_embeddings);
+  c.max_position_embeddings =
+      f.int_or("max_position_embeddings", defaults->max_position_embeddings);
   if (c.max_position_embeddings <= 0) f.fail_key("max_position_embeddings", "must be positive");
   c.rms_norm_eps = f.number_or("rms_norm_eps", defaults->rms_norm_eps);
   if (!(c.rms_norm_eps > 0.0)) f.fail_key("rms_norm_eps", "must be positive");

@@ -96,13 +96,20 @@ MoeConfig moe_defaults(ModelType type) {
       m.norm_topk_prob = true;  // Mixtral always renormalizes its top-k
       break;
     case ModelType::deepseek_v3:
-      m = {.n_shared_experts = 1, .norm_topk_prob = true, .routed_scaling_factor = 2.5,
-           .n_group = 8, .topk_group = 4, .topk_method = TopkMethod::noaux_tc,
+      m = {.n_shared_experts = 1,
+           .norm_topk_prob = true,
+           .routed_scaling_factor = 2.5,
+           .n_group = 8,
+           .topk_group = 4,
+           .topk_method = TopkMethod::noaux_tc,
            .scoring_func = RouterScoring::sigmoid};
       break;
     case ModelType::glm4_moe_lite:
-      m = {.n_shared_experts = 1, .norm_topk_prob = true, .routed_scaling_factor = 1.8,
-           .topk_method = TopkMethod::noaux_tc, .scoring_func = RouterScoring::sigmoid};
+      m = {.n_shared_experts = 1,
+           .norm_topk_prob = true,
+           .routed_scaling_factor = 1.8,
+           .topk_method = TopkMethod::noaux_tc,
+           .scoring_func = RouterScoring::sigmoid};
       break;
     default:  // qwen3_moe, deepseek_v2
       break;
@@ -117,16 +124,23 @@ void parse_routing(const JsonFields& f, ModelType type, MoeConfig& m) {
   m.n_group = f.int_or("n_group", m.n_group);
   m.topk_group = f.int_or("topk_group", m.topk_group);
   if (const auto method = f.optional_string("topk_method")) {
-    if (*method == "greedy") m.topk_method = TopkMethod::greedy;
-    else if (*method == "group_limited_greedy") m.topk_method = TopkMethod::group_limited_greedy;
-    else if (*method == "noaux_tc") m.topk_method = TopkMethod::noaux_tc;
-    else f.fail_key("topk_method", "unsupported \"" + *method +
-                                        "\" (supported: greedy, group_limited_greedy, noaux_tc)");
+    if (*method == "greedy")
+      m.topk_method = TopkMethod::greedy;
+    else if (*method == "group_limited_greedy")
+      m.topk_method = TopkMethod::group_limited_greedy;
+    else if (*method == "noaux_tc")
+      m.topk_method = TopkMethod::noaux_tc;
+    else
+      f.fail_key("topk_method", "unsupported \"" + *method +
+                                    "\" (supported: greedy, group_limited_greedy, noaux_tc)");
   }
   if (const auto scoring = f.optional_string("scoring_func")) {
-    if (*scoring == "softmax") m.scoring_func = RouterScoring::softmax;
-    else if (*scoring == "sigmoid") m.scoring_func = RouterScoring::sigmoid;
-    else f.fail_key("scoring_func", "unsupported \"" + *scoring + "\" (supported: softmax, sigmoid)");
+    if (*scoring == "softmax")
+      m.scoring_func = RouterScoring::softmax;
+    else if (*scoring == "sigmoid")
+      m.scoring_func = RouterScoring::sigmoid;
+    else
+      f.fail_key("scoring_func", "unsupported \"" + *scoring + "\" (supported: softmax, sigmoid)");
   }
 
   const std::string experts = std::to_string(m.num_experts);
@@ -170,7 +184,7 @@ void parse_moe_layers(const JsonFields& f, ModelType type, ModelConfig& c) {
       c.moe_layers[static_cast<size_t>(dense)] = false;
     }
   } else {  // DeepSeek and GLM: dense below first_k_dense_replace, then every moe_layer_freq-th
-    const int64_t first = f.int_or("first_k_dense_replace", type == ModelType::deepseek_v3 ? 3
+    const int64_t first = f.int_or("first_k_dense_replace", type == ModelType::deepseek_v3     ? 3
                                                             : type == ModelType::glm4_moe_lite ? 1
                                                                                                : 0);
     const int64_t freq = f.int_or("moe_layer_freq", 1);
@@ -190,12 +204,14 @@ void parse_moe(const JsonFields& f, ModelConfig& c) {
                           type == ModelType::deepseek_v2 || type == ModelType::deepseek_v3 ||
                           type == ModelType::glm4_moe_lite;
   if (!moe_family) return;
-  const char* experts_key = f.first_present({"n_routed_experts", "num_experts", "num_local_experts"});
+  const char* experts_key =
+      f.first_present({"n_routed_experts", "num_experts", "num_local_experts"});
   if (!experts_key) {
     // DeepSeek configs may leave n_routed_experts null: a dense model.
     if (type == ModelType::qwen3_moe) f.at("num_experts");
     if (type == ModelType::mixtral) f.at("num_local_experts");
-    if (type == ModelType::deepseek_v3 || type == ModelType::glm4_moe_lite) f.at("n_routed_experts");
+    if (type == ModelType::deepseek_v3 || type == ModelType::glm4_moe_lite)
+      f.at("n_routed_experts");
     return;
   }
   MoeConfig m = moe_defaults(type);
@@ -203,8 +219,9 @@ void parse_moe(const JsonFields& f, ModelConfig& c) {
   if (m.num_experts < 0) f.fail_key(experts_key, "must not be negative");
   if (m.num_experts == 0) return;  // Qwen3-MoE with num_experts 0 is dense
   m.num_experts_per_tok = f.required_positive("num_experts_per_tok");
-  m.moe_intermediate_size = type == ModelType::mixtral ? c.intermediate_size
-                                                       : f.required_positive("moe_intermediate_size");
+  m.moe_intermediate_size = type == ModelType::mixtral
+                                ? c.intermediate_size
+                                : f.required_positive("moe_intermediate_size");
   parse_routing(f, type, m);
   c.moe = m;
   parse_moe_layers(f, type, c);

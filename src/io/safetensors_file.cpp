@@ -49,8 +49,8 @@ class MappedFile final : public ByteSource {
       if (p == MAP_FAILED) p = ::mmap(nullptr, size_, PROT_READ, MAP_PRIVATE, fd, 0);
       const int saved = errno;
       ::close(fd);
-      MARLIN_CHECK(p != MAP_FAILED, kOp, path, ": cannot map ", size_, " bytes: ",
-                   std::strerror(saved));
+      MARLIN_CHECK(p != MAP_FAILED, kOp, path, ": cannot map ", size_,
+                   " bytes: ", std::strerror(saved));
       data_ = static_cast<uint8_t*>(p);
     } else {
       ::close(fd);
@@ -77,7 +77,7 @@ class OwnedBytes final : public ByteSource {
   std::vector<uint8_t> bytes_;
 };
 
-std::string quoted(const std::string& name) { return "\"" + name + "\""; }
+using io::quote_name;
 
 }  // namespace
 
@@ -120,7 +120,7 @@ bool SafetensorsFile::has(const std::string& name) const {
 const SafetensorsTensorInfo& SafetensorsFile::info(const std::string& name) const {
   const auto it = state_->header.tensors.find(name);
   MARLIN_CHECK(it != state_->header.tensors.end(), kOp, state_->path, ": no tensor ",
-               quoted(name), " (the file holds ", state_->names.size(), " tensors)");
+               quote_name(name), " (the file holds ", state_->names.size(), " tensors)");
   return it->second;
 }
 
@@ -189,21 +189,21 @@ std::shared_ptr<SafetensorsCheckpoint::State> open_index(const std::string& inde
   const fs::path dir = fs::path(index_path).parent_path();
   std::map<std::string, size_t> shard_slot;
   for (const auto& [name, shard] : weight_map.items()) {
-    MARLIN_CHECK(shard.is_string(), kOp, index_path, ": weight_map entry of tensor ", quoted(name),
-                 " must be a file name string, got ", shard.type_name());
+    MARLIN_CHECK(shard.is_string(), kOp, index_path, ": weight_map entry of tensor ",
+                 quote_name(name), " must be a file name string, got ", shard.type_name());
     const std::string shard_name = shard.get<std::string>();
-    MARLIN_CHECK(is_plain_file_name(shard_name), kOp, index_path, ": tensor ", quoted(name),
-                 " names shard ", quoted(shard_name), ", which is not a plain file name");
+    MARLIN_CHECK(is_plain_file_name(shard_name), kOp, index_path, ": tensor ", quote_name(name),
+                 " names shard ", quote_name(shard_name), ", which is not a plain file name");
     auto slot = shard_slot.find(shard_name);
     if (slot == shard_slot.end()) {
       const std::string shard_path = (dir / shard_name).string();
-      MARLIN_CHECK(fs::exists(shard_path), kOp, index_path, ": shard ", quoted(shard_name),
-                   " (holding tensor ", quoted(name), ") does not exist");
+      MARLIN_CHECK(fs::exists(shard_path), kOp, index_path, ": shard ", quote_name(shard_name),
+                   " (holding tensor ", quote_name(name), ") does not exist");
       state->files.push_back(SafetensorsFile::open(shard_path));
       slot = shard_slot.emplace(shard_name, state->files.size() - 1).first;
     }
-    MARLIN_CHECK(state->files[slot->second].has(name), kOp, index_path, ": tensor ", quoted(name),
-                 " is not in its shard ", state->files[slot->second].path());
+    MARLIN_CHECK(state->files[slot->second].has(name), kOp, index_path, ": tensor ",
+                 quote_name(name), " is not in its shard ", state->files[slot->second].path());
     state->file_of.emplace(name, slot->second);
     state->names.push_back(name);
   }
@@ -253,7 +253,7 @@ bool SafetensorsCheckpoint::has(const std::string& name) const {
 
 const SafetensorsFile& SafetensorsCheckpoint::file_of(const std::string& name) const {
   const auto it = state_->file_of.find(name);
-  MARLIN_CHECK(it != state_->file_of.end(), kOp, state_->source, ": no tensor ", quoted(name),
+  MARLIN_CHECK(it != state_->file_of.end(), kOp, state_->source, ": no tensor ", quote_name(name),
                " in the checkpoint (", state_->names.size(), " tensors)");
   return state_->files[it->second];
 }

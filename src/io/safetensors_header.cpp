@@ -57,11 +57,6 @@ namespace {
 
 constexpr std::string_view kOp = "safetensors";
 
-// Tensor names may hold anything JSON allows; quote them so that odd names stay readable.
-std::string quoted(const std::string& name) {
-  return "\"" + (name.size() > 200 ? name.substr(0, 200) + "..." : name) + "\"";
-}
-
 // A JSON number that is a non-negative integer (the parser keeps integers exact up to 2^64-1).
 bool as_unsigned(const nlohmann::json& value, uint64_t& out) {
   if (value.is_number_unsigned()) {
@@ -75,7 +70,8 @@ bool as_unsigned(const nlohmann::json& value, uint64_t& out) {
   return false;
 }
 
-nlohmann::json parse_json_object(const uint8_t* begin, const uint8_t* end, const std::string& label) {
+nlohmann::json parse_json_object(const uint8_t* begin, const uint8_t* end,
+                                 const std::string& label) {
   // Top-level keys are tensor names: a duplicate would silently hide a tensor, so it is an error.
   // Valid headers nest three levels at most (object, entry, shape); deeper values are dropped
   // during parsing so that a hostile header cannot build a huge tree, and reported after.
@@ -101,7 +97,7 @@ nlohmann::json parse_json_object(const uint8_t* begin, const uint8_t* end, const
   }
   MARLIN_CHECK(header.is_object(), kOp, label, ": header must be a JSON object, got ",
                header.type_name());
-  MARLIN_CHECK(duplicate.empty(), kOp, label, ": tensor ", quoted(duplicate),
+  MARLIN_CHECK(duplicate.empty(), kOp, label, ": tensor ", quote_name(duplicate),
                " appears twice in the header");
   MARLIN_CHECK(!too_deep, kOp, label,
                ": header nests values deeper than a safetensors header can (tensor entries hold "
@@ -110,11 +106,11 @@ nlohmann::json parse_json_object(const uint8_t* begin, const uint8_t* end, const
 }
 
 SafetensorsMetadata parse_metadata(const nlohmann::json& value, const std::string& label) {
-  MARLIN_CHECK(value.is_object(), kOp, label, ": \"__metadata__\" must be an object of strings, got ",
-               value.type_name());
+  MARLIN_CHECK(value.is_object(), kOp, label,
+               ": \"__metadata__\" must be an object of strings, got ", value.type_name());
   SafetensorsMetadata metadata;
   for (const auto& [key, item] : value.items()) {
-    MARLIN_CHECK(item.is_string(), kOp, label, ": \"__metadata__\" value of key ", quoted(key),
+    MARLIN_CHECK(item.is_string(), kOp, label, ": \"__metadata__\" value of key ", quote_name(key),
                  " must be a string, got ", item.type_name());
     metadata.emplace(key, item.get<std::string>());
   }
@@ -123,12 +119,12 @@ SafetensorsMetadata parse_metadata(const nlohmann::json& value, const std::strin
 
 SafetensorsTensorInfo parse_entry(const std::string& name, const nlohmann::json& entry,
                                   uint64_t data_size, const std::string& label) {
-  const std::string where = label + ": tensor " + quoted(name);
+  const std::string where = label + ": tensor " + quote_name(name);
   MARLIN_CHECK(entry.is_object(), kOp, where, ": entry must be an object, got ", entry.type_name());
   for (const auto& [key, unused] : entry.items()) {
     (void)unused;
     MARLIN_CHECK(key == "dtype" || key == "shape" || key == "data_offsets", kOp, where,
-                 ": unknown field ", quoted(key), " (expected dtype, shape, data_offsets)");
+                 ": unknown field ", quote_name(key), " (expected dtype, shape, data_offsets)");
   }
   MARLIN_CHECK(entry.contains("dtype") && entry.contains("shape") && entry.contains("data_offsets"),
                kOp, where, ": entry needs the fields dtype, shape and data_offsets");
@@ -138,7 +134,7 @@ SafetensorsTensorInfo parse_entry(const std::string& name, const nlohmann::json&
   MARLIN_CHECK(dtype.is_string(), kOp, where, ": dtype must be a string, got ", dtype.type_name());
   const auto parsed_dtype = safetensors_dtype_from_name(dtype.get<std::string>());
   MARLIN_CHECK(parsed_dtype.has_value(), kOp, where, ": unsupported dtype ",
-               quoted(dtype.get<std::string>()), " (supported: ", supported_dtype_list(), ")");
+               quote_name(dtype.get<std::string>()), " (supported: ", supported_dtype_list(), ")");
   info.dtype = *parsed_dtype;
 
   const auto& shape = entry["shape"];
@@ -190,23 +186,29 @@ void check_tiling(const std::map<std::string, SafetensorsTensorInfo>& tensors, u
   const std::string* previous = nullptr;
   for (const auto* entry : order) {
     const auto& info = entry->second;
-    MARLIN_CHECK(info.data_begin >= covered, kOp, label, ": tensor ", quoted(entry->first),
+    MARLIN_CHECK(info.data_begin >= covered, kOp, label, ": tensor ", quote_name(entry->first),
                  " (bytes ", info.data_begin, "..", info.data_end, ") overlaps tensor ",
-                 quoted(previous ? *previous : std::string()));
-    MARLIN_CHECK(info.data_begin == covered, kOp, label, ": tensor ", quoted(entry->first),
+                 quote_name(previous ? *previous : std::string()));
+    MARLIN_CHECK(info.data_begin == covered, kOp, label, ": tensor ", quote_name(entry->first),
                  " starts at byte ", info.data_begin, " of the data region, leaving a gap of ",
                  info.data_begin - covered, " bytes after ",
-                 previous ? "tensor " + quoted(*previous) : std::string("the header"));
+                 previous ? "tensor " + quote_name(*previous) : std::string("the header"));
     covered = info.data_end;
     previous = &entry->first;
   }
   MARLIN_CHECK(covered == data_size, kOp, label, ": the data region has ", data_size,
                " bytes but the tensors cover only ", covered, " (", data_size - covered,
-               " bytes after ", previous ? "tensor " + quoted(*previous) : std::string("the header"),
+               " bytes after ",
+               previous ? "tensor " + quote_name(*previous) : std::string("the header"),
                " belong to no tensor)");
 }
 
 }  // namespace
+
+// Tensor names may hold anything JSON allows; quote them so that odd names stay readable.
+std::string quote_name(const std::string& name) {
+  return "\"" + (name.size() > 200 ? name.substr(0, 200) + "..." : name) + "\"";
+}
 
 SafetensorsHeader parse_safetensors_header(const uint8_t* bytes, size_t size,
                                            const std::string& label) {

@@ -20,6 +20,9 @@ struct SafetensorsHeader {
   SafetensorsMetadata metadata;
 };
 
+// A tensor name in quotes for error messages, cut short when it is very long.
+std::string quote_name(const std::string& name);
+
 // Checks everything about the file's layout: the prefix, the JSON, each entry's dtype, shape and
 // offsets, and that the tensors tile the data region exactly (no overlap, no gap, no tail).
 // Throws marlin::Error naming `label` (the file) and the offending tensor or field.

@@ -39,8 +39,8 @@ int hf_dtype_rank(DType dtype) {
 }
 
 struct WritePlan {
-  std::string header;                 // JSON padded with spaces to a multiple of 8 bytes
-  std::vector<const Tensor*> order;   // tensors in data order
+  std::string header;                // JSON padded with spaces to a multiple of 8 bytes
+  std::vector<const Tensor*> order;  // tensors in data order
   uint64_t data_bytes = 0;
 };
 
@@ -146,7 +146,8 @@ std::vector<uint8_t> serialize_safetensors(const NamedTensors& tensors,
   const WritePlan plan = plan_file(tensors, metadata);
   std::vector<uint8_t> bytes;
   bytes.reserve(8 + plan.header.size() + plan.data_bytes);
-  emit(plan, [&](const uint8_t* data, size_t size) { bytes.insert(bytes.end(), data, data + size); });
+  emit(plan,
+       [&](const uint8_t* data, size_t size) { bytes.insert(bytes.end(), data, data + size); });
   return bytes;
 }
 

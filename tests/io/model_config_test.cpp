@@ -1,5 +1,7 @@
 // config.json / generation_config.json parsing: the real configs of bench/configs (expected values
 // read from the JSON itself), every spelling variant and family default, and the errors.
+#include "marlin/model_config.h"
+
 #include <gtest/gtest.h>
 
 #include <filesystem>
@@ -7,7 +9,6 @@
 #include <nlohmann/json.hpp>
 
 #include "io/safetensors_test_util.h"
-#include "marlin/model_config.h"
 
 namespace marlin {
 namespace {
@@ -66,14 +67,15 @@ TEST(ModelConfig, RealConfigsParseWithTheirValues) {
       EXPECT_EQ(c.mla->qk_rope_head_dim, j["qk_rope_head_dim"].get<int64_t>());
       EXPECT_EQ(c.mla->qk_nope_head_dim, j["qk_nope_head_dim"].get<int64_t>());
       EXPECT_EQ(c.mla->v_head_dim, j["v_head_dim"].get<int64_t>());
-      EXPECT_EQ(c.head_dim, j["qk_rope_head_dim"].get<int64_t>() + j["qk_nope_head_dim"].get<int64_t>());
+      EXPECT_EQ(c.head_dim,
+                j["qk_rope_head_dim"].get<int64_t>() + j["qk_nope_head_dim"].get<int64_t>());
       EXPECT_EQ(c.rotary_dim, j["qk_rope_head_dim"].get<int64_t>());
       EXPECT_TRUE(c.rope_interleave);
     } else {
       EXPECT_FALSE(c.mla.has_value());
-      const int64_t head_dim = j.contains("head_dim")
-                                   ? j["head_dim"].get<int64_t>()
-                                   : j["hidden_size"].get<int64_t>() / j["num_attention_heads"].get<int64_t>();
+      const int64_t head_dim = j.contains("head_dim") ? j["head_dim"].get<int64_t>()
+                                                      : j["hidden_size"].get<int64_t>() /
+                                                            j["num_attention_heads"].get<int64_t>();
       EXPECT_EQ(c.head_dim, head_dim);
       EXPECT_EQ(c.rotary_dim, head_dim);
       EXPECT_FALSE(c.rope_interleave);
@@ -118,7 +120,8 @@ TEST(ModelConfig, RealConfigsParseWithTheirValues) {
 
 TEST(ModelConfig, GlmFlashRoutesLikeDeepSeekV3) {
   // Keys the file omits come from the Glm4MoeLite defaults: sigmoid scores, noaux_tc.
-  const ModelConfig c = load_model_config(std::string(MARLIN_SOURCE_DIR) + "/bench/configs/glm-4.7-flash.json");
+  const ModelConfig c =
+      load_model_config(std::string(MARLIN_SOURCE_DIR) + "/bench/configs/glm-4.7-flash.json");
   ASSERT_TRUE(c.moe);
   EXPECT_EQ(c.moe->scoring_func, RouterScoring::sigmoid);
   EXPECT_EQ(c.moe->topk_method, TopkMethod::noaux_tc);
@@ -129,9 +132,9 @@ TEST(ModelConfig, GlmFlashRoutesLikeDeepSeekV3) {
 
 // A small llama config that the tests below vary.
 json base_config(const std::string& type = "llama") {
-  return {{"model_type", type},        {"vocab_size", 1000},        {"hidden_size", 256},
-          {"intermediate_size", 512},  {"num_hidden_layers", 4},    {"num_attention_heads", 8},
-          {"rms_norm_eps", 1e-5},      {"eos_token_id", 2}};
+  return {{"model_type", type},       {"vocab_size", 1000},     {"hidden_size", 256},
+          {"intermediate_size", 512}, {"num_hidden_layers", 4}, {"num_attention_heads", 8},
+          {"rms_norm_eps", 1e-5},     {"eos_token_id", 2}};
 }
 
 ModelConfig parse(const json& j) { return parse_model_config(j.dump(), "test/config.json"); }
@@ -156,7 +159,8 @@ TEST(ModelConfig, RopeParametersSpellingOfTransformers5) {
   EXPECT_EQ(c.rope_scaling.type, RopeType::linear);
   EXPECT_EQ(c.rope_scaling.factor, 2.0);
   EXPECT_EQ(c.rope_theta, 123456.0);
-  j["rope_parameters"] = {{"rope_type", "default"}, {"rope_theta", 5e5}, {"partial_rotary_factor", 0.5}};
+  j["rope_parameters"] = {
+      {"rope_type", "default"}, {"rope_theta", 5e5}, {"partial_rotary_factor", 0.5}};
   const ModelConfig d = parse(j);
   EXPECT_EQ(d.rope_scaling.type, RopeType::default_rope);
   EXPECT_EQ(d.rotary_dim, 16);
@@ -164,13 +168,25 @@ TEST(ModelConfig, RopeParametersSpellingOfTransformers5) {
 
 TEST(ModelConfig, OldTypeKeyAndYarnForDeepSeekV2Lite) {
   json j = base_config("deepseek_v2");
-  j.update({{"q_lora_rank", nullptr}, {"kv_lora_rank", 64}, {"qk_rope_head_dim", 16},
-            {"qk_nope_head_dim", 32}, {"v_head_dim", 32}, {"n_routed_experts", 8},
-            {"num_experts_per_tok", 2}, {"moe_intermediate_size", 64}, {"n_shared_experts", 2},
-            {"first_k_dense_replace", 1}, {"topk_method", "greedy"},
-            {"rope_scaling", {{"type", "yarn"}, {"factor", 40}, {"original_max_position_embeddings", 4096},
-                              {"beta_fast", 32}, {"beta_slow", 1}, {"mscale", 0.707},
-                              {"mscale_all_dim", 0.707}}}});
+  j.update({{"q_lora_rank", nullptr},
+            {"kv_lora_rank", 64},
+            {"qk_rope_head_dim", 16},
+            {"qk_nope_head_dim", 32},
+            {"v_head_dim", 32},
+            {"n_routed_experts", 8},
+            {"num_experts_per_tok", 2},
+            {"moe_intermediate_size", 64},
+            {"n_shared_experts", 2},
+            {"first_k_dense_replace", 1},
+            {"topk_method", "greedy"},
+            {"rope_scaling",
+             {{"type", "yarn"},
+              {"factor", 40},
+              {"original_max_position_embeddings", 4096},
+              {"beta_fast", 32},
+              {"beta_slow", 1},
+              {"mscale", 0.707},
+              {"mscale_all_dim", 0.707}}}});
   const ModelConfig c = parse(j);
   ASSERT_TRUE(c.mla);
   EXPECT_FALSE(c.mla->q_lora_rank.has_value());  // plain q_proj
@@ -190,9 +206,15 @@ TEST(ModelConfig, OldTypeKeyAndYarnForDeepSeekV2Lite) {
 
 TEST(ModelConfig, DeepSeekV3DefaultsAndGroupedRouting) {
   json j = base_config("deepseek_v3");
-  j.update({{"q_lora_rank", 96}, {"kv_lora_rank", 64}, {"qk_rope_head_dim", 16},
-            {"qk_nope_head_dim", 32}, {"v_head_dim", 32}, {"n_routed_experts", 16},
-            {"num_experts_per_tok", 4}, {"moe_intermediate_size", 64}, {"num_hidden_layers", 5}});
+  j.update({{"q_lora_rank", 96},
+            {"kv_lora_rank", 64},
+            {"qk_rope_head_dim", 16},
+            {"qk_nope_head_dim", 32},
+            {"v_head_dim", 32},
+            {"n_routed_experts", 16},
+            {"num_experts_per_tok", 4},
+            {"moe_intermediate_size", 64},
+            {"num_hidden_layers", 5}});
   const ModelConfig c = parse(j);
   ASSERT_TRUE(c.moe);
   EXPECT_EQ(c.moe->n_group, 8);
@@ -206,7 +228,9 @@ TEST(ModelConfig, DeepSeekV3DefaultsAndGroupedRouting) {
 
 TEST(ModelConfig, MixtralAndQwen3MoeExperts) {
   json mixtral = base_config("mixtral");
-  mixtral.update({{"num_local_experts", 8}, {"num_experts_per_tok", 2}, {"norm_topk_prob", false},
+  mixtral.update({{"num_local_experts", 8},
+                  {"num_experts_per_tok", 2},
+                  {"norm_topk_prob", false},
                   {"sliding_window", nullptr}});
   const ModelConfig m = parse(mixtral);
   ASSERT_TRUE(m.moe);
@@ -217,8 +241,12 @@ TEST(ModelConfig, MixtralAndQwen3MoeExperts) {
   EXPECT_EQ(m.rope_theta, 1e6);
 
   json qwen = base_config("qwen3_moe");
-  qwen.update({{"num_experts", 8}, {"num_experts_per_tok", 2}, {"moe_intermediate_size", 64},
-               {"decoder_sparse_step", 2}, {"mlp_only_layers", {3}}, {"head_dim", 64}});
+  qwen.update({{"num_experts", 8},
+               {"num_experts_per_tok", 2},
+               {"moe_intermediate_size", 64},
+               {"decoder_sparse_step", 2},
+               {"mlp_only_layers", {3}},
+               {"head_dim", 64}});
   const ModelConfig q = parse(qwen);
   EXPECT_EQ(q.moe_layers, (std::vector<bool>{false, true, false, false}));
   EXPECT_EQ(q.head_dim, 64);  // explicit, not hidden / heads
@@ -243,7 +271,9 @@ TEST(ModelConfig, SlidingWindowAndBiasPerFamily) {
   EXPECT_EQ(on.sliding_window_layers, (std::vector<bool>{false, false, true, true}));
 
   json llama = base_config();
-  llama.update({{"attention_bias", true}, {"mlp_bias", true}, {"eos_token_id", {5, 6}},
+  llama.update({{"attention_bias", true},
+                {"mlp_bias", true},
+                {"eos_token_id", {5, 6}},
                 {"torch_dtype", "float16"}});
   const ModelConfig l = parse(llama);
   EXPECT_TRUE(l.attention_bias && l.attention_output_bias && l.mlp_bias);
@@ -262,13 +292,15 @@ void expect_config_error(const json& j, const std::vector<std::string>& mentions
     const std::string message = e.what();
     EXPECT_NE(message.find("test/config.json"), std::string::npos) << message;
     for (const auto& needle : mentions)
-      EXPECT_NE(message.find(needle), std::string::npos) << "lacks \"" << needle << "\": " << message;
+      EXPECT_NE(message.find(needle), std::string::npos)
+          << "lacks \"" << needle << "\": " << message;
   }
 }
 
 TEST(ModelConfig, ErrorsNameTheFileAndTheKey) {
   json j = base_config("gpt2");
-  expect_config_error(j, {"model_type", "gpt2", "llama", "qwen3_moe", "deepseek_v3", "glm4_moe_lite"});
+  expect_config_error(j,
+                      {"model_type", "gpt2", "llama", "qwen3_moe", "deepseek_v3", "glm4_moe_lite"});
   j = base_config();
   j.erase("hidden_size");
   expect_config_error(j, {"\"hidden_size\"", "missing"});
@@ -287,7 +319,9 @@ TEST(ModelConfig, ErrorsNameTheFileAndTheKey) {
   j = base_config();
   j["rope_scaling"] = {{"rope_type", "dynamic"}, {"factor", 2.0}};
   expect_config_error(j, {"rope_scaling.rope_type", "dynamic", "llama3", "yarn"});
-  j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"high_freq_factor", 4.0},
+  j["rope_scaling"] = {{"rope_type", "llama3"},
+                       {"factor", 8.0},
+                       {"high_freq_factor", 4.0},
                        {"original_max_position_embeddings", 8192}};
   expect_config_error(j, {"rope_scaling.low_freq_factor", "missing"});
   j["rope_scaling"] = {{"factor", 2.0}};
@@ -303,7 +337,8 @@ TEST(ModelConfig, ErrorsNameTheFileAndTheKey) {
   j.update({{"num_experts", 4}, {"num_experts_per_tok", 8}, {"moe_intermediate_size", 64}});
   expect_config_error(j, {"\"num_experts_per_tok\"", "exceeds"});
   j = base_config("deepseek_v3");
-  j.update({{"q_lora_rank", 96}, {"kv_lora_rank", 64}, {"qk_rope_head_dim", 16}, {"v_head_dim", 32}});
+  j.update(
+      {{"q_lora_rank", 96}, {"kv_lora_rank", 64}, {"qk_rope_head_dim", 16}, {"v_head_dim", 32}});
   expect_config_error(j, {"\"qk_nope_head_dim\""});
   try {
     parse_model_config("{\"model_type\": ", "broken/config.json");

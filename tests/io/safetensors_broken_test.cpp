@@ -15,15 +15,14 @@ using testing::file_bytes;
 using testing::ScratchDir;
 
 struct BrokenFile {
-  std::string name;                  // also the file name on disk
+  std::string name;  // also the file name on disk
   std::vector<uint8_t> bytes;
   std::vector<std::string> mentions;  // substrings the error message must contain
 };
 
 // One valid two-tensor header: "a" = F32[2] at [0, 8), "b" = I16[3] at [8, 14).
-const std::string kGoodHeader =
-    R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
-    R"("b":{"dtype":"I16","shape":[3],"data_offsets":[8,14]}})";
+const std::string kGoodHeader = R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},)"
+                                R"("b":{"dtype":"I16","shape":[3],"data_offsets":[8,14]}})";
 
 std::string entry(const std::string& name, const std::string& dtype, const std::string& shape,
                   const std::string& offsets) {
@@ -36,7 +35,9 @@ std::vector<BrokenFile> broken_corpus() {
   auto add = [&](std::string name, std::vector<uint8_t> bytes, std::vector<std::string> mentions) {
     corpus.push_back({std::move(name), std::move(bytes), std::move(mentions)});
   };
-  auto one = [](const std::string& body, size_t data) { return file_bytes("{" + body + "}", data); };
+  auto one = [](const std::string& body, size_t data) {
+    return file_bytes("{" + body + "}", data);
+  };
 
   add("empty", {}, {"too short"});
   add("short_length", {0x10, 0, 0, 0, 0}, {"too short"});
@@ -51,14 +52,11 @@ std::vector<BrokenFile> broken_corpus() {
   add("wrong_dtype", one(entry("w", "\"F33\"", "[2]", "[0,8]"), 8), {"\"w\"", "F33", "BF16"});
   add("dtype_not_string", one(entry("w", "4", "[2]", "[0,8]"), 8), {"\"w\"", "dtype"});
   add("negative_shape", one(entry("w", "\"F32\"", "[-1,2]", "[0,8]"), 8), {"\"w\"", "shape[0]"});
-  add("fractional_shape", one(entry("w", "\"F32\"", "[2,1.5]", "[0,8]"), 8),
-      {"\"w\"", "shape[1]"});
-  add("overflowing_shape",
-      one(entry("w", "\"F32\"", "[4294967296,4294967296,16]", "[0,8]"), 8),
+  add("fractional_shape", one(entry("w", "\"F32\"", "[2,1.5]", "[0,8]"), 8), {"\"w\"", "shape[1]"});
+  add("overflowing_shape", one(entry("w", "\"F32\"", "[4294967296,4294967296,16]", "[0,8]"), 8),
       {"\"w\"", "overflows"});
   add("empty_but_overflowing_shape",
-      one(entry("w", "\"F32\"", "[0,4294967296,4294967296]", "[0,0]"), 0),
-      {"\"w\"", "overflows"});
+      one(entry("w", "\"F32\"", "[0,4294967296,4294967296]", "[0,0]"), 0), {"\"w\"", "overflows"});
   add("shape_not_array", one(entry("w", "\"F32\"", "2", "[0,8]"), 8), {"\"w\"", "shape"});
   add("offsets_out_of_range", one(entry("w", "\"F32\"", "[2]", "[992,1000]"), 8),
       {"\"w\"", "data_offsets", "past the end"});
@@ -66,19 +64,15 @@ std::vector<BrokenFile> broken_corpus() {
   add("offsets_arity", one(entry("w", "\"F32\"", "[2]", "[0]"), 8), {"\"w\"", "data_offsets"});
   add("offsets_negative", one(entry("w", "\"F32\"", "[2]", "[-8,0]"), 8),
       {"\"w\"", "data_offsets"});
-  add("size_mismatch", one(entry("w", "\"F32\"", "[3]", "[0,8]"), 8),
-      {"\"w\"", "need 12"});
+  add("size_mismatch", one(entry("w", "\"F32\"", "[3]", "[0,8]"), 8), {"\"w\"", "need 12"});
   add("overlap",
-      one(entry("a", "\"F32\"", "[2]", "[0,8]") + "," + entry("b", "\"F32\"", "[2]", "[4,12]"),
-          12),
+      one(entry("a", "\"F32\"", "[2]", "[0,8]") + "," + entry("b", "\"F32\"", "[2]", "[4,12]"), 12),
       {"\"b\"", "overlaps tensor \"a\""});
   add("empty_tensor_inside_another",
-      one(entry("a", "\"F32\"", "[2]", "[0,8]") + "," + entry("z", "\"F32\"", "[0]", "[4,4]"),
-          8),
+      one(entry("a", "\"F32\"", "[2]", "[0,8]") + "," + entry("z", "\"F32\"", "[0]", "[4,4]"), 8),
       {"\"z\"", "overlaps"});
   add("gap",
-      one(entry("a", "\"F32\"", "[1]", "[0,4]") + "," + entry("b", "\"F32\"", "[1]", "[8,12]"),
-          12),
+      one(entry("a", "\"F32\"", "[1]", "[0,4]") + "," + entry("b", "\"F32\"", "[1]", "[8,12]"), 12),
       {"\"b\"", "gap of 4 bytes"});
   add("gap_before_first", one(entry("a", "\"F32\"", "[1]", "[4,8]"), 8), {"\"a\"", "gap"});
   add("unaccounted_tail", one(entry("a", "\"F32\"", "[1]", "[0,4]"), 8),
@@ -91,7 +85,8 @@ std::vector<BrokenFile> broken_corpus() {
   add("metadata_not_object", one("\"__metadata__\":[]", 0), {"__metadata__"});
   add("missing_field", one("\"w\":{\"dtype\":\"F32\",\"shape\":[1]}", 4),
       {"\"w\"", "data_offsets"});
-  add("unknown_field", one("\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}", 4),
+  add("unknown_field",
+      one("\"w\":{\"dtype\":\"F32\",\"shape\":[1],\"data_offsets\":[0,4],\"x\":1}", 4),
       {"\"w\"", "\"x\""});
   add("deep_nesting", file_bytes("{\"w\":{\"dtype\":[[[[[[1]]]]]]}}", 0), {"nests"});
   std::vector<uint8_t> truncated = file_bytes(kGoodHeader, 14);
@@ -148,7 +143,8 @@ class ShardedBroken : public ::testing::Test {
   void SetUp() override {
     const std::vector<uint8_t> shard = file_bytes(kGoodHeader, 14);
     std::ofstream(dir_.file("model-00001-of-00002.safetensors"), std::ios::binary)
-        .write(reinterpret_cast<const char*>(shard.data()), static_cast<std::streamsize>(shard.size()));
+        .write(reinterpret_cast<const char*>(shard.data()),
+               static_cast<std::streamsize>(shard.size()));
   }
   void write_index(const std::string& text) {
     std::ofstream(dir_.file("model.safetensors.index.json")) << text;

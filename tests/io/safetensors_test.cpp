@@ -1,15 +1,16 @@
 // safetensors write -> read round trips (every dtype, empty and scalar tensors, metadata,
 // strided sources, shards) and the zero-copy, alignment and lifetime rules of the reader.
+#include "marlin/safetensors.h"
+
 #include <gtest/gtest.h>
 
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <random>
 
 #include "io/safetensors_test_util.h"
-#include "marlin/safetensors.h"
-#include <nlohmann/json.hpp>
 
 namespace marlin {
 namespace {
@@ -17,9 +18,9 @@ namespace {
 using testing::random_bytes_tensor;
 using testing::ScratchDir;
 
-constexpr DType kAllDTypes[] = {DType::f64, DType::f32, DType::f16,  DType::bf16,
+constexpr DType kAllDTypes[] = {DType::f64,      DType::f32, DType::f16, DType::bf16,
                                 DType::fp8_e4m3, DType::i64, DType::i32, DType::u32,
-                                DType::i16, DType::i8,  DType::u8,   DType::boolean};
+                                DType::i16,      DType::i8,  DType::u8,  DType::boolean};
 
 void expect_same_bytes(const Tensor& got, const Tensor& want, const std::string& name) {
   ASSERT_EQ(got.dtype(), want.dtype()) << name;
@@ -96,9 +97,8 @@ TEST(Safetensors, TensorsAreAlignedViewsThatOutliveTheFile) {
 TEST(Safetensors, MisalignedTensorIsCopiedAligned) {
   // Hand-made file whose f32 tensor starts at data byte 1 (after a 1-byte u8 tensor): the HF
   // writer never does this, other writers might.
-  const std::string header =
-      R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
-      R"("b":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})";
+  const std::string header = R"({"a":{"dtype":"U8","shape":[1],"data_offsets":[0,1]},)"
+                             R"("b":{"dtype":"F32","shape":[2],"data_offsets":[1,9]}})";
   std::vector<uint8_t> bytes = testing::file_bytes(header, 9);
   const float values[2] = {1.5f, -2.25f};
   std::memcpy(bytes.data() + 8 + header.size() + 1, values, sizeof(values));
@@ -151,7 +151,8 @@ TEST(Safetensors, ShardedRoundTrip) {
   EXPECT_EQ(checkpoint.source(), saved.index_path);
   EXPECT_EQ(checkpoint.files().size(), 4u);
   ASSERT_EQ(checkpoint.names().size(), tensors.size());
-  for (const auto& [name, tensor] : tensors) expect_same_bytes(checkpoint.tensor(name), tensor, name);
+  for (const auto& [name, tensor] : tensors)
+    expect_same_bytes(checkpoint.tensor(name), tensor, name);
   EXPECT_EQ(checkpoint.file_of("big").path(), saved.files[3]);
   EXPECT_THROW(checkpoint.tensor("missing"), Error);
 
