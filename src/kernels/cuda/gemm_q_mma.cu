@@ -113,14 +113,15 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   return v;
 }
 
-// Units of weights loaded ahead of use: 128 bytes in flight per lane for every format.
+// Units of weights per round: 64 bytes per lane for every format. Two rounds are in registers
+// at a time (one computing, one loading).
 template <QuantFormat F>
 constexpr int units_ahead() {
-  return 8 / MmaCodec<F>::kWords;
+  return 4 / MmaCodec<F>::kWords;
 }
 
 template <QuantFormat F, int MT>
-__global__ void __launch_bounds__(kMmaThreads)
+__global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
     gemm_q_mma_kernel(const __half* __restrict__ A, const uint4* __restrict__ tiled,
                       const __half* __restrict__ scales, const void* __restrict__ bias,
                       BiasKind bias_kind, __half* __restrict__ C, float* __restrict__ partials,
@@ -149,14 +150,14 @@ __global__ void __launch_bounds__(kMmaThreads)
   const int col_in_tile = lane / 4;
   __half2 s2[8];
   constexpr int kUnitsPerChunk = kChunkK / kUnitK;
-  static_assert(kUnitsPerChunk % kAhead == 0, "a round of units must not straddle an A chunk");
+  static_assert(kUnitsPerChunk % (2 * kAhead) == 0, "rounds must not straddle an A chunk");
   const int total_units = (kend - kbeg) / kUnitK;
   const int64_t first_unit = kbeg / kUnitK;
 
-  // Weights are double-buffered in registers: the next round's loads are in flight while this
-  // round computes (and across the barriers that stage A, which weights do not depend on).
-  uint32_t w_next[kAhead][kW * 4];
-  auto load_round = [&](int r) {
+  // Weights are double-buffered in registers: one round's loads are in flight while the other
+  // round computes (also across the barriers that stage A, which weights do not depend on).
+  uint32_t buf0[kAhead][kW * 4], buf1[kAhead][kW * 4];
+  auto load_round = [&](uint32_t (&w)[kAhead][kW * 4], int r) {
 #pragma unroll
     for (int a = 0; a < kAhead; ++a) {
       if (active && r + a < total_units) {
@@ -164,37 +165,30 @@ __global__ void __launch_bounds__(kMmaThreads)
 #pragma unroll
         for (int j = 0; j < kW; ++j) {
           const uint4 v = load_stream(src + j * 32);
-          w_next[a][4 * j] = v.x;
-          w_next[a][4 * j + 1] = v.y;
-          w_next[a][4 * j + 2] = v.z;
-          w_next[a][4 * j + 3] = v.w;
+          w[a][4 * j] = v.x;
+          w[a][4 * j + 1] = v.y;
+          w[a][4 * j + 2] = v.z;
+          w[a][4 * j + 3] = v.w;
         }
       }
     }
   };
-  load_round(0);
-  for (int r = 0; r < total_units; r += kAhead) {
-    if (r % kUnitsPerChunk == 0) {
-      __syncthreads();
-      // Stage A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M and the split's end. K and
-      // the split bounds are multiples of 32, so each 8-wide vector is wholly in or out.
-      const int kc = kbeg + r * kUnitK;
-      constexpr int kVecPerRow = kChunkK / 8;
-      for (int i = threadIdx.x; i < MT * 16 * kVecPerRow; i += kMmaThreads) {
-        const int row = i / kVecPerRow, col = (i % kVecPerRow) * 8;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (row < M && kc + col < kend) v = *reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col);
-        *reinterpret_cast<uint4*>(&a_s[row][col]) = v;
-      }
-      __syncthreads();
+  auto stage_a = [&](int r) {
+    __syncthreads();
+    // A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M and the split's end. K and the
+    // split bounds are multiples of 32, so each 8-wide vector is wholly in or out.
+    const int kc = kbeg + r * kUnitK;
+    constexpr int kVecPerRow = kChunkK / 8;
+    for (int i = threadIdx.x; i < MT * 16 * kVecPerRow; i += kMmaThreads) {
+      const int row = i / kVecPerRow, col = (i % kVecPerRow) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (row < M && kc + col < kend) v = *reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col);
+      *reinterpret_cast<uint4*>(&a_s[row][col]) = v;
     }
-    uint32_t w[kAhead][kW * 4];
-#pragma unroll
-    for (int a = 0; a < kAhead; ++a)
-#pragma unroll
-      for (int i = 0; i < kW * 4; ++i) w[a][i] = w_next[a][i];
-    load_round(r + kAhead);
-    if (!active) continue;
+    __syncthreads();
+  };
+  auto compute_round = [&](const uint32_t (&w)[kAhead][kW * 4], int r) {
+    if (!active) return;
 #pragma unroll
     for (int a = 0; a < kAhead; ++a) {
       if (r + a >= total_units) break;
@@ -225,6 +219,15 @@ __global__ void __launch_bounds__(kMmaThreads)
         }
       }
     }
+  };
+  load_round(buf0, 0);
+  for (int r = 0; r < total_units; r += 2 * kAhead) {
+    load_round(buf1, r + kAhead);
+    if (r % kUnitsPerChunk == 0) stage_a(r);
+    compute_round(buf0, r);
+    load_round(buf0, r + 2 * kAhead);
+    if ((r + kAhead) % kUnitsPerChunk == 0 && r + kAhead < total_units) stage_a(r + kAhead);
+    compute_round(buf1, r + kAhead);
   }
 
   // Fragment (mt, t, i) is C[16 mt + L/4 + 8 (i / 2)][64 slab + 8 t + 2 (L % 4) + i % 2].
@@ -301,11 +304,16 @@ void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int blocks_x = (slabs + kMmaWarps - 1) / kMmaWarps;
-  // Enough blocks for about four per SM; each split covers whole 32-row units.
+  // One wave: as many K splits as resident blocks allow (a partial second wave would leave SMs
+  // idle), each split covering whole 32-row units. The last block of a column range sums
+  // splits x M x 256 partials alone: keep that small.
   const int units = K / kUnitK;
-  // The last block of a column range sums splits x M x 256 partials alone: keep that small.
+  int resident = 0;
+  MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, gemm_q_mma_kernel<F, MT>, kMmaThreads, 0),
+                    "gemm_q");
+  const int capacity = std::max(1, resident) * multiprocessor_count(device);
   const int max_splits = std::max(1, std::min(units, 64 / M));
-  int splits = std::clamp((4 * multiprocessor_count(device) + blocks_x - 1) / blocks_x, 1, max_splits);
+  int splits = std::clamp(capacity / blocks_x, 1, max_splits);
   const int units_per_split = (units + splits - 1) / splits;
   splits = (units + units_per_split - 1) / units_per_split;
   const int k_per_split = units_per_split * kUnitK;
