@@ -3,6 +3,7 @@
 // torch), with the 8-bit rounding, normalization and Qwen2-VL patch layout fused into the
 // column pass, so the input is read once and the output written once.
 #include <algorithm>
+#include <cmath>
 
 #include "core/cuda_check.h"
 #include "kernels/cuda/vision_cuda.h"
@@ -136,46 +137,59 @@ __global__ void extract_patches_kernel(const T* __restrict__ src, ImageGeometry 
   MARLIN_GRID_STRIDE(i, g.numel()) dst[i] = src[vision::patch_source_index(g, patch, i)];
 }
 
-// Row pass: tmp [N, C, H_in, W_out] f32 (holding 8-bit values for u8 images).
-template <typename In>
+// The taps of one axis, computed once per call on the device: begin, count and normalized
+// weights [out_size, max_taps] (the CPU reference computes the same windows and weights).
+struct TapTable {
+  const int64_t* begin;
+  const int32_t* size;
+  const float* weight;
+  int32_t max_taps;
+};
+
+__global__ void build_taps_kernel(vision::ResampleFilter filter, int64_t in_size, int64_t out_size,
+                                  int32_t max_taps, int64_t* begin, int32_t* size, float* weight) {
+  MARLIN_GRID_STRIDE(o, out_size) {
+    const vision::FilterWindow w = vision::filter_window(filter, o, in_size, out_size);
+    const int32_t n = static_cast<int32_t>(w.size < max_taps ? w.size : max_taps);
+    float* wt = weight + o * max_taps;
+    float total = 0.0f;
+    for (int32_t j = 0; j < n; ++j) total += (wt[j] = vision::tap_weight(filter, w, j));
+    for (int32_t j = 0; j < n; ++j) wt[j] = total != 0.0f ? wt[j] / total : 0.0f;
+    begin[o] = w.begin;
+    size[o] = n;
+  }
+}
+
+// Row pass: tmp [N, C, H_in, W_out] (u8 for u8 images, whose row pass is stored as 8 bits).
+template <typename In, typename Tmp>
 __global__ void resample_rows_kernel(const In* __restrict__ src, ImageGeometry g, int64_t out_width,
-                                     vision::ResampleFilter filter, bool round_to_u8,
-                                     float* __restrict__ tmp) {
+                                     TapTable taps, Tmp* __restrict__ tmp) {
   MARLIN_GRID_STRIDE(i, g.batch * g.channels * g.height * out_width) {
     const int64_t ox = i % out_width, r = i / out_width;
     const int64_t y = r % g.height, c = (r / g.height) % g.channels, n = r / (g.height * g.channels);
-    const vision::FilterWindow w = vision::filter_window(filter, ox, g.width, out_width);
-    const In* row = src + g.index(n, c, y, w.begin);
+    const In* row = src + g.index(n, c, y, taps.begin[ox]);
+    const float* wt = taps.weight + ox * taps.max_taps;
     const int64_t step = g.nhwc ? g.channels : 1;
-    float total = 0.0f, acc = 0.0f;
-    for (int64_t j = 0; j < w.size; ++j) {
-      const float wt = vision::tap_weight(filter, w, j);
-      total += wt;
-      acc += wt * static_cast<float>(row[j * step]);
-    }
-    const float v = total != 0.0f ? acc / total : 0.0f;
-    tmp[i] = round_to_u8 ? vision::round_to_u8(v) : v;
+    float acc = 0.0f;
+    for (int32_t j = 0; j < taps.size[ox]; ++j) acc += wt[j] * static_cast<float>(row[j * step]);
+    tmp[i] = store_pixel<Tmp>(acc);
   }
 }
 
 // Column pass with the value transform, writing the image or Qwen2-VL patches.
-template <typename Out>
-__global__ void resample_columns_kernel(const float* __restrict__ tmp, ResamplePlan p,
+template <typename Tmp, typename Out>
+__global__ void resample_columns_kernel(const Tmp* __restrict__ tmp, ResamplePlan p, TapTable taps,
                                         Out* __restrict__ dst) {
   const ImageGeometry& g = p.in;
   const int64_t out_h = p.out.height, out_w = p.out.width;
   MARLIN_GRID_STRIDE(i, g.batch * g.channels * out_h * out_w) {
     const int64_t ox = i % out_w, r = i / out_w;
     const int64_t oy = r % out_h, c = (r / out_h) % g.channels, n = r / (out_h * g.channels);
-    const vision::FilterWindow w = vision::filter_window(p.filter, oy, g.height, out_h);
-    const float* col = tmp + ((n * g.channels + c) * g.height + w.begin) * out_w + ox;
-    float total = 0.0f, acc = 0.0f;
-    for (int64_t j = 0; j < w.size; ++j) {
-      const float wt = vision::tap_weight(p.filter, w, j);
-      total += wt;
-      acc += wt * col[j * out_w];
-    }
-    const Out v = store_pixel<Out>(vision::resample_finish(p, c, total != 0.0f ? acc / total : 0.0f));
+    const Tmp* col = tmp + ((n * g.channels + c) * g.height + taps.begin[oy]) * out_w + ox;
+    const float* wt = taps.weight + oy * taps.max_taps;
+    float acc = 0.0f;
+    for (int32_t j = 0; j < taps.size[oy]; ++j) acc += wt[j] * static_cast<float>(col[j * out_w]);
+    const Out v = store_pixel<Out>(vision::resample_finish(p, c, acc));
     if (p.target == vision::ResampleTarget::image) {
       dst[p.out.index(n, c, oy, ox)] = v;
     } else {
@@ -183,6 +197,25 @@ __global__ void resample_columns_kernel(const float* __restrict__ tmp, ResampleP
       for (int64_t t = 0; t < p.temporal_patch_size; ++t) dst[at + t * p.patch_size * p.patch_size] = v;
     }
   }
+}
+
+// Workspace and launch of build_taps_kernel for one axis; `storage` keeps the table alive.
+TapTable build_taps(vision::ResampleFilter filter, int64_t in_size, int64_t out_size, Device device,
+                    cudaStream_t stream, Tensor& storage) {
+  const float scale = static_cast<float>(in_size) / static_cast<float>(out_size);
+  const float support = vision::filter_support(filter) * (scale >= 1.0f ? scale : 1.0f);
+  const auto max_taps = static_cast<int32_t>(std::ceil(support)) * 2 + 1;
+  // One allocation: begin (i64), then size (i32, padded to 8 bytes), then weights.
+  const int64_t words = out_size * 2 + (out_size + 1) / 2 * 2 + out_size * max_taps;
+  storage = Tensor::empty({words}, DType::i32, device);
+  auto* base = static_cast<int32_t*>(storage.data_ptr());
+  auto* begin = reinterpret_cast<int64_t*>(base);
+  int32_t* size = base + out_size * 2;
+  auto* weight = reinterpret_cast<float*>(size + (out_size + 1) / 2 * 2);
+  build_taps_kernel<<<blocks_for(out_size), kThreads, 0, stream>>>(filter, in_size, out_size, max_taps, begin,
+                                                                  size, weight);
+  MARLIN_CUDA_CHECK_LAUNCH("resample (taps)");
+  return TapTable{begin, size, weight, max_taps};
 }
 
 }  // namespace
@@ -257,22 +290,30 @@ void vision_extract_patches(const Tensor& in, const ImageGeometry& g, int64_t pa
 
 void vision_resample(const Tensor& in, const ResamplePlan& plan, Tensor& out) {
   const ImageGeometry& g = plan.in;
-  // Freed to the caching allocator when this returns; later work on the stream reuses it in order.
-  Tensor tmp = Tensor::empty({g.batch, g.channels, g.height, plan.out.width}, DType::f32, in.device());
   cudaStream_t stream = stream_of(in);
-  dispatch_pixel(in.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    resample_rows_kernel<T><<<blocks_for(tmp.numel()), kThreads, 0, stream>>>(in.data<T>(), g, plan.out.width,
-                                                                             plan.filter, plan.round_to_u8,
-                                                                             tmp.data<float>());
-  });
-  MARLIN_CUDA_CHECK_LAUNCH("resample (rows)");
+  // Workspaces go back to the caching allocator on return; later work on this stream that
+  // reuses them is ordered after these kernels.
+  Tensor x_storage, y_storage;
+  const TapTable tx = build_taps(plan.filter, g.width, plan.out.width, in.device(), stream, x_storage);
+  const TapTable ty = build_taps(plan.filter, g.height, plan.out.height, in.device(), stream, y_storage);
+  const DType tmp_dtype = plan.round_to_u8 ? DType::u8 : DType::f32;
+  Tensor tmp = Tensor::empty({g.batch, g.channels, g.height, plan.out.width}, tmp_dtype, in.device());
   const int64_t n_out = g.batch * g.channels * plan.out.height * plan.out.width;
-  dispatch_pixel(out.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    resample_columns_kernel<T><<<blocks_for(n_out), kThreads, 0, stream>>>(tmp.data<float>(), plan, out.data<T>());
+  dispatch_pixel(in.dtype(), [&](auto in_tag) {
+    using In = decltype(in_tag);
+    dispatch_pixel(tmp_dtype, [&](auto tmp_tag) {
+      using Tmp = decltype(tmp_tag);
+      resample_rows_kernel<In, Tmp><<<blocks_for(tmp.numel()), kThreads, 0, stream>>>(
+          in.data<In>(), g, plan.out.width, tx, tmp.data<Tmp>());
+      MARLIN_CUDA_CHECK_LAUNCH("resample (rows)");
+      dispatch_pixel(out.dtype(), [&](auto out_tag) {
+        using Out = decltype(out_tag);
+        resample_columns_kernel<Tmp, Out><<<blocks_for(n_out), kThreads, 0, stream>>>(tmp.data<Tmp>(), plan, ty,
+                                                                                     out.data<Out>());
+        MARLIN_CUDA_CHECK_LAUNCH("resample (columns)");
+      });
+    });
   });
-  MARLIN_CUDA_CHECK_LAUNCH("resample (columns)");
 }
 
 }  // namespace marlin::cuda
