@@ -98,9 +98,10 @@ void load_tokenizer_json(TokenizerImpl& t, const json& root) {
   for (size_t i = 0; i < added.size(); ++i) {
     const json& a = added[i];
     if (!a.is_object() || !a.contains("id") || !a.contains("content") || !a["content"].is_string() ||
-        !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() > INT32_MAX)
+        !a["id"].is_number_integer() || a["id"].get<int64_t>() < 0 || a["id"].get<int64_t>() > kMaxTokenId)
       fail_file(file, "added_tokens[" + std::to_string(i) + "]",
-                "an added token needs a non-negative integer \"id\" and a string \"content\"");
+                "an added token needs an integer \"id\" in [0, " + std::to_string(kMaxTokenId) +
+                    "] and a string \"content\"");
     const bool special = a.value("special", false);
     t.added_tokens.push_back({a["content"].get<std::string>(), a["id"].get<int32_t>(), special,
                               a.value("lstrip", false), a.value("rstrip", false),
@@ -130,6 +131,11 @@ void load_tokenizer_json(TokenizerImpl& t, const json& root) {
   }
   t.raw_matcher.build(t.added_tokens, raw_patterns);
   t.normalized_matcher.build(t.added_tokens, normalized_patterns);
+  for (const auto* ids : {&t.prefix_ids, &t.suffix_ids})
+    for (const int32_t id : *ids)
+      if (id < 0 || id >= size || !t.id_known[id])
+        fail_file(file, "post_processor", "special token id " + std::to_string(id) +
+                                              " is not in the vocabulary");
 }
 
 void load_tokenizer_config(TokenizerImpl& t, const std::string& file) {

@@ -46,8 +46,9 @@ BpeModel::BpeModel(const json& model, const std::string& file) {
   if (!model.contains("vocab") || !model["vocab"].is_object())
     fail_file(file, "model.vocab", "BPE model needs an object \"vocab\" of token -> id");
   for (const auto& [token, id] : model["vocab"].items()) {
-    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > INT32_MAX)
-      fail_file(file, "model.vocab", "id of token \"" + token + "\" is not a valid id: " + id.dump());
+    if (!id.is_number_integer() || id.get<int64_t>() < 0 || id.get<int64_t>() > kMaxTokenId)
+      fail_file(file, "model.vocab", "id of token \"" + token + "\" is not an id in [0, " +
+                                         std::to_string(kMaxTokenId) + "]: " + id.dump());
     vocab_.emplace(token, id.get<int32_t>());
   }
   auto string_field = [&](const char* name) {

@@ -18,6 +18,9 @@ namespace marlin::tokenizer_detail {
 
 using json = nlohmann::json;
 
+// Ids above this are refused: the id -> token table is dense, and no real vocabulary comes close.
+constexpr int64_t kMaxTokenId = (int64_t{1} << 24) - 1;
+
 // Every error names the file being read; `where` is a JSON path inside it ("model.merges[3]").
 [[noreturn]] void fail_file(const std::string& file, const std::string& where,
                             const std::string& message);
