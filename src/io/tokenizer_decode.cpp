@@ -59,42 +59,14 @@ class MetaspaceDecoder final : public Decoder {
 
 class ReplaceDecoder final : public Decoder {
  public:
-  ReplaceDecoder(const json& j, const std::string& file, const std::string& where) {
-    const json& pattern = j.value("pattern", json());
-    content_ = j.value("content", std::string());
-    if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string())
-      literal_ = pattern["String"].get<std::string>();
-    else
-      regex_ = std::make_unique<Regex>(pattern_to_regex(pattern, file, where + ".pattern"), file);
-    if (literal_ && literal_->empty()) fail_file(file, where, "Replace with an empty pattern");
-  }
+  ReplaceDecoder(const json& j, const std::string& file, const std::string& where)
+      : replacer_(j, file, where) {}
   void decode_chain(std::vector<std::string>& tokens) const override {
-    std::vector<Match> matches;
-    for (std::string& token : tokens) {
-      matches.clear();
-      if (literal_) {
-        for (size_t pos = token.find(*literal_); pos != std::string::npos;
-             pos = token.find(*literal_, pos + literal_->size()))
-          matches.push_back({pos, pos + literal_->size()});
-      } else {
-        regex_->find_all(token, matches);
-      }
-      if (matches.empty()) continue;
-      std::string out;
-      size_t last = 0;
-      for (const Match& m : matches) {
-        out.append(token, last, m.begin - last).append(content_);
-        last = m.end;
-      }
-      out.append(token, last, std::string::npos);
-      token = std::move(out);
-    }
+    for (std::string& token : tokens) replacer_.replace_all(token);
   }
 
  private:
-  std::optional<std::string> literal_;
-  std::unique_ptr<Regex> regex_;
-  std::string content_;
+  Replacer replacer_;
 };
 
 // Runs of <0xXX> tokens become the bytes they name: one string when those bytes are valid UTF-8,

@@ -59,6 +59,18 @@ class Regex {
 // A Split/Replace "pattern" object: {"String": s} (literal) or {"Regex": r}.
 std::string pattern_to_regex(const json& pattern, const std::string& file, const std::string& where);
 
+// The Replace normalizer and decoder: every match of "pattern" (string or regex) -> "content".
+class Replacer {
+ public:
+  Replacer(const json& j, const std::string& file, const std::string& where);
+  void replace_all(std::string& text) const;
+
+ private:
+  std::optional<std::string> literal_;
+  std::unique_ptr<Regex> regex_;
+  std::string content_;
+};
+
 // ---- Normalizers (tokenizer_normalize.cpp) ----
 class Normalizer {
  public:

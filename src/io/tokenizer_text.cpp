@@ -242,4 +242,37 @@ std::string pattern_to_regex(const json& pattern, const std::string& file,
                              pattern.dump());
 }
 
+Replacer::Replacer(const json& j, const std::string& file, const std::string& where) {
+  if (!j.contains("content") || !j["content"].is_string())
+    fail_file(file, where, "Replace needs a string \"content\"");
+  content_ = j["content"].get<std::string>();
+  const json& pattern = j.value("pattern", json());
+  if (pattern.is_object() && pattern.contains("String") && pattern["String"].is_string())
+    literal_ = pattern["String"].get<std::string>();
+  else
+    regex_ = std::make_unique<Regex>(pattern_to_regex(pattern, file, where + ".pattern"), file);
+  if (literal_ && literal_->empty()) fail_file(file, where, "Replace with an empty pattern");
+}
+
+void Replacer::replace_all(std::string& text) const {
+  std::vector<Match> matches;
+  if (literal_) {  // same matches as the escaped regex, without the regex engine
+    for (size_t pos = text.find(*literal_); pos != std::string::npos;
+         pos = text.find(*literal_, pos + literal_->size()))
+      matches.push_back({pos, pos + literal_->size()});
+  } else {
+    regex_->find_all(text, matches);
+  }
+  if (matches.empty()) return;
+  std::string out;
+  out.reserve(text.size() + matches.size() * content_.size());
+  size_t last = 0;
+  for (const Match& m : matches) {
+    out.append(text, last, m.begin - last).append(content_);
+    last = m.end;
+  }
+  out.append(text, last, std::string::npos);
+  text.swap(out);
+}
+
 }  // namespace marlin::tokenizer_detail
