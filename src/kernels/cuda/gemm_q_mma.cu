@@ -39,6 +39,9 @@ constexpr int chunk_k() {
 }
 constexpr int kRowPad = 8;            // halves of padding per A row: conflict-free ldmatrix
 constexpr int kMaxMmaM = 64;
+// The tile layout pads K to whole rounds of units (zero codes, multiplied by zero activations),
+// so the main loop needs no per-unit bounds checks.
+constexpr int kUnitsAlign = 8;
 
 template <QuantFormat F>
 struct MmaCodec;
@@ -125,8 +128,8 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
     gemm_q_mma_kernel(const __half* __restrict__ A, const uint4* __restrict__ tiled,
                       const __half* __restrict__ scales, const void* __restrict__ bias,
                       BiasKind bias_kind, __half* __restrict__ C, float* __restrict__ partials,
-                      unsigned* __restrict__ counters, int M, int N, int K, int group_size,
-                      int k_per_split, int slabs) {
+                      unsigned* __restrict__ counters, int M, int N, int K, int padded_k,
+                      int group_size, int k_per_split, int slabs) {
   using Cd = MmaCodec<F>;
   constexpr int kW = Cd::kWords;
   constexpr int kAhead = units_ahead<F>();
@@ -150,32 +153,39 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
   const int col_in_tile = lane / 4;
   __half2 s2[8];
   constexpr int kUnitsPerChunk = kChunkK / kUnitK;
-  static_assert(kUnitsPerChunk % (2 * kAhead) == 0, "rounds must not straddle an A chunk");
-  const int total_units = (kend - kbeg) / kUnitK;
-  const int64_t first_unit = kbeg / kUnitK;
+  static_assert(kUnitsPerChunk % (2 * kAhead) == 0 && kUnitsAlign % (2 * kAhead) == 0,
+                "rounds must not straddle an A chunk or the padded end");
+  // This split's units (a multiple of kUnitsAlign: the layout is padded) and where its
+  // weights start; consecutive units of a slab are unit_stride 16-byte words apart.
+  const int total_units = min(k_per_split, padded_k - kbeg) / kUnitK;
+  const int64_t unit_stride = static_cast<int64_t>(slabs) * kW * 32;
+  const uint4* next_weights = tiled + (kbeg / kUnitK) * unit_stride + static_cast<int64_t>(slab) * kW * 32 + lane;
+  const unsigned units_per_group_mask = static_cast<unsigned>(group_size / kUnitK) - 1u;
+  const int last_group = K / group_size - 1;
 
   // Weights are double-buffered in registers: one round's loads are in flight while the other
   // round computes (also across the barriers that stage A, which weights do not depend on).
   uint32_t buf0[kAhead][kW * 4], buf1[kAhead][kW * 4];
-  auto load_round = [&](uint32_t (&w)[kAhead][kW * 4], int r) {
+  int loaded_units = 0;
+  auto load_round = [&](uint32_t (&w)[kAhead][kW * 4]) {
+    if (active && loaded_units < total_units) {
 #pragma unroll
-    for (int a = 0; a < kAhead; ++a) {
-      if (active && r + a < total_units) {
-        const uint4* src = tiled + (((first_unit + r + a) * slabs + slab) * kW) * 32 + lane;
+      for (int a = 0; a < kAhead; ++a)
 #pragma unroll
         for (int j = 0; j < kW; ++j) {
-          const uint4 v = load_stream(src + j * 32);
+          const uint4 v = load_stream(next_weights + a * unit_stride + j * 32);
           w[a][4 * j] = v.x;
           w[a][4 * j + 1] = v.y;
           w[a][4 * j + 2] = v.z;
           w[a][4 * j + 3] = v.w;
         }
-      }
     }
+    next_weights += kAhead * unit_stride;
+    loaded_units += kAhead;
   };
   auto stage_a = [&](int r) {
     __syncthreads();
-    // A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M and the split's end. K and the
+    // A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M, K and the split's end. K and the
     // split bounds are multiples of 32, so each 8-wide vector is wholly in or out.
     const int kc = kbeg + r * kUnitK;
     constexpr int kVecPerRow = kChunkK / 8;
@@ -187,29 +197,29 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
     }
     __syncthreads();
   };
+  const __half* a_lane = &a_s[lane % 16][(lane / 16) * 8];
   auto compute_round = [&](const uint32_t (&w)[kAhead][kW * 4], int r) {
     if (!active) return;
 #pragma unroll
     for (int a = 0; a < kAhead; ++a) {
-      if (r + a >= total_units) break;
-      const int k0 = kbeg + (r + a) * kUnitK;
-      const int a_col = ((r + a) % kUnitsPerChunk) * kUnitK;
-      // Scales change once per group (a multiple of the 32-row unit).
-      if (k0 % group_size == 0 || r + a == 0) {
-        const __half* srow = scales + static_cast<int64_t>(k0 / group_size) * N;
+      const unsigned unit = static_cast<unsigned>(r + a);
+      // Scales change once per group (a power-of-two number of units; splits start on a
+      // group boundary); padded units reuse the last group's.
+      if ((unit & units_per_group_mask) == 0) {
+        const int group = min((kbeg + static_cast<int>(unit) * kUnitK) / group_size, last_group);
+        const __half* srow = scales + static_cast<int64_t>(group) * N + slab * kSlabN + col_in_tile;
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
-          const int n = slab * kSlabN + t * 8 + col_in_tile;
-          const float s = n < N ? __half2float(srow[n]) * Cd::kScaleBias : 0.0f;
-          s2[t] = __float2half2_rn(s);
+          const bool in = slab * kSlabN + t * 8 + col_in_tile < N;
+          s2[t] = __float2half2_rn(in ? __half2float(srow[t * 8]) * Cd::kScaleBias : 0.0f);
         }
       }
+      const __half* a_unit = a_lane + (unit & (kUnitsPerChunk - 1)) * kUnitK;
 #pragma unroll
       for (int step = 0; step < 2; ++step) {
         uint32_t afrag[MT][4];
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-          ldmatrix_x4(afrag[mt], &a_s[mt * 16 + (lane % 16)][a_col + step * 16 + (lane / 16) * 8]);
+        for (int mt = 0; mt < MT; ++mt) ldmatrix_x4(afrag[mt], a_unit + mt * 16 * (kChunkK + kRowPad) + step * 16);
 #pragma unroll
         for (int t = 0; t < 8; ++t) {
           const uint32_t b0 = b_register<F>(w[a], (step * 8 + t) * 2, s2[t]);
@@ -220,13 +230,12 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
       }
     }
   };
-  load_round(buf0, 0);
+  load_round(buf0);
   for (int r = 0; r < total_units; r += 2 * kAhead) {
-    load_round(buf1, r + kAhead);
+    load_round(buf1);
     if (r % kUnitsPerChunk == 0) stage_a(r);
     compute_round(buf0, r);
-    load_round(buf0, r + 2 * kAhead);
-    if ((r + kAhead) % kUnitsPerChunk == 0 && r + kAhead < total_units) stage_a(r + kAhead);
+    load_round(buf0);
     compute_round(buf1, r + kAhead);
   }
 
@@ -250,6 +259,10 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
   epilogue.reduce_if_last(col_begin, min(N, col_begin + kMmaWarps * kSlabN), MT * 16);
 }
 
+__host__ __device__ inline int64_t padded_units(int64_t K) {
+  return (K / kUnitK + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
+}
+
 // One thread per u32 of the tile layout: gathers its 16/bits pairs from the canonical layout.
 template <QuantFormat F>
 __global__ void repack_tiled_kernel(const uint32_t* __restrict__ packed, int64_t K, int64_t N,
@@ -257,7 +270,7 @@ __global__ void repack_tiled_kernel(const uint32_t* __restrict__ packed, int64_t
   using Cd = MmaCodec<F>;
   constexpr int bits = format_bits(F), P = 32 / bits;
   constexpr uint32_t mask = (1u << bits) - 1u;
-  const int64_t total = K / kUnitK * slabs * Cd::kWords * 32 * 4;
+  const int64_t total = padded_units(K) * slabs * Cd::kWords * 32 * 4;
   for (int64_t idx = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; idx < total;
        idx += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int c = static_cast<int>(idx % 4);
@@ -274,7 +287,7 @@ __global__ void repack_tiled_kernel(const uint32_t* __restrict__ packed, int64_t
       const int64_t k = unit * kUnitK + step * 16 + 2 * (lane % 4) + 8 * h;
       const int64_t n = static_cast<int64_t>(slab) * kSlabN + t * 8 + lane / 4;
       uint32_t codes[2] = {0, 0};
-      if (n < N) {
+      if (n < N && k < K) {  // padding (past N or K) stays code 0
         for (int e = 0; e < 2; ++e)
           codes[e] = (packed[((k + e) / P) * N + n] >> (bits * ((k + e) % P))) & mask;
       }
@@ -294,7 +307,7 @@ int slabs_for(int64_t N) { return static_cast<int>((N + kSlabN - 1) / kSlabN); }
 
 template <QuantFormat F>
 int64_t tiled_words(int64_t K, int64_t N) {
-  return K / kUnitK * slabs_for(N) * MmaCodec<F>::kWords * 128;
+  return padded_units(K) * slabs_for(N) * MmaCodec<F>::kWords * 128;
 }
 
 template <QuantFormat F, int MT>
@@ -307,14 +320,15 @@ void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   // One wave: as many K splits as resident blocks allow (a partial second wave would leave SMs
   // idle), each split covering whole 32-row units. The last block of a column range sums
   // splits x M x 256 partials alone: keep that small.
-  const int units = K / kUnitK;
+  const int units = static_cast<int>(padded_units(K));
   int resident = 0;
   MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, gemm_q_mma_kernel<F, MT>, kMmaThreads, 0),
                     "gemm_q");
   const int capacity = std::max(1, resident) * multiprocessor_count(device);
   const int max_splits = std::max(1, std::min(units, 64 / M));
   int splits = std::clamp(capacity / blocks_x, 1, max_splits);
-  const int units_per_split = (units + splits - 1) / splits;
+  int units_per_split = (units + splits - 1) / splits;
+  units_per_split = (units_per_split + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
   splits = (units + units_per_split - 1) / units_per_split;
   const int k_per_split = units_per_split * kUnitK;
   SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x);
@@ -322,7 +336,7 @@ void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
       static_cast<const __half*>(A.data_ptr()), static_cast<const uint4*>(W.tiled.data_ptr()),
       static_cast<const __half*>(W.scales.data_ptr()), bias.defined() ? bias.data_ptr() : nullptr,
       bias_kind(bias.dtype(), bias.defined()), static_cast<__half*>(C.data_ptr()),
-      buffers.partials, buffers.counters, M, N, K, W.group_size, k_per_split, slabs);
+      buffers.partials, buffers.counters, M, N, K, units * kUnitK, W.group_size, k_per_split, slabs);
   MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
 }
 
