@@ -2,6 +2,7 @@
 // outputs poisoned before each run. Run on a machine with a GPU (ctest -L cuda).
 #include <gtest/gtest.h>
 
+#include "kernels/cuda/cuda_kernels.h"
 #include "marlin/allocator.h"
 #include "marlin/gemm.h"
 #include "marlin/kernel_library.h"
@@ -103,6 +104,7 @@ TEST_F(Cuda, GemmMatchesFloat64) {
     // canonical-layout kernels.
     const bool tiled = i % 2 == 1 || i % 3 == 0;
     if (tiled) ops::prepare_for_gemm(q);
+    cuda::set_force_tiled_gemm(i % 4 == 1);
     Tensor A = random_tensor({M, K}, dt, 600 + i);
     Tensor bias = i % 5 == 0 ? random_tensor({N}, i % 10 == 0 ? DType::f32 : dt, 700 + i) : Tensor();
     Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
@@ -113,6 +115,7 @@ TEST_F(Cuda, GemmMatchesFloat64) {
         << dtype_name(dt) << (tiled ? " tiled" : "");
     ++cases;
   }
+  cuda::set_force_tiled_gemm(false);
   EXPECT_EQ(cases, 78);
 }
 
@@ -130,6 +133,7 @@ TEST_F(Cuda, GemmIsDeterministicAcrossRuns) {
 // (split-K and many slabs), for every M tile of the tensor-core kernel.
 TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
   testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);  // every M tile, even where cuBLAS would be chosen
   for (QuantFormat f : kFormats) {
     const int64_t K = 4096, N = 1000;
     Tensor W = random_tensor({K, N}, DType::f32, 31, 0.05f);
@@ -144,6 +148,7 @@ TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
           << format_name(f) << " M=" << M;
     }
   }
+  cuda::set_force_tiled_gemm(false);
 }
 
 TEST_F(Cuda, DenseGemmMatchesFloat64) {

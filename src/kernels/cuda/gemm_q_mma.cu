@@ -43,6 +43,8 @@ constexpr int kMaxMmaM = 64;
 // so the main loop needs no per-unit bounds checks.
 constexpr int kUnitsAlign = 8;
 
+bool force_tiled_gemm = false;
+
 template <QuantFormat F>
 struct MmaCodec;
 
@@ -310,23 +312,28 @@ int64_t tiled_words(int64_t K, int64_t N) {
   return padded_units(K) * slabs_for(N) * MmaCodec<F>::kWords * 128;
 }
 
+// Launches unless the grid would leave most SMs idle (then the caller's dequantize + cuBLAS
+// path is faster); returns whether it launched.
 template <QuantFormat F, int MT>
-void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+bool launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                 cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int blocks_x = (slabs + kMmaWarps - 1) / kMmaWarps;
   // One wave: as many K splits as resident blocks allow (a partial second wave would leave SMs
-  // idle), each split covering whole 32-row units. The last block of a column range sums
-  // splits x M x 256 partials alone: keep that small.
+  // idle), each split covering whole rounds of units. Split partials (splits x M x N floats,
+  // written and read once) are kept under half the weight bytes.
   const int units = static_cast<int>(padded_units(K));
   int resident = 0;
   MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, gemm_q_mma_kernel<F, MT>, kMmaThreads, 0),
                     "gemm_q");
-  const int capacity = std::max(1, resident) * multiprocessor_count(device);
-  const int max_splits = std::max(1, std::min(units, 64 / M));
+  const int sms = multiprocessor_count(device);
+  const int capacity = std::max(1, resident) * sms;
+  const int by_traffic = static_cast<int>(static_cast<int64_t>(K) * format_bits(F) / (64 * static_cast<int64_t>(M)));
+  const int max_splits = std::clamp(by_traffic, 1, units / kUnitsAlign);
   int splits = std::clamp(capacity / blocks_x, 1, max_splits);
+  if (M > 16 && blocks_x * splits < sms && !force_tiled_gemm) return false;
   int units_per_split = (units + splits - 1) / splits;
   units_per_split = (units_per_split + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
   splits = (units + units_per_split - 1) / units_per_split;
@@ -338,15 +345,16 @@ void launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
       bias_kind(bias.dtype(), bias.defined()), static_cast<__half*>(C.data_ptr()),
       buffers.partials, buffers.counters, M, N, K, units * kUnitK, W.group_size, k_per_split, slabs);
   MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
+  return true;
 }
 
 template <QuantFormat F>
-void dispatch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+bool dispatch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                   cudaStream_t stream) {
   const int64_t M = A.size(0);
-  if (M <= 16) launch_mma<F, 1>(A, W, bias, C, stream);
-  else if (M <= 32) launch_mma<F, 2>(A, W, bias, C, stream);
-  else launch_mma<F, 4>(A, W, bias, C, stream);
+  if (M <= 16) return launch_mma<F, 1>(A, W, bias, C, stream);
+  if (M <= 32) return launch_mma<F, 2>(A, W, bias, C, stream);
+  return launch_mma<F, 4>(A, W, bias, C, stream);
 }
 
 template <QuantFormat F>
@@ -359,6 +367,8 @@ void repack(const QuantizedWeight& W, Tensor& tiled, cudaStream_t stream) {
 }
 
 }  // namespace
+
+void set_force_tiled_gemm(bool on) { force_tiled_gemm = on; }
 
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale) {
   // The scale times the format's bias must stay a finite fp16.
@@ -387,11 +397,11 @@ bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
   if (!W.tiled.defined() || A.dtype() != DType::f16 || A.size(0) > kMaxMmaM) return false;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   switch (W.format) {
-    case QuantFormat::fp4_e2m1: dispatch_mma<QuantFormat::fp4_e2m1>(A, W, bias, C, stream); break;
-    case QuantFormat::fp8_e4m3: dispatch_mma<QuantFormat::fp8_e4m3>(A, W, bias, C, stream); break;
-    case QuantFormat::int2: dispatch_mma<QuantFormat::int2>(A, W, bias, C, stream); break;
+    case QuantFormat::fp4_e2m1: return dispatch_mma<QuantFormat::fp4_e2m1>(A, W, bias, C, stream);
+    case QuantFormat::fp8_e4m3: return dispatch_mma<QuantFormat::fp8_e4m3>(A, W, bias, C, stream);
+    case QuantFormat::int2: return dispatch_mma<QuantFormat::int2>(A, W, bias, C, stream);
   }
-  return true;
+  return false;
 }
 
 void append_gemm_mma_kernels(std::vector<BuiltinKernel>& out) {
