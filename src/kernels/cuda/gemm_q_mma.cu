@@ -325,9 +325,13 @@ bool launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   // idle), each split covering whole rounds of units. Split partials (splits x M x N floats,
   // written and read once) are kept under half the weight bytes.
   const int units = static_cast<int>(padded_units(K));
-  int resident = 0;
-  MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, gemm_q_mma_kernel<F, MT>, kMmaThreads, 0),
-                    "gemm_q");
+  // Resident blocks per SM depend on the kernel and the GPU model: asked once per process.
+  static const int resident = [] {
+    int blocks = 0;
+    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gemm_q_mma_kernel<F, MT>, kMmaThreads, 0),
+                      "gemm_q");
+    return blocks;
+  }();
   const int sms = multiprocessor_count(device);
   const int capacity = std::max(1, resident) * sms;
   const int by_traffic = static_cast<int>(static_cast<int64_t>(K) * format_bits(F) / (64 * static_cast<int64_t>(M)));
