@@ -41,21 +41,68 @@ __global__ void quantize_kernel(const T* __restrict__ weight, int64_t K, int64_t
   }
 }
 
-// One thread per packed word: decodes its P values down column n.
-template <typename TOut>
+// Code -> float without branches or tables: the code's bits go into an f32's fields, giving the
+// value times a power of two that one exact multiply removes (FP8's NaN code, which the
+// quantizers never write, would read as 480).
+template <QuantFormat F>
+__device__ __forceinline__ float decode_code(uint32_t c) {
+  if constexpr (F == QuantFormat::fp4_e2m1) {
+    return __uint_as_float(((c & 8u) << 28) | ((c & 7u) << 22)) * 8.5070591730234616e37f;  // 2^126
+  } else if constexpr (F == QuantFormat::fp8_e4m3) {
+    return __uint_as_float(((c & 0x80u) << 24) | ((c & 0x7fu) << 20)) * 1.329227995784916e36f;  // 2^120
+  } else {
+    return static_cast<float>(c) - 1.5f;
+  }
+}
+
+// One thread per packed row and CPT adjacent columns: decodes P values down each column; with
+// CPT = 2 the stores are pairs, so a warp writes 128 contiguous bytes per row.
+template <QuantFormat F, int CPT, typename TOut>
 __global__ void dequantize_kernel(const uint32_t* __restrict__ packed,
                                   const uint16_t* __restrict__ scales, int64_t K, int64_t N,
-                                  int group_size, QuantFormat format, TOut* __restrict__ out) {
-  const int bits = format_bits(format), P = 32 / bits;
-  const uint32_t mask = (1u << bits) - 1u;
-  const int64_t words = K / P * N;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < words;
+                                  int group_size, TOut* __restrict__ out) {
+  constexpr int bits = format_bits(F), P = 32 / bits;
+  constexpr uint32_t mask = (1u << bits) - 1u;
+  const int64_t col_groups = N / CPT;
+  const int64_t items = K / P * col_groups;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < items;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t row = i / N, n = i % N;
-    const uint32_t q = __ldg(packed + i);
-    const float s = half_bits_to_float(__ldg(scales + (row * P / group_size) * N + n));
-    for (int j = 0; j < P; ++j)
-      out[(row * P + j) * N + n] = from_float<TOut>(quant::decode(format, (q >> (bits * j)) & mask) * s);
+    const int64_t row = i / col_groups, n0 = (i % col_groups) * CPT;
+    uint32_t q[CPT];
+    float s[CPT];
+#pragma unroll
+    for (int c = 0; c < CPT; ++c) {
+      q[c] = __ldg(packed + row * N + n0 + c);
+      s[c] = half_bits_to_float(__ldg(scales + (row * P / group_size) * N + n0 + c));
+    }
+#pragma unroll
+    for (int j = 0; j < P; ++j) {
+      TOut* dst = out + (row * P + j) * N + n0;
+#pragma unroll
+      for (int c = 0; c < CPT; ++c) dst[c] = from_float<TOut>(decode_code<F>((q[c] >> (bits * j)) & mask) * s[c]);
+    }
+  }
+}
+
+template <QuantFormat F, typename TOut>
+void launch_dequantize(const QuantizedWeight& w, TOut* out, cudaStream_t stream) {
+  const int threads = 256;
+  const auto* packed = w.packed.data<uint32_t>();
+  const auto* scales = static_cast<const uint16_t*>(w.scales.data_ptr());
+  const int P = format_values_per_word(F);
+  const bool pairs = w.N % 2 == 0;
+  const int64_t items = w.K / P * (pairs ? w.N / 2 : w.N);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((items + threads - 1) / threads, 65535 * 8));
+  if (pairs) dequantize_kernel<F, 2, TOut><<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, out);
+  else dequantize_kernel<F, 1, TOut><<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, out);
+}
+
+template <typename TOut>
+void dequantize_as(const QuantizedWeight& w, TOut* out, cudaStream_t stream) {
+  switch (w.format) {
+    case QuantFormat::fp4_e2m1: launch_dequantize<QuantFormat::fp4_e2m1>(w, out, stream); break;
+    case QuantFormat::fp8_e4m3: launch_dequantize<QuantFormat::fp8_e4m3>(w, out, stream); break;
+    case QuantFormat::int2: launch_dequantize<QuantFormat::int2>(w, out, stream); break;
   }
 }
 
@@ -96,22 +143,11 @@ void quantize(const Tensor& weight, QuantFormat format, const QuantizeOptions& o
 }
 
 void dequantize(const QuantizedWeight& w, Tensor& out) {
-  const int64_t words = w.packed.numel();
-  const int threads = 256;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((words + threads - 1) / threads, 65535 * 8));
   cudaStream_t stream = stream_of(w.packed);
-  const auto* packed = w.packed.data<uint32_t>();
-  const auto* scales = static_cast<const uint16_t*>(w.scales.data_ptr());
   switch (out.dtype()) {
-    case DType::f32:
-      dequantize_kernel<<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, w.format, out.data<float>());
-      break;
-    case DType::f16:
-      dequantize_kernel<<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, w.format, static_cast<__half*>(out.data_ptr()));
-      break;
-    default:
-      dequantize_kernel<<<blocks, threads, 0, stream>>>(packed, scales, w.K, w.N, w.group_size, w.format, static_cast<__nv_bfloat16*>(out.data_ptr()));
-      break;
+    case DType::f32: dequantize_as(w, out.data<float>(), stream); break;
+    case DType::f16: dequantize_as(w, static_cast<__half*>(out.data_ptr()), stream); break;
+    default: dequantize_as(w, static_cast<__nv_bfloat16*>(out.data_ptr()), stream); break;
   }
   MARLIN_CUDA_CHECK_LAUNCH("dequantize");
 }
@@ -120,9 +156,9 @@ void append_quant_kernels(std::vector<BuiltinKernel>& out) {
   out.push_back({"quantize_f32", reinterpret_cast<const void*>(&quantize_kernel<float>)});
   out.push_back({"quantize_f16", reinterpret_cast<const void*>(&quantize_kernel<__half>)});
   out.push_back({"quantize_bf16", reinterpret_cast<const void*>(&quantize_kernel<__nv_bfloat16>)});
-  out.push_back({"dequantize_f32", reinterpret_cast<const void*>(&dequantize_kernel<float>)});
-  out.push_back({"dequantize_f16", reinterpret_cast<const void*>(&dequantize_kernel<__half>)});
-  out.push_back({"dequantize_bf16", reinterpret_cast<const void*>(&dequantize_kernel<__nv_bfloat16>)});
+  out.push_back({"dequantize_fp4_f16", reinterpret_cast<const void*>(&dequantize_kernel<QuantFormat::fp4_e2m1, 2, __half>)});
+  out.push_back({"dequantize_fp8_f16", reinterpret_cast<const void*>(&dequantize_kernel<QuantFormat::fp8_e4m3, 2, __half>)});
+  out.push_back({"dequantize_int2_f16", reinterpret_cast<const void*>(&dequantize_kernel<QuantFormat::int2, 2, __half>)});
 }
 
 }  // namespace marlin::cuda
