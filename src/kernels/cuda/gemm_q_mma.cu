@@ -41,7 +41,7 @@ constexpr int kRowPad = 8;            // halves of padding per A row: conflict-f
 constexpr int kMaxMmaM = 64;
 // The tile layout pads K to whole rounds of units (zero codes, multiplied by zero activations),
 // so the main loop needs no per-unit bounds checks.
-constexpr int kUnitsAlign = 16;
+constexpr int kUnitsAlign = 8;
 
 bool force_tiled_gemm = false;
 
@@ -118,16 +118,15 @@ __device__ __forceinline__ uint4 load_stream(const uint4* p) {
   return v;
 }
 
-// Units of weights per round: 128 bytes per lane (64 for the largest M tile, whose A chunk
-// holds only 8 units). Two rounds are in registers at a time (one computing, one loading), so
-// about 4 KB per warp is in flight.
-template <QuantFormat F, int MT>
+// Units of weights per round: 64 bytes per lane for every format. Two rounds are in registers
+// at a time (one computing, one loading).
+template <QuantFormat F>
 constexpr int units_ahead() {
-  return (MT == 4 ? 4 : 8) / MmaCodec<F>::kWords;
+  return 4 / MmaCodec<F>::kWords;
 }
 
 template <QuantFormat F, int MT>
-__global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 3 : 2)
+__global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
     gemm_q_mma_kernel(const __half* __restrict__ A, const uint4* __restrict__ tiled,
                       const __half* __restrict__ scales, const void* __restrict__ bias,
                       BiasKind bias_kind, __half* __restrict__ C, float* __restrict__ partials,
@@ -135,7 +134,7 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 3 : 2)
                       int group_size, int k_per_split, int slabs) {
   using Cd = MmaCodec<F>;
   constexpr int kW = Cd::kWords;
-  constexpr int kAhead = units_ahead<F, MT>();
+  constexpr int kAhead = units_ahead<F>();
   constexpr int kChunkK = chunk_k<MT>();
   __shared__ __align__(16) __half a_s[MT * 16][kChunkK + kRowPad];
 
