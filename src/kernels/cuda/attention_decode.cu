@@ -1,0 +1,220 @@
+// CUDA flash-decoding over the KV cache: the sequence is split into chunks, one block per (chunk,
+// kv head, query token) scores the chunk's keys for every query head of its GQA group (so each
+// key and value is read once per group), and a second pass merges the chunks' partial softmax
+// states. The chunk count depends only on the cache's size, never on seq_lens, so a captured
+// CUDA graph stays valid as the sequences grow.
+#include <algorithm>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/attention_kernels_cuda.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "marlin/stream.h"
+
+namespace marlin::cuda {
+namespace {
+
+constexpr int kWarps = 4;
+constexpr int kMinKeysPerSplit = 256;  // below this a split's setup outweighs its keys
+constexpr int kMaxSplits = 64;
+int g_forced_splits = 0;
+
+// Query heads handled together per block; fewer at head_dim 256 to bound registers.
+template <int D>
+constexpr int group_chunk() { return D >= 256 ? 4 : 8; }
+
+template <typename T, int D>
+__global__ void __launch_bounds__(kWarps * 32)
+decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
+                    const int* __restrict__ seq_lens, T* __restrict__ out,
+                    float* __restrict__ part_o, float2* __restrict__ part_ml, int T_len, int Hq,
+                    int Hkv, int S, float scale, int window, int chunk, int splits) {
+  constexpr int kPerLane = (D + 31) / 32, kG = group_chunk<D>();
+  const int group = Hq / Hkv, head_chunks = (group + kG - 1) / kG;
+  const int split = blockIdx.x;
+  const int kvh = blockIdx.y / head_chunks, g0 = (blockIdx.y % head_chunks) * kG;
+  const int ng = min(kG, group - g0);
+  const int b = blockIdx.z / T_len, t = blockIdx.z % T_len;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+  // Lengths outside [T, S] (the CPU path rejects them) are clamped so no access leaves the cache.
+  const int len = min(max(seq_lens[b], T_len), S);
+  const int pos = len - T_len + t;
+  const int lo = max(window > 0 ? max(0, pos - window + 1) : 0, split * chunk);
+  const int hi = min(pos, split * chunk + chunk - 1);
+
+  float qr[kG][kPerLane], acc[kG][kPerLane], m[kG], l[kG];
+  const int64_t q_row0 = (static_cast<int64_t>(b) * T_len + t) * Hq + kvh * group + g0;
+#pragma unroll
+  for (int g = 0; g < kG; ++g) {
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      acc[g][i] = 0.0f;
+      qr[g][i] = g < ng && d < D ? to_float(q[(q_row0 + g) * D + d]) * scale : 0.0f;
+    }
+  }
+  const int64_t cache_base = (static_cast<int64_t>(b) * Hkv + kvh) * S * D;
+  for (int j = lo + warp; j <= hi; j += kWarps) {
+    float kr[kPerLane], vr[kPerLane];
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      kr[i] = d < D ? to_float(kc[cache_base + static_cast<int64_t>(j) * D + d]) : 0.0f;
+      vr[i] = d < D ? to_float(vc[cache_base + static_cast<int64_t>(j) * D + d]) : 0.0f;
+    }
+#pragma unroll
+    for (int g = 0; g < kG; ++g) {
+      if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) s += qr[g][i] * kr[i];
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (s > m[g]) {  // warp-uniform: s is the same in every lane
+        const float c = __expf(m[g] - s);
+        l[g] *= c;
+#pragma unroll
+        for (int i = 0; i < kPerLane; ++i) acc[g][i] *= c;
+        m[g] = s;
+      }
+      const float p = __expf(s - m[g]);
+      l[g] += p;
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) acc[g][i] += p * vr[i];
+    }
+  }
+
+  // Merge the warps' states in shared memory.
+  __shared__ float s_acc[kWarps][kG][D];
+  __shared__ float s_m[kWarps][kG], s_l[kWarps][kG];
+#pragma unroll
+  for (int g = 0; g < kG; ++g) {
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int i = 0; i < kPerLane; ++i) {
+      const int d = lane + 32 * i;
+      if (d < D) s_acc[warp][g][d] = acc[g][i];
+    }
+  }
+  __syncthreads();
+  const int64_t row0 = q_row0;  // output rows [row0, row0 + ng)
+  for (int idx = threadIdx.x; idx < ng * D; idx += blockDim.x) {
+    const int g = idx / D, d = idx % D;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][g]);
+    float L = 0.0f, O = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float c = __expf(s_m[w][g] - M);
+        L += s_l[w][g] * c;
+        O += s_acc[w][g][d] * c;
+      }
+    }
+    if (splits == 1) {
+      out[(row0 + g) * D + d] = from_float<T>(O / L);
+    } else {
+      const int64_t part = (row0 + g) * splits + split;
+      part_o[part * D + d] = O;
+      if (d == 0) part_ml[part] = make_float2(M, L);
+    }
+  }
+}
+
+// out[row] = the merge of the row's split states (splits with no visible key have M = -inf).
+template <typename T, int D>
+__global__ void decode_merge_kernel(const float* __restrict__ part_o,
+                                    const float2* __restrict__ part_ml, T* __restrict__ out,
+                                    int splits) {
+  const int64_t row = blockIdx.x;
+  const float2* ml = part_ml + row * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, ml[s].x);
+  for (int d = threadIdx.x; d < D; d += blockDim.x) {
+    float L = 0.0f, O = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      if (ml[s].x == -INFINITY) continue;
+      const float c = __expf(ml[s].x - M);
+      L += ml[s].y * c;
+      O += part_o[(row * splits + s) * D + d] * c;
+    }
+    out[row * D + d] = from_float<T>(O / L);
+  }
+}
+
+template <typename T, int D>
+void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& seq_lens,
+                   float scale, int window, Tensor& out, cudaStream_t stream) {
+  constexpr int kG = group_chunk<D>();
+  const int B = static_cast<int>(q.size(0)), T_len = static_cast<int>(q.size(1));
+  const int Hq = static_cast<int>(q.size(2)), Hkv = static_cast<int>(kc.size(1));
+  const int S = static_cast<int>(kc.size(2));
+  const int head_chunks = (Hq / Hkv + kG - 1) / kG;
+  const int base_blocks = Hkv * head_chunks * B * T_len;
+  int splits = g_forced_splits;
+  if (splits <= 0) {
+    // Enough blocks for two waves, each split still long enough to pay for itself.
+    const int want = (2 * multiprocessor_count(q.device().index) + base_blocks - 1) / base_blocks;
+    splits = std::clamp(std::min(want, (S + kMinKeysPerSplit - 1) / kMinKeysPerSplit), 1, kMaxSplits);
+  }
+  splits = std::min(splits, S);
+  const int chunk = (S + splits - 1) / splits;
+  splits = (S + chunk - 1) / chunk;  // no empty trailing split
+  const int64_t rows = static_cast<int64_t>(B) * T_len * Hq;
+  Tensor part_o, part_ml;
+  if (splits > 1) {
+    part_o = Tensor::empty({rows * splits * D}, DType::f32, q.device());
+    part_ml = Tensor::empty({rows * splits * 2}, DType::f32, q.device());
+  }
+  const dim3 grid(splits, Hkv * head_chunks, B * T_len);
+  decode_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
+      static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kc.data_ptr()),
+      static_cast<const T*>(vc.data_ptr()), seq_lens.data<int32_t>(),
+      static_cast<T*>(out.data_ptr()), splits > 1 ? part_o.data<float>() : nullptr,
+      splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, T_len, Hq, Hkv, S,
+      scale, window, chunk, splits);
+  MARLIN_CUDA_CHECK_LAUNCH("attention_decode");
+  if (splits > 1) {
+    decode_merge_kernel<T, D><<<static_cast<unsigned>(rows), std::min(D, 128), 0, stream>>>(
+        part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
+        static_cast<T*>(out.data_ptr()), splits);
+    MARLIN_CUDA_CHECK_LAUNCH("attention_decode (merge)");
+  }
+}
+
+template <typename T>
+void dispatch_head_dim(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& lens,
+                       float scale, int window, Tensor& out, cudaStream_t stream) {
+  switch (q.size(3)) {
+    case 64: return launch_decode<T, 64>(q, kc, vc, lens, scale, window, out, stream);
+    case 80: return launch_decode<T, 80>(q, kc, vc, lens, scale, window, out, stream);
+    case 96: return launch_decode<T, 96>(q, kc, vc, lens, scale, window, out, stream);
+    case 128: return launch_decode<T, 128>(q, kc, vc, lens, scale, window, out, stream);
+    case 256: return launch_decode<T, 256>(q, kc, vc, lens, scale, window, out, stream);
+    default: fail("attention_decode", "head_dim=", q.size(3), " has no kernel");
+  }
+}
+
+}  // namespace
+
+void set_attention_decode_splits(int splits) { g_forced_splits = splits; }
+
+void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      const Tensor& seq_lens, float scale, int64_t sliding_window, Tensor& out) {
+  auto stream = static_cast<cudaStream_t>(current_stream(q.device().index).handle);
+  const int window = static_cast<int>(std::min<int64_t>(sliding_window, INT32_MAX));
+  switch (q.dtype()) {
+    case DType::f32: return dispatch_head_dim<float>(q, k_cache, v_cache, seq_lens, scale, window, out, stream);
+    case DType::f16: return dispatch_head_dim<__half>(q, k_cache, v_cache, seq_lens, scale, window, out, stream);
+    default: return dispatch_head_dim<__nv_bfloat16>(q, k_cache, v_cache, seq_lens, scale, window, out, stream);
+  }
+}
+
+}  // namespace marlin::cuda

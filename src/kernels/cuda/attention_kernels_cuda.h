@@ -1,0 +1,18 @@
+// CUDA attention kernels: a tiled causal prefill kernel (attention.cu) and flash-decoding over
+// the cache, split along the sequence with a reduce pass (attention_decode.cu). Arguments are
+// checked by ops/attention_ops.cpp; the launchers run on the device's current stream.
+#pragma once
+
+#include "marlin/tensor.h"
+
+namespace marlin::cuda {
+
+void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                       int64_t sliding_window, Tensor& out);
+void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
+                      const Tensor& seq_lens, float scale, int64_t sliding_window, Tensor& out);
+void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t start);
+// Tests: force the number of sequence splits of the decode kernel (0 = automatic).
+void set_attention_decode_splits(int splits);
+
+}  // namespace marlin::cuda

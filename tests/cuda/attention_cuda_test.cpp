@@ -1,0 +1,113 @@
+// GPU attention against the CPU reference: prefill (tiled kernel) and decode/extend
+// (flash-decoding, forced and automatic split counts, caches of 4096), outputs poisoned.
+#include <gtest/gtest.h>
+
+#include "kernels/cuda/attention_kernels_cuda.h"
+#include "marlin/attention.h"
+#include "marlin/kv_cache.h"
+#include "test_util.h"
+
+namespace marlin {
+namespace {
+
+using testing::random_tensor;
+using testing::relative_error;
+using testing::to_double;
+
+class AttentionCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  }
+  void TearDown() override { cuda::set_attention_decode_splits(0); }
+  const Device gpu = Device::cuda(0);
+};
+
+double tolerance(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 1e-3 : 8e-3; }
+
+TEST_F(AttentionCuda, PrefillMatchesCpu) {
+  testing::PoisonScope poison;
+  const DType dtypes[] = {DType::f16, DType::bf16, DType::f32};
+  int seed = 0;
+  for (int64_t D : {64, 80, 96, 128, 256})
+    for (int64_t group : {1, 2, 4, 8})
+      for (int64_t T : {1, 17, 100})
+        for (int64_t window : {0, 33}) {
+          const DType dt = dtypes[seed % 3];
+          ++seed;
+          const int64_t Hkv = 2, Hq = Hkv * group;
+          Tensor q = random_tensor({T, Hq, D}, dt, seed * 3);
+          Tensor k = random_tensor({T, Hkv, D}, dt, seed * 3 + 1);
+          Tensor v = random_tensor({T, Hkv, D}, dt, seed * 3 + 2);
+          const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+          const auto want = to_double(ops::attention_prefill(q, k, v, scale, window));
+          const auto got = to_double(ops::attention_prefill(q.to(gpu), k.to(gpu), v.to(gpu), scale, window));
+          EXPECT_LT(relative_error(got, want), tolerance(dt))
+              << "D=" << D << " group=" << group << " T=" << T << " window=" << window << " "
+              << dtype_name(dt);
+        }
+}
+
+TEST_F(AttentionCuda, DecodeMatchesCpuOnLongCaches) {
+  testing::PoisonScope poison;
+  int seed = 50;
+  for (int64_t D : {64, 80, 128, 256})
+    for (int splits : {0, 1, 7})
+      for (int64_t window : {0, 1000}) {
+        ++seed;
+        const DType dt = seed % 2 ? DType::bf16 : DType::f16;
+        const int64_t B = 2, Hkv = 2, Hq = 8, S = 4096;
+        const std::vector<int32_t> lens{4096, 1501};
+        Tensor q = random_tensor({B, Hq, D}, dt, seed * 3);
+        Tensor kc = random_tensor({B, Hkv, S, D}, dt, seed * 3 + 1);
+        Tensor vc = random_tensor({B, Hkv, S, D}, dt, seed * 3 + 2);
+        const Tensor seq_lens = Tensor::from_vector(lens, {B}, DType::i32);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+        const auto want = to_double(ops::attention_decode(q, kc, vc, seq_lens, scale, window));
+        cuda::set_attention_decode_splits(splits);
+        const auto got = to_double(ops::attention_decode(q.to(gpu), kc.to(gpu), vc.to(gpu),
+                                                         seq_lens.to(gpu), scale, window));
+        EXPECT_LT(relative_error(got, want), tolerance(dt))
+            << "D=" << D << " splits=" << splits << " window=" << window << " " << dtype_name(dt);
+      }
+}
+
+TEST_F(AttentionCuda, ExtendMatchesCpu) {
+  testing::PoisonScope poison;
+  int seed = 200;
+  for (int64_t D : {96, 128})
+    for (int64_t group : {1, 4, 16})
+      for (DType dt : {DType::f32, DType::f16}) {
+        ++seed;
+        const int64_t B = 3, T = 5, Hkv = 2, Hq = Hkv * group, S = 700;
+        const std::vector<int32_t> lens{700, 5, 333};
+        Tensor q = random_tensor({B, T, Hq, D}, dt, seed * 3);
+        Tensor kc = random_tensor({B, Hkv, S, D}, dt, seed * 3 + 1);
+        Tensor vc = random_tensor({B, Hkv, S, D}, dt, seed * 3 + 2);
+        const Tensor seq_lens = Tensor::from_vector(lens, {B}, DType::i32);
+        const auto want = to_double(ops::attention_extend(q, kc, vc, seq_lens, 0.1f, 64));
+        const auto got = to_double(ops::attention_extend(q.to(gpu), kc.to(gpu), vc.to(gpu),
+                                                         seq_lens.to(gpu), 0.1f, 64));
+        EXPECT_LT(relative_error(got, want), tolerance(dt))
+            << "D=" << D << " group=" << group << " " << dtype_name(dt);
+      }
+}
+
+TEST_F(AttentionCuda, KVCacheWritesLikeTheCpu) {
+  const KVCacheConfig config{.num_layers = 2, .num_kv_heads = 4, .head_dim = 80, .max_seq_len = 64, .dtype = DType::bf16};
+  KVCache host(config, 2), device(config, 2, gpu);
+  for (int step = 0; step < 3; ++step) {
+    const int64_t n = step == 0 ? 9 : 1;
+    Tensor k = random_tensor({2, n, 4, 80}, DType::bf16, 10 + step), v = random_tensor({2, n, 4, 80}, DType::bf16, 20 + step);
+    auto [hk, hv] = host.update(1, k.transpose(1, 2), v.transpose(1, 2));
+    auto [dk, dv] = device.update(1, k.to(gpu).transpose(1, 2), v.to(gpu).transpose(1, 2));
+    EXPECT_EQ(dk.to_float_vector(), hk.contiguous().to_float_vector());
+    EXPECT_EQ(dv.to_float_vector(), hv.contiguous().to_float_vector());
+    host.advance(n);
+    device.advance(n);
+  }
+  EXPECT_EQ(device.seq_lens().to_float_vector(), (std::vector<float>{11, 11}));
+}
+
+}  // namespace
+}  // namespace marlin

@@ -1,0 +1,89 @@
+// KVCache: writes land at the current position, views cover what was written, overflow is a
+// clear error, and decoding token by token over the cache equals one causal prefill.
+#include <gtest/gtest.h>
+
+#include "marlin/attention.h"
+#include "marlin/kv_cache.h"
+#include "test_util.h"
+
+namespace marlin {
+namespace {
+
+using testing::random_tensor;
+
+TEST(KVCache, UpdateWritesAtThePositionAndReturnsThePrefix) {
+  KVCache cache({.num_layers = 2, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 10}, 2);
+  EXPECT_EQ(cache.seq_len(), 0);
+  EXPECT_EQ(cache.keys(1).shape(), (Shape{2, 2, 10, 64}));
+  Tensor k0 = random_tensor({2, 2, 3, 64}, DType::f16, 1), v0 = random_tensor({2, 2, 3, 64}, DType::f16, 2);
+  auto [k, v] = cache.update(0, k0, v0);
+  EXPECT_EQ(k.shape(), (Shape{2, 2, 3, 64}));
+  EXPECT_EQ(k.contiguous().to_float_vector(), k0.to_float_vector());
+  EXPECT_EQ(v.contiguous().to_float_vector(), v0.to_float_vector());
+  cache.advance(3);
+  // One more token given token-major [B, T, H, D] and seen as [B, H, T, D] without a copy.
+  Tensor k1 = random_tensor({2, 1, 2, 64}, DType::f16, 3), v1 = random_tensor({2, 1, 2, 64}, DType::f16, 4);
+  auto [k2, v2] = cache.update(0, k1.transpose(1, 2), v1.transpose(1, 2));
+  ASSERT_EQ(k2.shape(), (Shape{2, 2, 4, 64}));
+  EXPECT_EQ(k2.narrow(2, 0, 3).contiguous().to_float_vector(), k0.to_float_vector());
+  EXPECT_EQ(k2.narrow(2, 3, 1).contiguous().to_float_vector(), k1.transpose(1, 2).contiguous().to_float_vector());
+  EXPECT_EQ(v2.narrow(2, 3, 1).contiguous().to_float_vector(), v1.transpose(1, 2).contiguous().to_float_vector());
+  cache.advance();
+  EXPECT_EQ(cache.seq_len(), 4);
+  EXPECT_EQ(cache.seq_lens(1).to_float_vector(), (std::vector<float>{5, 5}));
+  cache.reset();
+  EXPECT_EQ(cache.seq_len(), 0);
+  auto [k3, v3] = cache.update(1, k0, v0);
+  EXPECT_EQ(k3.size(2), 3);
+}
+
+TEST(KVCache, OverflowAndBadInputsAreClearErrors) {
+  KVCache cache({.num_layers = 1, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 5});
+  Tensor k4 = random_tensor({1, 2, 4, 64}, DType::f16, 1);
+  cache.update(0, k4, k4);
+  cache.advance(4);
+  try {
+    cache.update(0, random_tensor({1, 2, 2, 64}, DType::f16, 2), random_tensor({1, 2, 2, 64}, DType::f16, 3));
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("max_seq_len=5"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("position 4"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(cache.advance(2), Error);
+  EXPECT_EQ(cache.seq_len(), 4);  // a failed advance changes nothing
+  cache.advance(1);
+  EXPECT_THROW(cache.update(0, random_tensor({1, 2, 1, 64}, DType::f16, 4), random_tensor({1, 2, 1, 64}, DType::f16, 5)), Error);
+  cache.reset();
+  EXPECT_THROW(cache.update(1, k4, k4), Error);                               // layer
+  EXPECT_THROW(cache.update(0, k4.to(DType::bf16), k4.to(DType::bf16)), Error);  // dtype
+  EXPECT_THROW(cache.update(0, random_tensor({1, 3, 4, 64}, DType::f16, 6), k4), Error);
+  EXPECT_THROW(KVCache({.num_layers = 1, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 0}), Error);
+  EXPECT_THROW(KVCache({.num_layers = 1, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 4}, 0), Error);
+}
+
+TEST(KVCache, DecodingTokenByTokenEqualsPrefill) {
+  const int64_t T = 13, Hq = 8, Hkv = 2, D = 128, window = 6;
+  const float scale = 1.0f / std::sqrt(128.0f);
+  Tensor q = random_tensor({T, Hq, D}, DType::f32, 1);
+  Tensor k = random_tensor({T, Hkv, D}, DType::f32, 2);
+  Tensor v = random_tensor({T, Hkv, D}, DType::f32, 3);
+  const std::vector<float> prefill = ops::attention_prefill(q, k, v, scale, window).to_float_vector();
+  KVCache cache({.num_layers = 1, .num_kv_heads = Hkv, .head_dim = D, .max_seq_len = 16, .dtype = DType::f32});
+  // The first 5 tokens at once (prefill into the cache), then one at a time.
+  auto step = [&](int64_t t0, int64_t n) {
+    auto kt = k.narrow(0, t0, n).view({1, n, Hkv, D}).transpose(1, 2);
+    auto vt = v.narrow(0, t0, n).view({1, n, Hkv, D}).transpose(1, 2);
+    cache.update(0, kt, vt);
+    const Tensor out = ops::attention_extend(q.narrow(0, t0, n).view({1, n, Hq, D}), cache.keys(0),
+                                             cache.values(0), cache.seq_lens(n), scale, window);
+    cache.advance(n);
+    const std::vector<float> got = out.to_float_vector();
+    const std::vector<float> want(prefill.begin() + t0 * Hq * D, prefill.begin() + (t0 + n) * Hq * D);
+    for (size_t i = 0; i < got.size(); ++i) ASSERT_NEAR(got[i], want[i], 1e-6) << "t0=" << t0 << " i=" << i;
+  };
+  step(0, 5);
+  for (int64_t t = 5; t < T; ++t) step(t, 1);
+}
+
+}  // namespace
+}  // namespace marlin
