@@ -1,0 +1,105 @@
+// CUDA SwiGLU (silu(gate) * up), residual add and last-dim softmax.
+#include "core/cuda_check.h"
+#include "kernels/cuda/nn_common.cuh"
+#include "kernels/cuda/nn_kernels_cuda.h"
+#include "marlin/stream.h"
+
+namespace marlin::cuda {
+namespace {
+
+using kernels::RowLayout;
+
+cudaStream_t stream_of(const Tensor& t) {
+  return static_cast<cudaStream_t>(current_stream(t.device().index).handle);
+}
+
+// Columns over x blocks, rows over y blocks (looping past the grid's y limit).
+template <typename T>
+__global__ void silu_mul_kernel(const T* __restrict__ gate, RowLayout gl, const T* __restrict__ up,
+                                RowLayout ul, T* __restrict__ out, RowLayout ol, int64_t rows,
+                                int64_t n) {
+  const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (j >= n) return;
+  for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
+    const float g = to_float(gate[gl.offset(r) + j]);
+    // expf, not __expf: the CPU reference's accuracy. silu rounded to T as Transformers does.
+    const float s = nn::round_to<T>(g / (1.0f + expf(-g)));
+    out[ol.offset(r) + j] = from_float<T>(s * to_float(up[ul.offset(r) + j]));
+  }
+}
+
+template <typename T>
+__global__ void add_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
+                           int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+}
+
+// One block per row: max, sum of exponentials, then the normalized values.
+template <typename T>
+__global__ void softmax_kernel(const T* __restrict__ x, RowLayout xl, float* __restrict__ out,
+                               RowLayout ol, int64_t rows, int64_t n) {
+  __shared__ float scratch[32];
+  for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
+    const T* xr = x + xl.offset(row);
+    float* o = out + ol.offset(row);
+    float m = -INFINITY;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, to_float(xr[j]));
+    m = nn::block_reduce<true>(m, scratch);
+    float sum = 0.0f;
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) {
+      const float e = expf(to_float(xr[j]) - m);
+      o[j] = e;
+      sum += e;
+    }
+    const float inv = 1.0f / nn::block_reduce<false>(sum, scratch);
+    for (int64_t j = threadIdx.x; j < n; j += blockDim.x) o[j] *= inv;
+  }
+}
+
+}  // namespace
+
+void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) {
+  const int64_t n = gate.size(-1), rows = n ? gate.numel() / n : 0;
+  if (rows == 0) return;
+  const RowLayout gl = nn::rows_of(gate, "silu_mul"), ul = nn::rows_of(up, "silu_mul");
+  const RowLayout ol = nn::rows_of(out, "silu_mul");
+  const dim3 grid(static_cast<unsigned>((n + 255) / 256), static_cast<unsigned>(std::min<int64_t>(rows, 65535)));
+  nn::dispatch_float(gate.dtype(), "silu_mul", [&](auto tag) {
+    using T = decltype(tag);
+    silu_mul_kernel<T><<<grid, 256, 0, stream_of(gate)>>>(
+        static_cast<const T*>(gate.data_ptr()), gl, static_cast<const T*>(up.data_ptr()), ul,
+        static_cast<T*>(out.data_ptr()), ol, rows, n);
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("silu_mul");
+}
+
+void add(const Tensor& a, const Tensor& b, const Tensor& out) {
+  const int64_t n = a.numel();
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 8192));
+  nn::dispatch_float(a.dtype(), "add", [&](auto tag) {
+    using T = decltype(tag);
+    add_kernel<T><<<blocks, 256, 0, stream_of(a)>>>(static_cast<const T*>(a.data_ptr()),
+                                                   static_cast<const T*>(b.data_ptr()),
+                                                   static_cast<T*>(out.data_ptr()), n);
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("add");
+}
+
+void softmax_last_dim(const Tensor& x, const Tensor& out) {
+  const int64_t n = x.size(-1), rows = n ? x.numel() / n : 0;
+  if (rows == 0) return;
+  const RowLayout xl = nn::rows_of(x, "softmax_last_dim"), ol = nn::rows_of(out, "softmax_last_dim");
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(rows, 1 << 20));
+  const int threads = n >= 4096 ? 1024 : 256;  // vocab-sized rows: more threads per row
+  nn::dispatch_float(x.dtype(), "softmax_last_dim", [&](auto tag) {
+    using T = decltype(tag);
+    softmax_kernel<T><<<blocks, threads, 0, stream_of(x)>>>(static_cast<const T*>(x.data_ptr()), xl,
+                                                           out.data<float>(), ol, rows, n);
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("softmax_last_dim");
+}
+
+}  // namespace marlin::cuda

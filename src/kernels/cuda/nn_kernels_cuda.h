@@ -1,0 +1,24 @@
+// CUDA backend of the nn building-block ops (ops_nn.h), tested against kernels/cpu/nn_kernels.h.
+// Arguments are already checked by ops/nn_ops.cpp; every launcher runs on the current stream of
+// the tensors' device and checks the launch.
+#pragma once
+
+#include <cstdint>
+
+#include "marlin/tensor.h"
+
+namespace marlin::cuda {
+
+void rms_norm(const Tensor& x, const Tensor& weight, float eps, const Tensor& out);
+void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight, float eps,
+                  const Tensor& out);
+void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
+          bool interleaved, float attention_factor);
+void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out);
+// Rows of ids outside [0, V) become NaN. With `check` (and no graph capture in progress) it
+// waits for the kernel and returns the first such position, else -1.
+int64_t embedding(const Tensor& ids, const Tensor& table, const Tensor& out, bool check);
+void add(const Tensor& a, const Tensor& b, const Tensor& out);
+void softmax_last_dim(const Tensor& x, const Tensor& out);
+
+}  // namespace marlin::cuda
