@@ -55,8 +55,12 @@ TEST(ModelConfig, RealConfigsParseWithTheirValues) {
     const json& eos = j["eos_token_id"];
     EXPECT_EQ(c.eos_token_ids, eos.is_array() ? eos.get<std::vector<int64_t>>()
                                               : std::vector<int64_t>{eos.get<int64_t>()});
-    if (j.contains("bos_token_id")) EXPECT_EQ(c.bos_token_id, j["bos_token_id"].get<int64_t>());
-    if (j.contains("pad_token_id")) EXPECT_EQ(c.pad_token_id, j["pad_token_id"].get<int64_t>());
+    if (j.contains("bos_token_id")) {
+      EXPECT_EQ(c.bos_token_id, j["bos_token_id"].get<int64_t>());
+    }
+    if (j.contains("pad_token_id")) {
+      EXPECT_EQ(c.pad_token_id, j["pad_token_id"].get<int64_t>());
+    }
     EXPECT_EQ(c.qk_norm, j["model_type"] == "qwen3" || j["model_type"] == "qwen3_moe");
     EXPECT_EQ(c.raw->at("vocab_size"), j["vocab_size"]);
 
@@ -89,8 +93,12 @@ TEST(ModelConfig, RealConfigsParseWithTheirValues) {
       EXPECT_EQ(c.moe->norm_topk_prob, j["norm_topk_prob"].get<bool>());
       if (j.contains("routed_scaling_factor"))
         EXPECT_EQ(c.moe->routed_scaling_factor, j["routed_scaling_factor"].get<double>());
-      if (j.contains("n_group")) EXPECT_EQ(c.moe->n_group, j["n_group"].get<int64_t>());
-      if (j.contains("topk_group")) EXPECT_EQ(c.moe->topk_group, j["topk_group"].get<int64_t>());
+      if (j.contains("n_group")) {
+        EXPECT_EQ(c.moe->n_group, j["n_group"].get<int64_t>());
+      }
+      if (j.contains("topk_group")) {
+        EXPECT_EQ(c.moe->topk_group, j["topk_group"].get<int64_t>());
+      }
       if (j.contains("n_shared_experts"))
         EXPECT_EQ(c.moe->n_shared_experts, j["n_shared_experts"].get<int64_t>());
       const int64_t first_dense = j.value("first_k_dense_replace", 0);
