@@ -91,16 +91,18 @@ TEST(ModelConfig, RealConfigsParseWithTheirValues) {
       EXPECT_EQ(c.moe->num_experts_per_tok, j["num_experts_per_tok"].get<int64_t>());
       EXPECT_EQ(c.moe->moe_intermediate_size, j["moe_intermediate_size"].get<int64_t>());
       EXPECT_EQ(c.moe->norm_topk_prob, j["norm_topk_prob"].get<bool>());
-      if (j.contains("routed_scaling_factor"))
+      if (j.contains("routed_scaling_factor")) {
         EXPECT_EQ(c.moe->routed_scaling_factor, j["routed_scaling_factor"].get<double>());
+      }
       if (j.contains("n_group")) {
         EXPECT_EQ(c.moe->n_group, j["n_group"].get<int64_t>());
       }
       if (j.contains("topk_group")) {
         EXPECT_EQ(c.moe->topk_group, j["topk_group"].get<int64_t>());
       }
-      if (j.contains("n_shared_experts"))
+      if (j.contains("n_shared_experts")) {
         EXPECT_EQ(c.moe->n_shared_experts, j["n_shared_experts"].get<int64_t>());
+      }
       const int64_t first_dense = j.value("first_k_dense_replace", 0);
       for (int64_t layer = 0; layer < c.num_hidden_layers; ++layer)
         EXPECT_EQ(c.is_moe_layer(layer), layer >= first_dense) << "layer " << layer;
