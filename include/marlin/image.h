@@ -17,4 +17,14 @@ Tensor decode_image(const uint8_t* data, size_t size, int channels = 0,
                     const std::string& name = "<memory>");
 Tensor load_image(const std::string& path, int channels = 0);
 
+// What the header says, without decoding the pixels: sides and the channels as stored (1 gray,
+// 2 gray + alpha, 3 RGB, 4 RGBA). Errors as decode_image for data that is not a readable JPEG or
+// PNG header, declares a zero side or more than 2^28 pixels, or has a structural fault that the
+// decoder would trip on (decode_image checks the same before decoding).
+struct ImageInfo {
+  int64_t width = 0, height = 0;
+  int channels = 0;
+};
+ImageInfo image_info(const uint8_t* data, size_t size, const std::string& name = "<memory>");
+
 }  // namespace marlin

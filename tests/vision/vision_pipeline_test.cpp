@@ -168,6 +168,42 @@ TEST(VisionFiles, BadFilesAreErrors) {
   std::filesystem::remove_all(dir);
 }
 
+TEST(VisionFiles, HostileHeadersAreErrors) {
+  std::ifstream jpg(testing::vision_fixture("photo.jpg"), std::ios::binary);
+  std::string jpeg((std::istreambuf_iterator<char>(jpg)), std::istreambuf_iterator<char>());
+  std::ifstream png(testing::vision_fixture("photo.png"), std::ios::binary);
+  std::string png_bytes((std::istreambuf_iterator<char>(png)), std::istreambuf_iterator<char>());
+  const auto decode = [](const std::string& bytes) {
+    return decode_image(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  };
+  const auto info = [](const std::string& bytes) {
+    return image_info(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+  };
+  const Tensor photo = decode(png_bytes);
+  const ImageInfo header = info(png_bytes);
+  EXPECT_EQ(header.height, photo.size(0));
+  EXPECT_EQ(header.width, photo.size(1));
+  EXPECT_EQ(header.channels, photo.size(2));
+  // A Huffman table declaring 16 x 255 codes: stb_image 2.27 would write past its 256 symbols.
+  const size_t dht = jpeg.find("\xFF\xC4");
+  ASSERT_NE(dht, std::string::npos);
+  for (size_t i = dht + 5; i < dht + 21; ++i) jpeg[i] = '\xFF';
+  expect_error([&] { decode(jpeg); }, "Huffman table");
+  // An IDAT claiming 2 GB: stb_image 2.27 would allocate it before reading.
+  std::string long_chunk = png_bytes;
+  const size_t idat = long_chunk.find("IDAT");
+  ASSERT_NE(idat, std::string::npos);
+  long_chunk[idat - 4] = '\x7F', long_chunk[idat - 3] = '\xFF';
+  expect_error([&] { decode(long_chunk); }, "chunk runs past the end");
+  // 18000 x 18000 RGB in the IHDR (stb skips CRCs; its own limit is 2^30 bytes): refused before
+  // any pixel buffer is allocated.
+  for (size_t at : {size_t{16}, size_t{20}}) {
+    png_bytes[at] = 0, png_bytes[at + 1] = 0, png_bytes[at + 2] = '\x46', png_bytes[at + 3] = '\x50';
+  }
+  expect_error([&] { decode(png_bytes); }, "over the limit");
+  expect_error([&] { info(png_bytes); }, "image_info");
+}
+
 TEST(VisionFiles, NpyRoundTrip) {
   const auto path = (std::filesystem::temp_directory_path() / ("marlin_npy_" + std::to_string(::getpid()) + ".npy")).string();
   const Tensor f = testing::random_tensor({3, 5, 7}, DType::f32, 11);
