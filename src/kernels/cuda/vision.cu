@@ -1,9 +1,10 @@
 // CUDA vision kernels, tested against kernels/cpu/vision.cpp (tests/cuda/vision_cuda_test.cpp).
 // Elementwise ops are grid-stride loops; the resample is two passes, rows then columns (as
 // torch), with the 8-bit rounding, normalization and Qwen2-VL patch layout fused into the
-// column pass, so the input is read once and the output written once.
+// column pass, so the input is read once and the output written once (docs/VISION.md, Speed).
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 
 #include "core/cuda_check.h"
 #include "kernels/cuda/vision_cuda.h"
@@ -160,43 +161,153 @@ __global__ void build_taps_kernel(vision::ResampleFilter filter, int64_t in_size
   }
 }
 
-// Row pass: tmp [N, C, H_in, W_out] (u8 for u8 images, whose row pass is stored as 8 bits).
-template <typename In, typename Tmp>
-__global__ void resample_rows_kernel(const In* __restrict__ src, ImageGeometry g, int64_t out_width,
+// u8 -> f32 through the bit pattern of 2^23 + v: exact, and an integer OR plus an add instead of
+// a conversion instruction, which issues at a quarter of the FMA rate.
+__device__ __forceinline__ float pixel_float(uint8_t v) {
+  return __uint_as_float(0x4B000000u | v) - 8388608.0f;
+}
+__device__ __forceinline__ float pixel_float(float v) { return v; }
+
+// Row pass: tmp [N, C, H_in, W_out] (u8 for u8 images, whose row pass is stored as 8 bits). One
+// thread per (input row, output column) does every channel, blockIdx.x being the row (n, y):
+// indexing costs one 32-bit division per thread (a flat element index cost several 64-bit
+// divisions per value, which made the pass bound on instruction issue, not memory). kRgb: NHWC
+// with 3 channels (decoded images), whose taps share one weight load per pixel.
+constexpr int kRowThreads = 128;
+
+template <typename In, typename Tmp, bool kRgb>
+__global__ void resample_rows_kernel(const In* __restrict__ src, ImageGeometry g, int32_t out_width,
                                      TapTable taps, Tmp* __restrict__ tmp) {
-  MARLIN_GRID_STRIDE(i, g.batch * g.channels * g.height * out_width) {
-    const int64_t ox = i % out_width, r = i / out_width;
-    const int64_t y = r % g.height, c = (r / g.height) % g.channels, n = r / (g.height * g.channels);
-    const In* row = src + g.index(n, c, y, taps.begin[ox]);
-    const float* wt = taps.weight + ox * taps.max_taps;
-    const int64_t step = g.nhwc ? g.channels : 1;
-    float acc = 0.0f;
-    for (int32_t j = 0; j < taps.size[ox]; ++j) acc += wt[j] * static_cast<float>(row[j * step]);
-    tmp[i] = store_pixel<Tmp>(acc);
+  const int32_t ox = static_cast<int32_t>(blockIdx.y * blockDim.x + threadIdx.x);
+  if (ox >= out_width) return;
+  const auto height = static_cast<uint32_t>(g.height);
+  const auto n = static_cast<int64_t>(blockIdx.x / height), y = static_cast<int64_t>(blockIdx.x % height);
+  const auto x0 = static_cast<int32_t>(taps.begin[ox]);
+  const int32_t size = taps.size[ox];
+  const float* wt = taps.weight + static_cast<int64_t>(ox) * taps.max_taps;
+  const int64_t plane = g.height * out_width;
+  Tmp* out = tmp + (n * g.channels * g.height + y) * out_width + ox;
+  const In* px = src + g.index(n, 0, y, x0);
+  if constexpr (kRgb) {
+    float r = 0.0f, gr = 0.0f, b = 0.0f;
+    for (int32_t j = 0; j < size; ++j, px += 3) {
+      const float w = wt[j];
+      r += w * pixel_float(px[0]);
+      gr += w * pixel_float(px[1]);
+      b += w * pixel_float(px[2]);
+    }
+    out[0] = store_pixel<Tmp>(r);
+    out[plane] = store_pixel<Tmp>(gr);
+    out[2 * plane] = store_pixel<Tmp>(b);
+  } else {
+    // NHWC: the channels of a tap are adjacent; NCHW: each channel is its own row.
+    const auto step = static_cast<int32_t>(g.nhwc ? g.channels : 1);
+    const int64_t channel_step = g.nhwc ? 1 : g.height * g.width;
+    for (int64_t c = 0; c < g.channels; ++c, px += channel_step) {
+      float acc = 0.0f;
+      for (int32_t j = 0; j < size; ++j) acc += wt[j] * pixel_float(px[j * step]);
+      out[c * plane] = store_pixel<Tmp>(acc);
+    }
   }
 }
 
-// Column pass with the value transform, writing the image or Qwen2-VL patches.
+// Column pass with the value transform, writing the image or (other patch shapes than
+// resample_qwen2vl_kernel's) Qwen2-VL patches. Indexed as the row pass: blockIdx.x is the output
+// row (n, c, oy), blockIdx.y * blockDim.x + threadIdx.x the column.
 template <typename Tmp, typename Out>
 __global__ void resample_columns_kernel(const Tmp* __restrict__ tmp, ResamplePlan p, TapTable taps,
                                         Out* __restrict__ dst) {
   const ImageGeometry& g = p.in;
-  const int64_t out_h = p.out.height, out_w = p.out.width;
-  MARLIN_GRID_STRIDE(i, g.batch * g.channels * out_h * out_w) {
-    const int64_t ox = i % out_w, r = i / out_w;
-    const int64_t oy = r % out_h, c = (r / out_h) % g.channels, n = r / (out_h * g.channels);
-    const Tmp* col = tmp + ((n * g.channels + c) * g.height + taps.begin[oy]) * out_w + ox;
-    const float* wt = taps.weight + oy * taps.max_taps;
-    float acc = 0.0f;
-    for (int32_t j = 0; j < taps.size[oy]; ++j) acc += wt[j] * static_cast<float>(col[j * out_w]);
-    const Out v = store_pixel<Out>(vision::resample_finish(p, c, acc));
-    if (p.target == vision::ResampleTarget::image) {
-      dst[p.out.index(n, c, oy, ox)] = v;
-    } else {
-      const int64_t at = vision::qwen2vl_patch_offset(p, n, c, oy, ox);
-      for (int64_t t = 0; t < p.temporal_patch_size; ++t) dst[at + t * p.patch_size * p.patch_size] = v;
-    }
+  const int64_t out_w = p.out.width;
+  const int64_t ox = blockIdx.y * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (ox >= out_w) return;
+  const auto out_h = static_cast<uint32_t>(p.out.height), channels = static_cast<uint32_t>(g.channels);
+  const uint32_t plane = blockIdx.x / out_h, oy = blockIdx.x % out_h;
+  const int64_t c = plane % channels, n = plane / channels;
+  const Tmp* col = tmp + (static_cast<int64_t>(plane) * g.height + taps.begin[oy]) * out_w + ox;
+  const float* wt = taps.weight + oy * taps.max_taps;
+  float acc = 0.0f;
+  for (int32_t j = 0; j < taps.size[oy]; ++j, col += out_w) acc += wt[j] * pixel_float(*col);
+  const Out v = store_pixel<Out>(vision::resample_finish(p, c, acc));
+  if (p.target == vision::ResampleTarget::image) {
+    dst[p.out.index(n, c, oy, ox)] = v;
+  } else {
+    const int64_t at = vision::qwen2vl_patch_offset(p, n, c, oy, ox);
+    for (int64_t t = 0; t < p.temporal_patch_size; ++t) dst[at + t * p.patch_size * p.patch_size] = v;
   }
+}
+
+// Column pass of Qwen2-VL (3 channels, f32 output): one block per merge group of MS x MS patches,
+// whose MS*MS output rows of (c, t, ph, pw) are one contiguous run of the output. The group's
+// resampled, normalized pixels go to shared memory first, then the run is written as whole
+// float4s in output order (frames repeated from shared memory), so global stores are coalesced
+// and every output element costs no index division at run time (PS, MS, T are constants).
+constexpr int kQwenThreads = 256;
+
+template <typename Tmp, int PS, int MS, int T>
+__global__ void __launch_bounds__(kQwenThreads)
+    resample_qwen2vl_kernel(const Tmp* __restrict__ tmp, ResamplePlan p, TapTable taps,
+                            float* __restrict__ dst) {
+  constexpr int kC = 3, kTile = PS * MS, kPixels = kTile * kTile;
+  constexpr int kCols = kC * T * PS * PS, kRun = MS * MS * kCols;
+  static_assert((PS * PS) % 4 == 0, "a frame must be whole float4s");
+  __shared__ float tile[kC * kPixels];
+  const int64_t groups_w = p.out.width / kTile, groups_h = p.out.height / kTile;
+  const int64_t group = blockIdx.x;  // (n, gy, gx): also the group's place in the output
+  const int64_t gx = group % groups_w, gy = (group / groups_w) % groups_h, n = group / (groups_w * groups_h);
+  // Offsets inside one image's [C, H_in, W_out] fit 32 bits (checked at launch).
+  const auto in_h = static_cast<int32_t>(p.in.height), out_w = static_cast<int32_t>(p.out.width);
+  const Tmp* image = tmp + n * kC * p.in.height * p.out.width;
+  for (int i = threadIdx.x; i < kC * kPixels; i += kQwenThreads) {
+    const int c = i / kPixels, yy = (i / kTile) % kTile, xx = i % kTile;
+    const auto oy = static_cast<int32_t>(gy * kTile + yy), ox = static_cast<int32_t>(gx * kTile + xx);
+    const Tmp* col = image + (c * in_h + static_cast<int32_t>(taps.begin[oy])) * out_w + ox;
+    const float* wt = taps.weight + oy * taps.max_taps;
+    const int32_t size = taps.size[oy];
+    float acc = 0.0f;
+    for (int32_t j = 0; j < size; ++j, col += out_w) acc += wt[j] * pixel_float(*col);
+    tile[i] = vision::resample_finish(p, c, acc);
+  }
+  __syncthreads();
+  float4* out = reinterpret_cast<float4*>(dst + group * kRun);
+  for (int i = threadIdx.x; i < kRun / 4; i += kQwenThreads) {
+    // A frame's PS*PS values are whole float4s, so the four share row, channel and frame.
+    const int k = i * 4, row = k / kCols, col = k % kCols, c = col / (T * PS * PS);
+    const float* group_row = tile + c * kPixels + (row / MS) * PS * kTile + (row % MS) * PS;
+    float v[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) {
+      const int pixel = (col + u) % (PS * PS);
+      v[u] = group_row[(pixel / PS) * kTile + pixel % PS];
+    }
+    __stcs(out + i, make_float4(v[0], v[1], v[2], v[3]));  // streamed: nothing here reads it back
+  }
+}
+
+// Launches the Qwen2-VL column kernel when the plan has a compiled shape; false otherwise (the
+// generic column kernel handles it).
+template <typename Tmp>
+bool launch_qwen2vl_columns(const Tmp* tmp, const ResamplePlan& p, const TapTable& ty, Tensor& out,
+                            cudaStream_t stream) {
+  if (p.in.channels != 3 || out.dtype() != DType::f32 ||
+      reinterpret_cast<uintptr_t>(out.data_ptr()) % alignof(float4) != 0)
+    return false;
+  const int64_t groups = p.in.batch * (p.out.height / (p.patch_size * p.merge_size)) *
+                         (p.out.width / (p.patch_size * p.merge_size));
+  const int64_t side = p.patch_size * p.merge_size;
+  if (groups <= 0 || groups > INT32_MAX || p.merge_size != 2 || p.temporal_patch_size != 2 ||
+      p.out.height % side != 0 || p.out.width % side != 0 ||
+      p.in.channels * p.in.height * p.out.width > INT32_MAX)
+    return false;
+  const auto blocks = static_cast<unsigned>(groups);
+  if (p.patch_size == 14)
+    resample_qwen2vl_kernel<Tmp, 14, 2, 2><<<blocks, kQwenThreads, 0, stream>>>(tmp, p, ty, out.data<float>());
+  else if (p.patch_size == 16)
+    resample_qwen2vl_kernel<Tmp, 16, 2, 2><<<blocks, kQwenThreads, 0, stream>>>(tmp, p, ty, out.data<float>());
+  else
+    return false;
+  MARLIN_CUDA_CHECK_LAUNCH("preprocess_qwen2vl (columns)");
+  return true;
 }
 
 // Workspace and launch of build_taps_kernel for one axis; `storage` keeps the table alive.
@@ -298,18 +409,33 @@ void vision_resample(const Tensor& in, const ResamplePlan& plan, Tensor& out) {
   const TapTable ty = build_taps(plan.filter, g.height, plan.out.height, in.device(), stream, y_storage);
   const DType tmp_dtype = plan.round_to_u8 ? DType::u8 : DType::f32;
   Tensor tmp = Tensor::empty({g.batch, g.channels, g.height, plan.out.width}, tmp_dtype, in.device());
-  const int64_t n_out = g.batch * g.channels * plan.out.height * plan.out.width;
+  // Rows (and output rows) index the grid's x, column blocks its y.
+  MARLIN_CHECK(g.batch * g.channels * std::max(g.height, plan.out.height) <= INT32_MAX &&
+                   (plan.out.width + kRowThreads - 1) / kRowThreads <= 65535,
+               "resize", "image batch ", g.batch, "x", g.channels, "x", g.height, " to ",
+               plan.out.height, "x", plan.out.width, " exceeds the CUDA grid");
+  const dim3 row_grid(static_cast<unsigned>(g.batch * g.height),
+                      static_cast<unsigned>((plan.out.width + kRowThreads - 1) / kRowThreads));
+  const dim3 column_grid(static_cast<unsigned>(g.batch * g.channels * plan.out.height), row_grid.y);
   dispatch_pixel(in.dtype(), [&](auto in_tag) {
     using In = decltype(in_tag);
     dispatch_pixel(tmp_dtype, [&](auto tmp_tag) {
       using Tmp = decltype(tmp_tag);
-      resample_rows_kernel<In, Tmp><<<blocks_for(tmp.numel()), kThreads, 0, stream>>>(
-          in.data<In>(), g, plan.out.width, tx, tmp.data<Tmp>());
+      const auto out_width = static_cast<int32_t>(plan.out.width);
+      if (g.nhwc && g.channels == 3)
+        resample_rows_kernel<In, Tmp, true><<<row_grid, kRowThreads, 0, stream>>>(in.data<In>(), g, out_width, tx,
+                                                                                 tmp.data<Tmp>());
+      else
+        resample_rows_kernel<In, Tmp, false><<<row_grid, kRowThreads, 0, stream>>>(in.data<In>(), g, out_width, tx,
+                                                                                  tmp.data<Tmp>());
       MARLIN_CUDA_CHECK_LAUNCH("resample (rows)");
+      if (plan.target == vision::ResampleTarget::qwen2vl_patches &&
+          launch_qwen2vl_columns<Tmp>(tmp.data<Tmp>(), plan, ty, out, stream))
+        return;
       dispatch_pixel(out.dtype(), [&](auto out_tag) {
         using Out = decltype(out_tag);
-        resample_columns_kernel<Tmp, Out><<<blocks_for(n_out), kThreads, 0, stream>>>(tmp.data<Tmp>(), plan, ty,
-                                                                                     out.data<Out>());
+        resample_columns_kernel<Tmp, Out><<<column_grid, kRowThreads, 0, stream>>>(tmp.data<Tmp>(), plan, ty,
+                                                                                  out.data<Out>());
         MARLIN_CUDA_CHECK_LAUNCH("resample (columns)");
       });
     });
