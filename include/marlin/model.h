@@ -1,0 +1,48 @@
+// Causal language models assembled from the nn layers, and the registry that loads one from a
+// Hugging Face model directory (config.json + safetensors) by its config's model_type.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "marlin/kv_cache.h"
+#include "marlin/model_config.h"
+#include "marlin/tensor.h"
+
+namespace marlin {
+
+struct ModelLoadOptions {
+  Device device = Device::cpu();
+  // Activations and 16-bit weights. Default: f32 on the CPU; on CUDA the checkpoint's f16 or
+  // bf16, else bf16 (f32 runs on the CPU only).
+  std::optional<DType> dtype;
+  int bits = 16;  // 16 keeps the weights unquantized; 8, 4, 2: FP8 E4M3, FP4 E2M1, INT2
+  int group_size = 128;
+};
+
+class CausalLM {
+ public:
+  virtual ~CausalLM() = default;
+  // ids [T] or [B, T] (i32 or i64, any device) -> logits f32 [T, V] or [B, T, V], on the
+  // model's device. Without a cache the tokens are one fresh sequence per row, at positions
+  // 0..T-1. With one, they continue the cached sequences at position cache->seq_len(), and the
+  // cache is advanced past them. Positions beyond the model's context are an error.
+  virtual Tensor forward(const Tensor& ids, KVCache* cache = nullptr) const = 0;
+  // A cache for this model's layers, dtype and device.
+  virtual KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const = 0;
+  virtual const ModelConfig& config() const = 0;
+  virtual Device device() const = 0;
+  virtual DType dtype() const = 0;
+};
+
+// Loads the model of `dir` (config.json and model.safetensors or a sharded index). An
+// unsupported model_type is an error naming the supported ones; a missing tensor or one of the
+// wrong shape is an error naming the tensor and the file.
+std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOptions& options = {});
+
+// The model_types load_model accepts, e.g. {"llama", "mistral", "qwen2", "qwen3"}.
+std::vector<std::string> supported_causal_lm_types();
+
+}  // namespace marlin

@@ -1,0 +1,152 @@
+// LlamaModel: loads the llama-family tensors by their Hugging Face names and runs the decoder.
+#include "models/llama.h"
+
+#include <string>
+#include <utility>
+
+#include "marlin/ops_nn.h"
+
+namespace marlin {
+namespace {
+
+// Checkpoint tensors by name, checked for presence and shape; errors name the tensor and file.
+class WeightReader {
+ public:
+  explicit WeightReader(const SafetensorsCheckpoint& checkpoint) : checkpoint_(checkpoint) {}
+
+  Tensor get(const std::string& name, const Shape& shape) const {
+    MARLIN_CHECK(checkpoint_.has(name), "load_model", "tensor ", name, " is missing from ",
+                 checkpoint_.source());
+    const SafetensorsTensorInfo& info = checkpoint_.info(name);
+    MARLIN_CHECK(info.shape == shape, "load_model", "tensor ", name, " in ",
+                 checkpoint_.file_of(name).path(), " has shape ", shape_str(info.shape),
+                 ", expected ", shape_str(shape));
+    MARLIN_CHECK(dtype_is_float(info.dtype) && info.dtype != DType::fp8_e4m3, "load_model",
+                 "tensor ", name, " in ", checkpoint_.file_of(name).path(), " is ",
+                 dtype_name(info.dtype), ", expected f32, f16 or bf16");
+    return checkpoint_.tensor(name);
+  }
+  Tensor get_if(bool wanted, const std::string& name, const Shape& shape) const {
+    return wanted ? get(name, shape) : Tensor();
+  }
+
+ private:
+  const SafetensorsCheckpoint& checkpoint_;
+};
+
+DType default_dtype(const ModelConfig& config, Device device) {
+  if (device.is_cpu()) return DType::f32;
+  if (config.torch_dtype == DType::f16) return DType::f16;
+  return DType::bf16;
+}
+
+}  // namespace
+
+LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoint,
+                       const ModelLoadOptions& options)
+    : config_(std::move(config)) {
+  const ModelConfig& c = config_;
+  const std::string type(model_type_name(c.model_type));
+  MARLIN_CHECK(!c.moe && !c.mla, "load_model", type, " models with MoE or MLA layers are not "
+               "supported by LlamaModel (", c.source, ")");
+  MARLIN_CHECK(c.hidden_act == "silu", "load_model", "hidden_act ", c.hidden_act,
+               " is not supported (silu only) in ", c.source);
+  MARLIN_CHECK(options.bits == 16 || options.bits == 8 || options.bits == 4 || options.bits == 2,
+               "load_model", "bits must be 16, 8, 4 or 2, got ", options.bits);
+  placement_ = {options.device, options.dtype.value_or(default_dtype(c, options.device))};
+
+  const WeightReader w(checkpoint);
+  const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size, D = c.head_dim;
+  const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
+  const Tensor embed = w.get("model.embed_tokens.weight", {V, H});
+  embed_tokens_ = Embedding(embed, placement_);
+  const ops::RopeParams rope = ops::rope_params(c).to(placement_.device);
+  auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
+    return QuantizedLinear(w.get(prefix + ".weight", {out, in}),
+                           w.get_if(bias, prefix + ".bias", {out}), options.bits,
+                           options.group_size, placement_);
+  };
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i);
+    AttentionConfig ac;
+    ac.hidden_size = H;
+    ac.num_heads = Hq;
+    ac.num_kv_heads = Hkv;
+    ac.head_dim = D;
+    ac.sliding_window = c.uses_sliding_window(i) ? c.sliding_window.value_or(0) : 0;
+    ac.layer_idx = i;
+    RMSNorm q_norm, k_norm;
+    if (c.qk_norm) {
+      q_norm = RMSNorm(w.get(p + ".self_attn.q_norm.weight", {D}), c.rms_norm_eps, placement_);
+      k_norm = RMSNorm(w.get(p + ".self_attn.k_norm.weight", {D}), c.rms_norm_eps, placement_);
+    }
+    Attention attn(ac, linear(p + ".self_attn.q_proj", H, Hq * D, c.attention_bias),
+                   linear(p + ".self_attn.k_proj", H, Hkv * D, c.attention_bias),
+                   linear(p + ".self_attn.v_proj", H, Hkv * D, c.attention_bias),
+                   linear(p + ".self_attn.o_proj", Hq * D, H, c.attention_output_bias), rope,
+                   std::move(q_norm), std::move(k_norm));
+    MLP mlp(linear(p + ".mlp.gate_proj", H, I, c.mlp_bias), linear(p + ".mlp.up_proj", H, I, c.mlp_bias),
+            linear(p + ".mlp.down_proj", I, H, c.mlp_bias));
+    layers_.emplace_back(RMSNorm(w.get(p + ".input_layernorm.weight", {H}), c.rms_norm_eps, placement_),
+                         std::move(attn),
+                         RMSNorm(w.get(p + ".post_attention_layernorm.weight", {H}), c.rms_norm_eps,
+                                 placement_),
+                         std::move(mlp));
+  }
+  norm_ = RMSNorm(w.get("model.norm.weight", {H}), c.rms_norm_eps, placement_);
+  // lm_head stays 16-bit: its error would add to every quantized layer's (the original API's
+  // default too).
+  const Tensor head = c.tie_word_embeddings ? embed : w.get("lm_head.weight", {V, H});
+  lm_head_ = QuantizedLinear(head, {}, 16, options.group_size, placement_);
+}
+
+Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
+  constexpr const char* op = "CausalLM::forward";
+  MARLIN_CHECK(ids.defined() && (ids.dim() == 1 || ids.dim() == 2), op,
+               "ids must be [T] or [B, T], got ", ids.defined() ? ids.describe() : "an undefined tensor");
+  const Tensor ids2 = ids.dim() == 1 ? ids.contiguous().view({1, ids.size(0)}) : ids;
+  const int64_t B = ids2.size(0), T = ids2.size(1);
+  MARLIN_CHECK(B >= 1 && T >= 1, op, "ids must hold at least one token, got ", ids.describe());
+  int64_t past = 0;
+  if (cache != nullptr) {
+    MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
+                 " sequences but ids has ", B);
+    MARLIN_CHECK(cache->config().num_layers == config_.num_hidden_layers &&
+                     cache->config().dtype == placement_.dtype && cache->device() == placement_.device,
+                 op, "the cache was not made for this model (use make_cache)");
+    past = cache->seq_len();
+    MARLIN_CHECK(past + T <= cache->config().max_seq_len, op, "positions up to ", past + T,
+                 " exceed the cache's max_seq_len=", cache->config().max_seq_len);
+  }
+  MARLIN_CHECK(config_.max_position_embeddings <= 0 || past + T <= config_.max_position_embeddings,
+               op, "positions up to ", past + T, " exceed the model's context of ",
+               config_.max_position_embeddings, " tokens (max_position_embeddings in ",
+               config_.source, ")");
+  std::vector<int32_t> pos(static_cast<size_t>(B * T));
+  for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(past + i % T);
+  const Tensor positions = Tensor::from_vector(pos, {B * T}, DType::i32).to(placement_.device);
+
+  Tensor h = embed_tokens_.forward(ids2);
+  for (const TransformerBlock& layer : layers_) h = layer.forward(h, positions, cache);
+  Tensor logits = lm_head_.forward(norm_.forward(h)).to(DType::f32);
+  if (cache != nullptr) cache->advance(T);
+  return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
+}
+
+KVCache LlamaModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {
+  KVCacheConfig kc;
+  kc.num_layers = config_.num_hidden_layers;
+  kc.num_kv_heads = config_.num_key_value_heads;
+  kc.head_dim = config_.head_dim;
+  kc.max_seq_len = max_seq_len;
+  kc.dtype = placement_.dtype;
+  return KVCache(kc, batch_size, placement_.device);
+}
+
+std::unique_ptr<CausalLM> make_llama_model(const ModelConfig& config,
+                                           const SafetensorsCheckpoint& checkpoint,
+                                           const ModelLoadOptions& options) {
+  return std::make_unique<LlamaModel>(config, checkpoint, options);
+}
+
+}  // namespace marlin

@@ -1,0 +1,40 @@
+// LlamaModel: the dense llama family (llama, mistral, qwen2, qwen3) — pre-norm decoder blocks
+// with GQA attention and a SwiGLU MLP, tied or untied lm_head.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "marlin/model.h"
+#include "marlin/nn.h"
+#include "marlin/safetensors.h"
+
+namespace marlin {
+
+class LlamaModel final : public CausalLM {
+ public:
+  LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoint,
+             const ModelLoadOptions& options);
+
+  Tensor forward(const Tensor& ids, KVCache* cache = nullptr) const override;
+  KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const override;
+  const ModelConfig& config() const override { return config_; }
+  Device device() const override { return placement_.device; }
+  DType dtype() const override { return placement_.dtype; }
+
+  const std::vector<TransformerBlock>& layers() const { return layers_; }
+
+ private:
+  ModelConfig config_;
+  LayerPlacement placement_;
+  Embedding embed_tokens_;
+  std::vector<TransformerBlock> layers_;
+  RMSNorm norm_;
+  QuantizedLinear lm_head_;
+};
+
+std::unique_ptr<CausalLM> make_llama_model(const ModelConfig& config,
+                                           const SafetensorsCheckpoint& checkpoint,
+                                           const ModelLoadOptions& options);
+
+}  // namespace marlin

@@ -1,0 +1,124 @@
+// Attention (MHA/GQA with RoPE, optional q/k norm and sliding window), MLP and TransformerBlock.
+#include <cmath>
+#include <utility>
+
+#include "marlin/attention.h"
+#include "marlin/nn.h"
+
+namespace marlin {
+
+Attention::Attention(const AttentionConfig& config, QuantizedLinear q_proj, QuantizedLinear k_proj,
+                     QuantizedLinear v_proj, QuantizedLinear o_proj, ops::RopeParams rope,
+                     RMSNorm q_norm, RMSNorm k_norm)
+    : config_(config),
+      q_proj_(std::move(q_proj)),
+      k_proj_(std::move(k_proj)),
+      v_proj_(std::move(v_proj)),
+      o_proj_(std::move(o_proj)),
+      rope_(std::move(rope)),
+      q_norm_(std::move(q_norm)),
+      k_norm_(std::move(k_norm)) {
+  constexpr const char* op = "Attention";
+  const int64_t H = config.hidden_size, D = config.head_dim;
+  MARLIN_CHECK(config.num_heads > 0 && config.num_kv_heads > 0 &&
+                   config.num_heads % config.num_kv_heads == 0,
+               op, "num_heads=", config.num_heads, " must be a positive multiple of num_kv_heads=",
+               config.num_kv_heads);
+  auto check_proj = [&](const char* name, const QuantizedLinear& p, int64_t in, int64_t out) {
+    MARLIN_CHECK(p.in_features() == in && p.out_features() == out, op, name, " must map ", in,
+                 " -> ", out, " features, got ", p.in_features(), " -> ", p.out_features());
+  };
+  check_proj("q_proj", q_proj_, H, config.num_heads * D);
+  check_proj("k_proj", k_proj_, H, config.num_kv_heads * D);
+  check_proj("v_proj", v_proj_, H, config.num_kv_heads * D);
+  check_proj("o_proj", o_proj_, config.num_heads * D, H);
+  MARLIN_CHECK(q_norm_.defined() == k_norm_.defined(), op, "q_norm and k_norm come together");
+  if (q_norm_.defined()) {
+    MARLIN_CHECK(q_norm_.weight().numel() == D && k_norm_.weight().numel() == D, op,
+                 "q_norm/k_norm weights must be [head_dim=", D, "]");
+  }
+  scale_ = static_cast<float>(rope_.softmax_scale_factor / std::sqrt(static_cast<double>(D)));
+}
+
+Tensor Attention::forward(const Tensor& x, const Tensor& positions, KVCache* cache) const {
+  constexpr const char* op = "Attention::forward";
+  MARLIN_CHECK(x.dim() == 3 && x.size(2) == config_.hidden_size, op, "x must be [B, T, ",
+               config_.hidden_size, "], got ", x.describe());
+  const int64_t B = x.size(0), T = x.size(1), D = config_.head_dim;
+  const int64_t Hq = config_.num_heads, Hkv = config_.num_kv_heads;
+  MARLIN_CHECK(positions.numel() == B * T, op, "positions must hold B*T=", B * T,
+               " entries, got ", positions.describe());
+  Tensor q = q_proj_.forward(x).view({B * T, Hq, D});
+  Tensor k = k_proj_.forward(x).view({B * T, Hkv, D});
+  Tensor v = v_proj_.forward(x).view({B * T, Hkv, D});
+  if (q_norm_.defined()) {
+    q = q_norm_.forward(q);
+    k = k_norm_.forward(k);
+  }
+  ops::rope(q, k, positions, rope_);
+
+  Tensor out;
+  const int64_t window = config_.sliding_window;
+  if (cache != nullptr) {
+    const int64_t past = cache->seq_len();
+    cache->update(config_.layer_idx, k.view({B, T, Hkv, D}).transpose(1, 2),
+                  v.view({B, T, Hkv, D}).transpose(1, 2));
+    const Tensor& keys = cache->keys(config_.layer_idx);
+    const Tensor& values = cache->values(config_.layer_idx);
+    const Tensor seq_lens = cache->seq_lens(T);
+    if (past > 0 && T == 1) {
+      out = ops::attention_decode(q.view({B, Hq, D}), keys, values, seq_lens, scale_, window);
+    } else if (past > 0 || B > 1) {
+      out = ops::attention_extend(q.view({B, T, Hq, D}), keys, values, seq_lens, scale_, window);
+    }
+  }
+  if (!out.defined()) {
+    // A fresh sequence: the new keys are all there is, causal prefill over them.
+    if (B == 1) {
+      out = ops::attention_prefill(q, k, v, scale_, window);
+    } else {
+      out = Tensor::empty({B, T, Hq, D}, q.dtype(), q.device());
+      for (int64_t b = 0; b < B; ++b) {
+        out.select(0, b).copy_from(ops::attention_prefill(q.narrow(0, b * T, T),
+                                                          k.narrow(0, b * T, T),
+                                                          v.narrow(0, b * T, T), scale_, window));
+      }
+    }
+  }
+  return o_proj_.forward(out.contiguous().view({B, T, Hq * D}));
+}
+
+MLP::MLP(QuantizedLinear gate_proj, QuantizedLinear up_proj, QuantizedLinear down_proj)
+    : gate_proj_(std::move(gate_proj)), up_proj_(std::move(up_proj)), down_proj_(std::move(down_proj)) {
+  MARLIN_CHECK(gate_proj_.out_features() == up_proj_.out_features() &&
+                   gate_proj_.in_features() == up_proj_.in_features() &&
+                   down_proj_.in_features() == gate_proj_.out_features() &&
+                   down_proj_.out_features() == gate_proj_.in_features(),
+               "MLP", "gate ", gate_proj_.in_features(), "->", gate_proj_.out_features(), ", up ",
+               up_proj_.in_features(), "->", up_proj_.out_features(), " and down ",
+               down_proj_.in_features(), "->", down_proj_.out_features(), " do not chain");
+}
+
+Tensor MLP::forward(const Tensor& x) const {
+  return down_proj_.forward(ops::silu_mul(gate_proj_.forward(x), up_proj_.forward(x)));
+}
+
+TransformerBlock::TransformerBlock(RMSNorm input_layernorm, Attention self_attn,
+                                   RMSNorm post_attention_layernorm, MLP mlp)
+    : input_layernorm_(std::move(input_layernorm)),
+      self_attn_(std::move(self_attn)),
+      post_attention_layernorm_(std::move(post_attention_layernorm)),
+      mlp_(std::move(mlp)) {}
+
+Tensor TransformerBlock::forward(const Tensor& hidden, const Tensor& positions,
+                                 KVCache* cache) const {
+  Tensor residual = hidden.clone();
+  const Tensor attn = self_attn_.forward(input_layernorm_.forward(residual), positions, cache);
+  // residual += attn, then the second norm, in one pass.
+  const Tensor normed = ops::add_rms_norm(residual, attn, post_attention_layernorm_.weight(),
+                                          post_attention_layernorm_.eps());
+  ops::add(residual, mlp_.forward(normed), residual);
+  return residual;
+}
+
+}  // namespace marlin

@@ -1,0 +1,118 @@
+// QuantizedLinear, Embedding and RMSNorm: weight conversion at construction, one op per call.
+#include <climits>
+#include <cstdint>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "marlin/nn.h"
+#include "marlin/ops.h"
+
+namespace marlin {
+namespace {
+
+void check_placement(const char* op, const LayerPlacement& p) {
+  MARLIN_CHECK(p.dtype == DType::f32 || p.dtype == DType::f16 || p.dtype == DType::bf16, op,
+               "activations must be f32, f16 or bf16, got ", dtype_name(p.dtype));
+  // The CUDA GEMMs take f16/bf16 activations only.
+  MARLIN_CHECK(p.dtype != DType::f32 || p.device.is_cpu(), op,
+               "f32 activations run on the CPU only; use f16 or bf16 on ", p.device.str());
+}
+
+// A float tensor converted to `dtype` on `device`, contiguous.
+Tensor place(const Tensor& t, DType dtype, Device device) {
+  return t.contiguous().to(dtype).to(device);
+}
+
+}  // namespace
+
+QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, int bits,
+                                 int group_size, const LayerPlacement& placement)
+    : bits_(bits), group_size_(group_size), placement_(placement) {
+  constexpr const char* op = "QuantizedLinear";
+  check_placement(op, placement);
+  MARLIN_CHECK(weight.defined() && weight.dim() == 2 && dtype_is_float(weight.dtype()), op,
+               "weight must be a 2-D float tensor [out, in], got ",
+               weight.defined() ? weight.describe() : "an undefined tensor");
+  MARLIN_CHECK(bits == 16 || bits == 8 || bits == 4 || bits == 2, op, "bits must be 16, 8, 4 or 2, got ",
+               bits);
+  out_features_ = weight.size(0);
+  in_features_ = weight.size(1);
+  // HF stores [out, in]; the GEMMs take W [K = in, N = out].
+  const Tensor w_kn = weight.to(Device::cpu()).to(DType::f32).transpose(0, 1).contiguous();
+  if (bits == 16) {
+    weight_ = place(w_kn, placement.dtype, placement.device);
+  } else {
+    QuantizeOptions options;
+    options.group_size = group_size;
+    qweight_ = ops::quantize(w_kn, format_from_bits(bits), options).to(placement.device);
+    ops::prepare_for_gemm(qweight_);
+  }
+  if (bias.defined()) {
+    MARLIN_CHECK(bias.dim() == 1 && bias.size(0) == out_features_, op, "bias must be [",
+                 out_features_, "], got ", bias.describe());
+    bias_ = place(bias, DType::f32, placement.device);
+  }
+}
+
+Tensor QuantizedLinear::forward(const Tensor& x) const {
+  constexpr const char* op = "QuantizedLinear::forward";
+  MARLIN_CHECK(in_features_ > 0, op, "the layer has no weights");
+  MARLIN_CHECK(x.defined() && x.dim() >= 1 && x.size(-1) == in_features_, op, "x must be [..., ",
+               in_features_, "], got ", x.defined() ? x.describe() : "an undefined tensor");
+  MARLIN_CHECK(x.dtype() == placement_.dtype && x.device() == placement_.device, op, "x is ",
+               x.describe(), " but the layer computes in ", dtype_name(placement_.dtype), " on ",
+               placement_.device.str());
+  Shape out_shape = x.shape();
+  out_shape.back() = out_features_;
+  const Tensor a = x.contiguous().view({-1, in_features_});
+  Tensor y;
+  if (x.dtype() == DType::f32) {
+    // ops::gemm/gemm_q take 16-bit activations (the CUDA kernels' inputs); the CPU reference
+    // kernels accumulate in f32 from any float A, which is what an fp32 run needs.
+    y = Tensor::empty({a.size(0), out_features_}, DType::f32);
+    if (bits_ == 16) {
+      cpu::gemm(a, weight_, bias_, y);
+    } else {
+      cpu::gemm_q(a, qweight_, bias_, y);
+    }
+  } else {
+    y = bits_ == 16 ? ops::gemm(a, weight_, bias_) : ops::gemm_q(a, qweight_, bias_);
+  }
+  return y.view(out_shape);
+}
+
+Embedding::Embedding(const Tensor& table, const LayerPlacement& placement) {
+  check_placement("Embedding", placement);
+  MARLIN_CHECK(table.defined() && table.dim() == 2 && dtype_is_float(table.dtype()), "Embedding",
+               "table must be a 2-D float tensor [V, H], got ",
+               table.defined() ? table.describe() : "an undefined tensor");
+  table_ = place(table, placement.dtype, placement.device);
+}
+
+Tensor Embedding::forward(const Tensor& ids) const {
+  constexpr const char* op = "Embedding::forward";
+  MARLIN_CHECK(ids.defined() && (ids.dtype() == DType::i32 || ids.dtype() == DType::i64), op,
+               "ids must be i32 or i64, got ", ids.defined() ? ids.describe() : "an undefined tensor");
+  Tensor flat = ids.contiguous().view({-1});
+  if (flat.dtype() == DType::i64) {
+    // ops::embedding takes i32 ids; ids past i32 are past any vocabulary, so keep them invalid.
+    const Tensor host = flat.to(Device::cpu());
+    std::vector<int32_t> narrow(static_cast<size_t>(host.numel()));
+    const int64_t* src = host.data<int64_t>();
+    for (size_t i = 0; i < narrow.size(); ++i)
+      narrow[i] = src[i] < 0 || src[i] > INT32_MAX ? -1 : static_cast<int32_t>(src[i]);
+    flat = Tensor::from_vector(narrow, {host.numel()}, DType::i32);
+  }
+  Shape out_shape = ids.shape();
+  out_shape.push_back(table_.size(1));
+  return ops::embedding(flat, table_).view(out_shape);
+}
+
+RMSNorm::RMSNorm(const Tensor& weight, double eps, const LayerPlacement& placement) : eps_(eps) {
+  check_placement("RMSNorm", placement);
+  MARLIN_CHECK(weight.defined() && weight.dim() == 1, "RMSNorm", "weight must be 1-D, got ",
+               weight.defined() ? weight.describe() : "an undefined tensor");
+  weight_ = place(weight, placement.dtype, placement.device);
+}
+
+}  // namespace marlin
