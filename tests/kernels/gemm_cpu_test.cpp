@@ -54,6 +54,17 @@ TEST(GemmCpu, MatchesFloat64OverRandomShapes) {
   }
 }
 
+// The decode-size path (M <= 4, N a multiple of 8) for every format, group size and dtype.
+TEST(GemmCpu, DecodePathMatchesFloat64) {
+  const QuantFormat formats[] = {QuantFormat::fp4_e2m1, QuantFormat::fp8_e4m3, QuantFormat::int2};
+  int i = 0;
+  for (QuantFormat f : formats)
+    for (int g : {32, 64, 128, 256})
+      for (int64_t M = 1; M <= 4; ++M, ++i)
+        check_gemm_against_float64({f, M, 2 * g + 256, 8 * (1 + i % 9), g, i % 2 ? DType::bf16 : DType::f16, i % 3 == 0},
+                                   3000 + i);
+}
+
 TEST(GemmCpu, DenseBaselineMatchesFloat64) {
   Tensor A = random_tensor({5, 96}, DType::f16, 3);
   Tensor B = random_tensor({96, 33}, DType::f16, 4, 0.1f);

@@ -5,12 +5,8 @@
 #include <cstring>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
-#include <immintrin.h>
-#define MARLIN_CPU_AVX2 1
-#endif
-
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/scalar_io.h"
 #include "marlin/thread_pool.h"
 #include "quant/formats.h"
 
@@ -19,32 +15,6 @@ namespace {
 
 constexpr int64_t kColumnBlock = 64;
 constexpr int64_t kRowBlock = 64;
-
-float load_scalar(const void* base, DType t, int64_t i) {
-  switch (t) {
-    case DType::f32: return static_cast<const float*>(base)[i];
-    case DType::f16: return half_bits_to_float(static_cast<const uint16_t*>(base)[i]);
-    default: return bf16_bits_to_float(static_cast<const uint16_t*>(base)[i]);
-  }
-}
-
-void store_scalar(void* base, DType t, int64_t i, float v) {
-  switch (t) {
-    case DType::f32: static_cast<float*>(base)[i] = v; break;
-    case DType::f16: static_cast<uint16_t*>(base)[i] = float_to_half_bits(v); break;
-    default: static_cast<uint16_t*>(base)[i] = float_to_bf16_bits(v); break;
-  }
-}
-
-// Rows of A (contiguous, f16/bf16/f32) converted to f32 once.
-std::vector<float> to_f32(const Tensor& a) {
-  std::vector<float> out(static_cast<size_t>(a.numel()));
-  const void* p = a.data_ptr();
-  parallel_for(0, a.numel(), 1 << 16, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) out[static_cast<size_t>(i)] = load_scalar(p, a.dtype(), i);
-  });
-  return out;
-}
 
 // tile[kk][j] = W[k0 + kk][n0 + j] for kk < rows, j < width; columns past width are zero.
 using TileLoader = void (*)(const void* ctx, int64_t k0, int64_t rows, int64_t n0,
@@ -213,6 +183,7 @@ void gemm_tiled(const Tensor& A, int64_t K, int64_t N, int64_t k_chunk, TileLoad
 }  // namespace
 
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  if (gemv_q(A, W, bias, C)) return;
   QuantContext ctx{&W};
   gemm_tiled(A, W.K, W.N, W.group_size, load_quant_tile, &ctx, bias, C);
 }
