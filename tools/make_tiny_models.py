@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Builds the tiny random-weight llama-family models of tests/fixtures/models/ with Transformers,
 and stores for each a prompt, Transformers' fp32 logits at every position and its 32-token greedy
-continuation: the references of tests/models/.
+continuation with the logits of each step: the references of tests/models/.
 
 Usage: python3 tools/make_tiny_models.py [OUT_DIR]   (default tests/fixtures/models)
 Needs torch and transformers (CPU wheels from PyPI are enough). Deterministic for a given
@@ -64,14 +64,15 @@ NEW_TOKENS = 32
 def greedy(model, ids):
     """Greedy continuation by full forwards (no cache): what the C++ cache path must match."""
     seq = list(ids)
-    margins = []
+    margins, rows = [], []
     for _ in range(NEW_TOKENS):
         with torch.no_grad():
             logits = model(torch.tensor([seq])).logits[0, -1]
         top2 = torch.topk(logits, 2).values
         margins.append(float(top2[0] - top2[1]))
+        rows.append(logits.float().numpy())
         seq.append(int(torch.argmax(logits)))
-    return seq[len(ids):], min(margins)
+    return seq[len(ids):], np.stack(rows), min(margins)
 
 
 def main():
@@ -99,10 +100,13 @@ def main():
         prompt = torch.randint(3, COMMON["vocab_size"], (PROMPT_LEN,), generator=gen).tolist()
         with torch.no_grad():
             logits = reference(torch.tensor([prompt])).logits[0].float().numpy()
-        continuation, margin = greedy(reference, prompt)
+        continuation, greedy_logits, margin = greedy(reference, prompt)
         np.save(os.path.join(path, "prompt_ids.npy"), np.array(prompt, dtype=np.int32))
         np.save(os.path.join(path, "logits.npy"), logits.astype(np.float32))
         np.save(os.path.join(path, "greedy_ids.npy"), np.array(continuation, dtype=np.int32))
+        # The logits that chose each greedy token: 16-bit runs may pick another token only where
+        # these have a near tie.
+        np.save(os.path.join(path, "greedy_logits.npy"), greedy_logits.astype(np.float32))
         with open(os.path.join(path, "reference.json"), "w") as f:
             json.dump({"torch": torch.__version__, "transformers": transformers.__version__,
                        "min_greedy_top2_margin": margin}, f, indent=1)
