@@ -189,9 +189,12 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
     __syncthreads();
     // A[0 : 16 MT, kc : kc + kChunkK) as f16, zeros past M, K and the split's end. K and the
     // split bounds are multiples of 32, so each 8-wide vector is wholly in or out.
+    // Rows past M stay zero from the first chunk on, so later chunks write only the M real rows
+    // (at M = 1 that is 1/16 of the shared-memory stores).
     const int kc = kbeg + r * kUnitK;
     constexpr int kVecPerRow = kChunkK / 8;
-    for (int i = threadIdx.x; i < MT * 16 * kVecPerRow; i += kMmaThreads) {
+    const int rows = r == 0 ? MT * 16 : min(M, MT * 16);
+    for (int i = threadIdx.x; i < rows * kVecPerRow; i += kMmaThreads) {
       const int row = i / kVecPerRow, col = (i % kVecPerRow) * 8;
       uint4 v = make_uint4(0, 0, 0, 0);
       if (row < M && kc + col < kend) v = *reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col);
