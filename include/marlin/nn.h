@@ -134,7 +134,8 @@ class TransformerBlock {
   TransformerBlock() = default;
   TransformerBlock(RMSNorm input_layernorm, Attention self_attn, RMSNorm post_attention_layernorm,
                    MLP mlp);
-  // hidden [B, T, H] -> the next layer's hidden states (a new tensor).
+  // hidden [B, T, H] (contiguous), the residual stream, is updated in place (no copy per layer)
+  // and returned.
   Tensor forward(const Tensor& hidden, const Tensor& positions, KVCache* cache = nullptr) const;
   const Attention& self_attn() const { return self_attn_; }
   const MLP& mlp() const { return mlp_; }

@@ -112,13 +112,12 @@ TransformerBlock::TransformerBlock(RMSNorm input_layernorm, Attention self_attn,
 
 Tensor TransformerBlock::forward(const Tensor& hidden, const Tensor& positions,
                                  KVCache* cache) const {
-  Tensor residual = hidden.clone();
-  const Tensor attn = self_attn_.forward(input_layernorm_.forward(residual), positions, cache);
-  // residual += attn, then the second norm, in one pass.
-  const Tensor normed = ops::add_rms_norm(residual, attn, post_attention_layernorm_.weight(),
+  const Tensor attn = self_attn_.forward(input_layernorm_.forward(hidden), positions, cache);
+  // hidden += attn, then the second norm, in one pass.
+  const Tensor normed = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
                                           post_attention_layernorm_.eps());
-  ops::add(residual, mlp_.forward(normed), residual);
-  return residual;
+  ops::add(hidden, mlp_.forward(normed), hidden);
+  return hidden;
 }
 
 }  // namespace marlin
