@@ -156,14 +156,15 @@ class ScratchModel {
   std::string dir() const { return dir_.string(); }
   void write_config(const std::string& text) const { std::ofstream(dir_ / "config.json") << text; }
   // The fixture's tensors, minus `drop`, with `reshape` replaced by a [3, 5] tensor.
-  void write_weights(const std::string& drop, const std::string& reshape = "") const {
+  void write_weights(const std::string& drop, const std::string& reshape = "",
+                     DType dtype = DType::f32) const {
     const SafetensorsCheckpoint src = SafetensorsCheckpoint::open(fixture_dir("llama_gqa"));
     NamedTensors tensors;
     for (const std::string& name : src.names()) {
       if (name == drop) continue;
       Tensor t = src.tensor(name);
       if (name == reshape) t = Tensor::from_vector(std::vector<float>(15, 0.5f), {3, 5}, DType::f32);
-      tensors.emplace_back(name, t);
+      tensors.emplace_back(name, t.to(dtype));
     }
     save_safetensors((dir_ / "model.safetensors").string(), tensors);
   }
@@ -179,6 +180,20 @@ std::string error_of(const std::function<void()>& fn) {
     return e.what();
   }
   return "";
+}
+
+// An fp16 checkpoint loads like the fp32 one it was rounded from.
+TEST(LlamaModel, Fp16CheckpointLoads) {
+  ScratchModel m("fp16");
+  m.write_weights("", "", DType::f16);
+  ASSERT_EQ(SafetensorsCheckpoint::open(m.dir()).info("model.norm.weight").dtype, DType::f16);
+  const std::string dir = fixture_dir("llama_gqa");
+  const Tensor ref = load_npy(dir + "/logits.npy");
+  const Tensor ids = ids_tensor(load_ids(dir + "/prompt_ids.npy"));
+  const double err = relative_error(load_model(m.dir())->forward(ids), ref);
+  std::printf("[ llama_gqa fp16 checkpoint ] relative logit error vs fp32 %.3g\n", err);
+  EXPECT_GT(err, 0.0);
+  EXPECT_LT(err, 1e-2);
 }
 
 TEST(LlamaModelErrors, MissingTensorNamesTensorAndFile) {
