@@ -47,4 +47,11 @@ inline bool make_row_layout(const Tensor& t, RowLayout& out) {
   return true;
 }
 
+// make_row_layout or an error naming `op` and the tensor.
+inline RowLayout rows_of(const Tensor& t, const char* op) {
+  RowLayout layout;
+  MARLIN_CHECK(make_row_layout(t, layout), op, "too many strided leading dims in ", t.describe());
+  return layout;
+}
+
 }  // namespace marlin::kernels

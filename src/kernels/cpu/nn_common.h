@@ -37,12 +37,7 @@ void dispatch_float(DType dtype, const char* op, Body&& body) {
   }
 }
 
-inline kernels::RowLayout rows_of(const Tensor& t, const char* op) {
-  kernels::RowLayout layout;
-  MARLIN_CHECK(kernels::make_row_layout(t, layout), op, "too many strided leading dims in ",
-               t.describe());
-  return layout;
-}
+using kernels::rows_of;
 
 // Elements of x as float, by index, whatever its dtype (weights, tables).
 inline float load_any(const void* p, DType dtype, int64_t i) {

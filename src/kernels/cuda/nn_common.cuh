@@ -21,12 +21,7 @@ void dispatch_float(DType dtype, const char* op, Fn&& fn) {
   }
 }
 
-inline kernels::RowLayout rows_of(const Tensor& t, const char* op) {
-  kernels::RowLayout layout;
-  MARLIN_CHECK(kernels::make_row_layout(t, layout), op, "too many strided leading dims in ",
-               t.describe());
-  return layout;
-}
+using kernels::rows_of;
 
 // The value v takes once stored as T (Transformers' intermediate .to(dtype)).
 template <typename T>
