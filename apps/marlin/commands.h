@@ -7,4 +7,5 @@ namespace marlin::cli {
 void register_bench(CLI::App& app);     // bench.cpp
 void register_tokenize(CLI::App& app);  // tokenize.cpp
 void register_preprocess(CLI::App& app);  // preprocess.cpp
+void register_generate(CLI::App& app);  // generate.cpp: generate and score
 }  // namespace marlin::cli

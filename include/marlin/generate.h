@@ -1,0 +1,65 @@
+// Text generation (the original generate and GenerationConfig): prefill the prompt through the KV
+// cache, then decode one token per step with the Sampler until max_new_tokens or an eos token.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <vector>
+
+#include "marlin/kv_cache.h"
+#include "marlin/model.h"
+#include "marlin/tensor.h"
+
+namespace marlin {
+
+// The original dataclass's fields and defaults. temperature 0 or do_sample = false is greedy
+// (after the repetition penalty, as Transformers does it).
+struct GenerationConfig {
+  int64_t max_new_tokens = 256;
+  float temperature = 0.7f;
+  float top_p = 0.9f;
+  int64_t top_k = 50;
+  float repetition_penalty = 1.1f;
+  // One id or several; empty: never stop early.
+  std::vector<int64_t> eos_token_id = {2};
+  int64_t pad_token_id = 0;
+  bool do_sample = true;
+  // Not in the original: the sampler's seed, so runs can be repeated; nullopt draws one.
+  std::optional<uint64_t> seed;
+};
+
+// Called with each generated token id as soon as it is chosen. For a batch, once per step for
+// every row still generating, in row order.
+using Streamer = std::function<void(int64_t token_id)>;
+
+// Filled by generate when asked: where the time went.
+struct GenerationStats {
+  int64_t prompt_tokens = 0;     // of the longest row
+  int64_t generated_tokens = 0;  // all rows together
+  double prefill_ms = 0;         // prompt forward and the first token's choice
+  double decode_ms = 0;          // the steps after it
+};
+
+// input_ids: [T] or [B, T] (i32 or i64, any device), T >= 1; the rows of a batch are prompts of
+// one length, run together through one cache. Returns i32 on the CPU, [T + n] or [B, T + n]: the
+// prompt followed by the generated tokens (an eos included); a row that stops before the others
+// is filled up with pad_token_id. kv_cache: reset and reused when given (it must hold B rows and
+// T + max_new_tokens positions); else one of exactly that size is made. A prompt plus
+// max_new_tokens beyond the model's max_position_embeddings or the cache is an error before any
+// work, as are invalid sampling parameters.
+Tensor generate(const CausalLM& model, const Tensor& input_ids, const GenerationConfig& config = {},
+                KVCache* kv_cache = nullptr, const Streamer& streamer = nullptr,
+                GenerationStats* stats = nullptr);
+
+// Prompts of any lengths. The KV cache keeps one position for all rows and attention has no
+// padding mask, so rows of unequal length cannot share a forward pass: prompts all of one length
+// run as one batch, otherwise one after another. Returns each row's generated tokens only (no
+// prompt, no padding). The streamer sees the tokens of row 0 first, then row 1, ...
+std::vector<std::vector<int64_t>> generate(const CausalLM& model,
+                                           const std::vector<std::vector<int64_t>>& prompts,
+                                           const GenerationConfig& config = {},
+                                           const Streamer& streamer = nullptr,
+                                           GenerationStats* stats = nullptr);
+
+}  // namespace marlin
