@@ -22,6 +22,7 @@ struct Options {
   std::string device;
   int iters = 50;
   double rotate_mib = 512;  // bytes of weight copies to cycle through per measurement
+  std::string dtype = "f16";  // activations (and the dense baseline)
 };
 
 std::vector<std::string> split(const std::string& s, char sep) {
@@ -71,9 +72,12 @@ void run(const Options& o) {
   for (const auto& m : split(o.ms, ',')) ms.push_back(std::stoll(m));
   std::vector<QuantFormat> formats;
   for (const auto& f : split(o.formats, ',')) formats.push_back(parse_format(f));
+  MARLIN_CHECK(o.dtype == "f16" || o.dtype == "bf16", "bench gemm", "--dtype must be f16 or bf16, got '",
+               o.dtype, "'");
+  const DType act = o.dtype == "f16" ? DType::f16 : DType::bf16;
   const double copy_bw = measure_copy_bandwidth(device);
-  std::printf("marlin bench gemm on %s, group_size %d, %d timed runs (median)\n",
-              device.str().c_str(), o.group_size, o.iters);
+  std::printf("marlin bench gemm on %s, %s activations, group_size %d, %d timed runs (median)\n",
+              device.str().c_str(), o.dtype.c_str(), o.group_size, o.iters);
   if (copy_bw > 0) std::printf("device-to-device copy bandwidth: %.0f GB/s (read + write)\n", copy_bw);
   std::printf("%-12s %6s %-5s %10s %10s %10s %9s\n", "K x N", "M", "fmt", "time_us", "GB/s", "fp16_us",
               "speedup");
@@ -84,7 +88,7 @@ void run(const Options& o) {
     const double dense_bytes = 2.0 * static_cast<double>(K * N);
     const int dense_copies = copies_for(dense_bytes, o.rotate_mib, device);
     std::vector<Tensor> dense;
-    for (int c = 0; c < dense_copies; ++c) dense.push_back(ops::random_normal({K, N}, DType::f16, device, 100 + c, 0.02f));
+    for (int c = 0; c < dense_copies; ++c) dense.push_back(ops::random_normal({K, N}, act, device, 100 + c, 0.02f));
     std::vector<std::vector<QuantizedWeight>> quantized;
     for (QuantFormat f : formats) {
       std::vector<QuantizedWeight> copies;
@@ -103,10 +107,10 @@ void run(const Options& o) {
       quantized.push_back(std::move(copies));
     }
     for (int64_t M : ms) {
-      const Tensor A = ops::random_normal({M, K}, DType::f16, device, 3);
+      const Tensor A = ops::random_normal({M, K}, act, device, 3);
       const double dense_ms = time_rotating(device, o.iters, dense_copies, [&](int c) { ops::gemm(A, dense[static_cast<size_t>(c)]); });
       std::printf("%-12s %6lld %-5s %10.1f %10.0f %10.1f %9s\n", shape.c_str(), static_cast<long long>(M),
-                  "fp16", dense_ms * 1e3, dense_bytes / (dense_ms * 1e-3) / 1e9, dense_ms * 1e3, "1.00x");
+                  o.dtype == "f16" ? "fp16" : "bf16", dense_ms * 1e3, dense_bytes / (dense_ms * 1e-3) / 1e9, dense_ms * 1e3, "1.00x");
       for (size_t fi = 0; fi < formats.size(); ++fi) {
         const auto& copies = quantized[fi];
         const double q_ms = time_rotating(device, o.iters, static_cast<int>(copies.size()),
@@ -134,6 +138,7 @@ void register_bench_gemm(CLI::App& bench) {
   cmd->add_option("--group-size", opts->group_size, "quantization group size")->capture_default_str();
   cmd->add_option("--device", opts->device, "cpu, cuda or cuda:N (default: cuda when present)");
   cmd->add_option("--iters", opts->iters, "timed runs per measurement")->capture_default_str();
+  cmd->add_option("--dtype", opts->dtype, "activation dtype: f16 or bf16")->capture_default_str();
   cmd->add_option("--rotate-mib", opts->rotate_mib, "MiB of weight copies to rotate through (defeats L2)")->capture_default_str();
   cmd->callback([opts] { run(*opts); });
 }

@@ -141,12 +141,13 @@ TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
     ops::prepare_for_gemm(q);
     ASSERT_TRUE(q.tiled.defined()) << format_name(f);
     const auto deq = to_double(dequantize_cpu(q.to(Device::cpu())));
-    for (int64_t M : {1, 16, 17, 40, 64}) {
-      Tensor A = random_tensor({M, K}, DType::f16, 32 + M);
-      Tensor C = ops::gemm_q(A.to(gpu), q);
-      EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), 1e-3)
-          << format_name(f) << " M=" << M;
-    }
+    for (DType dt : {DType::f16, DType::bf16})
+      for (int64_t M : {1, 16, 17, 40, 64}) {
+        Tensor A = random_tensor({M, K}, dt, 32 + M);
+        Tensor C = ops::gemm_q(A.to(gpu), q);
+        EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), dt == DType::f16 ? 1e-3 : 6e-3)
+            << format_name(f) << " M=" << M << " " << dtype_name(dt);
+      }
   }
   cuda::set_force_tiled_gemm(false);
 }

@@ -17,7 +17,7 @@ void dequantize(const QuantizedWeight& weight, Tensor& out);
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
 // Tensor-core path over W.tiled (gemm_q_mma.cu): the tile layout, whether a weight can use it
 // (its largest |scale| keeps the kernel's fp16 scale finite), and the GEMM, which returns false
-// when it does not apply (no tile layout, bf16 activations, M > 64).
+// when it does not apply (no tile layout, M > 64, or a grid too small to pay off).
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale);
 Tensor repack_tiled(const QuantizedWeight& W);
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);

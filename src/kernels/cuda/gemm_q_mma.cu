@@ -1,5 +1,5 @@
-// Tensor-core quantized GEMM (f16 activations, M up to 64) over weights repacked once into a
-// tile layout (ops::prepare_for_gemm).
+// Tensor-core quantized GEMM (f16 or bf16 activations, M up to 64) over weights repacked once
+// into a tile layout (ops::prepare_for_gemm).
 //
 // Tile layout: K is cut into units of 32 rows and N into slabs of 64 columns. For one (unit,
 // slab), lane L of a warp owns the mma.m16n8k16 B fragments of 2 k16 steps x 8 n8 tiles: for
@@ -17,6 +17,7 @@
 // Marlin does). A is staged in shared memory and read with ldmatrix; accumulation is f32.
 // K splits across blocks are summed by the last block of each column range (deterministic).
 #include <algorithm>
+#include <type_traits>
 
 #include "core/cuda_check.h"
 #include "kernels/cuda/builtin_kernels.h"
@@ -125,11 +126,35 @@ constexpr int units_ahead() {
   return 4 / MmaCodec<F>::kWords;
 }
 
-template <QuantFormat F, int MT>
+// bf16 activations run on the f16 tensor cores: staged as f16 times 2^-4 (saturating), which
+// keeps values up to about 1e6 finite and bf16's 8 bits of precision exact down to about 1e-3;
+// the accumulators are multiplied back before the store.
+constexpr float kBf16Prescale = 0.0625f;
+
+template <typename TA>
+__device__ __forceinline__ uint4 stage_as_f16(uint4 v) {
+  if constexpr (std::is_same_v<TA, __half>) {
+    return v;
+  } else {
+    const __nv_bfloat162* in = reinterpret_cast<const __nv_bfloat162*>(&v);
+    uint4 out;
+    __half2* o = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = __bfloat1622float2(in[i]);
+      f.x = fminf(fmaxf(f.x * kBf16Prescale, -65504.0f), 65504.0f);
+      f.y = fminf(fmaxf(f.y * kBf16Prescale, -65504.0f), 65504.0f);
+      o[i] = __float22half2_rn(f);
+    }
+    return out;
+  }
+}
+
+template <QuantFormat F, int MT, typename TA>
 __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
-    gemm_q_mma_kernel(const __half* __restrict__ A, const uint4* __restrict__ tiled,
+    gemm_q_mma_kernel(const TA* __restrict__ A, const uint4* __restrict__ tiled,
                       const __half* __restrict__ scales, const void* __restrict__ bias,
-                      BiasKind bias_kind, __half* __restrict__ C, float* __restrict__ partials,
+                      BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
                       unsigned* __restrict__ counters, int M, int N, int K, int padded_k,
                       int group_size, int k_per_split, int slabs) {
   using Cd = MmaCodec<F>;
@@ -197,7 +222,8 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
     for (int i = threadIdx.x; i < rows * kVecPerRow; i += kMmaThreads) {
       const int row = i / kVecPerRow, col = (i % kVecPerRow) * 8;
       uint4 v = make_uint4(0, 0, 0, 0);
-      if (row < M && kc + col < kend) v = *reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col);
+      if (row < M && kc + col < kend)
+        v = stage_as_f16<TA>(*reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + kc + col));
       *reinterpret_cast<uint4*>(&a_s[row][col]) = v;
     }
     __syncthreads();
@@ -245,7 +271,8 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
   }
 
   // Fragment (mt, t, i) is C[16 mt + L/4 + 8 (i / 2)][64 slab + 8 t + 2 (L % 4) + i % 2].
-  SplitKEpilogue<__half> epilogue{C, partials, counters, bias, bias_kind, M, N};
+  SplitKEpilogue<TA> epilogue{C, partials, counters, bias, bias_kind, M, N};
+  constexpr float kUnscale = std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale;
   const bool split = gridDim.y > 1;
   if (active) {
 #pragma unroll
@@ -256,7 +283,7 @@ __global__ void __launch_bounds__(kMmaThreads, MT == 1 ? 4 : MT == 2 ? 3 : 2)
         for (int i = 0; i < 4; ++i) {
           const int row = mt * 16 + lane / 4 + 8 * (i / 2);
           const int col = slab * kSlabN + t * 8 + 2 * (lane % 4) + (i % 2);
-          epilogue.store(row, col, acc[mt][t][i], split);
+          epilogue.store(row, col, acc[mt][t][i] * kUnscale, split);
         }
   }
   if (!split) return;
@@ -317,7 +344,7 @@ int64_t tiled_words(int64_t K, int64_t N) {
 
 // Launches unless the grid would leave most SMs idle (then the caller's dequantize + cuBLAS
 // path is faster); returns whether it launched.
-template <QuantFormat F, int MT>
+template <QuantFormat F, int MT, typename TA>
 bool launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                 cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
@@ -331,7 +358,7 @@ bool launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   // Resident blocks per SM depend on the kernel and the GPU model: asked once per process.
   static const int resident = [] {
     int blocks = 0;
-    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gemm_q_mma_kernel<F, MT>, kMmaThreads, 0),
+    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, gemm_q_mma_kernel<F, MT, TA>, kMmaThreads, 0),
                       "gemm_q");
     return blocks;
   }();
@@ -346,10 +373,10 @@ bool launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   splits = (units + units_per_split - 1) / units_per_split;
   const int k_per_split = units_per_split * kUnitK;
   SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x);
-  gemm_q_mma_kernel<F, MT><<<dim3(blocks_x, splits), kMmaThreads, 0, stream>>>(
-      static_cast<const __half*>(A.data_ptr()), static_cast<const uint4*>(W.tiled.data_ptr()),
+  gemm_q_mma_kernel<F, MT, TA><<<dim3(blocks_x, splits), kMmaThreads, 0, stream>>>(
+      static_cast<const TA*>(A.data_ptr()), static_cast<const uint4*>(W.tiled.data_ptr()),
       static_cast<const __half*>(W.scales.data_ptr()), bias.defined() ? bias.data_ptr() : nullptr,
-      bias_kind(bias.dtype(), bias.defined()), static_cast<__half*>(C.data_ptr()),
+      bias_kind(bias.dtype(), bias.defined()), static_cast<TA*>(C.data_ptr()),
       buffers.partials, buffers.counters, M, N, K, units * kUnitK, W.group_size, k_per_split, slabs);
   MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
   return true;
@@ -359,9 +386,13 @@ template <QuantFormat F>
 bool dispatch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                   cudaStream_t stream) {
   const int64_t M = A.size(0);
-  if (M <= 16) return launch_mma<F, 1>(A, W, bias, C, stream);
-  if (M <= 32) return launch_mma<F, 2>(A, W, bias, C, stream);
-  return launch_mma<F, 4>(A, W, bias, C, stream);
+  bool launched = false;
+  MARLIN_DISPATCH_FLOAT16(A.dtype(), TA, "gemm_q", {
+    if (M <= 16) launched = launch_mma<F, 1, TA>(A, W, bias, C, stream);
+    else if (M <= 32) launched = launch_mma<F, 2, TA>(A, W, bias, C, stream);
+    else launched = launch_mma<F, 4, TA>(A, W, bias, C, stream);
+  });
+  return launched;
 }
 
 template <QuantFormat F>
@@ -401,7 +432,7 @@ Tensor repack_tiled(const QuantizedWeight& W) {
 }
 
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  if (!W.tiled.defined() || A.dtype() != DType::f16 || A.size(0) > kMaxMmaM) return false;
+  if (!W.tiled.defined() || A.size(0) > kMaxMmaM) return false;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   switch (W.format) {
     case QuantFormat::fp4_e2m1: return dispatch_mma<QuantFormat::fp4_e2m1>(A, W, bias, C, stream);
@@ -412,9 +443,9 @@ bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
 }
 
 void append_gemm_mma_kernels(std::vector<BuiltinKernel>& out) {
-  out.push_back({"gemm_mma_fp4_m16", reinterpret_cast<const void*>(&gemm_q_mma_kernel<QuantFormat::fp4_e2m1, 1>)});
-  out.push_back({"gemm_mma_fp8_m16", reinterpret_cast<const void*>(&gemm_q_mma_kernel<QuantFormat::fp8_e4m3, 1>)});
-  out.push_back({"gemm_mma_int2_m16", reinterpret_cast<const void*>(&gemm_q_mma_kernel<QuantFormat::int2, 1>)});
+  out.push_back({"gemm_mma_fp4_m16", reinterpret_cast<const void*>(&gemm_q_mma_kernel<QuantFormat::fp4_e2m1, 1, __half>)});
+  out.push_back({"gemm_mma_fp8_m16", reinterpret_cast<const void*>(&gemm_q_mma_kernel<QuantFormat::fp8_e4m3, 1, __half>)});
+  out.push_back({"gemm_mma_int2_m16", reinterpret_cast<const void*>(&gemm_q_mma_kernel<QuantFormat::int2, 1, __half>)});
   out.push_back({"repack_tiled_fp4", reinterpret_cast<const void*>(&repack_tiled_kernel<QuantFormat::fp4_e2m1>)});
 }
 
