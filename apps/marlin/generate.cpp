@@ -1,6 +1,7 @@
 // marlin generate: text (or ids) from a model directory, streamed as it is generated; and
 // marlin score: the logits of every prompt position as a float32 .npy, for checks from outside.
 #include <nlohmann/json.hpp>
+#include <algorithm>
 #include <filesystem>
 #include <iostream>
 #include <memory>

@@ -208,10 +208,18 @@ std::string run_command(const std::string& command, int* status) {
   return output;
 }
 
+std::string join_ids(const std::vector<int64_t>& ids) {
+  std::string out;
+  for (const int64_t id : ids) {
+    if (!out.empty()) out += ',';
+    out += std::to_string(id);
+  }
+  return out;
+}
+
 TEST(GenerateCli, GreedyIdsMatchTheFixture) {
   const Fixture f = load("llama_gqa");
-  std::string ids;
-  for (const int64_t id : f.prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string ids = join_ids(f.prompt);
   int status = -1;
   const std::string out =
       run_command(std::string(MARLIN_CLI_PATH) + " generate -m " + fixture_dir("llama_gqa") +
@@ -227,8 +235,7 @@ TEST(GenerateCli, GreedyIdsMatchTheFixture) {
 
 TEST(GenerateCli, ScoreWritesTransformersLogits) {
   const Fixture f = load("llama_gqa");
-  std::string ids;
-  for (const int64_t id : f.prompt) ids += (ids.empty() ? "" : ",") + std::to_string(id);
+  const std::string ids = join_ids(f.prompt);
   const std::string out_path = ::testing::TempDir() + "/marlin_score_logits.npy";
   int status = -1;
   const std::string out = run_command(std::string(MARLIN_CLI_PATH) + " score -m " +
