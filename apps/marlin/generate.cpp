@@ -166,7 +166,7 @@ void run_generate(const GenerateOptions& o) {
     return;
   }
   if (decoder) std::cout << decoder->flush();
-  std::cout << "\n";
+  std::cout << std::endl;  // before the stats on stderr
   std::cerr << "[" << prompt.size() << " prompt tokens, " << stats.generated_tokens
             << " generated; prefill " << stats.prefill_ms << " ms, decode " << tokens_per_s
             << " tokens/s]\n";

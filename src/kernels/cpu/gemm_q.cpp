@@ -100,10 +100,15 @@ void load_dense_tile(const void* ctx, int64_t k0, int64_t rows, int64_t n0, int6
     float* t = tile + kk * kColumnBlock;
     int64_t j = 0;
 #ifdef MARLIN_CPU_AVX2
+    const uint16_t* src = static_cast<const uint16_t*>(b.data_ptr()) + (k0 + kk) * N + n0;
     if (b.dtype() == DType::f16) {
-      const uint16_t* src = static_cast<const uint16_t*>(b.data_ptr()) + (k0 + kk) * N + n0;
       for (; j + 8 <= width; j += 8)
         _mm256_storeu_ps(t + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j))));
+    } else if (b.dtype() == DType::bf16) {  // bf16 is the top half of an f32
+      for (; j + 8 <= width; j += 8) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + j)));
+        _mm256_storeu_ps(t + j, _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16)));
+      }
     }
 #endif
     for (; j < width; ++j) t[j] = load_scalar(b.data_ptr(), b.dtype(), (k0 + kk) * N + n0 + j);
