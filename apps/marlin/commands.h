@@ -8,4 +8,5 @@ void register_bench(CLI::App& app);     // bench.cpp
 void register_tokenize(CLI::App& app);  // tokenize.cpp
 void register_preprocess(CLI::App& app);  // preprocess.cpp
 void register_generate(CLI::App& app);  // generate.cpp: generate and score
+void register_perplexity(CLI::App& app);  // perplexity.cpp
 }  // namespace marlin::cli

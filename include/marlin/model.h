@@ -9,6 +9,7 @@
 
 #include "marlin/kv_cache.h"
 #include "marlin/model_config.h"
+#include "marlin/quant.h"
 #include "marlin/tensor.h"
 
 namespace marlin {
@@ -20,6 +21,9 @@ struct ModelLoadOptions {
   std::optional<DType> dtype;
   int bits = 16;  // 16 keeps the weights unquantized; 8, 4, 2: FP8 E4M3, FP4 E2M1, INT2
   int group_size = 128;
+  // How quantized layers pick their per-group scales: round-to-nearest from the absmax, or the
+  // clipping with the least squared error (slower to load, never a worse reconstruction).
+  ScaleMethod scales = ScaleMethod::absmax;
 };
 
 class CausalLM {

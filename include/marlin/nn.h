@@ -28,7 +28,7 @@ class QuantizedLinear {
   QuantizedLinear() = default;
   // weight [out, in] and bias [out] (may be undefined) in any float dtype on any device.
   QuantizedLinear(const Tensor& weight, const Tensor& bias, int bits, int group_size,
-                  const LayerPlacement& placement);
+                  const LayerPlacement& placement, ScaleMethod scales = ScaleMethod::absmax);
 
   // x [..., in] -> [..., out] in x's dtype, which must be the placement's.
   Tensor forward(const Tensor& x) const;

@@ -64,7 +64,7 @@ LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoi
   auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
     return QuantizedLinear(w.get(prefix + ".weight", {out, in}),
                            w.get_if(bias, prefix + ".bias", {out}), options.bits,
-                           options.group_size, placement_);
+                           options.group_size, placement_, options.scales);
   };
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i);

@@ -26,7 +26,8 @@ Tensor place(const Tensor& t, DType dtype, Device device) {
 }  // namespace
 
 QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, int bits,
-                                 int group_size, const LayerPlacement& placement)
+                                 int group_size, const LayerPlacement& placement,
+                                 ScaleMethod scales)
     : bits_(bits), group_size_(group_size), placement_(placement) {
   constexpr const char* op = "QuantizedLinear";
   check_placement(op, placement);
@@ -44,6 +45,7 @@ QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, int b
   } else {
     QuantizeOptions options;
     options.group_size = group_size;
+    options.method = scales;
     qweight_ = ops::quantize(w_kn, format_from_bits(bits), options).to(placement.device);
     ops::prepare_for_gemm(qweight_);
   }
