@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "token_ids.h"
 #include "marlin/error.h"
 #include "marlin/generate.h"
 #include "marlin/model.h"
@@ -38,31 +39,8 @@ struct GenerateOptions {
   bool json = false;
 };
 
-// "1,2,3" or "1 2 3" into ids; the model checks the vocabulary range.
 std::vector<int64_t> parse_ids(const char* op, const std::string& list) {
-  std::vector<int64_t> ids;
-  std::string item;
-  auto flush = [&] {
-    if (item.empty()) return;
-    size_t used = 0;
-    long long value = -1;
-    try {
-      value = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size() || value < 0)
-      fail(op, "--prompt-ids: '", item, "' is not a token id (a non-negative integer)");
-    ids.push_back(value);
-    item.clear();
-  };
-  for (const char c : list) {
-    if (c == ',' || c == ' ' || c == '\n' || c == '\t')
-      flush();
-    else
-      item += c;
-  }
-  flush();
+  std::vector<int64_t> ids = parse_token_ids(op, "--prompt-ids", list);
   if (ids.empty()) fail(op, "--prompt-ids needs at least one id");
   return ids;
 }

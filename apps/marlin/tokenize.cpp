@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "commands.h"
+#include "token_ids.h"
 #include "marlin/error.h"
 #include "marlin/tokenizer.h"
 
@@ -21,32 +22,13 @@ struct TokenizeOptions {
   bool no_special_tokens = false;
 };
 
-// "1,2,3" or "1 2 3" (what the --text mode prints) into ids within the vocabulary.
+// Ids within the vocabulary.
 std::vector<int32_t> parse_ids(const std::string& list, int32_t vocab_size) {
   std::vector<int32_t> ids;
-  std::string item;
-  auto flush = [&] {
-    if (item.empty()) return;
-    size_t used = 0;
-    long long value = -1;
-    try {
-      value = std::stoll(item, &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    if (used != item.size()) fail("tokenize", "--decode: '", item, "' is not an integer token id");
-    if (value < 0 || value >= vocab_size)
-      fail("tokenize", "--decode: id ", value, " is outside the vocabulary [0, ", vocab_size, ")");
-    ids.push_back(static_cast<int32_t>(value));
-    item.clear();
-  };
-  for (const char c : list) {
-    if (c == ',' || c == ' ' || c == '\n' || c == '\t')
-      flush();
-    else
-      item += c;
+  for (const int64_t id : parse_token_ids("tokenize", "--decode", list)) {
+    if (id >= vocab_size) fail("tokenize", "--decode: id ", id, " is outside the vocabulary [0, ", vocab_size, ")");
+    ids.push_back(static_cast<int32_t>(id));
   }
-  flush();
   return ids;
 }
 
