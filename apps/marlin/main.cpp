@@ -13,6 +13,7 @@ int main(int argc, char** argv) {
   marlin::cli::register_preprocess(app);
   marlin::cli::register_generate(app);
   marlin::cli::register_perplexity(app);
+  marlin::cli::register_quantize(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {

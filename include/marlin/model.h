@@ -46,6 +46,18 @@ class CausalLM {
 // wrong shape is an error naming the tensor and the file.
 std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOptions& options = {});
 
+// Writes `model` to directory `dir` (created if needed) as a Hugging Face checkpoint: the
+// original config.json plus, for 2/4/8 bits, a quantization_config block {"quant_method":
+// "marlin", "bits", "group_size", "format", "scales", "modules_not_converted"}; safetensors
+// (sharded past 5 GB) where each quantized linear is <name>.weight_packed (u32 [K/P, N]) and
+// <name>.weight_scale (f16 [K/g, N]) in the canonical layout, every other tensor in the
+// checkpoint's dtype; and the tokenizer files of the model's source directory, where present.
+void save_quantized(const CausalLM& model, const std::string& dir);
+
+// Loads a directory written by save_quantized on `device`, memory-mapping the packed weights
+// without re-quantizing them. load_model routes such a directory here too.
+std::unique_ptr<CausalLM> load_quantized(const std::string& dir, Device device = Device::cpu());
+
 // The model_types load_model accepts, e.g. {"llama", "mistral", "qwen2", "qwen3"}.
 std::vector<std::string> supported_causal_lm_types();
 

@@ -29,6 +29,11 @@ class QuantizedLinear {
   // weight [out, in] and bias [out] (may be undefined) in any float dtype on any device.
   QuantizedLinear(const Tensor& weight, const Tensor& bias, int bits, int group_size,
                   const LayerPlacement& placement, ScaleMethod scales = ScaleMethod::absmax);
+  // An already quantized weight (a saved checkpoint's packed + scales, canonical layout, any
+  // device): placed and prepared for the GEMM as the quantizing constructor does, never
+  // re-quantized. bias [out] may be undefined.
+  static QuantizedLinear from_quantized(const QuantizedWeight& qweight, const Tensor& bias,
+                                        const LayerPlacement& placement);
 
   // x [..., in] -> [..., out] in x's dtype, which must be the placement's.
   Tensor forward(const Tensor& x) const;
@@ -105,6 +110,8 @@ class Attention {
   const QuantizedLinear& k_proj() const { return k_proj_; }
   const QuantizedLinear& v_proj() const { return v_proj_; }
   const QuantizedLinear& o_proj() const { return o_proj_; }
+  const RMSNorm& q_norm() const { return q_norm_; }
+  const RMSNorm& k_norm() const { return k_norm_; }
 
  private:
   AttentionConfig config_;
@@ -137,7 +144,9 @@ class TransformerBlock {
   // hidden [B, T, H] (contiguous), the residual stream, is updated in place (no copy per layer)
   // and returned.
   Tensor forward(const Tensor& hidden, const Tensor& positions, KVCache* cache = nullptr) const;
+  const RMSNorm& input_layernorm() const { return input_layernorm_; }
   const Attention& self_attn() const { return self_attn_; }
+  const RMSNorm& post_attention_layernorm() const { return post_attention_layernorm_; }
   const MLP& mlp() const { return mlp_; }
 
  private:

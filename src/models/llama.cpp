@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "marlin/ops_nn.h"
+#include "models/quantized_checkpoint.h"
 
 namespace marlin {
 namespace {
@@ -44,7 +45,7 @@ DType default_dtype(const ModelConfig& config, Device device) {
 
 LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoint,
                        const ModelLoadOptions& options)
-    : config_(std::move(config)) {
+    : config_(std::move(config)), options_(options) {
   const ModelConfig& c = config_;
   const std::string type(model_type_name(c.model_type));
   MARLIN_CHECK(!c.moe && !c.mla, "load_model", type, " models with MoE or MLA layers are not "
@@ -62,6 +63,10 @@ LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoi
   embed_tokens_ = Embedding(embed, placement_);
   const ops::RopeParams rope = ops::rope_params(c).to(placement_.device);
   auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
+    // A checkpoint of save_quantized holds the layer already packed.
+    if (checkpoint.has(prefix + ".weight_packed"))
+      return load_packed_linear(checkpoint, prefix, in, out, w.get_if(bias, prefix + ".bias", {out}),
+                                options.bits, options.group_size, placement_);
     return QuantizedLinear(w.get(prefix + ".weight", {out, in}),
                            w.get_if(bias, prefix + ".bias", {out}), options.bits,
                            options.group_size, placement_, options.scales);

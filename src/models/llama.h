@@ -23,9 +23,14 @@ class LlamaModel final : public CausalLM {
   DType dtype() const override { return placement_.dtype; }
 
   const std::vector<TransformerBlock>& layers() const { return layers_; }
+  const Embedding& embed_tokens() const { return embed_tokens_; }
+  const RMSNorm& norm() const { return norm_; }
+  const QuantizedLinear& lm_head() const { return lm_head_; }
+  const ModelLoadOptions& load_options() const { return options_; }
 
  private:
   ModelConfig config_;
+  ModelLoadOptions options_;  // what it was loaded with: save_quantized records bits and scales
   LayerPlacement placement_;
   Embedding embed_tokens_;
   std::vector<TransformerBlock> layers_;

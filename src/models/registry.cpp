@@ -5,6 +5,7 @@
 #include "marlin/model.h"
 #include "marlin/safetensors.h"
 #include "models/llama.h"
+#include "models/quantized_checkpoint.h"
 
 namespace marlin {
 namespace {
@@ -39,7 +40,17 @@ std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOpti
     fail("load_model", "model_type ", model_type_name(config.model_type), " (", config.source,
          ") is not supported; supported: ", names);
   }
-  return it->second(config, SafetensorsCheckpoint::open(dir), options);
+  ModelLoadOptions opts = options;
+  // A checkpoint of save_quantized runs as stored: its packed weights are never re-quantized.
+  if (const auto q = marlin_quantization(config)) {
+    MARLIN_CHECK(options.bits == 16 || options.bits == q->bits, "load_model", dir,
+                 " is stored quantized to ", q->bits, " bits and cannot be loaded at ",
+                 options.bits, " bits");
+    opts.bits = q->bits;
+    opts.group_size = q->group_size;
+    opts.scales = q->scales;
+  }
+  return it->second(config, SafetensorsCheckpoint::open(dir), opts);
 }
 
 }  // namespace marlin

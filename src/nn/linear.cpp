@@ -56,6 +56,30 @@ QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, int b
   }
 }
 
+QuantizedLinear QuantizedLinear::from_quantized(const QuantizedWeight& qweight, const Tensor& bias,
+                                                const LayerPlacement& placement) {
+  constexpr const char* op = "QuantizedLinear::from_quantized";
+  check_placement(op, placement);
+  check_quantized_layout(op, qweight.packed, qweight.scales, qweight.format, qweight.K, qweight.N,
+                         qweight.group_size);
+  QuantizedLinear layer;
+  layer.bits_ = format_bits(qweight.format);
+  layer.group_size_ = qweight.group_size;
+  layer.placement_ = placement;
+  layer.in_features_ = qweight.K;
+  layer.out_features_ = qweight.N;
+  QuantizedWeight q = qweight;
+  q.tiled = Tensor();  // a tile layout is per device; made again below
+  layer.qweight_ = q.to(placement.device);
+  ops::prepare_for_gemm(layer.qweight_);
+  if (bias.defined()) {
+    MARLIN_CHECK(bias.dim() == 1 && bias.size(0) == qweight.N, op, "bias must be [", qweight.N,
+                 "], got ", bias.describe());
+    layer.bias_ = place(bias, DType::f32, placement.device);
+  }
+  return layer;
+}
+
 Tensor QuantizedLinear::forward(const Tensor& x) const {
   constexpr const char* op = "QuantizedLinear::forward";
   MARLIN_CHECK(in_features_ > 0, op, "the layer has no weights");

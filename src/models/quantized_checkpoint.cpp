@@ -1,0 +1,176 @@
+// save_quantized / load_quantized: a quantized model as a Hugging Face style directory.
+#include "models/quantized_checkpoint.h"
+
+#include <nlohmann/json.hpp>
+#include <filesystem>
+#include <fstream>
+#include <utility>
+
+#include "models/llama.h"
+
+namespace marlin {
+namespace {
+
+namespace fs = std::filesystem;
+using json = nlohmann::json;
+
+// HF's default max_shard_size; tiny models stay one model.safetensors.
+constexpr uint64_t kMaxShardBytes = 5'000'000'000ull;
+
+const char* const kTokenizerFiles[] = {"tokenizer.json", "tokenizer_config.json",
+                                       "generation_config.json", "chat_template.jinja",
+                                       "special_tokens_map.json", "tokenizer.model"};
+
+std::string_view scales_name(ScaleMethod m) { return m == ScaleMethod::mse ? "mse" : "rtn"; }
+
+// A CPU tensor in `dtype`, contiguous, for the writer.
+Tensor host(const Tensor& t, DType dtype) { return t.to(Device::cpu()).to(dtype).contiguous(); }
+
+void check_tensor(const SafetensorsCheckpoint& ckpt, const std::string& name, DType dtype,
+                  const Shape& shape) {
+  constexpr const char* op = "load_quantized";
+  MARLIN_CHECK(ckpt.has(name), op, "tensor ", name, " is missing from ", ckpt.source());
+  const SafetensorsTensorInfo& info = ckpt.info(name);
+  const std::string& file = ckpt.file_of(name).path();
+  MARLIN_CHECK(info.dtype == dtype, op, "tensor ", name, " in ", file, " is ",
+               dtype_name(info.dtype), ", expected ", dtype_name(dtype));
+  MARLIN_CHECK(info.shape == shape, op, "tensor ", name, " in ", file, " has shape ",
+               shape_str(info.shape), ", expected ", shape_str(shape));
+}
+
+}  // namespace
+
+std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config) {
+  constexpr const char* op = "load_quantized";
+  if (!config.raw || !config.raw->contains("quantization_config")) return std::nullopt;
+  const json& q = config.raw->at("quantization_config");
+  MARLIN_CHECK(q.is_object(), op, "quantization_config in ", config.source, " must be an object");
+  MARLIN_CHECK(q.contains("quant_method") && q["quant_method"].is_string(), op,
+               "quantization_config.quant_method in ", config.source, " is missing or not a string");
+  const std::string method = q["quant_method"].get<std::string>();
+  MARLIN_CHECK(method == "marlin", op, "quantization_config.quant_method '", method, "' in ",
+               config.source, " is not supported (only checkpoints of save_quantized: marlin)");
+  auto integer = [&](const char* key) {
+    MARLIN_CHECK(q.contains(key) && q[key].is_number_integer(), op, "quantization_config.", key,
+                 " in ", config.source, " is missing or not an integer");
+    return q[key].get<int>();
+  };
+  MarlinQuantization out;
+  out.bits = integer("bits");
+  MARLIN_CHECK(out.bits == 2 || out.bits == 4 || out.bits == 8, op, "quantization_config.bits in ",
+               config.source, " must be 2, 4 or 8, got ", out.bits);
+  out.group_size = integer("group_size");
+  MARLIN_CHECK(is_valid_group_size(out.group_size), op, "quantization_config.group_size in ",
+               config.source, " is not a valid group size: ", out.group_size);
+  const std::string expected(format_name(format_from_bits(out.bits)));
+  MARLIN_CHECK(q.contains("format") && q["format"].is_string() &&
+                   q["format"].get<std::string>() == expected,
+               op, "quantization_config.format in ", config.source, " must be \"", expected,
+               "\" for bits ", out.bits);
+  if (q.contains("scales")) {
+    MARLIN_CHECK(q["scales"].is_string() && (q["scales"] == "rtn" || q["scales"] == "mse"), op,
+                 "quantization_config.scales in ", config.source, " must be \"rtn\" or \"mse\"");
+    out.scales = q["scales"] == "mse" ? ScaleMethod::mse : ScaleMethod::absmax;
+  }
+  return out;
+}
+
+QuantizedLinear load_packed_linear(const SafetensorsCheckpoint& checkpoint, const std::string& prefix,
+                                   int64_t in, int64_t out, const Tensor& bias, int bits,
+                                   int group_size, const LayerPlacement& placement) {
+  MARLIN_CHECK(bits == 2 || bits == 4 || bits == 8, "load_quantized", prefix,
+               ".weight_packed found but the config gives no quantization_config (bits ", bits, ")");
+  QuantizedWeight q;
+  q.format = format_from_bits(bits);
+  q.group_size = group_size;
+  q.K = in;
+  q.N = out;
+  MARLIN_CHECK(in % format_values_per_word(q.format) == 0 && in % group_size == 0, "load_quantized",
+               prefix, ": in_features ", in, " is not a multiple of the group size ", group_size);
+  const std::string pn = prefix + ".weight_packed", sn = prefix + ".weight_scale";
+  check_tensor(checkpoint, pn, DType::u32, {in / format_values_per_word(q.format), out});
+  check_tensor(checkpoint, sn, DType::f16, {in / group_size, out});
+  q.packed = checkpoint.tensor(pn);
+  q.scales = checkpoint.tensor(sn);
+  return QuantizedLinear::from_quantized(q, bias, placement);
+}
+
+void save_quantized(const CausalLM& model, const std::string& dir) {
+  constexpr const char* op = "save_quantized";
+  const auto* llama = dynamic_cast<const LlamaModel*>(&model);
+  MARLIN_CHECK(llama != nullptr, op, "only llama-family models can be saved");
+  const ModelConfig& c = llama->config();
+  const ModelLoadOptions& lo = llama->load_options();
+  // 16-bit tensors go back in the checkpoint's dtype (lossless when the model computes wider).
+  const DType dtype = c.torch_dtype.value_or(llama->dtype());
+
+  NamedTensors tensors;
+  auto add = [&](const std::string& name, const Tensor& t) { tensors.emplace_back(name, host(t, dtype)); };
+  auto add_linear = [&](const std::string& prefix, const QuantizedLinear& l) {
+    if (l.bits() == 16) {
+      add(prefix + ".weight", l.weight().transpose(0, 1));  // [K, N] -> HF's [out, in]
+    } else {
+      tensors.emplace_back(prefix + ".weight_packed", host(l.qweight().packed, DType::u32));
+      tensors.emplace_back(prefix + ".weight_scale", host(l.qweight().scales, DType::f16));
+    }
+    if (l.bias().defined()) add(prefix + ".bias", l.bias());
+  };
+  add("model.embed_tokens.weight", llama->embed_tokens().table());
+  for (size_t i = 0; i < llama->layers().size(); ++i) {
+    const TransformerBlock& b = llama->layers()[i];
+    const std::string p = "model.layers." + std::to_string(i);
+    add(p + ".input_layernorm.weight", b.input_layernorm().weight());
+    add(p + ".post_attention_layernorm.weight", b.post_attention_layernorm().weight());
+    const Attention& a = b.self_attn();
+    add_linear(p + ".self_attn.q_proj", a.q_proj());
+    add_linear(p + ".self_attn.k_proj", a.k_proj());
+    add_linear(p + ".self_attn.v_proj", a.v_proj());
+    add_linear(p + ".self_attn.o_proj", a.o_proj());
+    if (a.q_norm().defined()) add(p + ".self_attn.q_norm.weight", a.q_norm().weight());
+    if (a.k_norm().defined()) add(p + ".self_attn.k_norm.weight", a.k_norm().weight());
+    add_linear(p + ".mlp.gate_proj", b.mlp().gate_proj());
+    add_linear(p + ".mlp.up_proj", b.mlp().up_proj());
+    add_linear(p + ".mlp.down_proj", b.mlp().down_proj());
+  }
+  add("model.norm.weight", llama->norm().weight());
+  if (!c.tie_word_embeddings) add_linear("lm_head", llama->lm_head());
+
+  std::error_code ec;
+  fs::create_directories(dir, ec);
+  MARLIN_CHECK(!ec && fs::is_directory(dir), op, "cannot create directory '", dir, "': ", ec.message());
+  save_safetensors_sharded(dir, tensors, kMaxShardBytes, {{"format", "pt"}});
+
+  json config = c.raw ? *c.raw : json::object();
+  config.erase("quantization_config");
+  if (lo.bits != 16) {
+    config["quantization_config"] = {
+        {"quant_method", "marlin"},
+        {"bits", lo.bits},
+        {"group_size", lo.group_size},
+        {"format", std::string(format_name(format_from_bits(lo.bits)))},
+        {"scales", std::string(scales_name(lo.scales))},
+        {"modules_not_converted", json::array({"model.embed_tokens", "lm_head"})}};
+  }
+  const fs::path config_path = fs::path(dir) / "config.json";
+  std::ofstream f(config_path);
+  f << config.dump(2) << "\n";
+  MARLIN_CHECK(f.good(), op, "cannot write ", config_path.string());
+  f.close();
+
+  const fs::path src = fs::path(c.source).parent_path();
+  for (const char* name : kTokenizerFiles) {
+    if (!fs::exists(src / name)) continue;
+    if (fs::exists(fs::path(dir) / name) && fs::equivalent(src / name, fs::path(dir) / name, ec))
+      continue;  // saving into the source directory
+    fs::copy_file(src / name, fs::path(dir) / name, fs::copy_options::overwrite_existing, ec);
+    MARLIN_CHECK(!ec, op, "cannot copy ", (src / name).string(), " to ", dir, ": ", ec.message());
+  }
+}
+
+std::unique_ptr<CausalLM> load_quantized(const std::string& dir, Device device) {
+  ModelLoadOptions options;
+  options.device = device;
+  return load_model(dir, options);  // takes bits and group size from quantization_config
+}
+
+}  // namespace marlin

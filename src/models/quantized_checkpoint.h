@@ -1,0 +1,30 @@
+// Checkpoints written by save_quantized: the quantization_config block of config.json and the
+// packed linears (<name>.weight_packed + <name>.weight_scale, DESIGN.md's canonical layout).
+#pragma once
+
+#include <optional>
+#include <string>
+
+#include "marlin/model.h"
+#include "marlin/nn.h"
+#include "marlin/safetensors.h"
+
+namespace marlin {
+
+struct MarlinQuantization {
+  int bits = 4;
+  int group_size = 128;
+  ScaleMethod scales = ScaleMethod::absmax;
+};
+
+// The config's quantization_config when its quant_method is "marlin"; std::nullopt without the
+// block. Another quant_method or a malformed block is an error naming the file and the key.
+std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config);
+
+// The linear `prefix` of a saved checkpoint, [out, in] as a Hugging Face weight: its packed
+// codes and scales are checked for dtype and shape (errors name the tensor and the file).
+QuantizedLinear load_packed_linear(const SafetensorsCheckpoint& checkpoint, const std::string& prefix,
+                                   int64_t in, int64_t out, const Tensor& bias, int bits,
+                                   int group_size, const LayerPlacement& placement);
+
+}  // namespace marlin
