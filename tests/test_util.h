@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
+#include <string>
 #include <random>
 #include <vector>
 
@@ -57,6 +59,16 @@ inline double relative_error(const std::vector<double>& got, const std::vector<d
     den += ref[i] * ref[i];
   }
   return std::sqrt(num / den);
+}
+
+// The message of the marlin::Error that fn throws, or "" when it throws none.
+inline std::string error_message(const std::function<void()>& fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  return "";
 }
 
 // Poisons every new allocation for the lifetime of a test.

@@ -119,14 +119,7 @@ TEST(AttentionCpu, CacheWriteTakesAnyStrides) {
 TEST(AttentionCpu, BadArgumentsAreClearErrors) {
   Tensor q = random_tensor({5, 6, 64}, DType::f16, 1);
   Tensor k = random_tensor({5, 4, 64}, DType::f16, 2);
-  auto message = [](auto&& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto message = testing::error_message;
   EXPECT_NE(message([&] { ops::attention_prefill(q, k, k, 1.0f); }).find("Hq=6"), std::string::npos);
   Tensor q72 = random_tensor({5, 4, 72}, DType::f16, 3);
   EXPECT_NE(message([&] { ops::attention_prefill(q72, q72, q72, 1.0f); }).find("head_dim=72"), std::string::npos);

@@ -14,6 +14,7 @@
 #include "marlin/model.h"
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
+#include "test_util.h"
 
 namespace marlin {
 namespace {
@@ -173,14 +174,7 @@ class ScratchModel {
   fs::path dir_;
 };
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_message;
 
 // An fp16 checkpoint loads like the fp32 one it was rounded from.
 TEST(LlamaModel, Fp16CheckpointLoads) {
@@ -199,7 +193,7 @@ TEST(LlamaModel, Fp16CheckpointLoads) {
 TEST(LlamaModelErrors, MissingTensorNamesTensorAndFile) {
   ScratchModel m("missing");
   m.write_weights("model.layers.1.mlp.up_proj.weight");
-  const std::string msg = error_of([&] { load_model(m.dir()); });
+  const std::string msg = error_message([&] { load_model(m.dir()); });
   EXPECT_NE(msg.find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
 }
@@ -207,7 +201,7 @@ TEST(LlamaModelErrors, MissingTensorNamesTensorAndFile) {
 TEST(LlamaModelErrors, WrongShapeNamesTensorAndShapes) {
   ScratchModel m("shape");
   m.write_weights("", "model.layers.0.self_attn.k_proj.weight");
-  const std::string msg = error_of([&] { load_model(m.dir()); });
+  const std::string msg = error_message([&] { load_model(m.dir()); });
   EXPECT_NE(msg.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[3, 5]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[64, 64]"), std::string::npos) << msg;
@@ -223,7 +217,7 @@ TEST(LlamaModelErrors, UnsupportedModelTypeListsSupportedOnes) {
                "\"model_type\": \"mixtral\", \"num_local_experts\": 4, \"num_experts_per_tok\": 2");
   m.write_config(text);
   m.write_weights("");
-  const std::string msg = error_of([&] { load_model(m.dir()); });
+  const std::string msg = error_message([&] { load_model(m.dir()); });
   EXPECT_NE(msg.find("mixtral"), std::string::npos) << msg;
   EXPECT_NE(msg.find("llama, mistral, qwen2, qwen3"), std::string::npos) << msg;
 }
@@ -232,19 +226,19 @@ TEST(LlamaModelErrors, BadBitsGroupSizeContextAndCache) {
   const std::string dir = fixture_dir("llama_gqa");
   ModelLoadOptions options;
   options.bits = 3;
-  EXPECT_NE(error_of([&] { load_model(dir, options); }).find("bits"), std::string::npos);
+  EXPECT_NE(error_message([&] { load_model(dir, options); }).find("bits"), std::string::npos);
   options.bits = 4;
   options.group_size = 128;  // K = 64 is not a multiple of it
-  EXPECT_NE(error_of([&] { load_model(dir, options); }), "");
+  EXPECT_NE(error_message([&] { load_model(dir, options); }), "");
   const auto model = load_model(dir);
   const std::vector<int32_t> long_prompt(300, 5);  // max_position_embeddings is 256
-  EXPECT_NE(error_of([&] { model->forward(ids_tensor(long_prompt)); }).find("context"),
+  EXPECT_NE(error_message([&] { model->forward(ids_tensor(long_prompt)); }).find("context"),
             std::string::npos);
   KVCache cache = model->make_cache(4);
-  EXPECT_NE(error_of([&] { model->forward(ids_tensor({3, 4, 5, 6, 7}), &cache); }).find("max_seq_len"),
+  EXPECT_NE(error_message([&] { model->forward(ids_tensor({3, 4, 5, 6, 7}), &cache); }).find("max_seq_len"),
             std::string::npos);
-  EXPECT_NE(error_of([&] { model->forward(ids_tensor({3, 999})); }).find("999"), std::string::npos);
-  EXPECT_NE(error_of([&] { load_model(fixture_dir("no_such_model")); }), "");
+  EXPECT_NE(error_message([&] { model->forward(ids_tensor({3, 999})); }).find("999"), std::string::npos);
+  EXPECT_NE(error_message([&] { load_model(fixture_dir("no_such_model")); }), "");
 }
 
 }  // namespace

@@ -15,6 +15,7 @@
 #include "marlin/npy.h"
 #include "marlin/ops.h"
 #include "marlin/safetensors.h"
+#include "test_util.h"
 
 namespace marlin {
 namespace {
@@ -61,14 +62,7 @@ bool same_bytes(const Tensor& a, const Tensor& b) {
          std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
 }
 
-std::string error_of(const std::function<void()>& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  return "";
-}
+using testing::error_message;
 
 class SaveLoadTest : public ::testing::TestWithParam<int> {};
 
@@ -183,7 +177,7 @@ TEST(QuantizedCheckpointErrors, MissingPackedTensorNamesTensorAndFile) {
   save_quantized(*quantized_fixture(4), out.str());
   const std::string name = "model.layers.1.mlp.up_proj.weight_scale";
   rewrite_weights(out, [&](const std::string& n, Tensor&) { return n != name; });
-  const std::string msg = error_of([&] { load_quantized(out.str()); });
+  const std::string msg = error_message([&] { load_quantized(out.str()); });
   EXPECT_NE(msg.find(name), std::string::npos) << msg;
   EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
 }
@@ -196,7 +190,7 @@ TEST(QuantizedCheckpointErrors, WrongShapeNamesTensorAndShapes) {
     if (n == name) t = Tensor::from_vector(std::vector<uint32_t>(15, 0u), {3, 5}, DType::u32);
     return true;
   });
-  const std::string msg = error_of([&] { load_quantized(out.str()); });
+  const std::string msg = error_message([&] { load_quantized(out.str()); });
   EXPECT_NE(msg.find(name), std::string::npos) << msg;
   EXPECT_NE(msg.find("[3, 5]"), std::string::npos) << msg;
   EXPECT_NE(msg.find("[8, 64]"), std::string::npos) << msg;
@@ -213,14 +207,14 @@ TEST(QuantizedCheckpointErrors, CorruptQuantizationConfigNamesKeyAndFile) {
     json bad = good;
     bad["quantization_config"][key] = value;
     std::ofstream(path) << bad.dump(2);
-    const std::string msg = error_of([&] { load_quantized(out.str()); });
+    const std::string msg = error_message([&] { load_quantized(out.str()); });
     EXPECT_NE(msg.find("quantization_config." + key), std::string::npos) << key << ": " << msg;
     EXPECT_NE(msg.find("config.json"), std::string::npos) << key << ": " << msg;
   }
   json bad = good;
   bad["quantization_config"] = "marlin";
   std::ofstream(path) << bad.dump(2);
-  EXPECT_NE(error_of([&] { load_quantized(out.str()); }).find("quantization_config"), std::string::npos);
+  EXPECT_NE(error_message([&] { load_quantized(out.str()); }).find("quantization_config"), std::string::npos);
 }
 
 TEST(QuantizedCheckpointErrors, MissingFilesAndBitsMismatch) {
@@ -228,11 +222,11 @@ TEST(QuantizedCheckpointErrors, MissingFilesAndBitsMismatch) {
   save_quantized(*quantized_fixture(4), out.str());
   ModelLoadOptions eight;
   eight.bits = 8;
-  EXPECT_NE(error_of([&] { load_model(out.str(), eight); }).find("4 bits"), std::string::npos);
+  EXPECT_NE(error_message([&] { load_model(out.str(), eight); }).find("4 bits"), std::string::npos);
   fs::remove(out.path() / "model.safetensors");
-  EXPECT_NE(error_of([&] { load_quantized(out.str()); }).find(out.str()), std::string::npos);
+  EXPECT_NE(error_message([&] { load_quantized(out.str()); }).find(out.str()), std::string::npos);
   fs::remove(out.path() / "config.json");
-  EXPECT_NE(error_of([&] { load_quantized(out.str()); }).find("config.json"), std::string::npos);
+  EXPECT_NE(error_message([&] { load_quantized(out.str()); }).find("config.json"), std::string::npos);
 }
 
 }  // namespace

@@ -127,14 +127,7 @@ TEST(Sampler, SameSeedSameTokens) {
 TEST(Sampler, InvalidParametersAreClearErrors) {
   Sampler s(8, 1);
   const Tensor x = logits_tensor(kLogits);
-  auto message = [](auto&& f) {
-    try {
-      f();
-    } catch (const Error& e) {
-      return std::string(e.what());
-    }
-    return std::string("no error");
-  };
+  const auto message = testing::error_message;
   EXPECT_NE(message([&] { s.sample(x, -0.5f); }).find("temperature"), std::string::npos);
   EXPECT_NE(message([&] { s.sample(x, 1.0f, 0.0f); }).find("top_p"), std::string::npos);
   EXPECT_NE(message([&] { s.sample(x, 1.0f, 1.5f); }).find("top_p"), std::string::npos);
