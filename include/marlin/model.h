@@ -41,10 +41,20 @@ class CausalLM {
   virtual DType dtype() const = 0;
 };
 
+// ModelLoadOptions::dtype's default for `config` on `device`.
+DType default_model_dtype(const ModelConfig& config, Device device);
+
 // Loads the model of `dir` (config.json and model.safetensors or a sharded index). An
 // unsupported model_type is an error naming the supported ones; a missing tensor or one of the
 // wrong shape is an error naming the tensor and the file.
 std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOptions& options = {});
+
+// A model of `config`'s architecture and shapes with random weights made on options.device
+// (SyntheticWeights: N(0, initializer_range^2), norms 1, biases 0; quantized there at
+// options.bits), for benchmarks without a checkpoint. The same seed gives the same weights.
+std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
+                                               const ModelLoadOptions& options = {},
+                                               uint64_t seed = 0);
 
 // Writes `model` to directory `dir` (created if needed) as a Hugging Face checkpoint: the
 // original config.json plus, for 2/4/8 bits, a quantization_config block {"quant_method":

@@ -8,43 +8,7 @@
 #include "models/quantized_checkpoint.h"
 
 namespace marlin {
-namespace {
-
-// Checkpoint tensors by name, checked for presence and shape; errors name the tensor and file.
-class WeightReader {
- public:
-  explicit WeightReader(const SafetensorsCheckpoint& checkpoint) : checkpoint_(checkpoint) {}
-
-  Tensor get(const std::string& name, const Shape& shape) const {
-    MARLIN_CHECK(checkpoint_.has(name), "load_model", "tensor ", name, " is missing from ",
-                 checkpoint_.source());
-    const SafetensorsTensorInfo& info = checkpoint_.info(name);
-    MARLIN_CHECK(info.shape == shape, "load_model", "tensor ", name, " in ",
-                 checkpoint_.file_of(name).path(), " has shape ", shape_str(info.shape),
-                 ", expected ", shape_str(shape));
-    MARLIN_CHECK(dtype_is_float(info.dtype) && info.dtype != DType::fp8_e4m3, "load_model",
-                 "tensor ", name, " in ", checkpoint_.file_of(name).path(), " is ",
-                 dtype_name(info.dtype), ", expected f32, f16 or bf16");
-    return checkpoint_.tensor(name);
-  }
-  Tensor get_if(bool wanted, const std::string& name, const Shape& shape) const {
-    return wanted ? get(name, shape) : Tensor();
-  }
-
- private:
-  const SafetensorsCheckpoint& checkpoint_;
-};
-
-DType default_dtype(const ModelConfig& config, Device device) {
-  if (device.is_cpu()) return DType::f32;
-  if (config.torch_dtype == DType::f16) return DType::f16;
-  return DType::bf16;
-}
-
-}  // namespace
-
-LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoint,
-                       const ModelLoadOptions& options)
+LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoadOptions& options)
     : config_(std::move(config)), options_(options) {
   const ModelConfig& c = config_;
   const std::string type(model_type_name(c.model_type));
@@ -54,9 +18,8 @@ LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoi
                " is not supported (silu only) in ", c.source);
   MARLIN_CHECK(options.bits == 16 || options.bits == 8 || options.bits == 4 || options.bits == 2,
                "load_model", "bits must be 16, 8, 4 or 2, got ", options.bits);
-  placement_ = {options.device, options.dtype.value_or(default_dtype(c, options.device))};
+  placement_ = {options.device, options.dtype.value_or(default_model_dtype(c, options.device))};
 
-  const WeightReader w(checkpoint);
   const int64_t H = c.hidden_size, V = c.vocab_size, I = c.intermediate_size, D = c.head_dim;
   const int64_t Hq = c.num_attention_heads, Hkv = c.num_key_value_heads;
   const Tensor embed = w.get("model.embed_tokens.weight", {V, H});
@@ -64,8 +27,8 @@ LlamaModel::LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoi
   const ops::RopeParams rope = ops::rope_params(c).to(placement_.device);
   auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
     // A checkpoint of save_quantized holds the layer already packed.
-    if (checkpoint.has(prefix + ".weight_packed"))
-      return load_packed_linear(checkpoint, prefix, in, out, w.get_if(bias, prefix + ".bias", {out}),
+    if (w.has(prefix + ".weight_packed"))
+      return load_packed_linear(w, prefix, in, out, w.get_if(bias, prefix + ".bias", {out}),
                                 options.bits, options.group_size, placement_);
     return QuantizedLinear(w.get(prefix + ".weight", {out, in}),
                            w.get_if(bias, prefix + ".bias", {out}), options.bits,
@@ -148,10 +111,9 @@ KVCache LlamaModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {
   return KVCache(kc, batch_size, placement_.device);
 }
 
-std::unique_ptr<CausalLM> make_llama_model(const ModelConfig& config,
-                                           const SafetensorsCheckpoint& checkpoint,
+std::unique_ptr<CausalLM> make_llama_model(const ModelConfig& config, const WeightSource& weights,
                                            const ModelLoadOptions& options) {
-  return std::make_unique<LlamaModel>(config, checkpoint, options);
+  return std::make_unique<LlamaModel>(config, weights, options);
 }
 
 }  // namespace marlin

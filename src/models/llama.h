@@ -7,14 +7,13 @@
 
 #include "marlin/model.h"
 #include "marlin/nn.h"
-#include "marlin/safetensors.h"
+#include "models/weight_source.h"
 
 namespace marlin {
 
 class LlamaModel final : public CausalLM {
  public:
-  LlamaModel(ModelConfig config, const SafetensorsCheckpoint& checkpoint,
-             const ModelLoadOptions& options);
+  LlamaModel(ModelConfig config, const WeightSource& weights, const ModelLoadOptions& options);
 
   Tensor forward(const Tensor& ids, KVCache* cache = nullptr) const override;
   KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const override;
@@ -38,8 +37,7 @@ class LlamaModel final : public CausalLM {
   QuantizedLinear lm_head_;
 };
 
-std::unique_ptr<CausalLM> make_llama_model(const ModelConfig& config,
-                                           const SafetensorsCheckpoint& checkpoint,
+std::unique_ptr<CausalLM> make_llama_model(const ModelConfig& config, const WeightSource& weights,
                                            const ModelLoadOptions& options);
 
 }  // namespace marlin

@@ -26,18 +26,6 @@ std::string_view scales_name(ScaleMethod m) { return m == ScaleMethod::mse ? "ms
 // A CPU tensor in `dtype`, contiguous, for the writer.
 Tensor host(const Tensor& t, DType dtype) { return t.to(Device::cpu()).to(dtype).contiguous(); }
 
-void check_tensor(const SafetensorsCheckpoint& ckpt, const std::string& name, DType dtype,
-                  const Shape& shape) {
-  constexpr const char* op = "load_quantized";
-  MARLIN_CHECK(ckpt.has(name), op, "tensor ", name, " is missing from ", ckpt.source());
-  const SafetensorsTensorInfo& info = ckpt.info(name);
-  const std::string& file = ckpt.file_of(name).path();
-  MARLIN_CHECK(info.dtype == dtype, op, "tensor ", name, " in ", file, " is ",
-               dtype_name(info.dtype), ", expected ", dtype_name(dtype));
-  MARLIN_CHECK(info.shape == shape, op, "tensor ", name, " in ", file, " has shape ",
-               shape_str(info.shape), ", expected ", shape_str(shape));
-}
-
 }  // namespace
 
 std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config) {
@@ -75,7 +63,7 @@ std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config)
   return out;
 }
 
-QuantizedLinear load_packed_linear(const SafetensorsCheckpoint& checkpoint, const std::string& prefix,
+QuantizedLinear load_packed_linear(const WeightSource& weights, const std::string& prefix,
                                    int64_t in, int64_t out, const Tensor& bias, int bits,
                                    int group_size, const LayerPlacement& placement) {
   MARLIN_CHECK(bits == 2 || bits == 4 || bits == 8, "load_quantized", prefix,
@@ -88,10 +76,9 @@ QuantizedLinear load_packed_linear(const SafetensorsCheckpoint& checkpoint, cons
   MARLIN_CHECK(in % format_values_per_word(q.format) == 0 && in % group_size == 0, "load_quantized",
                prefix, ": in_features ", in, " is not a multiple of the group size ", group_size);
   const std::string pn = prefix + ".weight_packed", sn = prefix + ".weight_scale";
-  check_tensor(checkpoint, pn, DType::u32, {in / format_values_per_word(q.format), out});
-  check_tensor(checkpoint, sn, DType::f16, {in / group_size, out});
-  q.packed = checkpoint.tensor(pn);
-  q.scales = checkpoint.tensor(sn);
+  q.packed = weights.get_exact(pn, DType::u32, {in / format_values_per_word(q.format), out},
+                               "load_quantized");
+  q.scales = weights.get_exact(sn, DType::f16, {in / group_size, out}, "load_quantized");
   return QuantizedLinear::from_quantized(q, bias, placement);
 }
 

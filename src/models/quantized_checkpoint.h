@@ -7,7 +7,7 @@
 
 #include "marlin/model.h"
 #include "marlin/nn.h"
-#include "marlin/safetensors.h"
+#include "models/weight_source.h"
 
 namespace marlin {
 
@@ -23,7 +23,7 @@ std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config)
 
 // The linear `prefix` of a saved checkpoint, [out, in] as a Hugging Face weight: its packed
 // codes and scales are checked for dtype and shape (errors name the tensor and the file).
-QuantizedLinear load_packed_linear(const SafetensorsCheckpoint& checkpoint, const std::string& prefix,
+QuantizedLinear load_packed_linear(const WeightSource& weights, const std::string& prefix,
                                    int64_t in, int64_t out, const Tensor& bias, int bits,
                                    int group_size, const LayerPlacement& placement);
 

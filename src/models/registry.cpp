@@ -6,11 +6,12 @@
 #include "marlin/safetensors.h"
 #include "models/llama.h"
 #include "models/quantized_checkpoint.h"
+#include "models/registry.h"
 
 namespace marlin {
 namespace {
 
-using Factory = std::unique_ptr<CausalLM> (*)(const ModelConfig&, const SafetensorsCheckpoint&,
+using Factory = std::unique_ptr<CausalLM> (*)(const ModelConfig&, const WeightSource&,
                                               const ModelLoadOptions&);
 
 const std::map<ModelType, Factory>& registry() {
@@ -31,8 +32,9 @@ std::vector<std::string> supported_causal_lm_types() {
   return names;
 }
 
-std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOptions& options) {
-  const ModelConfig config = load_model_config(dir);
+namespace {
+
+Factory factory_of(const ModelConfig& config) {
   const auto it = registry().find(config.model_type);
   if (it == registry().end()) {
     std::string names;
@@ -40,6 +42,24 @@ std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOpti
     fail("load_model", "model_type ", model_type_name(config.model_type), " (", config.source,
          ") is not supported; supported: ", names);
   }
+  return it->second;
+}
+
+}  // namespace
+
+DType default_model_dtype(const ModelConfig& config, Device device) {
+  if (device.is_cpu()) return DType::f32;
+  if (config.torch_dtype == DType::f16) return DType::f16;
+  return DType::bf16;
+}
+
+std::unique_ptr<CausalLM> build_model(const ModelConfig& config, const WeightSource& weights,
+                                      const ModelLoadOptions& options) {
+  return factory_of(config)(config, weights, options);
+}
+
+std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOptions& options) {
+  const ModelConfig config = load_model_config(dir);
   ModelLoadOptions opts = options;
   // A checkpoint of save_quantized runs as stored: its packed weights are never re-quantized.
   if (const auto q = marlin_quantization(config)) {
@@ -50,7 +70,14 @@ std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOpti
     opts.group_size = q->group_size;
     opts.scales = q->scales;
   }
-  return it->second(config, SafetensorsCheckpoint::open(dir), opts);
+  const Factory factory = factory_of(config);  // before the (possibly large) checkpoint is opened
+  return factory(config, CheckpointWeights(SafetensorsCheckpoint::open(dir)), opts);
+}
+
+std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
+                                               const ModelLoadOptions& options, uint64_t seed) {
+  const DType dtype = options.dtype.value_or(default_model_dtype(config, options.device));
+  return build_model(config, SyntheticWeights(config, options.device, dtype, seed), options);
 }
 
 }  // namespace marlin

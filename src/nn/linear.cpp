@@ -38,8 +38,15 @@ QuantizedLinear::QuantizedLinear(const Tensor& weight, const Tensor& bias, int b
                bits);
   out_features_ = weight.size(0);
   in_features_ = weight.size(1);
-  // HF stores [out, in]; the GEMMs take W [K = in, N = out].
-  const Tensor w_kn = weight.to(Device::cpu()).to(DType::f32).transpose(0, 1).contiguous();
+  // HF stores [out, in]; the GEMMs take W [K = in, N = out]. A weight that is already a view of
+  // a contiguous [K, N] on the placement's device (synthetic weights made there) is used where
+  // it lies: a GPU quantizes it without a round trip through the host. Anything else (a
+  // checkpoint's mapped tensor) is transposed on the host in f32.
+  const Tensor view_kn = weight.transpose(0, 1);
+  const bool in_place = view_kn.is_contiguous() && weight.device() == placement.device &&
+                        (bits != 16 || weight.dtype() == placement.dtype);
+  const Tensor w_kn = in_place ? view_kn
+                               : weight.to(Device::cpu()).to(DType::f32).transpose(0, 1).contiguous();
   if (bits == 16) {
     weight_ = place(w_kn, placement.dtype, placement.device);
   } else {
