@@ -1,0 +1,58 @@
+// CUDA backend of the MoE paths (moe_routing.cu, moe_decode.cu, moe_grouped.cu). Experts are
+// reached through a device table of weight pointers, so the chosen experts' ids never leave the
+// GPU. Arguments are checked by the callers (ops/moe_ops.cpp, nn/moe_layer.cpp).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/moe_routing_common.h"
+#include "marlin/tensor.h"
+
+namespace marlin::cuda {
+
+// One quantized matrix W [K, N] in the canonical layout (DESIGN.md).
+struct MoeMatrix {
+  const uint32_t* packed = nullptr;  // [K / P, N]
+  const void* scales = nullptr;      // f16 [K / group_size, N]
+  int32_t bits = 4;                  // 2 (INT2), 4 (FP4 E2M1), 8 (FP8 E4M3)
+  int32_t group_size = 128;
+  int32_t K = 0, N = 0;
+};
+
+// A SwiGLU expert: gate and up [H, I] (same bits and group size), down [I, H].
+struct MoeExpertMatrices {
+  MoeMatrix gate, up, down;
+};
+
+// The table the kernels read: experts 0..E-1, then the shared experts (if any) at index E.
+struct MoeKernelPlan {
+  Tensor table;  // u8 on the device: MoeExpertMatrices[num_experts + has_shared]
+  int num_experts = 0;
+  bool has_shared = false;
+  int hidden = 0;            // H
+  int max_intermediate = 0;  // largest I over the table
+  bool vector4 = false;      // every N % 4 == 0 and packed rows 16-byte aligned: 16-byte loads
+};
+
+// ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; bias f32 [E] or undefined.
+void moe_route(const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+               const Tensor& ids, const Tensor& weights);
+
+// logits f32 [T, E] = x [T, H] (f16/bf16) @ router_weight f32 [E, H]^T, each optionally rounded
+// to x's dtype; when ids/weights are defined, the last block of each token routes it too (one
+// launch for logits and routing).
+void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
+                const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+                const Tensor& ids, const Tensor& weights);
+
+// One token: out [1, H] = sum_j weights[j] * expert_{ids[j]}(x) + shared(x), with ids/weights
+// [1, k] on the device (from moe_router). Two launches (gate/up + SwiGLU, down + combine).
+void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                        const MoeKernelPlan& plan, const Tensor& out);
+
+// T tokens: rows grouped by expert on the device, one grouped GEMM launch for gate/up + SwiGLU
+// over all experts (and the shared experts), one for down, then the weighted combine.
+void moe_grouped_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                         const MoeKernelPlan& plan, const Tensor& out);
+
+}  // namespace marlin::cuda

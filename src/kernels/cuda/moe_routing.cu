@@ -1,0 +1,247 @@
+// MoE routing on CUDA: one warp per token. The top-k is k rounds of a warp argmax (larger
+// value, then lower index); if any chosen expert's score equals another score (or is NaN), the
+// order of equal values is what torch.topk's introselect makes it, so lane 0 then reruns the
+// selection with the exact CPU algorithm (torch_topk.h). The router kernel computes the f32
+// logits (one warp per expert) and lets the last block of each token route it: one launch.
+#include <algorithm>
+#include <mutex>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/moe_common.cuh"
+#include "kernels/cuda/moe_kernels_cuda.h"
+#include "marlin/stream.h"
+
+namespace marlin::cuda {
+namespace {
+
+using moe::Method;
+using moe::RouteParams;
+using moe::Scoring;
+
+constexpr int kRouterWarps = 8;
+
+// Per-warp shared scratch of the routing: scores, choice, group scores [E] floats; chosen [E]
+// ints; queue [E] entries; ids [E] ints.
+struct RouteScratch {
+  float* scores;
+  float* choice;
+  float* group_scores;
+  int32_t* chosen;
+  topk::Entry* queue;
+  int32_t* ids;
+};
+
+__host__ __device__ constexpr size_t route_scratch_bytes(int E) {
+  return static_cast<size_t>(E) * (3 * sizeof(float) + 2 * sizeof(int32_t) + sizeof(topk::Entry));
+}
+
+__device__ RouteScratch route_scratch(char* base, int E) {
+  RouteScratch s;
+  s.queue = reinterpret_cast<topk::Entry*>(base);
+  s.scores = reinterpret_cast<float*>(s.queue + E);
+  s.choice = s.scores + E;
+  s.group_scores = s.choice + E;
+  s.chosen = reinterpret_cast<int32_t*>(s.group_scores + E);
+  s.ids = s.chosen + E;
+  return s;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Routes one token with the calling warp: logits [E] (any memory), results to ids/weights [k]
+// (global).
+__device__ void route_token_warp(const float* logits, const float* bias, const RouteParams& p,
+                                 const RouteScratch& s, int32_t* ids_out, float* weights_out) {
+  const int lane = threadIdx.x % 32, E = p.num_experts, k = p.top_k;
+  bool has_nan = false;
+  if (p.scoring == Scoring::sigmoid) {
+    for (int e = lane; e < E; e += 32) s.scores[e] = moe::sigmoid_f32(logits[e]);
+  } else {
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, logits[e]);
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int e = lane; e < E; e += 32) {
+      s.scores[e] = expf(logits[e] - mx);
+      sum += s.scores[e];
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int e = lane; e < E; e += 32) s.scores[e] *= inv;
+  }
+  for (int e = lane; e < E; e += 32) {
+    s.choice[e] = p.has_bias ? s.scores[e] + bias[e] : s.scores[e];
+    has_nan = has_nan || isnan(s.choice[e]);
+  }
+  __syncwarp();
+  if (p.method != Method::greedy && p.n_group > 1) {
+    const int G = p.n_group, per_group = E / G;
+    for (int g = lane; g < G; g += 32)
+      s.group_scores[g] = moe::group_score(s.choice + g * per_group, per_group, p.method);
+    __syncwarp();
+    if (lane == 0) topk::select(s.group_scores, G, p.topk_group, s.queue, s.chosen);
+    __syncwarp();
+    const float masked = p.method == Method::noaux_tc ? -INFINITY : 0.0f;
+    for (int e = lane; e < E; e += 32) {
+      bool keep = false;
+      for (int j = 0; j < p.topk_group; ++j) keep = keep || s.chosen[j] == e / per_group;
+      if (!keep) s.choice[e] = masked;
+    }
+    __syncwarp();
+  }
+
+  // k rounds of argmax over the experts not yet taken; `taken` has a bit per expert of this lane.
+  uint32_t taken = 0;
+  bool tie = __any_sync(0xffffffffu, has_nan);
+  float last_value = 0.0f;
+  for (int r = 0; r <= k && r < E && !tie; ++r) {
+    float bv = -INFINITY;
+    int bi = -1;
+    bool dup = false;
+    for (int i = 0, e = lane; e < E; ++i, e += 32) {
+      if (taken & (1u << i)) continue;
+      const float v = s.choice[e];
+      if (bi < 0 || v > bv) {
+        bv = v;
+        bi = e;
+        dup = false;
+      } else if (v == bv) {
+        dup = true;
+      }
+    }
+    float wv = bv;
+    int wi = bi;
+    for (int o = 16; o > 0; o >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, wv, o);
+      const int oi = __shfl_xor_sync(0xffffffffu, wi, o);
+      if (oi >= 0 && (wi < 0 || ov > wv || (ov == wv && oi < wi))) {
+        wv = ov;
+        wi = oi;
+      }
+    }
+    const unsigned holders = __ballot_sync(0xffffffffu, bi >= 0 && bv == wv);
+    const bool equal_inside = __any_sync(0xffffffffu, bi >= 0 && bv == wv && dup);
+    if (r == k) {  // the best one left out must be strictly below the last one chosen
+      tie = wv == last_value;
+      break;
+    }
+    tie = __popc(holders) > 1 || equal_inside;
+    if (lane == wi % 32) taken |= 1u << (wi / 32);
+    if (lane == 0) s.ids[r] = wi;
+    last_value = wv;
+  }
+  __syncwarp();
+  if (lane == 0) {
+    if (tie) topk::select(s.choice, E, k, s.queue, s.ids);
+    moe::expert_weights(s.scores, s.choice, s.ids, p, weights_out);
+    for (int j = 0; j < k; ++j) ids_out[j] = s.ids[j];
+  }
+  __syncwarp();
+}
+
+__global__ void moe_route_kernel(const float* __restrict__ logits, const float* __restrict__ bias,
+                                 RouteParams p, int32_t* __restrict__ ids,
+                                 float* __restrict__ weights, int T) {
+  extern __shared__ __align__(16) char smem[];
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int t = blockIdx.x * warps + warp;
+  if (t >= T) return;
+  const RouteScratch s = route_scratch(smem + warp * route_scratch_bytes(p.num_experts), p.num_experts);
+  route_token_warp(logits + static_cast<int64_t>(t) * p.num_experts, bias, p, s,
+                   ids + static_cast<int64_t>(t) * p.top_k, weights + static_cast<int64_t>(t) * p.top_k);
+}
+
+// logits[t, e] = x[t] . W[e] in f32 (one warp per expert); with `route`, the last block of token
+// t to finish routes it.
+template <typename T>
+__global__ void __launch_bounds__(kRouterWarps * 32)
+    moe_router_kernel(const T* __restrict__ x, const float* __restrict__ W, int H, int round_logits,
+                      float* __restrict__ logits, unsigned* __restrict__ counters, int route,
+                      const float* __restrict__ bias, RouteParams p, int32_t* __restrict__ ids,
+                      float* __restrict__ weights) {
+  extern __shared__ __align__(16) char smem[];
+  __shared__ bool is_last;
+  const int E = p.num_experts;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int t = blockIdx.y, e = blockIdx.x * kRouterWarps + warp;
+  if (e < E) {
+    const T* xr = x + static_cast<int64_t>(t) * H;
+    const float* wr = W + static_cast<int64_t>(e) * H;
+    float acc = 0.0f;
+    for (int h = lane; h < H; h += 32) acc = fmaf(to_float(xr[h]), __ldg(wr + h), acc);
+    acc = warp_sum(acc);
+    if (round_logits) acc = moe_detail::round_to<T>(acc);
+    if (lane == 0) logits[static_cast<int64_t>(t) * E + e] = acc;
+  }
+  if (!route) return;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) is_last = atomicAdd(&counters[t], 1u) == gridDim.x - 1;
+  __syncthreads();
+  if (!is_last || warp != 0) return;
+  __threadfence();
+  const RouteScratch s = route_scratch(smem, E);
+  // The logits of the other blocks: read through L2 into the scratch's ids area (E floats).
+  float* row = reinterpret_cast<float*>(s.ids);
+  for (int i = lane; i < E; i += 32) row[i] = __ldcg(logits + static_cast<int64_t>(t) * E + i);
+  __syncwarp();
+  route_token_warp(row, bias, p, s, ids + static_cast<int64_t>(t) * p.top_k,
+                   weights + static_cast<int64_t>(t) * p.top_k);
+  if (lane == 0) counters[t] = 0;  // ready for the next launch
+}
+
+// Zeroed arrival counters per device, grown on demand (every kernel leaves them zero).
+unsigned* router_counters(int device, int64_t n) {
+  static std::mutex mutex;
+  static std::vector<Tensor> per_device(64);
+  std::lock_guard<std::mutex> lock(mutex);
+  Tensor& c = per_device.at(static_cast<size_t>(device));
+  if (!c.defined() || c.numel() < n)
+    c = Tensor::zeros({std::max<int64_t>(n, 4096)}, DType::u32, Device::cuda(device));
+  return c.data<unsigned>();
+}
+
+}  // namespace
+
+void moe_route(const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+               const Tensor& ids, const Tensor& weights) {
+  const int T = static_cast<int>(logits.size(0));
+  const size_t per_warp = route_scratch_bytes(params.num_experts);
+  const int warps = static_cast<int>(std::max<size_t>(1, std::min<size_t>(8, 40000 / per_warp)));
+  cudaStream_t stream = static_cast<cudaStream_t>(current_stream(logits.device().index).handle);
+  moe_route_kernel<<<(T + warps - 1) / warps, warps * 32, warps * per_warp, stream>>>(
+      logits.data<float>(), bias.defined() ? bias.data<float>() : nullptr, params,
+      ids.data<int32_t>(), weights.data<float>(), T);
+  MARLIN_CUDA_CHECK_LAUNCH("moe_route");
+}
+
+void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
+                const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+                const Tensor& ids, const Tensor& weights) {
+  const int T = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
+  const int E = static_cast<int>(router_weight.size(0));
+  const int device = x.device().index;
+  cudaStream_t stream = static_cast<cudaStream_t>(current_stream(device).handle);
+  const bool route = ids.defined();
+  unsigned* counters = route ? router_counters(device, T) : nullptr;
+  const size_t smem = route ? route_scratch_bytes(E) : 0;
+  const dim3 grid((E + kRouterWarps - 1) / kRouterWarps, T);
+  MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
+    moe_router_kernel<TX><<<grid, kRouterWarps * 32, smem, stream>>>(
+        static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, round_logits ? 1 : 0,
+        logits.data<float>(), counters, route ? 1 : 0,
+        bias.defined() ? bias.data<float>() : nullptr, params,
+        route ? ids.data<int32_t>() : nullptr, route ? weights.data<float>() : nullptr);
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("moe_router");
+}
+
+}  // namespace marlin::cuda
