@@ -1,0 +1,213 @@
+// GPU-only: MoE routing on CUDA against the CPU op (Transformers' fixtures, ties included, and
+// random logits), dispatch_moe_decode and dispatch_moe_optimized (and MoE::forward) in bf16/f16
+// against the float64 reference of the whole MoE, experts at 2, 4 and 8 bits, with and without
+// shared experts, sizes that are not multiples of any tile. Outputs poisoned.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+
+#include "marlin/moe.h"
+#include "marlin/npy.h"
+#include "moe_reference.h"
+
+namespace marlin {
+namespace {
+
+using testing::RandomMoeSpec;
+
+class MoeCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  }
+  const Device gpu = Device::cuda(0);
+};
+
+void expect_same_route(const ops::MoeRoute& got, const ops::MoeRoute& want, const std::string& what) {
+  const Tensor gi = got.ids.to(Device::cpu()), wi = want.ids.to(Device::cpu());
+  const std::vector<float> gw = got.weights.to_float_vector(), ww = want.weights.to_float_vector();
+  ASSERT_EQ(gi.shape(), wi.shape()) << what;
+  int bad = 0;
+  for (int64_t i = 0; i < gi.numel(); ++i) {
+    const bool same = gi.data<int32_t>()[i] == wi.data<int32_t>()[i] &&
+                      std::fabs(gw[i] - ww[i]) <= 1e-5f * std::fabs(ww[i]) + 1e-12f;
+    if (!same && ++bad <= 3)
+      ADD_FAILURE() << what << " slot " << i << ": cuda " << gi.data<int32_t>()[i] << ":" << gw[i]
+                    << ", cpu " << wi.data<int32_t>()[i] << ":" << ww[i];
+  }
+  EXPECT_EQ(bad, 0) << what;
+}
+
+TEST_F(MoeCuda, RouteMatchesCpuOnTransformersFixtures) {
+  const std::string root = std::string(MARLIN_TEST_FIXTURES) + "/moe_routing";
+  std::ifstream f(root + "/cases.json");
+  const nlohmann::json all = nlohmann::json::parse(f).at("cases");
+  testing::PoisonScope poison;
+  for (const auto& [name, c] : all.items()) {
+    // The routing of each case, spelled out (the CPU test checks moe_routing(config) maps to it).
+    MoeRouting r;
+    r.num_experts = c.value("n_routed_experts", c.value("num_experts", c.value("num_local_experts", 0)));
+    r.top_k = c.at("num_experts_per_tok").get<int64_t>();
+    const std::string type = c.at("model_type");
+    r.norm_topk_prob = type == "mixtral" || c.value("norm_topk_prob", false);
+    if (type == "deepseek_v3" || type == "glm4_moe_lite") {
+      r.scoring = RouterScoring::sigmoid;
+      r.method = TopkMethod::noaux_tc;
+      r.norm_epsilon = 1e-20f;
+    } else if (c.value("topk_method", "") == "group_limited_greedy") {
+      r.method = TopkMethod::group_limited_greedy;
+      r.norm_topk_prob = false;
+    }
+    if (type == "deepseek_v2") r.norm_topk_prob = false;
+    r.n_group = c.value("n_group", 1);
+    r.topk_group = c.value("topk_group", 1);
+    r.routed_scaling_factor = c.value("routed_scaling_factor", 1.0);
+    const Tensor logits = load_npy(root + "/" + name + "/logits.npy");
+    const std::string bias_path = root + "/" + name + "/bias.npy";
+    const Tensor bias = std::filesystem::exists(bias_path) ? load_npy(bias_path) : Tensor();
+    const ops::MoeRoute cpu = ops::moe_route(logits, r, bias);
+    const ops::MoeRoute gpu_route =
+        ops::moe_route(logits.to(gpu), r, bias.defined() ? bias.to(gpu) : Tensor());
+    expect_same_route(gpu_route, cpu, name);
+  }
+}
+
+TEST_F(MoeCuda, RouteMatchesCpuOnRandomAndTiedLogits) {
+  testing::PoisonScope poison;
+  std::mt19937 rng(3);
+  const MoeRouting routings[] = {testing::softmax_routing(64, 4, true),
+                                 testing::softmax_routing(128, 8, false),
+                                 testing::softmax_routing(256, 2, true),
+                                 testing::sigmoid_group_routing(256, 8, 8, 4),
+                                 testing::sigmoid_group_routing(64, 4, 1, 1),
+                                 testing::softmax_routing(512, 8, true)};
+  int seed = 0;
+  for (const MoeRouting& r : routings) {
+    for (int tied = 0; tied < 2; ++tied) {
+      const int64_t T = 37, E = r.num_experts;
+      Tensor logits = testing::random_tensor({T, E}, DType::f32, ++seed, 2.0f);
+      if (tied) {  // a handful of values: equal scores at the top-k boundary everywhere
+        float* p = logits.data<float>();
+        for (int64_t i = 0; i < logits.numel(); ++i) p[i] = static_cast<float>(rng() % 3) * 0.5f;
+      }
+      const Tensor bias = r.scoring == RouterScoring::sigmoid
+                              ? testing::random_tensor({E}, DType::f32, ++seed, 0.1f)
+                              : Tensor();
+      expect_same_route(ops::moe_route(logits.to(gpu), r, bias.defined() ? bias.to(gpu) : Tensor()),
+                        ops::moe_route(logits, r, bias),
+                        "E=" + std::to_string(E) + (tied ? " tied" : " random"));
+    }
+  }
+}
+
+struct DispatchCase {
+  const char* name;
+  RandomMoeSpec spec;
+};
+
+std::vector<DispatchCase> dispatch_cases() {
+  std::vector<DispatchCase> cases;
+  RandomMoeSpec a;  // small, mixed bits, no shared experts, softmax (Qwen3-MoE / Mixtral)
+  a.hidden = 96;
+  a.intermediate = 64;
+  a.routing = testing::softmax_routing(8, 2, true);
+  a.routing.logits_in_activation_dtype = true;
+  a.expert_bits = {8, 4, 2, 4, 8, 2, 4, 2};
+  cases.push_back({"softmax_mixed_bits", a});
+  RandomMoeSpec b;  // GLM-like: sigmoid + bias, shared expert, group 64, H not a tile multiple
+  b.hidden = 320;
+  b.intermediate = 192;
+  b.shared_intermediate = 192;
+  b.group_size = 64;
+  b.routing = testing::sigmoid_group_routing(32, 4, 1, 1);
+  b.expert_bits = std::vector<int>(32, 4);
+  for (int e = 0; e < 32; e += 4) b.expert_bits[static_cast<size_t>(e)] = 2;
+  b.expert_bits[1] = 8;
+  b.with_bias = true;
+  b.seed = 2;
+  cases.push_back({"glm_like_shared", b});
+  RandomMoeSpec c;  // DeepSeek-V3-like groups, shared experts wider than the routed ones
+  c.hidden = 256;
+  c.intermediate = 96;
+  c.shared_intermediate = 224;
+  c.shared_bits = 8;
+  c.routing = testing::sigmoid_group_routing(64, 6, 8, 3);
+  c.expert_bits = std::vector<int>(64, 4);
+  for (int e = 0; e < 64; e += 5) c.expert_bits[static_cast<size_t>(e)] = 2;
+  c.with_bias = true;
+  c.seed = 3;
+  cases.push_back({"deepseek_like_groups", c});
+  return cases;
+}
+
+// bf16 / f16 runs: every GEMM input rounded to the activation dtype, as Transformers does.
+constexpr double kTolerance = 2e-2;
+
+TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
+  for (DType dt : {DType::bf16, DType::f16}) {
+    for (const DispatchCase& dc : dispatch_cases()) {
+      SCOPED_TRACE(std::string(dc.name) + " " + std::string(dtype_name(dt)));
+      const MoE moe = testing::random_moe(dc.spec, {gpu, dt});
+      ASSERT_NE(moe.device_plan(), nullptr);
+      testing::PoisonScope poison;
+      for (int64_t T : {1, 2, 9, 70}) {
+        const Tensor x = testing::random_tensor({T, dc.spec.hidden}, dt, 100 + T);
+        const std::vector<double> ref = testing::reference_moe(moe, x);
+        const Tensor xg = x.to(gpu);
+        if (T == 1) {
+          const Tensor y = dispatch_moe_decode(default_library(), xg, moe);
+          EXPECT_LT(testing::relative_error(testing::to_double(y), ref), kTolerance) << "decode";
+        }
+        const Tensor yo = dispatch_moe_optimized(default_library(), xg, moe);
+        EXPECT_LT(testing::relative_error(testing::to_double(yo), ref), kTolerance)
+            << "optimized T=" << T;
+        const Tensor yf = moe.forward(xg.view({1, T, dc.spec.hidden}));
+        EXPECT_EQ(yf.shape(), (Shape{1, T, dc.spec.hidden}));
+        EXPECT_LT(testing::relative_error(testing::to_double(yf), ref), kTolerance)
+            << "forward T=" << T;
+      }
+    }
+  }
+}
+
+// The decode path must agree with itself call after call (split-K counters reset, no state
+// left behind) and with the CPU layer built from the same weights.
+TEST_F(MoeCuda, DecodeRepeatsAndMatchesCpuLayer) {
+  RandomMoeSpec s = dispatch_cases()[1].spec;
+  const MoE gpu_moe = testing::random_moe(s, {gpu, DType::bf16});
+  const MoE cpu_moe = testing::random_moe(s, {Device::cpu(), DType::f32});
+  const Tensor x = testing::random_tensor({1, s.hidden}, DType::bf16, 5);
+  const Tensor first = dispatch_moe_decode(default_library(), x.to(gpu), gpu_moe);
+  for (int i = 0; i < 5; ++i) {
+    const Tensor again = dispatch_moe_decode(default_library(), x.to(gpu), gpu_moe);
+    EXPECT_EQ(testing::to_double(again), testing::to_double(first));
+  }
+  const Tensor cpu_y = cpu_moe.forward(x.to(DType::f32));
+  EXPECT_LT(testing::relative_error(testing::to_double(first), testing::to_double(cpu_y)), kTolerance);
+}
+
+TEST_F(MoeCuda, ErrorsNameTheProblem) {
+  RandomMoeSpec s = dispatch_cases()[0].spec;
+  const MoE moe = testing::random_moe(s, {gpu, DType::bf16});
+  const Tensor x2 = testing::random_tensor({2, s.hidden}, DType::bf16, 1).to(gpu);
+  EXPECT_NE(testing::error_message([&] { dispatch_moe_decode(default_library(), x2, moe); })
+                .find("[dispatch_moe_decode] takes one token"),
+            std::string::npos);
+  EXPECT_NE(testing::error_message([&] {
+              dispatch_moe_optimized(default_library(), x2.to(DType::f16), moe);
+            }).find("but the layer computes in bf16"),
+            std::string::npos);
+  s.expert_bits[0] = 16;  // an unquantized expert: no fused plan, the per-expert loop instead
+  const MoE loop = testing::random_moe(s, {gpu, DType::bf16});
+  EXPECT_EQ(loop.device_plan(), nullptr);
+  const Tensor x = testing::random_tensor({3, s.hidden}, DType::bf16, 2);
+  EXPECT_LT(testing::relative_error(testing::to_double(loop.forward(x.to(gpu))),
+                                    testing::reference_moe(loop, x)),
+            kTolerance);
+}
+
+}  // namespace
+}  // namespace marlin
