@@ -1,0 +1,273 @@
+// CUDA multi-head latent attention. The keys are split into chunks along the sequence; one
+// block per (chunk, group of kG query heads, query token) scores the chunk's keys with an online
+// softmax, and a second pass merges the chunks' partial states (flash-decoding). In the
+// absorbed form every head reads the same latent row, so a block loads each row once for its kG
+// heads. The chunk count depends only on S, never on seq_lens, so a captured CUDA graph stays
+// valid as the sequences grow.
+#include <algorithm>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/mla_kernels_cuda.h"
+#include "marlin/stream.h"
+
+namespace marlin::cuda {
+namespace {
+
+using kernels::MlaAttentionArgs;
+using kernels::MlaOperand;
+
+constexpr int kWarps = 4;
+constexpr int kHeads = 4;      // query heads per block
+constexpr int kRopeLane = 2;   // Dr <= 64
+constexpr int kMinKeysPerSplit = 256;
+constexpr int kMaxSplits = 64;
+int g_forced_splits = 0;
+
+template <typename T>
+__device__ __forceinline__ const T* row_ptr(const MlaOperand& o, int b, int r, int h) {
+  return static_cast<const T*>(o.data) + b * o.batch_stride + static_cast<int64_t>(r) * o.row_stride +
+         h * o.head_stride;
+}
+
+// dst[i] = p[lane + 32 i] for the dims below D, 0 past them.
+template <typename T, int L>
+__device__ __forceinline__ void load_lanes(const T* p, int D, int lane, float (&dst)[L], float mul = 1.0f) {
+#pragma unroll
+  for (int i = 0; i < L; ++i) {
+    const int d = lane + 32 * i;
+    dst[i] = d < D ? to_float(p[d]) * mul : 0.0f;
+  }
+}
+
+// NL / VL: k_nope and v dims per lane (Dn <= 32 NL, Dv <= 32 VL). kShared: k_nope, k_rope and
+// v have one head for all (the latent cache), loaded once per key for the block's heads.
+template <typename T, int NL, int VL, bool kShared>
+__global__ void __launch_bounds__(kWarps * 32)
+mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
+                 int chunk, int splits) {
+  const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
+  const int ng = min(kHeads, a.H - h0);
+  const int b = blockIdx.z / a.T, t = blockIdx.z % a.T;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  // Lengths outside [T, S] (the CPU path rejects them) are clamped so no access leaves the keys.
+  const int len = min(max(a.seq_lens[b], a.T), a.S);
+  const int pos = len - a.T + t;
+  const int lo = split * chunk, hi = min(pos, lo + chunk - 1);
+
+  float qn[kHeads][NL], qr[kHeads][kRopeLane], acc[kHeads][VL], m[kHeads], l[kHeads];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    const int h = min(h0 + g, a.H - 1);
+    load_lanes<T, NL>(row_ptr<T>(a.q_nope, b, t, h), a.Dn, lane, qn[g], a.scale);
+    load_lanes<T, kRopeLane>(row_ptr<T>(a.q_rope, b, t, h), a.Dr, lane, qr[g], a.scale);
+    m[g] = -INFINITY;
+    l[g] = 0.0f;
+#pragma unroll
+    for (int i = 0; i < VL; ++i) acc[g][i] = 0.0f;
+  }
+
+  for (int j = lo + warp; j <= hi; j += kWarps) {
+    float kn[NL], kr[kRopeLane], vv[VL];
+    if constexpr (kShared) {
+      load_lanes<T, NL>(row_ptr<T>(a.k_nope, b, j, 0), a.Dn, lane, kn);
+      load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, 0), a.Dr, lane, kr);
+      load_lanes<T, VL>(row_ptr<T>(a.v, b, j, 0), a.Dv, lane, vv);
+    }
+#pragma unroll
+    for (int g = 0; g < kHeads; ++g) {
+      if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
+      if constexpr (!kShared) {
+        load_lanes<T, NL>(row_ptr<T>(a.k_nope, b, j, h0 + g), a.Dn, lane, kn);
+        load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, h0 + g), a.Dr, lane, kr);
+        load_lanes<T, VL>(row_ptr<T>(a.v, b, j, h0 + g), a.Dv, lane, vv);
+      }
+      float s = 0.0f;
+#pragma unroll
+      for (int i = 0; i < NL; ++i) s += qn[g][i] * kn[i];
+#pragma unroll
+      for (int i = 0; i < kRopeLane; ++i) s += qr[g][i] * kr[i];
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+      if (s > m[g]) {  // warp-uniform: s is the same in every lane
+        const float c = __expf(m[g] - s);
+        l[g] *= c;
+#pragma unroll
+        for (int i = 0; i < VL; ++i) acc[g][i] *= c;
+        m[g] = s;
+      }
+      const float p = __expf(s - m[g]);
+      l[g] += p;
+#pragma unroll
+      for (int i = 0; i < VL; ++i) acc[g][i] += p * vv[i];
+    }
+  }
+
+  // Merge the warps' states in shared memory.
+  __shared__ float s_acc[kWarps][kHeads][VL * 32];
+  __shared__ float s_m[kWarps][kHeads], s_l[kWarps][kHeads];
+#pragma unroll
+  for (int g = 0; g < kHeads; ++g) {
+    if (lane == 0) {
+      s_m[warp][g] = m[g];
+      s_l[warp][g] = l[g];
+    }
+#pragma unroll
+    for (int i = 0; i < VL; ++i) s_acc[warp][g][lane + 32 * i] = acc[g][i];
+  }
+  __syncthreads();
+  const int64_t row0 = (static_cast<int64_t>(b) * a.T + t) * a.H + h0;
+  for (int idx = threadIdx.x; idx < ng * a.Dv; idx += blockDim.x) {
+    const int g = idx / a.Dv, d = idx % a.Dv;
+    float M = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][g]);
+    float L = 0.0f, O = 0.0f;
+    if (M != -INFINITY) {
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float c = __expf(s_m[w][g] - M);
+        L += s_l[w][g] * c;
+        O += s_acc[w][g][d] * c;
+      }
+    }
+    if (splits == 1) {
+      static_cast<T*>(a.out)[(row0 + g) * a.Dv + d] = from_float<T>(O / L);
+    } else {
+      const int64_t part = (row0 + g) * splits + split;
+      part_o[part * a.Dv + d] = O;
+      if (d == 0) part_ml[part] = make_float2(M, L);
+    }
+  }
+}
+
+// out[row] = the merge of the row's split states (splits with no visible key have M = -inf).
+template <typename T>
+__global__ void mla_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
+                                 T* __restrict__ out, int splits, int Dv) {
+  const int64_t row = blockIdx.x;
+  const float2* ml = part_ml + row * splits;
+  float M = -INFINITY;
+  for (int s = 0; s < splits; ++s) M = fmaxf(M, ml[s].x);
+  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
+    float L = 0.0f, O = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+      if (ml[s].x == -INFINITY) continue;
+      const float c = __expf(ml[s].x - M);
+      L += ml[s].y * c;
+      O += part_o[(row * splits + s) * Dv + d] * c;
+    }
+    out[row * Dv + d] = from_float<T>(O / L);
+  }
+}
+
+template <typename T, int NL, int VL, bool kShared>
+void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+  const int head_chunks = (a.H + kHeads - 1) / kHeads;
+  const int base_blocks = head_chunks * a.B * a.T;
+  int splits = g_forced_splits;
+  if (splits <= 0) {
+    // Enough blocks for two waves, each split still long enough to pay for itself.
+    const int want = (2 * multiprocessor_count(device) + base_blocks - 1) / base_blocks;
+    splits = std::clamp(std::min(want, (a.S + kMinKeysPerSplit - 1) / kMinKeysPerSplit), 1, kMaxSplits);
+  }
+  splits = std::min(splits, a.S);
+  const int chunk = (a.S + splits - 1) / splits;
+  splits = (a.S + chunk - 1) / chunk;  // no empty trailing split
+  const int64_t rows = static_cast<int64_t>(a.B) * a.T * a.H;
+  Tensor part_o, part_ml;
+  if (splits > 1) {
+    part_o = Tensor::empty({rows * splits * a.Dv}, DType::f32, Device::cuda(device));
+    part_ml = Tensor::empty({rows * splits * 2}, DType::f32, Device::cuda(device));
+  }
+  const dim3 grid(splits, head_chunks, a.B * a.T);
+  mla_split_kernel<T, NL, VL, kShared><<<grid, kWarps * 32, 0, stream>>>(
+      a, splits > 1 ? part_o.data<float>() : nullptr,
+      splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, chunk, splits);
+  MARLIN_CUDA_CHECK_LAUNCH("mla_attention");
+  if (splits > 1) {
+    mla_merge_kernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
+        part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
+        static_cast<T*>(a.out), splits, a.Dv);
+    MARLIN_CUDA_CHECK_LAUNCH("mla_attention (merge)");
+  }
+}
+
+template <typename T, bool kShared>
+void dispatch_dims(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+  // The smallest (k_nope, v) lanes that hold both dims: the shapes of GLM-4.7-Flash (expanded
+  // 192/256, latent 512), DeepSeek (128/128, latent 512) and small test models.
+  const int dims = std::max(a.Dn, a.Dv);
+  if (dims <= 64) return launch_attention<T, 2, 2, kShared>(a, device, stream);
+  if (dims <= 128) return launch_attention<T, 4, 4, kShared>(a, device, stream);
+  if (a.Dn <= 192 && a.Dv <= 256) return launch_attention<T, 6, 8, kShared>(a, device, stream);
+  if (dims <= 256) return launch_attention<T, 8, 8, kShared>(a, device, stream);
+  return launch_attention<T, 16, 16, kShared>(a, device, stream);
+}
+
+template <typename T, int MB>
+__global__ void head_matmul_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
+                                   const T* __restrict__ w, T* __restrict__ out, int M, int H,
+                                   int K, int N) {
+  extern __shared__ float xs[];  // [MB][K]
+  const int h = blockIdx.y, m0 = blockIdx.z * MB;
+  const int mb = min(MB, M - m0);
+  for (int i = threadIdx.x; i < MB * K; i += blockDim.x) {
+    const int r = i / K, k = i % K;
+    xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
+  }
+  __syncthreads();
+  const int n = (blockIdx.x * blockDim.x + threadIdx.x) * 2;
+  if (n >= N) return;
+  const bool pair = n + 1 < N;
+  float acc[MB][2] = {};
+  const T* wh = w + static_cast<int64_t>(h) * K * N + n;
+  for (int k = 0; k < K; ++k) {
+    const float w0 = to_float(wh[static_cast<int64_t>(k) * N]);
+    const float w1 = pair ? to_float(wh[static_cast<int64_t>(k) * N + 1]) : 0.0f;
+#pragma unroll
+    for (int r = 0; r < MB; ++r) {
+      acc[r][0] += xs[r * K + k] * w0;
+      acc[r][1] += xs[r * K + k] * w1;
+    }
+  }
+  for (int r = 0; r < mb; ++r) {
+    T* o = out + (static_cast<int64_t>(m0 + r) * H + h) * N + n;
+    o[0] = from_float<T>(acc[r][0]);
+    if (pair) o[1] = from_float<T>(acc[r][1]);
+  }
+}
+
+}  // namespace
+
+void set_mla_attention_splits(int splits) { g_forced_splits = splits; }
+
+void mla_attention(const MlaAttentionArgs& args, DType dtype, int device) {
+  auto stream = static_cast<cudaStream_t>(current_stream(device).handle);
+  const bool shared = args.k_nope.head_stride == 0 && args.k_rope.head_stride == 0 &&
+                      args.v.head_stride == 0;
+  MARLIN_DISPATCH_FLOAT16(dtype, T, "mla_attention", {
+    if (shared) dispatch_dims<T, true>(args, device, stream);
+    else dispatch_dims<T, false>(args, device, stream);
+  });
+}
+
+void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
+  constexpr int kRows = 4, kThreads = 64;
+  const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
+  const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
+  auto stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
+  const dim3 grid((N + 2 * kThreads - 1) / (2 * kThreads), H, (M + kRows - 1) / kRows);
+  const size_t smem = sizeof(float) * kRows * K;
+  MARLIN_CHECK(smem <= 48 * 1024, "mla_head_matmul", "K=", K, " is too large (at most ",
+               48 * 1024 / (sizeof(float) * kRows), ")");
+  MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
+    head_matmul_kernel<T, kRows><<<grid, kThreads, smem, stream>>>(
+        static_cast<const T*>(x.data_ptr()), x.strides()[0], x.strides()[1],
+        static_cast<const T*>(w.data_ptr()), static_cast<T*>(out.data_ptr()), M, H, K, N);
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("mla_head_matmul");
+}
+
+}  // namespace marlin::cuda

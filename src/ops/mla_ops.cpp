@@ -1,0 +1,140 @@
+// ops::mla_attention / mla_head_matmul: the shape, dtype and device checks shared by the
+// backends, then dispatch.
+#include <cmath>
+#include <string>
+
+#include "kernels/cpu/mla_kernels.h"
+#include "marlin/mla_ops.h"
+#ifdef MARLIN_WITH_CUDA
+#include "kernels/cuda/mla_kernels_cuda.h"
+#endif
+
+namespace marlin::ops {
+namespace {
+
+std::string describe(const Tensor& t) { return t.defined() ? t.describe() : "an undefined tensor"; }
+
+void check_operand(const char* op, const char* name, const Tensor& t, const Tensor& q) {
+  MARLIN_CHECK(t.defined() && t.dim() == 4, op, name, " must be 4-D, got ", describe(t));
+  MARLIN_CHECK(t.dtype() == q.dtype(), op, name, " must have q_nope's dtype ",
+               dtype_name(q.dtype()), ", got ", t.describe());
+  MARLIN_CHECK(t.device() == q.device(), op, name, " on ", t.device().str(), " but q_nope on ",
+               q.device().str());
+  MARLIN_CHECK(t.size(3) <= 1 || t.strides()[3] == 1, op, name,
+               " must have a contiguous last dim, got ", t.describe());
+}
+
+void check_heads(const char* op, const char* name, const Tensor& t, int64_t H) {
+  MARLIN_CHECK(t.size(2) == 1 || t.size(2) == H, op, name, " must have 1 or H=", H,
+               " heads, got ", t.describe());
+}
+
+}  // namespace
+
+Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale) {
+  constexpr const char* op = "mla_attention";
+  MARLIN_CHECK(q_nope.defined() && q_nope.dim() == 4, op, "q_nope must be [B, T, H, Dn], got ",
+               describe(q_nope));
+  const DType dt = q_nope.dtype();
+  MARLIN_CHECK(dt == DType::f32 || dt == DType::f16 || dt == DType::bf16, op,
+               "tensors must be f32, f16 or bf16, got ", q_nope.describe());
+  check_operand(op, "q_nope [B, T, H, Dn]", q_nope, q_nope);
+  check_operand(op, "q_rope [B, T, H, Dr]", q_rope, q_nope);
+  check_operand(op, "k_nope [B, S, Hn, Dn]", k_nope, q_nope);
+  check_operand(op, "k_rope [B, S, Hr, Dr]", k_rope, q_nope);
+  check_operand(op, "v [B, S, Hv, Dv]", v, q_nope);
+  const int64_t B = q_nope.size(0), T = q_nope.size(1), H = q_nope.size(2);
+  const int64_t Dn = q_nope.size(3), Dr = q_rope.size(3), Dv = v.size(3), S = k_nope.size(1);
+  MARLIN_CHECK(q_rope.size(0) == B && q_rope.size(1) == T && q_rope.size(2) == H, op,
+               "q_rope must be [B, T, H, Dr] with q_nope's B, T, H, got q_nope ",
+               q_nope.describe(), " and q_rope ", q_rope.describe());
+  MARLIN_CHECK(k_nope.size(0) == B && k_nope.size(3) == Dn, op,
+               "k_nope must be [B, S, Hn, Dn] with q_nope's B and Dn, got ", k_nope.describe(),
+               " for q_nope ", q_nope.describe());
+  MARLIN_CHECK(k_rope.size(0) == B && k_rope.size(1) == S && k_rope.size(3) == Dr, op,
+               "k_rope must be [B, S, Hr, Dr] with k_nope's B, S and q_rope's Dr, got ",
+               k_rope.describe());
+  MARLIN_CHECK(v.size(0) == B && v.size(1) == S, op, "v must be [B, S, Hv, Dv] with k_nope's B, S, got ",
+               v.describe(), " and k_nope ", k_nope.describe());
+  check_heads(op, "k_nope", k_nope, H);
+  check_heads(op, "k_rope", k_rope, H);
+  check_heads(op, "v", v, H);
+  MARLIN_CHECK(Dn >= 1 && Dr >= 1 && Dv >= 1, op, "head dims must be >= 1, got Dn=", Dn,
+               " Dr=", Dr, " Dv=", Dv);
+  MARLIN_CHECK(T <= S, op, "T=", T, " queries do not fit S=", S, " keys");
+  MARLIN_CHECK(std::isfinite(scale), op, "scale must be finite, got ", scale);
+  MARLIN_CHECK(seq_lens.defined() && seq_lens.dim() == 1 && seq_lens.size(0) == B &&
+                   seq_lens.dtype() == DType::i32 && seq_lens.is_contiguous(),
+               op, "seq_lens must be contiguous i32 [B] = [", B, "], got ", describe(seq_lens));
+  MARLIN_CHECK(seq_lens.device() == q_nope.device(), op, "seq_lens on ",
+               seq_lens.device().str(), " but q_nope on ", q_nope.device().str());
+
+  Tensor out = Tensor::empty({B, T, H, Dv}, dt, q_nope.device());
+  if (out.numel() == 0) return out;
+  kernels::MlaAttentionArgs args;
+  args.q_nope = kernels::mla_operand(q_nope);
+  args.q_rope = kernels::mla_operand(q_rope);
+  args.k_nope = kernels::mla_operand(k_nope);
+  args.k_rope = kernels::mla_operand(k_rope);
+  args.v = kernels::mla_operand(v);
+  args.seq_lens = seq_lens.data<int32_t>();
+  args.out = out.data_ptr();
+  args.B = static_cast<int>(B);
+  args.T = static_cast<int>(T);
+  args.H = static_cast<int>(H);
+  args.S = static_cast<int>(S);
+  args.Dn = static_cast<int>(Dn);
+  args.Dr = static_cast<int>(Dr);
+  args.Dv = static_cast<int>(Dv);
+  args.scale = scale;
+  if (q_nope.device().is_cpu()) {
+    // The lengths are only readable here; the CUDA kernel clamps instead of failing.
+    for (int64_t b = 0; b < B; ++b)
+      MARLIN_CHECK(args.seq_lens[b] >= T && args.seq_lens[b] <= S, op, "seq_lens[", b, "]=",
+                   args.seq_lens[b], " must be in [T, S] = [", T, ", ", S, "]");
+    cpu::mla_attention(args, dt);
+    return out;
+  }
+#ifdef MARLIN_WITH_CUDA
+  MARLIN_CHECK(dt != DType::f32, op, "f32 runs on the CPU only; use f16 or bf16 on ",
+               q_nope.device().str());
+  MARLIN_CHECK(Dn <= 512 && Dv <= 512 && Dr <= 64, op, "the CUDA kernel takes Dn, Dv <= 512 and ",
+               "Dr <= 64, got Dn=", Dn, " Dv=", Dv, " Dr=", Dr);
+  cuda::mla_attention(args, dt, q_nope.device().index);
+  return out;
+#else
+  fail(op, "tensors are on ", q_nope.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+Tensor mla_head_matmul(const Tensor& x, const Tensor& w) {
+  constexpr const char* op = "mla_head_matmul";
+  MARLIN_CHECK(x.defined() && x.dim() == 3, op, "x must be [M, H, K], got ", describe(x));
+  MARLIN_CHECK(w.defined() && w.dim() == 3 && w.is_contiguous(), op,
+               "w must be contiguous [H, K, N], got ", describe(w));
+  MARLIN_CHECK(x.dtype() == DType::f32 || x.dtype() == DType::f16 || x.dtype() == DType::bf16, op,
+               "x must be f32, f16 or bf16, got ", x.describe());
+  MARLIN_CHECK(w.dtype() == x.dtype() && w.device() == x.device(), op,
+               "w must have x's dtype and device, got x ", x.describe(), " and w ", w.describe());
+  MARLIN_CHECK(w.size(0) == x.size(1) && w.size(1) == x.size(2), op, "w must be [H, K] = [",
+               x.size(1), ", ", x.size(2), ", N] for x ", x.describe(), ", got ", w.describe());
+  MARLIN_CHECK(x.size(2) <= 1 || x.strides()[2] == 1, op, "x must have a contiguous last dim, got ",
+               x.describe());
+  Tensor out = Tensor::empty({x.size(0), x.size(1), w.size(2)}, x.dtype(), x.device());
+  if (out.numel() == 0) return out;
+  if (x.device().is_cpu()) {
+    cpu::mla_head_matmul(x, w, out);
+    return out;
+  }
+#ifdef MARLIN_WITH_CUDA
+  MARLIN_CHECK(x.dtype() != DType::f32, op, "f32 runs on the CPU only; use f16 or bf16 on ",
+               x.device().str());
+  cuda::mla_head_matmul(x, w, out);
+  return out;
+#else
+  fail(op, "tensors are on ", x.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+}  // namespace marlin::ops
