@@ -10,6 +10,7 @@ void register_bench(CLI::App& app) {
   register_bench_gemm(*bench);
   register_bench_vision(*bench);
   register_bench_tokenize(*bench);
+  register_bench_generate(*bench);
 }
 
 }  // namespace marlin::cli
