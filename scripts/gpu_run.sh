@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for the GPU present with every core, run all tests (the
 # GPU-only `cuda` label included), run the benchmarks, and end with a short summary.
-# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick]
+# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick|bench|generate|profile]
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out}
@@ -22,6 +22,16 @@ test_rc=$?
 grep -E "tests passed|Failed|FAILED|\*\*\*" "$out/tests.log" | head -40
 if [ "${1:-}" = "" ] || [ "${1:-}" = "bench" ]; then
   ./build-gpu/marlin bench gemm --m 1,4,16,32,64,256,1024,4096 --iters 50 2>&1 | tee "$out/bench_gemm.txt"
+fi
+if [ "${1:-}" = "" ] || [ "${1:-}" = "generate" ]; then
+  # End-to-end decode and prefill with synthetic weights of the real shapes (issue 8's table).
+  for run in "llama-3.1-8b 16 1" "llama-3.1-8b 8 1" "llama-3.1-8b 4 1" "llama-3.1-8b 2 1" \
+             "qwen3-8b 4 1" "llama-3.1-8b 4 8"; do
+    read -r cfg bits batch <<<"$run"
+    echo "== $cfg bits $bits batch $batch" | tee -a "$out/bench_generate.txt"
+    ./build-gpu/marlin bench generate --config "bench/configs/$cfg.json" --synthetic --bits "$bits" \
+        --batch "$batch" --prompt-len 512 --gen-len 128 --warmup 1 --runs 1 2>&1 | tee -a "$out/bench_generate.txt"
+  done
 fi
 echo "tests exit code: $test_rc"
 if [ "${1:-}" = "profile" ] && command -v ncu >/dev/null 2>&1; then
