@@ -32,6 +32,8 @@ struct GenerationConfig {
 // Called with each generated token id as soon as it is chosen. For a batch, once per step for
 // every row still generating, in row order.
 using Streamer = std::function<void(int64_t token_id)>;
+// The same with the row (index of the prompt) the token belongs to.
+using RowStreamer = std::function<void(int64_t row, int64_t token_id)>;
 
 // Filled by generate when asked: where the time went.
 struct GenerationStats {
@@ -41,25 +43,36 @@ struct GenerationStats {
   double decode_ms = 0;          // the steps after it
 };
 
-// input_ids: [T] or [B, T] (i32 or i64, any device), T >= 1; the rows of a batch are prompts of
-// one length, run together through one cache. Returns i32 on the CPU, [T + n] or [B, T + n]: the
-// prompt followed by the generated tokens (an eos included); a row that stops before the others
-// is filled up with pad_token_id. kv_cache: reset and reused when given (it must hold B rows and
-// T + max_new_tokens positions); else one of exactly that size is made. A prompt plus
+// input_ids: [T] or [B, T] (i32 or i64, any device), T >= 1, B prompts of T tokens run together
+// through one cache. Returns i32 on the CPU, [T + n] or [B, T + n]: the prompt followed by the
+// generated tokens (an eos included); a row that stops before the others is filled up with
+// pad_token_id. kv_cache: reset and reused when given (it must hold B rows and T +
+// max_new_tokens positions); else one of exactly that size is made. A prompt plus
 // max_new_tokens beyond the model's max_position_embeddings or the cache is an error before any
 // work, as are invalid sampling parameters.
 Tensor generate(const CausalLM& model, const Tensor& input_ids, const GenerationConfig& config = {},
                 KVCache* kv_cache = nullptr, const Streamer& streamer = nullptr,
                 GenerationStats* stats = nullptr);
 
-// Prompts of any lengths. The KV cache keeps one position for all rows and attention has no
-// padding mask, so rows of unequal length cannot share a forward pass: prompts all of one length
-// run as one batch, otherwise one after another. Returns each row's generated tokens only (no
-// prompt, no padding). The streamer sees the tokens of row 0 first, then row 1, ...
+// A padded batch, as Transformers' tokenizers make it: attention_mask (input_ids' shape, any
+// integer, bool or float dtype, any device) is 1 on each row's prompt tokens and 0 on its
+// padding, which may sit on either side (left or right) but not inside the prompt. Each row
+// generates as if it ran alone. Returns [B, T + n]: each row of input_ids as given (padding
+// included) followed by its generated tokens, then pad_token_id. The cache needs the longest
+// prompt + max_new_tokens positions.
+Tensor generate(const CausalLM& model, const Tensor& input_ids, const Tensor& attention_mask,
+                const GenerationConfig& config, KVCache* kv_cache = nullptr,
+                const Streamer& streamer = nullptr, GenerationStats* stats = nullptr);
+
+// Prompts of any lengths, run as one batch: each row is right-padded to the longest, the cache
+// keeps every row's own length, and attention sees only each row's own tokens, so every row's
+// tokens (and logits) are those of running it alone; each stops at its own eos. Returns each
+// row's generated tokens only (no prompt, no padding). The streamer is called once per step for
+// every row still generating, in row order.
 std::vector<std::vector<int64_t>> generate(const CausalLM& model,
                                            const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerationConfig& config = {},
-                                           const Streamer& streamer = nullptr,
+                                           const RowStreamer& streamer = nullptr,
                                            GenerationStats* stats = nullptr);
 
 }  // namespace marlin

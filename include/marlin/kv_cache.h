@@ -1,8 +1,11 @@
 // KVCache (the original MetalKVCache): keys and values of every layer, preallocated for
-// max_seq_len positions and a batch, on one device. update() writes new keys and values at the
-// current position; advance() moves the position once every layer has been updated.
+// max_seq_len positions and a batch, on one device. Each row (sequence) has its own length, kept
+// in an i32 [B] tensor on the cache's device (with a host mirror for checks and errors): update()
+// writes new keys and values at each row's own position, advance() moves the rows once every
+// layer has been updated. Rows of different lengths share every forward pass.
 #pragma once
 
+#include <cstdint>
 #include <utility>
 #include <vector>
 
@@ -16,42 +19,95 @@ struct KVCacheConfig {
   int64_t head_dim = 0;
   int64_t max_seq_len = 0;
   DType dtype = DType::f16;
+  // Keys only, no values: multi-head latent attention caches one row per token (num_kv_heads
+  // 1, head_dim = kv_lora_rank + qk_rope_head_dim) that serves as key and value. update()
+  // then takes an undefined v_new, and values() is an error.
+  bool keys_only = false;
 };
 
+// A forward step through the cache (what LlamaModel::forward does, and what a CUDA graph of the
+// decode step captures):
+//   begin_step(T)           step_lengths() = lengths() + T         (one kernel)
+//   update(layer, k, v)     each layer writes at lengths()[b] + t  (one kernel per k and v)
+//   attention over step_lengths()                                  (reads the device lengths)
+//   end_step()              lengths() += T                         (one kernel)
+// Every per-step value lives in buffers made at construction (lengths(), step_lengths(),
+// step_new_tokens()), so their addresses never change and no host value reaches the kernels.
+// The host mirror moves with the calls; after replaying a captured step (the kernels ran, the
+// host code did not) refresh_host_lengths() reads the device lengths back.
 class KVCache {
  public:
   explicit KVCache(const KVCacheConfig& config, int64_t batch_size = 1,
                    Device device = Device::cpu());
 
   // Writes k_new and v_new [B, Hkv, T, D] (any strides: a [B, T, Hkv, D] projection output
-  // seen through transpose(1, 2) needs no copy) at positions [seq_len(), seq_len() + T) of the
-  // layer and returns views [B, Hkv, seq_len() + T, D] of its keys and values so far. Writing
-  // past max_seq_len is an error naming the sizes.
+  // seen through transpose(1, 2) needs no copy): token t of row b at position lengths()[b] + t,
+  // read on the device. In a step begun with per-row new_tokens only each row's first
+  // new_tokens[b] tokens are written (its right padding never is); otherwise all T (and a step
+  // of T tokens is begun if none is). Returns views [B, Hkv, L, D] of the layer's keys and
+  // values so far, L = the longest row once the step is written (a shorter row's entries past
+  // its own length are stale). Writing past max_seq_len in any row is an error naming the row.
   std::pair<Tensor, Tensor> update(int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
-  // Moves the position by num_tokens (>= 0) after every layer has written them.
+  // Moves every row by num_tokens (>= 0) after every layer has written them; ends the step in
+  // flight, if any. A device kernel: no copy from the host.
   void advance(int64_t num_tokens = 1);
-  // Back to position 0; the buffers are kept (their old contents are never read again).
+  // Moves row b by num_tokens[b] (one entry per row, each >= 0).
+  void advance(const std::vector<int64_t>& num_tokens);
+  // Every row back to position 0; the buffers are kept (their old contents are never read again).
   void reset();
 
-  int64_t seq_len() const { return seq_len_; }
+  // The longest row (all rows, when they advance together), and one row's length.
+  int64_t seq_len() const { return longest_; }
+  int64_t seq_len(int64_t row) const;
+  // The host mirror of lengths(), one entry per row.
+  const std::vector<int64_t>& row_lengths() const { return host_lengths_; }
   int64_t batch_size() const { return batch_size_; }
   const KVCacheConfig& config() const { return config_; }
   Device device() const { return device_; }
   // The whole buffers [B, Hkv, max_seq_len, D] of a layer, for ops::attention_decode/extend.
   const Tensor& keys(int64_t layer_idx) const;
   const Tensor& values(int64_t layer_idx) const;
-  // i32 [B] on the cache's device, every entry = seq_len() + extra: the lengths attention
-  // sees while the tokens being written (extra of them) are not yet advanced over.
+  // i32 [B] on the cache's device, entry b = seq_len(b) + extra (a new tensor, from the host
+  // mirror): the lengths attention sees while `extra` tokens are written but not advanced over.
   Tensor seq_lens(int64_t extra = 0) const;
+
+  // ---- Steps, with every per-step value on the device ------------------------------------
+  // i32 [B]: tokens stored per row. With one new token per row these are also its positions.
+  const Tensor& lengths() const { return lengths_; }
+  // Declares the next T (>= 1) tokens of every row. An error naming the row if one would pass
+  // max_seq_len; a step already in flight is replaced.
+  void begin_step(int64_t num_tokens);
+  // T tokens per row of which row b's first new_tokens[b] (0..T) are real and the rest right
+  // padding: a batch of prompts of different lengths. Copies the counts to the device.
+  void begin_step(int64_t num_tokens, const std::vector<int64_t>& new_tokens);
+  // T of the step in flight, 0 when none.
+  int64_t step_tokens() const { return step_tokens_; }
+  // i32 [B]: each row's length once the step in flight is written (attention's seq_lens).
+  const Tensor& step_lengths() const { return step_lengths_; }
+  // i32 [B]: the step's real tokens per row, for attention_extend's new_tokens; undefined (an
+  // empty Tensor) when every row has all T.
+  const Tensor& step_new_tokens() const;
+  // The longest row once the step in flight is written.
+  int64_t step_seq_len() const { return step_longest_; }
+  // Each row advances by its new tokens of the step in flight (a device kernel).
+  void end_step();
+  // Reads lengths() back into the host mirror (one device-to-host copy and a sync).
+  void refresh_host_lengths();
 
  private:
   void check_layer(const char* op, int64_t layer_idx) const;
+  void check_room(const char* op, const std::vector<int64_t>& added) const;
+  void set_host_lengths(std::vector<int64_t> lengths);
 
   KVCacheConfig config_;
   int64_t batch_size_;
   Device device_;
-  int64_t seq_len_ = 0;
   std::vector<Tensor> keys_, values_;
+  Tensor lengths_, step_lengths_, new_tokens_;  // i32 [B] on device_, made once
+  std::vector<int64_t> host_lengths_, host_new_tokens_;
+  int64_t longest_ = 0, step_longest_ = 0;
+  int64_t step_tokens_ = 0;
+  bool step_padded_ = false;
 };
 
 }  // namespace marlin

@@ -100,9 +100,11 @@ class Attention {
             RMSNorm q_norm = {}, RMSNorm k_norm = {});
 
   // x [B, T, hidden] for B sequences of T new tokens each at positions [B * T] (i32, on the
-  // layer's device). Without a cache, T tokens attend causally to each other; with one, the
-  // new keys and values are written at cache->seq_len() and attended over with the history
-  // (the caller advances the cache once every layer has run). Returns [B, T, hidden].
+  // layer's device). Without a cache, T tokens attend causally to each other; with one, row
+  // b's new keys and values are written at its own length (cache->lengths(), on the device)
+  // and attended over with its history, right padding of a step begun with per-row new
+  // tokens excluded (the caller begins the step and ends it once every layer has run).
+  // Returns [B, T, hidden].
   Tensor forward(const Tensor& x, const Tensor& positions, KVCache* cache = nullptr) const;
 
   const AttentionConfig& config() const { return config_; }

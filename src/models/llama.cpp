@@ -4,6 +4,7 @@
 #include <string>
 #include <utility>
 
+#include "marlin/attention.h"
 #include "marlin/ops_nn.h"
 #include "models/quantized_checkpoint.h"
 
@@ -75,29 +76,40 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
   const Tensor ids2 = ids.dim() == 1 ? ids.contiguous().view({1, ids.size(0)}) : ids;
   const int64_t B = ids2.size(0), T = ids2.size(1);
   MARLIN_CHECK(B >= 1 && T >= 1, op, "ids must hold at least one token, got ", ids.describe());
-  int64_t past = 0;
+  // The longest row once these tokens are in, and their positions: with a cache, computed on
+  // the device from its lengths (with one token per row they are the lengths themselves), so
+  // a decode step copies nothing from the host but the ids the caller passes.
+  int64_t end = T;
+  Tensor positions;
   if (cache != nullptr) {
     MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
                  " sequences but ids has ", B);
     MARLIN_CHECK(cache->config().num_layers == config_.num_hidden_layers &&
                      cache->config().dtype == placement_.dtype && cache->device() == placement_.device,
                  op, "the cache was not made for this model (use make_cache)");
-    past = cache->seq_len();
-    MARLIN_CHECK(past + T <= cache->config().max_seq_len, op, "positions up to ", past + T,
-                 " exceed the cache's max_seq_len=", cache->config().max_seq_len);
+    // A step begun by the caller (per-row new tokens of a padded batch) is kept.
+    MARLIN_CHECK(cache->step_tokens() == 0 || cache->step_tokens() == T, op,
+                 "the cache's step in flight holds ", cache->step_tokens(),
+                 " tokens per row but ids has T=", T);
+    end = cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
   }
-  MARLIN_CHECK(config_.max_position_embeddings <= 0 || past + T <= config_.max_position_embeddings,
-               op, "positions up to ", past + T, " exceed the model's context of ",
+  MARLIN_CHECK(config_.max_position_embeddings <= 0 || end <= config_.max_position_embeddings,
+               op, "positions up to ", end, " exceed the model's context of ",
                config_.max_position_embeddings, " tokens (max_position_embeddings in ",
                config_.source, ")");
-  std::vector<int32_t> pos(static_cast<size_t>(B * T));
-  for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(past + i % T);
-  const Tensor positions = Tensor::from_vector(pos, {B * T}, DType::i32).to(placement_.device);
+  if (cache != nullptr) {
+    if (cache->step_tokens() == 0) cache->begin_step(T);
+    positions = T == 1 ? cache->lengths() : ops::sequence_positions(cache->lengths(), T);
+  } else {
+    std::vector<int32_t> pos(static_cast<size_t>(B * T));
+    for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i % T);
+    positions = Tensor::from_vector(pos, {B * T}, DType::i32).to(placement_.device);
+  }
 
   Tensor h = embed_tokens_.forward(ids2);
   for (const TransformerBlock& layer : layers_) h = layer.forward(h, positions, cache);
   Tensor logits = lm_head_.forward(norm_.forward(h)).to(DType::f32);
-  if (cache != nullptr) cache->advance(T);
+  if (cache != nullptr) cache->end_step();
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }
 

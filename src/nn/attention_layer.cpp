@@ -60,16 +60,20 @@ Tensor Attention::forward(const Tensor& x, const Tensor& positions, KVCache* cac
   Tensor out;
   const int64_t window = config_.sliding_window;
   if (cache != nullptr) {
-    const int64_t past = cache->seq_len();
+    // Each row writes at its own length and attends up to it, both read on the device
+    // (step_lengths() is a buffer of the cache): a decode step launches the same kernels
+    // whatever the lengths are. Right padding (step_new_tokens()) is neither written nor read.
     cache->update(config_.layer_idx, k.view({B, T, Hkv, D}).transpose(1, 2),
                   v.view({B, T, Hkv, D}).transpose(1, 2));
     const Tensor& keys = cache->keys(config_.layer_idx);
     const Tensor& values = cache->values(config_.layer_idx);
-    const Tensor seq_lens = cache->seq_lens(T);
-    if (past > 0 && T == 1) {
+    const Tensor& seq_lens = cache->step_lengths();
+    const Tensor& new_tokens = cache->step_new_tokens();
+    if (T == 1 && !new_tokens.defined()) {
       out = ops::attention_decode(q.view({B, Hq, D}), keys, values, seq_lens, scale_, window);
-    } else if (past > 0 || B > 1) {
-      out = ops::attention_extend(q.view({B, T, Hq, D}), keys, values, seq_lens, scale_, window);
+    } else if (cache->seq_len() > 0 || B > 1) {
+      out = ops::attention_extend(q.view({B, T, Hq, D}), keys, values, seq_lens, scale_, window,
+                                  new_tokens);
     }
   }
   if (!out.defined()) {

@@ -35,6 +35,28 @@ void check_heads(const char* op, int64_t Hq, int64_t Hkv, int64_t D, float scale
   MARLIN_CHECK(sliding_window >= 0, op, "sliding_window must be >= 0, got ", sliding_window);
 }
 
+// An i32 [B] lengths tensor on `device`.
+void check_lengths(const char* op, const char* name, const Tensor& t, int64_t B, Device device) {
+  MARLIN_CHECK(t.defined() && t.dim() == 1 && t.size(0) == B && t.dtype() == DType::i32 &&
+                   t.is_contiguous(),
+               op, name, " must be i32 [B] = [", B, "], got ",
+               t.defined() ? t.describe() : "an undefined tensor");
+  MARLIN_CHECK(t.device() == device, op, name, " on ", t.device().str(), " but expected on ",
+               device.str());
+}
+
+void check_cache_write(const char* op, const Tensor& cache, const Tensor& new_values) {
+  check_float(op, "cache [B, H, S_max, D]", cache, 4);
+  MARLIN_CHECK(new_values.defined() && new_values.dim() == 4, op,
+               "new values must be [B, H, T, D], got ",
+               new_values.defined() ? new_values.describe() : "an undefined tensor");
+  check_same(op, cache, new_values, "new values");
+  MARLIN_CHECK(new_values.size(0) == cache.size(0) && new_values.size(1) == cache.size(1) &&
+                   new_values.size(3) == cache.size(3),
+               op, "new values ", new_values.describe(), " do not match cache ", cache.describe(),
+               " in B, H or D");
+}
+
 }  // namespace
 
 Tensor attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
@@ -66,7 +88,8 @@ Tensor attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, floa
 }
 
 Tensor attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                        const Tensor& seq_lens, float scale, int64_t sliding_window) {
+                        const Tensor& seq_lens, float scale, int64_t sliding_window,
+                        const Tensor& new_tokens) {
   constexpr const char* op = "attention_extend";
   check_float(op, "q [B, T, Hq, D]", q, 4);
   check_float(op, "k_cache [B, Hkv, S_max, D]", k_cache, 4);
@@ -81,26 +104,27 @@ Tensor attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_
   MARLIN_CHECK(q.size(1) <= k_cache.size(2), op, "T=", q.size(1),
                " new tokens do not fit a cache of S_max=", k_cache.size(2));
   check_heads(op, q.size(2), k_cache.size(1), q.size(3), scale, sliding_window);
-  MARLIN_CHECK(seq_lens.defined() && seq_lens.dim() == 1 && seq_lens.size(0) == q.size(0) &&
-                   seq_lens.dtype() == DType::i32 && seq_lens.is_contiguous(),
-               op, "seq_lens must be i32 [B] = [", q.size(0), "], got ",
-               seq_lens.defined() ? seq_lens.describe() : "an undefined tensor");
-  MARLIN_CHECK(seq_lens.device() == q.device(), op, "seq_lens on ", seq_lens.device().str(),
-               " but q on ", q.device().str());
+  check_lengths(op, "seq_lens", seq_lens, q.size(0), q.device());
+  if (new_tokens.defined()) check_lengths(op, "new_tokens", new_tokens, q.size(0), q.device());
   Tensor out = Tensor::empty(q.shape(), q.dtype(), q.device());
   if (q.numel() == 0) return out;
   if (q.device().is_cpu()) {
     // The lengths are only readable here; the CUDA kernel clamps instead of failing.
     const int32_t* lens = seq_lens.data<int32_t>();
-    for (int64_t b = 0; b < q.size(0); ++b)
-      MARLIN_CHECK(lens[b] >= q.size(1) && lens[b] <= k_cache.size(2), op, "seq_lens[", b,
-                   "]=", lens[b], " must be in [T, S_max] = [", q.size(1), ", ",
-                   k_cache.size(2), "]");
-    cpu::attention_extend(q, k_cache, v_cache, seq_lens, scale, sliding_window, out);
+    const int32_t* fresh = new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr;
+    for (int64_t b = 0; b < q.size(0); ++b) {
+      const int64_t n = fresh ? fresh[b] : q.size(1);
+      MARLIN_CHECK(n >= 0 && n <= q.size(1), op, "new_tokens[", b, "]=", n,
+                   " must be in [0, T=", q.size(1), "]");
+      MARLIN_CHECK(lens[b] >= n && lens[b] <= k_cache.size(2), op, "seq_lens[", b, "]=",
+                   lens[b], " must be in [", fresh ? "new_tokens[b]" : "T", ", S_max] = [", n,
+                   ", ", k_cache.size(2), "]");
+    }
+    cpu::attention_extend(q, k_cache, v_cache, seq_lens, new_tokens, scale, sliding_window, out);
     return out;
   }
 #ifdef MARLIN_WITH_CUDA
-  cuda::attention_extend(q, k_cache, v_cache, seq_lens, scale, sliding_window, out);
+  cuda::attention_extend(q, k_cache, v_cache, seq_lens, new_tokens, scale, sliding_window, out);
   return out;
 #else
   fail(op, "tensors are on ", q.device().str(), " but this build has no CUDA backend");
@@ -119,15 +143,7 @@ Tensor attention_decode(const Tensor& q, const Tensor& k_cache, const Tensor& v_
 
 void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t start) {
   constexpr const char* op = "attention_cache_write";
-  check_float(op, "cache [B, H, S_max, D]", cache, 4);
-  MARLIN_CHECK(new_values.defined() && new_values.dim() == 4, op,
-               "new values must be [B, H, T, D], got ",
-               new_values.defined() ? new_values.describe() : "an undefined tensor");
-  check_same(op, cache, new_values, "new values");
-  MARLIN_CHECK(new_values.size(0) == cache.size(0) && new_values.size(1) == cache.size(1) &&
-                   new_values.size(3) == cache.size(3),
-               op, "new values ", new_values.describe(), " do not match cache ", cache.describe(),
-               " in B, H or D");
+  check_cache_write(op, cache, new_values);
   MARLIN_CHECK(start >= 0 && start + new_values.size(2) <= cache.size(2), op, "positions [",
                start, ", ", start + new_values.size(2), ") exceed the cache's S_max=",
                cache.size(2));
@@ -140,6 +156,73 @@ void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t star
   cuda::attention_cache_write(cache, new_values, start);
 #else
   fail(op, "tensors are on ", cache.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor& starts,
+                           const Tensor& counts) {
+  constexpr const char* op = "attention_cache_write";
+  check_cache_write(op, cache, new_values);
+  const int64_t B = cache.size(0), T = new_values.size(2), S = cache.size(2);
+  check_lengths(op, "starts", starts, B, cache.device());
+  if (counts.defined()) check_lengths(op, "counts", counts, B, cache.device());
+  if (new_values.numel() == 0) return;
+  if (cache.device().is_cpu()) {
+    const int32_t* st = starts.data<int32_t>();
+    const int32_t* n = counts.defined() ? counts.data<int32_t>() : nullptr;
+    for (int64_t b = 0; b < B; ++b) {
+      const int64_t count = n ? n[b] : T;
+      MARLIN_CHECK(count >= 0 && count <= T, op, "counts[", b, "]=", count, " must be in [0, T=",
+                   T, "]");
+      MARLIN_CHECK(st[b] >= 0 && st[b] + count <= S, op, "row ", b, ": positions [", st[b], ", ",
+                   st[b] + count, ") exceed the cache's S_max=", S);
+    }
+    cpu::attention_cache_write(cache, new_values, st, n);
+    return;
+  }
+#ifdef MARLIN_WITH_CUDA
+  cuda::attention_cache_write(cache, new_values, starts, counts);
+#else
+  fail(op, "tensors are on ", cache.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+void add_lengths(const Tensor& lengths, int64_t n, const Tensor& counts, const Tensor& out) {
+  constexpr const char* op = "add_lengths";
+  MARLIN_CHECK(out.defined(), op, "out must be defined");
+  const int64_t B = out.numel();
+  check_lengths(op, "out", out, B, out.device());
+  check_lengths(op, "lengths", lengths, B, out.device());
+  if (counts.defined()) check_lengths(op, "counts", counts, B, out.device());
+  MARLIN_CHECK(n >= INT32_MIN && n <= INT32_MAX, op, "n=", n, " does not fit i32");
+  if (out.device().is_cpu()) {
+    cpu::add_lengths(lengths.data<int32_t>(), n, counts.defined() ? counts.data<int32_t>() : nullptr,
+                     out.data<int32_t>(), B);
+    return;
+  }
+#ifdef MARLIN_WITH_CUDA
+  cuda::add_lengths(lengths, n, counts, out);
+#else
+  fail(op, "tensors are on ", out.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+Tensor sequence_positions(const Tensor& lengths, int64_t T) {
+  constexpr const char* op = "sequence_positions";
+  MARLIN_CHECK(lengths.defined(), op, "lengths must be defined");
+  check_lengths(op, "lengths", lengths, lengths.numel(), lengths.device());
+  MARLIN_CHECK(T >= 1, op, "T must be >= 1, got ", T);
+  Tensor out = Tensor::empty({lengths.numel() * T}, DType::i32, lengths.device());
+  if (out.numel() == 0) return out;
+  if (out.device().is_cpu()) {
+    cpu::sequence_positions(lengths.data<int32_t>(), lengths.numel(), T, out.data<int32_t>());
+    return out;
+  }
+#ifdef MARLIN_WITH_CUDA
+  cuda::sequence_positions(lengths, T, out);
+  return out;
+#else
+  fail(op, "tensors are on ", out.device().str(), " but this build has no CUDA backend");
 #endif
 }
 

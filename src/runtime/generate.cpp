@@ -42,17 +42,17 @@ void check_length(const CausalLM& model, int64_t prompt_len, int64_t max_new_tok
                ")");
 }
 
-// Token ids of the last position of each row of logits [B, T, V].
+// Token ids chosen from logits [B, T, V] at position last[b] of each row still generating.
 std::vector<int64_t> choose(Sampler& sampler, const Tensor& logits, const GenerationConfig& c,
+                            const std::vector<int64_t>& last,
                             const std::vector<std::vector<int64_t>>& history,
                             const std::vector<bool>& done) {
   const bool greedy = !c.do_sample || c.temperature == 0.0f;
-  const int64_t last = logits.size(1) - 1;
   std::vector<int64_t> ids(history.size(), c.pad_token_id);
   static const std::vector<int64_t> kNoHistory;
   for (size_t b = 0; b < history.size(); ++b) {
     if (done[b]) continue;
-    const Tensor row = logits.select(0, static_cast<int64_t>(b)).select(0, last);
+    const Tensor row = logits.select(0, static_cast<int64_t>(b)).select(0, last[b]);
     // The penalty looks at the prompt and every generated token, as Transformers' does.
     const bool penalize = c.repetition_penalty != 1.0f;
     ids[b] = sampler.sample(row, greedy ? 0.0f : c.temperature, greedy ? 1.0f : c.top_p,
@@ -68,14 +68,20 @@ Tensor ids_tensor(const std::vector<int64_t>& values, int64_t rows) {
                              DType::i32);
 }
 
-// prompts: B rows of one length. Returns each row's generated tokens (an eos included).
+// prompts: B rows of any lengths (>= 1), run as one batch. Returns each row's generated tokens
+// (an eos included).
 std::vector<std::vector<int64_t>> run_batch(const CausalLM& model,
                                             const std::vector<std::vector<int64_t>>& prompts,
                                             const GenerationConfig& c, KVCache* kv_cache,
-                                            const Streamer& streamer, GenerationStats* stats) {
+                                            const RowStreamer& streamer, GenerationStats* stats) {
   check_config(c);
   const auto B = static_cast<int64_t>(prompts.size());
-  const auto T = static_cast<int64_t>(prompts.front().size());
+  std::vector<int64_t> lengths(B);
+  for (int64_t b = 0; b < B; ++b) {
+    lengths[b] = static_cast<int64_t>(prompts[b].size());
+    MARLIN_CHECK(lengths[b] >= 1, "generate", "prompt ", b, " holds no token");
+  }
+  const int64_t T = *std::max_element(lengths.begin(), lengths.end());
   check_length(model, T, c.max_new_tokens);
   const int64_t needed = T + c.max_new_tokens;
   std::optional<KVCache> own_cache;
@@ -102,20 +108,28 @@ std::vector<std::vector<int64_t>> run_batch(const CausalLM& model,
     return false;
   };
 
+  // Shorter prompts are right-padded with their own last token (a valid id: pad_token_id need
+  // not be in the vocabulary); the cache never stores the padding and no row attends to it.
   std::vector<int64_t> flat;
-  for (const auto& p : prompts) flat.insert(flat.end(), p.begin(), p.end());
+  for (const auto& p : prompts) {
+    flat.insert(flat.end(), p.begin(), p.end());
+    flat.insert(flat.end(), static_cast<size_t>(T) - p.size(), p.back());
+  }
   Tensor input = ids_tensor(flat, B);
+  kv_cache->begin_step(T, lengths);
+  std::vector<int64_t> last(B);
+  for (int64_t b = 0; b < B; ++b) last[b] = lengths[b] - 1;
   auto start = Clock::now();
   for (int64_t step = 0; step < c.max_new_tokens; ++step) {
     const Tensor logits = model.forward(input, kv_cache);
-    const std::vector<int64_t> next = choose(sampler, logits.view({B, input.size(1), -1}), c,
-                                             history, done);
+    const std::vector<int64_t> next =
+        choose(sampler, logits.view({B, input.size(1), -1}), c, last, history, done);
     bool all_done = true;
     for (int64_t b = 0; b < B; ++b) {
       if (done[b]) continue;
       generated[b].push_back(next[b]);
       history[b].push_back(next[b]);
-      if (streamer) streamer(next[b]);
+      if (streamer) streamer(b, next[b]);
       done[b] = is_eos(next[b]);
       all_done = all_done && done[b];
     }
@@ -124,12 +138,12 @@ std::vector<std::vector<int64_t>> run_batch(const CausalLM& model,
       start = Clock::now();
     }
     if (all_done) break;
-    // Finished rows still take part in the step, since the cache advances every row together;
-    // they are fed their last token (pad_token_id need not be in the vocabulary) and their
-    // result is dropped.
+    // Finished rows still take part in the step (one launch shape for the whole decode); they
+    // are fed their last token and their result is dropped.
     std::vector<int64_t> feed(B);
     for (int64_t b = 0; b < B; ++b) feed[b] = generated[b].back();
     input = ids_tensor(feed, B);
+    std::fill(last.begin(), last.end(), 0);
   }
   if (stats) {
     stats->prompt_tokens = T;
@@ -153,46 +167,75 @@ std::vector<std::vector<int64_t>> rows_of(const Tensor& input_ids) {
   return rows;
 }
 
+// The rows as given, each followed by its generated tokens, filled up with pad_token_id.
+Tensor output_tensor(const std::vector<std::vector<int64_t>>& rows,
+                     const std::vector<std::vector<int64_t>>& generated, int64_t pad, bool one_d) {
+  const auto B = static_cast<int64_t>(rows.size());
+  const auto T = static_cast<int64_t>(rows.front().size());
+  size_t n = 0;
+  for (const auto& g : generated) n = std::max(n, g.size());
+  const int64_t width = T + static_cast<int64_t>(n);
+  std::vector<int32_t> out(B * width, static_cast<int32_t>(pad));
+  for (int64_t b = 0; b < B; ++b) {
+    std::copy(rows[b].begin(), rows[b].end(), out.begin() + b * width);
+    std::copy(generated[b].begin(), generated[b].end(), out.begin() + b * width + T);
+  }
+  if (one_d) return Tensor::from_vector(out, {width}, DType::i32);
+  return Tensor::from_vector(out, {B, width}, DType::i32);
+}
+
+RowStreamer by_row(const Streamer& streamer) {
+  if (!streamer) return nullptr;
+  return [&streamer](int64_t, int64_t id) { streamer(id); };
+}
+
 }  // namespace
 
 Tensor generate(const CausalLM& model, const Tensor& input_ids, const GenerationConfig& config,
                 KVCache* kv_cache, const Streamer& streamer, GenerationStats* stats) {
-  const std::vector<std::vector<int64_t>> prompts = rows_of(input_ids);
-  const auto generated = run_batch(model, prompts, config, kv_cache, streamer, stats);
-  const auto B = static_cast<int64_t>(prompts.size());
-  const auto T = static_cast<int64_t>(prompts.front().size());
-  size_t n = 0;
-  for (const auto& g : generated) n = std::max(n, g.size());
-  const int64_t width = T + static_cast<int64_t>(n);
-  std::vector<int32_t> out(B * width, static_cast<int32_t>(config.pad_token_id));
-  for (int64_t b = 0; b < B; ++b) {
-    std::copy(prompts[b].begin(), prompts[b].end(), out.begin() + b * width);
-    std::copy(generated[b].begin(), generated[b].end(), out.begin() + b * width + T);
+  const std::vector<std::vector<int64_t>> rows = rows_of(input_ids);
+  const auto generated = run_batch(model, rows, config, kv_cache, by_row(streamer), stats);
+  return output_tensor(rows, generated, config.pad_token_id, input_ids.dim() == 1);
+}
+
+Tensor generate(const CausalLM& model, const Tensor& input_ids, const Tensor& attention_mask,
+                const GenerationConfig& config, KVCache* kv_cache, const Streamer& streamer,
+                GenerationStats* stats) {
+  constexpr const char* op = "generate";
+  const std::vector<std::vector<int64_t>> rows = rows_of(input_ids);
+  MARLIN_CHECK(attention_mask.defined() && attention_mask.shape() == input_ids.shape(), op,
+               "attention_mask must have input_ids' shape ", shape_str(input_ids.shape()),
+               ", got ", attention_mask.defined() ? attention_mask.describe() : "an undefined tensor");
+  const std::vector<float> mask = attention_mask.to_float_vector();
+  const auto T = static_cast<int64_t>(rows.front().size());
+  std::vector<std::vector<int64_t>> prompts;
+  for (size_t b = 0; b < rows.size(); ++b) {
+    const float* m = mask.data() + b * T;
+    int64_t first = T, last = -1;
+    for (int64_t t = 0; t < T; ++t) {
+      MARLIN_CHECK(m[t] == 0.0f || m[t] == 1.0f, op, "attention_mask[", b, ", ", t, "]=", m[t],
+                   " must be 0 or 1");
+      if (m[t] == 1.0f) {
+        first = std::min(first, t);
+        last = t;
+      }
+    }
+    MARLIN_CHECK(last >= 0, op, "row ", b, " of attention_mask has no token");
+    for (int64_t t = first; t <= last; ++t)
+      MARLIN_CHECK(m[t] == 1.0f, op, "row ", b, " of attention_mask has padding at ", t,
+                   " inside the prompt [", first, ", ", last, "]: pad on the left or the right");
+    prompts.emplace_back(rows[b].begin() + first, rows[b].begin() + last + 1);
   }
-  if (input_ids.dim() == 1) return Tensor::from_vector(out, {width}, DType::i32);
-  return Tensor::from_vector(out, {B, width}, DType::i32);
+  const auto generated = run_batch(model, prompts, config, kv_cache, by_row(streamer), stats);
+  return output_tensor(rows, generated, config.pad_token_id, input_ids.dim() == 1);
 }
 
 std::vector<std::vector<int64_t>> generate(const CausalLM& model,
                                            const std::vector<std::vector<int64_t>>& prompts,
                                            const GenerationConfig& config,
-                                           const Streamer& streamer, GenerationStats* stats) {
+                                           const RowStreamer& streamer, GenerationStats* stats) {
   MARLIN_CHECK(!prompts.empty(), "generate", "no prompts given");
-  bool same_length = true;
-  for (const auto& p : prompts) same_length = same_length && p.size() == prompts.front().size();
-  if (same_length) return run_batch(model, prompts, config, nullptr, streamer, stats);
-  std::vector<std::vector<int64_t>> out;
-  GenerationStats total;
-  for (const auto& p : prompts) {
-    GenerationStats one;
-    out.push_back(run_batch(model, {p}, config, nullptr, streamer, &one).front());
-    total.prompt_tokens = std::max(total.prompt_tokens, one.prompt_tokens);
-    total.generated_tokens += one.generated_tokens;
-    total.prefill_ms += one.prefill_ms;
-    total.decode_ms += one.decode_ms;
-  }
-  if (stats) *stats = total;
-  return out;
+  return run_batch(model, prompts, config, nullptr, streamer, stats);
 }
 
 }  // namespace marlin

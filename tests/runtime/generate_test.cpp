@@ -1,8 +1,10 @@
 // generate on the tiny Transformers fixtures (CPU, f32): greedy reproduces Transformers' greedy
-// continuation, seeds repeat, eos stops, the streamer sees every token, batches equal single
-// runs, and bad lengths or parameters are errors. Also the `marlin generate` CLI end to end.
+// continuation, seeds repeat, eos stops, the streamer sees every token, batches (of one length or
+// of different lengths, padded with a mask or not) equal single runs, and bad lengths, masks or
+// parameters are errors. Also the `marlin generate` CLI end to end.
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdio>
@@ -149,15 +151,86 @@ TEST(Generate, BatchOfEqualLengthsPadsFinishedRows) {
   EXPECT_EQ(streamed.size(), a.size() + b.size());
 }
 
-TEST(Generate, PromptsOfDifferentLengthsMatchSingleRuns) {
+// Prompts of lengths 3, 12 and 7 in one batch: each row generates its single run's greedy
+// tokens and stops at its own eos; the streamer sees each step's tokens in row order; a padded
+// tensor with an attention mask (left or right padding) gives the same rows.
+TEST_P(GenerateFixtureTest, PromptsOfDifferentLengthsMatchSingleRuns) {
+  const Fixture f = load(GetParam());
+  ASSERT_EQ(f.prompt.size(), 12u);
+  const std::vector<int64_t> lengths{3, 12, 7};
+  std::vector<std::vector<int64_t>> prompts;
+  for (const int64_t n : lengths) prompts.emplace_back(f.prompt.end() - n, f.prompt.end());
+  GenerationConfig c = greedy_config(12);
+  auto single = [&](const std::vector<int64_t>& p) {
+    const std::vector<int64_t> all = ints(generate(*f.model, ids_tensor(p), c));
+    return std::vector<int64_t>(all.begin() + static_cast<int64_t>(p.size()), all.end());
+  };
+  // An eos that row 0 reaches by its fifth token: every row must stop at its own first eos.
+  c.eos_token_id = {single(prompts[0])[4]};
+  std::vector<std::vector<int64_t>> expected;
+  for (const auto& p : prompts) expected.push_back(single(p));
+  EXPECT_LE(expected[0].size(), 5u);
+
+  std::vector<std::pair<int64_t, int64_t>> streamed;
+  const auto rows = generate(*f.model, prompts, c,
+                             [&](int64_t row, int64_t id) { streamed.emplace_back(row, id); });
+  EXPECT_EQ(rows, expected);
+  std::vector<std::vector<int64_t>> by_row(3);
+  for (size_t i = 0; i < streamed.size(); ++i) {
+    by_row[streamed[i].first].push_back(streamed[i].second);
+    if (i > 0 && i < 3) EXPECT_EQ(streamed[i].first, streamed[i - 1].first + 1);  // step 0
+  }
+  EXPECT_EQ(by_row, expected);
+
+  for (const bool left : {false, true}) {
+    std::vector<int64_t> ids, mask;
+    for (const auto& p : prompts) {
+      const size_t n = p.size(), pad = 12 - n;
+      std::vector<int64_t> row(pad, 5), row_mask(12, 0);
+      row.insert(left ? row.end() : row.begin(), p.begin(), p.end());
+      std::fill_n(row_mask.begin() + (left ? pad : 0), n, 1);
+      ids.insert(ids.end(), row.begin(), row.end());
+      mask.insert(mask.end(), row_mask.begin(), row_mask.end());
+    }
+    c.pad_token_id = -1;
+    const Tensor out = generate(*f.model, Tensor::from_vector(ids, {3, 12}, DType::i64),
+                                Tensor::from_vector(mask, {3, 12}, DType::i64), c);
+    const std::vector<int64_t> all = ints(out);
+    const int64_t width = out.size(1);
+    for (int64_t b = 0; b < 3; ++b) {
+      EXPECT_EQ(std::vector<int64_t>(all.begin() + b * width, all.begin() + b * width + 12),
+                std::vector<int64_t>(ids.begin() + b * 12, ids.begin() + (b + 1) * 12));
+      std::vector<int64_t> tail(all.begin() + b * width + 12, all.begin() + (b + 1) * width);
+      while (!tail.empty() && tail.back() == -1) tail.pop_back();
+      EXPECT_EQ(tail, expected[b]) << "row " << b << (left ? " left" : " right") << " padded";
+    }
+  }
+}
+
+TEST(Generate, AttentionMaskErrors) {
   const Fixture f = load("llama_gqa");
-  const std::vector<int64_t> shorter(f.prompt.begin(), f.prompt.begin() + 5);
-  const GenerationConfig c = greedy_config(6);
-  const auto rows = generate(*f.model, std::vector<std::vector<int64_t>>{f.prompt, shorter}, c);
-  ASSERT_EQ(rows.size(), 2u);
-  EXPECT_EQ(rows[0], std::vector<int64_t>(f.greedy.begin(), f.greedy.begin() + 6));
-  const std::vector<int64_t> alone = ints(generate(*f.model, ids_tensor(shorter), c));
-  EXPECT_EQ(rows[1], std::vector<int64_t>(alone.begin() + 5, alone.end()));
+  const Tensor ids = Tensor::from_vector(std::vector<int64_t>{1, 2, 3, 4, 5, 6}, {2, 3}, DType::i64);
+  auto mask = [](std::vector<int64_t> m) { return Tensor::from_vector(m, {2, 3}, DType::i64); };
+  const GenerationConfig c = greedy_config(2);
+  const auto message = [](auto fn) {
+    try {
+      fn();
+    } catch (const Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  EXPECT_NE(message([&] { generate(*f.model, ids, mask({1, 0, 1, 1, 1, 1}), c); }).find("inside the prompt"),
+            std::string::npos);
+  EXPECT_NE(message([&] { generate(*f.model, ids, mask({1, 1, 1, 0, 0, 0}), c); }).find("row 1"),
+            std::string::npos);
+  EXPECT_NE(message([&] { generate(*f.model, ids, mask({1, 1, 1, 2, 1, 1}), c); }).find("0 or 1"),
+            std::string::npos);
+  EXPECT_NE(message([&] { generate(*f.model, ids, ids.narrow(1, 0, 2).contiguous(), c); }).find("shape"),
+            std::string::npos);
+  EXPECT_NE(message([&] { generate(*f.model, std::vector<std::vector<int64_t>>{{1, 2}, {}}, c); })
+                .find("prompt 1"),
+            std::string::npos);
 }
 
 TEST(Generate, ReusesAGivenCache) {

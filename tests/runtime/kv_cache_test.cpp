@@ -1,6 +1,9 @@
-// KVCache: writes land at the current position, views cover what was written, overflow is a
-// clear error, and decoding token by token over the cache equals one causal prefill.
+// KVCache: writes land at the current position (each row's own), views cover what was written,
+// overflow is a clear error naming the row, the device lengths follow the host mirror, and
+// decoding token by token over the cache equals one causal prefill.
 #include <gtest/gtest.h>
+
+#include <cstring>
 
 #include "marlin/attention.h"
 #include "marlin/kv_cache.h"
@@ -83,6 +86,96 @@ TEST(KVCache, DecodingTokenByTokenEqualsPrefill) {
   };
   step(0, 5);
   for (int64_t t = 5; t < T; ++t) step(t, 1);
+}
+
+std::vector<float> floats(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }
+
+// Equal bit for bit (the poison of unwritten entries is NaN, which == would never match).
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Rows of different lengths: a padded step writes only each row's real tokens at its own
+// position, then one-token steps and per-row advances move each row on its own.
+TEST(KVCache, RowsKeepTheirOwnLengths) {
+  testing::PoisonScope poison;
+  const int64_t B = 3, H = 2, D = 64, S = 8;
+  KVCache cache({.num_layers = 2, .num_kv_heads = H, .head_dim = D, .max_seq_len = S, .dtype = DType::f32}, B);
+  EXPECT_EQ(cache.lengths().to_float_vector(), (std::vector<float>{0, 0, 0}));
+  // Everything the cache holds, by (layer, b, h, s): what we expect it to read back.
+  std::vector<std::vector<float>> want{cache.keys(0).to_float_vector(), cache.keys(1).to_float_vector()};
+  auto expect_rows = [&](int64_t layer, const Tensor& fresh, int64_t b, int64_t t, int64_t at) {
+    for (int64_t h = 0; h < H; ++h)
+      for (int64_t d = 0; d < D; ++d)
+        want[layer][static_cast<size_t>(((b * H + h) * S + at) * D + d)] =
+            static_cast<float>(fresh.item_as_double({b, h, t, d}));
+  };
+
+  cache.begin_step(4, {4, 2, 0});
+  EXPECT_EQ(cache.step_lengths().to_float_vector(), (std::vector<float>{4, 2, 0}));
+  ASSERT_TRUE(cache.step_new_tokens().defined());
+  for (int64_t layer = 0; layer < 2; ++layer) {
+    Tensor k = random_tensor({B, H, 4, D}, DType::f32, 10 + layer);
+    auto [keys, values] = cache.update(layer, k, k);
+    EXPECT_EQ(keys.size(2), 4);  // the longest row
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t t = 0; t < std::vector<int64_t>{4, 2, 0}[b]; ++t) expect_rows(layer, k, b, t, t);
+  }
+  cache.end_step();
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{4, 2, 0}));
+  EXPECT_EQ(cache.lengths().to_float_vector(), (std::vector<float>{4, 2, 0}));
+  EXPECT_EQ(cache.seq_len(), 4);
+  EXPECT_EQ(cache.seq_len(1), 2);
+  EXPECT_EQ(cache.step_tokens(), 0);
+
+  // The original API: update (a one-token step begins by itself), then advance.
+  Tensor k1 = random_tensor({B, H, 1, D}, DType::f32, 20);
+  cache.update(1, k1, k1);
+  EXPECT_FALSE(cache.step_new_tokens().defined());
+  for (int64_t b = 0; b < B; ++b) expect_rows(1, k1, b, 0, cache.row_lengths()[b]);
+  cache.advance();
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{5, 3, 1}));
+  cache.advance({0, 2, 1});
+  EXPECT_EQ(cache.lengths().to_float_vector(), floats({5, 5, 2}));
+  EXPECT_EQ(cache.seq_lens(1).to_float_vector(), (std::vector<float>{6, 6, 3}));
+  EXPECT_TRUE(same_bits(cache.keys(0).to_float_vector(), want[0]));
+  EXPECT_TRUE(same_bits(cache.keys(1).to_float_vector(), want[1]));
+  EXPECT_TRUE(same_bits(cache.values(1).to_float_vector(), want[1]));
+
+  // A step replayed on the device only (a CUDA graph) is read back into the mirror.
+  ops::add_lengths(cache.lengths(), 1, {}, cache.lengths());
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{5, 5, 2}));
+  cache.refresh_host_lengths();
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{6, 6, 3}));
+  EXPECT_EQ(cache.seq_len(), 6);
+
+  cache.reset();
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{0, 0, 0}));
+  EXPECT_EQ(cache.lengths().to_float_vector(), (std::vector<float>{0, 0, 0}));
+}
+
+TEST(KVCache, PerRowOverflowNamesTheRow) {
+  const auto message = testing::error_message;
+  KVCache cache({.num_layers = 1, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 6}, 3);
+  cache.advance({1, 4, 2});
+  std::string e = message([&] { cache.begin_step(3); });
+  EXPECT_NE(e.find("row 1"), std::string::npos) << e;
+  EXPECT_NE(e.find("max_seq_len=6"), std::string::npos) << e;
+  EXPECT_EQ(cache.step_tokens(), 0);  // nothing begun
+  cache.begin_step(3, {3, 2, 0});     // row 1 writes only 2 of the 3: it fits
+  EXPECT_EQ(cache.step_seq_len(), 6);
+  e = message([&] { cache.update(0, random_tensor({3, 2, 2, 64}, DType::f16, 1), random_tensor({3, 2, 2, 64}, DType::f16, 2)); });
+  EXPECT_NE(e.find("step of 3"), std::string::npos) << e;
+  cache.end_step();
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{4, 6, 2}));
+  e = message([&] { cache.advance({0, 0, 5}); });
+  EXPECT_NE(e.find("row 2"), std::string::npos) << e;
+  EXPECT_NE(message([&] { cache.advance({1, 1}); }).find("3 rows"), std::string::npos);
+  EXPECT_NE(message([&] { cache.begin_step(2, {3, 0, 0}); }).find("row 0"), std::string::npos);
+  EXPECT_NE(message([&] { cache.begin_step(1, {0, 0, -1}); }).find("row 2"), std::string::npos);
+  EXPECT_NE(message([&] { cache.end_step(); }).find("no step"), std::string::npos);
+  EXPECT_NE(message([&] { cache.seq_len(3); }).find("row=3"), std::string::npos);
+  EXPECT_EQ(cache.row_lengths(), (std::vector<int64_t>{4, 6, 2}));  // failed calls change nothing
 }
 
 }  // namespace

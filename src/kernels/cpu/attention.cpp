@@ -1,5 +1,6 @@
 // CPU attention: one query row at a time with an online softmax in f32, threaded over rows. The
 // reference that the CUDA kernels are tested against.
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <vector>
@@ -45,7 +46,8 @@ void attend_row(const T* q, const T* k, const T* v, int64_t key_stride, int64_t 
     l += p;
     for (int64_t d = 0; d < D; ++d) acc[d] += p * to_f(vr[d]);
   }
-  const float inv = 1.0f / l;
+  // No visible key (an empty row of a padded batch): zeros rather than 0/0.
+  const float inv = l > 0.0f ? 1.0f / l : 0.0f;
   for (int64_t d = 0; d < D; ++d) out[d] = from_f<T>(acc[d] * inv);
 }
 
@@ -76,10 +78,11 @@ void prefill_impl(const Tensor& q, const Tensor& k, const Tensor& v, float scale
 
 template <typename T>
 void extend_impl(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& seq_lens,
-                 float scale, int64_t window, Tensor& out) {
+                 const Tensor& new_tokens, float scale, int64_t window, Tensor& out) {
   const int64_t B = q.size(0), T_len = q.size(1), Hq = q.size(2), D = q.size(3);
   const int64_t Hkv = kc.size(1), S = kc.size(2), group = Hq / Hkv;
   const int32_t* lens = seq_lens.data<int32_t>();
+  const int32_t* news = new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr;
   const T* qp = q.data<T>();
   const T* kp = kc.data<T>();
   const T* vp = vc.data<T>();
@@ -88,7 +91,9 @@ void extend_impl(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tens
     std::vector<float> qf(static_cast<size_t>(D)), acc(static_cast<size_t>(D));
     for (int64_t r = b0; r < e; ++r) {
       const int64_t h = r % Hq, t = (r / Hq) % T_len, b = r / (Hq * T_len);
-      const int64_t pos = lens[b] - T_len + t;
+      // Padding queries (t >= the row's new tokens) stop at the row's last valid key.
+      const int64_t fresh = news ? news[b] : T_len;
+      const int64_t pos = std::min<int64_t>(lens[b] - fresh + t, lens[b] - 1);
       const int64_t base = ((b * Hkv + h / group) * S) * D;
       attend_row(qp + r * D, kp + base, vp + base, D, window_start(pos, window), pos, D, scale,
                  op + r * D, qf.data(), acc.data());
@@ -113,13 +118,21 @@ void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float 
 }
 
 void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const Tensor& seq_lens, float scale, int64_t sliding_window, Tensor& out) {
+                      const Tensor& seq_lens, const Tensor& new_tokens, float scale,
+                      int64_t sliding_window, Tensor& out) {
   dispatch_dtype(q.dtype(), [&](auto tag) {
-    extend_impl<decltype(tag)>(q, k_cache, v_cache, seq_lens, scale, sliding_window, out);
+    extend_impl<decltype(tag)>(q, k_cache, v_cache, seq_lens, new_tokens, scale, sliding_window,
+                               out);
   });
 }
 
 void attention_cache_write(Tensor& cache, const Tensor& src, int64_t start) {
+  const std::vector<int32_t> starts(static_cast<size_t>(src.size(0)), static_cast<int32_t>(start));
+  attention_cache_write(cache, src, starts.data(), nullptr);
+}
+
+void attention_cache_write(Tensor& cache, const Tensor& src, const int32_t* starts,
+                           const int32_t* counts) {
   const int64_t B = src.size(0), H = src.size(1), T_len = src.size(2), D = src.size(3);
   const int64_t S = cache.size(2);
   const size_t es = cache.element_size();
@@ -128,8 +141,8 @@ void attention_cache_write(Tensor& cache, const Tensor& src, int64_t start) {
   char* cp = static_cast<char*>(cache.data_ptr());
   for (int64_t b = 0; b < B; ++b)
     for (int64_t h = 0; h < H; ++h)
-      for (int64_t t = 0; t < T_len; ++t) {
-        char* dst = cp + static_cast<size_t>(((b * H + h) * S + start + t) * D) * es;
+      for (int64_t t = 0; t < (counts ? counts[b] : T_len); ++t) {
+        char* dst = cp + static_cast<size_t>(((b * H + h) * S + starts[b] + t) * D) * es;
         const int64_t row = b * st[0] + h * st[1] + t * st[2];
         if (st[3] == 1) {
           std::memcpy(dst, sp + static_cast<size_t>(row) * es, static_cast<size_t>(D) * es);
@@ -139,6 +152,17 @@ void attention_cache_write(Tensor& cache, const Tensor& src, int64_t start) {
           std::memcpy(dst + static_cast<size_t>(d) * es,
                       sp + static_cast<size_t>(row + d * st[3]) * es, es);
       }
+}
+
+void add_lengths(const int32_t* lengths, int64_t n, const int32_t* counts, int32_t* out,
+                 int64_t B) {
+  for (int64_t b = 0; b < B; ++b)
+    out[b] = static_cast<int32_t>(lengths[b] + (counts ? counts[b] : n));
+}
+
+void sequence_positions(const int32_t* lengths, int64_t B, int64_t T, int32_t* out) {
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t < T; ++t) out[b * T + t] = static_cast<int32_t>(lengths[b] + t);
 }
 
 }  // namespace marlin::cpu

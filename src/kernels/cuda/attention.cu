@@ -152,18 +152,41 @@ void dispatch_head_dim(const Tensor& q, const Tensor& k, const Tensor& v, float 
 }
 
 // cache[b, h, start + t, d] = src[b, h, t, d] for a source of any strides; raw element copies.
+// With starts (device i32 [B]) each row starts at its own position, and with counts only its
+// first counts[b] tokens are written (right padding is not). Positions past S are dropped.
 template <typename E>
 __global__ void cache_write_kernel(E* __restrict__ cache, const E* __restrict__ src, int64_t n,
-                                   int H, int T_len, int D, int S, int start, int64_t s0,
-                                   int64_t s1, int64_t s2, int64_t s3) {
+                                   int H, int T_len, int D, int S, int start,
+                                   const int* __restrict__ starts, const int* __restrict__ counts,
+                                   int64_t s0, int64_t s1, int64_t s2, int64_t s3) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int d = static_cast<int>(i % D);
     const int t = static_cast<int>((i / D) % T_len);
     const int64_t bh = i / (static_cast<int64_t>(D) * T_len);
     const int64_t b = bh / H, h = bh % H;
-    cache[(bh * S + start + t) * D + d] = src[b * s0 + h * s1 + t * s2 + d * s3];
+    if (counts != nullptr && t >= counts[b]) continue;
+    const int pos = (starts != nullptr ? starts[b] : start) + t;
+    if (pos < 0 || pos >= S) continue;
+    cache[(bh * S + pos) * D + d] = src[b * s0 + h * s1 + t * s2 + d * s3];
   }
+}
+
+__global__ void add_lengths_kernel(const int* __restrict__ lengths, int n,
+                                   const int* __restrict__ counts, int* __restrict__ out, int B) {
+  for (int b = blockIdx.x * blockDim.x + threadIdx.x; b < B; b += gridDim.x * blockDim.x)
+    out[b] = lengths[b] + (counts != nullptr ? counts[b] : n);
+}
+
+__global__ void sequence_positions_kernel(const int* __restrict__ lengths, int64_t B, int T,
+                                          int* __restrict__ out) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < B * T;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = lengths[i / T] + static_cast<int>(i % T);
+}
+
+unsigned grid_for(int64_t n) {
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>((n + 255) / 256, 4096)));
 }
 
 }  // namespace
@@ -179,22 +202,53 @@ void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float 
   }
 }
 
-void attention_cache_write(Tensor& cache, const Tensor& src, int64_t start) {
+namespace {
+
+void launch_cache_write(Tensor& cache, const Tensor& src, int start, const int* starts,
+                        const int* counts) {
   auto stream = static_cast<cudaStream_t>(current_stream(cache.device().index).handle);
   const int64_t n = src.numel();
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 4096));
+  const unsigned blocks = grid_for(n);
   const Shape& st = src.strides();
   const int H = static_cast<int>(src.size(1)), T_len = static_cast<int>(src.size(2));
   const int D = static_cast<int>(src.size(3)), S = static_cast<int>(cache.size(2));
   if (cache.element_size() == 4)
     cache_write_kernel<<<blocks, 256, 0, stream>>>(
         static_cast<uint32_t*>(cache.data_ptr()), static_cast<const uint32_t*>(src.data_ptr()), n,
-        H, T_len, D, S, static_cast<int>(start), st[0], st[1], st[2], st[3]);
+        H, T_len, D, S, start, starts, counts, st[0], st[1], st[2], st[3]);
   else
     cache_write_kernel<<<blocks, 256, 0, stream>>>(
         static_cast<uint16_t*>(cache.data_ptr()), static_cast<const uint16_t*>(src.data_ptr()), n,
-        H, T_len, D, S, static_cast<int>(start), st[0], st[1], st[2], st[3]);
+        H, T_len, D, S, start, starts, counts, st[0], st[1], st[2], st[3]);
   MARLIN_CUDA_CHECK_LAUNCH("attention_cache_write");
+}
+
+}  // namespace
+
+void attention_cache_write(Tensor& cache, const Tensor& src, int64_t start) {
+  launch_cache_write(cache, src, static_cast<int>(start), nullptr, nullptr);
+}
+
+void attention_cache_write(Tensor& cache, const Tensor& src, const Tensor& starts,
+                           const Tensor& counts) {
+  launch_cache_write(cache, src, 0, starts.data<int32_t>(),
+                     counts.defined() ? counts.data<int32_t>() : nullptr);
+}
+
+void add_lengths(const Tensor& lengths, int64_t n, const Tensor& counts, const Tensor& out) {
+  auto stream = static_cast<cudaStream_t>(current_stream(out.device().index).handle);
+  const int B = static_cast<int>(out.numel());
+  add_lengths_kernel<<<grid_for(B), 256, 0, stream>>>(
+      lengths.data<int32_t>(), static_cast<int>(n),
+      counts.defined() ? counts.data<int32_t>() : nullptr, out.data<int32_t>(), B);
+  MARLIN_CUDA_CHECK_LAUNCH("add_lengths");
+}
+
+void sequence_positions(const Tensor& lengths, int64_t T, const Tensor& out) {
+  auto stream = static_cast<cudaStream_t>(current_stream(out.device().index).handle);
+  sequence_positions_kernel<<<grid_for(out.numel()), 256, 0, stream>>>(
+      lengths.data<int32_t>(), lengths.numel(), static_cast<int>(T), out.data<int32_t>());
+  MARLIN_CUDA_CHECK_LAUNCH("sequence_positions");
 }
 
 }  // namespace marlin::cuda

@@ -1,8 +1,9 @@
 // CUDA flash-decoding over the KV cache: the sequence is split into chunks, one block per (chunk,
 // kv head, query token) scores the chunk's keys for every query head of its GQA group (so each
 // key and value is read once per group), and a second pass merges the chunks' partial softmax
-// states. The chunk count depends only on the cache's size, never on seq_lens, so a captured
-// CUDA graph stays valid as the sequences grow.
+// states. The chunk count depends only on the cache's size (S_max), never on seq_lens: blocks
+// whose chunk lies past a row's length find no key and exit at once, so the launches are the
+// same at every step and a captured CUDA graph stays valid as the sequences grow.
 #include <algorithm>
 
 #include "core/cuda_check.h"
@@ -26,7 +27,8 @@ constexpr int group_chunk() { return D >= 256 ? 4 : 8; }
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32)
 decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
-                    const int* __restrict__ seq_lens, T* __restrict__ out,
+                    const int* __restrict__ seq_lens, const int* __restrict__ new_tokens,
+                    T* __restrict__ out,
                     float* __restrict__ part_o, float2* __restrict__ part_ml, int T_len, int Hq,
                     int Hkv, int S, float scale, int window, int chunk, int splits) {
   constexpr int kPerLane = (D + 31) / 32, kG = group_chunk<D>();
@@ -37,14 +39,27 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
   const int b = blockIdx.z / T_len, t = blockIdx.z % T_len;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
 
-  // Lengths outside [T, S] (the CPU path rejects them) are clamped so no access leaves the cache.
-  const int len = min(max(seq_lens[b], T_len), S);
-  const int pos = len - T_len + t;
+  // Lengths outside [fresh, S] (the CPU path rejects them) are clamped so no access leaves the
+  // cache. Right-padding queries (t >= fresh) stop at the row's last valid key.
+  const int fresh = new_tokens != nullptr ? min(max(new_tokens[b], 0), T_len) : T_len;
+  const int len = min(max(seq_lens[b], fresh), S);
+  const int pos = min(len - fresh + t, len - 1);
   const int lo = max(window > 0 ? max(0, pos - window + 1) : 0, split * chunk);
   const int hi = min(pos, split * chunk + chunk - 1);
+  const int64_t q_row0 = (static_cast<int64_t>(b) * T_len + t) * Hq + kvh * group + g0;
+  if (lo > hi) {
+    // No key of this row in this chunk (past the row's length, or before its window): exit with
+    // an empty partial state (M = -inf, skipped by the merge), or zeros when the one split finds
+    // no key at all. The test is uniform over the block and comes before any barrier.
+    for (int idx = threadIdx.x; idx < ng * D; idx += blockDim.x) {
+      const int g = idx / D, d = idx % D;
+      if (splits == 1) out[(q_row0 + g) * D + d] = from_float<T>(0.0f);  // a row with no key
+      else if (d == 0) part_ml[(q_row0 + g) * splits + split] = make_float2(-INFINITY, 0.0f);
+    }
+    return;
+  }
 
   float qr[kG][kPerLane], acc[kG][kPerLane], m[kG], l[kG];
-  const int64_t q_row0 = (static_cast<int64_t>(b) * T_len + t) * Hq + kvh * group + g0;
 #pragma unroll
   for (int g = 0; g < kG; ++g) {
     m[g] = -INFINITY;
@@ -145,13 +160,14 @@ __global__ void decode_merge_kernel(const float* __restrict__ part_o,
       L += ml[s].y * c;
       O += part_o[(row * splits + s) * D + d] * c;
     }
-    out[row * D + d] = from_float<T>(O / L);
+    out[row * D + d] = from_float<T>(L > 0.0f ? O / L : 0.0f);
   }
 }
 
 template <typename T, int D>
 void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& seq_lens,
-                   float scale, int window, Tensor& out, cudaStream_t stream) {
+                   const Tensor& new_tokens, float scale, int window, Tensor& out,
+                   cudaStream_t stream) {
   constexpr int kG = group_chunk<D>();
   const int B = static_cast<int>(q.size(0)), T_len = static_cast<int>(q.size(1));
   const int Hq = static_cast<int>(q.size(2)), Hkv = static_cast<int>(kc.size(1));
@@ -177,7 +193,8 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
   decode_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
       static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kc.data_ptr()),
       static_cast<const T*>(vc.data_ptr()), seq_lens.data<int32_t>(),
-      static_cast<T*>(out.data_ptr()), splits > 1 ? part_o.data<float>() : nullptr,
+      new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr, static_cast<T*>(out.data_ptr()),
+      splits > 1 ? part_o.data<float>() : nullptr,
       splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, T_len, Hq, Hkv, S,
       scale, window, chunk, splits);
   MARLIN_CUDA_CHECK_LAUNCH("attention_decode");
@@ -191,13 +208,14 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
 
 template <typename T>
 void dispatch_head_dim(const Tensor& q, const Tensor& kc, const Tensor& vc, const Tensor& lens,
-                       float scale, int window, Tensor& out, cudaStream_t stream) {
+                       const Tensor& fresh, float scale, int window, Tensor& out,
+                       cudaStream_t stream) {
   switch (q.size(3)) {
-    case 64: return launch_decode<T, 64>(q, kc, vc, lens, scale, window, out, stream);
-    case 80: return launch_decode<T, 80>(q, kc, vc, lens, scale, window, out, stream);
-    case 96: return launch_decode<T, 96>(q, kc, vc, lens, scale, window, out, stream);
-    case 128: return launch_decode<T, 128>(q, kc, vc, lens, scale, window, out, stream);
-    case 256: return launch_decode<T, 256>(q, kc, vc, lens, scale, window, out, stream);
+    case 64: return launch_decode<T, 64>(q, kc, vc, lens, fresh, scale, window, out, stream);
+    case 80: return launch_decode<T, 80>(q, kc, vc, lens, fresh, scale, window, out, stream);
+    case 96: return launch_decode<T, 96>(q, kc, vc, lens, fresh, scale, window, out, stream);
+    case 128: return launch_decode<T, 128>(q, kc, vc, lens, fresh, scale, window, out, stream);
+    case 256: return launch_decode<T, 256>(q, kc, vc, lens, fresh, scale, window, out, stream);
     default: fail("attention_decode", "head_dim=", q.size(3), " has no kernel");
   }
 }
@@ -207,13 +225,16 @@ void dispatch_head_dim(const Tensor& q, const Tensor& kc, const Tensor& vc, cons
 void set_attention_decode_splits(int splits) { g_forced_splits = splits; }
 
 void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const Tensor& seq_lens, float scale, int64_t sliding_window, Tensor& out) {
+                      const Tensor& seq_lens, const Tensor& new_tokens, float scale,
+                      int64_t sliding_window, Tensor& out) {
   auto stream = static_cast<cudaStream_t>(current_stream(q.device().index).handle);
   const int window = static_cast<int>(std::min<int64_t>(sliding_window, INT32_MAX));
+  const Tensor& kc = k_cache;
+  const Tensor& vc = v_cache;
   switch (q.dtype()) {
-    case DType::f32: return dispatch_head_dim<float>(q, k_cache, v_cache, seq_lens, scale, window, out, stream);
-    case DType::f16: return dispatch_head_dim<__half>(q, k_cache, v_cache, seq_lens, scale, window, out, stream);
-    default: return dispatch_head_dim<__nv_bfloat16>(q, k_cache, v_cache, seq_lens, scale, window, out, stream);
+    case DType::f32: return dispatch_head_dim<float>(q, kc, vc, seq_lens, new_tokens, scale, window, out, stream);
+    case DType::f16: return dispatch_head_dim<__half>(q, kc, vc, seq_lens, new_tokens, scale, window, out, stream);
+    default: return dispatch_head_dim<__nv_bfloat16>(q, kc, vc, seq_lens, new_tokens, scale, window, out, stream);
   }
 }
 

@@ -9,9 +9,15 @@ namespace marlin::cuda {
 
 void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                        int64_t sliding_window, Tensor& out);
+// new_tokens: i32 [B] or undefined (every row has T new tokens).
 void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
-                      const Tensor& seq_lens, float scale, int64_t sliding_window, Tensor& out);
+                      const Tensor& seq_lens, const Tensor& new_tokens, float scale,
+                      int64_t sliding_window, Tensor& out);
 void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t start);
+void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor& starts,
+                           const Tensor& counts);
+void add_lengths(const Tensor& lengths, int64_t n, const Tensor& counts, const Tensor& out);
+void sequence_positions(const Tensor& lengths, int64_t T, const Tensor& out);
 // Tests: force the number of sequence splits of the decode kernel (0 = automatic).
 void set_attention_decode_splits(int splits);
 
