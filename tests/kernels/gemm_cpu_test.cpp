@@ -2,6 +2,7 @@
 // of the original API's entry points.
 #include <gtest/gtest.h>
 
+#include "kernels/cpu/cpu_kernels.h"
 #include "marlin/gemm.h"
 #include "marlin/ops.h"
 #include "test_util.h"
@@ -63,6 +64,50 @@ TEST(GemmCpu, DecodePathMatchesFloat64) {
       for (int64_t M = 1; M <= 4; ++M, ++i)
         check_gemm_against_float64({f, M, 2 * g + 256, 8 * (1 + i % 9), g, i % 2 ? DType::bf16 : DType::f16, i % 3 == 0},
                                    3000 + i);
+}
+
+// The decode path at widths that are not multiples of its 16-column vectors or of its tasks,
+// f32 activations included (the CPU model's default), every format.
+TEST(GemmCpu, DecodePathOddWidthsMatchFloat64) {
+  int i = 0;
+  for (QuantFormat f : {QuantFormat::fp4_e2m1, QuantFormat::fp8_e4m3, QuantFormat::int2})
+    for (int64_t N : {1, 15, 17, 40, 529})
+      for (int64_t M = 1; M <= 4; ++M, ++i) {
+        const int g = i % 2 ? 32 : 128;
+        check_gemm_against_float64({f, M, 2 * g, N, g, i % 3 ? DType::bf16 : DType::f16, i % 4 == 0}, 5000 + i);
+        testing::PoisonScope poison;
+        const Tensor W = random_tensor({2 * g, N}, DType::f32, 6000 + i, 0.05f);
+        const QuantizedWeight q = ops::quantize(W, f, {.group_size = g});
+        const Tensor A = random_tensor({M, 2 * g}, DType::f32, 7000 + i);
+        Tensor C = Tensor::empty({M, N}, DType::f32);
+        cpu::gemm_q(A, q, {}, C);
+        EXPECT_LT(relative_error(to_double(C), reference_gemm(A, to_double(dequantize_cpu(q)), 2 * g, N)), 1e-5)
+            << format_name(f) << " f32 M=" << M << " N=" << N;
+      }
+}
+
+// The dense decode path (lm_head): every weight dtype, M 1..4, odd K and N, with and without
+// bias, against float64.
+TEST(GemmCpu, DenseDecodePathMatchesFloat64) {
+  testing::PoisonScope poison;
+  int i = 0;
+  for (DType wt : {DType::f32, DType::f16, DType::bf16})
+    for (int64_t K : {1, 7, 130})
+      for (int64_t N : {1, 16, 33, 1000})
+        for (int64_t M = 1; M <= 4; ++M, ++i) {
+          const Tensor A = random_tensor({M, K}, DType::f32, 8000 + i);
+          const Tensor B = random_tensor({K, N}, wt, 9000 + i, 0.1f);
+          const Tensor bias = i % 3 == 0 ? random_tensor({N}, DType::f32, 10000 + i) : Tensor();
+          Tensor C = Tensor::empty({M, N}, DType::f32);
+          cpu::gemm(A, B, bias, C);
+          EXPECT_LT(relative_error(to_double(C), reference_gemm(A, to_double(B), K, N, bias)), 1e-5)
+              << dtype_name(wt) << " M=" << M << " K=" << K << " N=" << N;
+          if (wt == DType::f32) continue;
+          const Tensor A16 = A.to(wt);
+          const Tensor C16 = ops::gemm(A16, B);
+          EXPECT_LT(relative_error(to_double(C16), reference_gemm(A16, to_double(B), K, N)),
+                    wt == DType::f16 ? 1e-3 : 6e-3);
+        }
 }
 
 TEST(GemmCpu, DenseBaselineMatchesFloat64) {

@@ -9,9 +9,12 @@ namespace marlin::cpu {
 
 // C[M, N] = A[M, K] @ dequant(W) (+ bias); C is preallocated with A's dtype.
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
-// The decode-size path of gemm_q (M <= 4, N a multiple of 8, AVX2): decodes each packed word
-// once straight into FMAs. Returns false where it does not apply.
+// The decode-size path of gemm_q (M <= 4; AVX-512, or AVX2 with N a multiple of 8): decodes
+// each packed word once straight into FMAs. Returns false where it does not apply.
 bool gemv_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
+// The decode-size path of gemm (M <= 4, AVX-512): B streamed row by row in address order.
+// Returns false where it does not apply.
+bool gemv(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 // C[M, N] = A[M, K] @ B[K, N] (+ bias) with B in f16, bf16 or f32.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 

@@ -194,6 +194,7 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
 }
 
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C) {
+  if (gemv(A, B, bias, C)) return;
   DenseContext ctx{&B};
   gemm_tiled(A, B.size(0), B.size(1), 128, load_dense_tile, &ctx, bias, C);
 }

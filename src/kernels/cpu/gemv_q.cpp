@@ -1,13 +1,166 @@
-// CPU quantized GEMM for decode sizes (M <= 4): eight columns at a time, each packed word is
-// loaded once and its P codes are decoded in registers (FP4 and INT2 through an in-register
-// table, FP8 through its bit fields) straight into FMAs; a group's sum is scaled once.
+// CPU quantized GEMM for decode sizes (M <= 4): each packed word is loaded once and its P codes
+// are decoded in registers (FP4 and INT2 through an in-register table, FP8 through its bit
+// fields) straight into FMAs; a group's sum is scaled once. With AVX-512 a task walks its
+// columns row by row along K, so the weights stream from memory in address order (a walk down
+// one column block would touch a new page every row and defeat the prefetchers); without it,
+// eight columns at a time down K.
+#include <algorithm>
+#include <vector>
+
 #include "kernels/cpu/cpu_kernels.h"
 #include "kernels/cpu/scalar_io.h"
 #include "quant/formats.h"
 
 namespace marlin::cpu {
 
-#ifdef MARLIN_CPU_AVX2
+#ifdef MARLIN_CPU_AVX512
+// GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* placeholders) when
+// these intrinsics are inlined into a loop: a false positive (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace {
+
+template <QuantFormat F>
+struct Avx512Codec;
+
+// FP4 and INT2: the code's low bits index a 16-entry table (vpermps reads 4 index bits; INT2's
+// table repeats its 4 levels so the neighbouring code's bits do not matter).
+template <>
+struct Avx512Codec<QuantFormat::fp4_e2m1> {
+  __m512 table = _mm512_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f, -0.0f, -0.5f,
+                                -1.0f, -1.5f, -2.0f, -3.0f, -4.0f, -6.0f);
+  template <int J>
+  __m512 decode(__m512i w) const {
+    return _mm512_permutexvar_ps(J == 0 ? w : _mm512_srli_epi32(w, 4 * J), table);
+  }
+};
+
+template <>
+struct Avx512Codec<QuantFormat::int2> {
+  __m512 table = _mm512_setr_ps(-1.5f, -0.5f, 0.5f, 1.5f, -1.5f, -0.5f, 0.5f, 1.5f, -1.5f, -0.5f,
+                                0.5f, 1.5f, -1.5f, -0.5f, 0.5f, 1.5f);
+  template <int J>
+  __m512 decode(__m512i w) const {
+    return _mm512_permutexvar_ps(J == 0 ? w : _mm512_srli_epi32(w, 2 * J), table);
+  }
+};
+
+// E4M3 as in the AVX2 codec below: normal codes rebias the exponent, subnormals are m * 2^-9.
+template <>
+struct Avx512Codec<QuantFormat::fp8_e4m3> {
+  template <int J>
+  __m512 decode(__m512i w) const {
+    const __m512i b = _mm512_and_si512(_mm512_srli_epi32(w, 8 * J), _mm512_set1_epi32(0xff));
+    const __m512i body = _mm512_and_si512(b, _mm512_set1_epi32(0x7f));
+    const __m512 normal = _mm512_castsi512_ps(
+        _mm512_add_epi32(_mm512_slli_epi32(body, 20), _mm512_set1_epi32(120 << 23)));
+    const __m512 subnormal = _mm512_mul_ps(
+        _mm512_cvtepi32_ps(_mm512_and_si512(b, _mm512_set1_epi32(7))), _mm512_set1_ps(0.001953125f));
+    const __mmask16 is_sub = _mm512_testn_epi32_mask(b, _mm512_set1_epi32(0x78));
+    const __m512 mag = _mm512_mask_blend_ps(is_sub, normal, subnormal);
+    const __m512i sign = _mm512_slli_epi32(_mm512_and_si512(b, _mm512_set1_epi32(0x80)), 24);
+    return _mm512_castsi512_ps(_mm512_xor_si512(_mm512_castps_si512(mag), sign));
+  }
+};
+
+template <QuantFormat F, int M, int J>
+inline void fma_codes512(const Avx512Codec<F>& codec, __m512i w, const float* a, int64_t K,
+                         __m512 (&acc)[M]) {
+  if constexpr (J < 32 / format_bits(F)) {
+    const __m512 v = codec.template decode<J>(w);
+    for (int m = 0; m < M; ++m) acc[m] = _mm512_fmadd_ps(_mm512_set1_ps(a[m * K + J]), v, acc[m]);
+    fma_codes512<F, M, J + 1>(codec, w, a, K, acc);
+  }
+}
+
+constexpr int64_t kAhead = 2;  // packed rows to prefetch ahead
+
+// Columns [n0, n1) of C for all M rows. `partial` holds each column's sum over the current
+// group, `acc` the scaled sums of the groups done; both stay in L1/L2 while the packed rows
+// stream past.
+template <QuantFormat F, int M>
+void gemv_columns512(const float* a, const QuantizedWeight& W, int64_t n0, int64_t n1,
+                     const Tensor& bias, Tensor& C) {
+  constexpr int P = 32 / format_bits(F);
+  const Avx512Codec<F> codec;
+  const int64_t K = W.K, N = W.N, rows_per_group = W.group_size / P;
+  const int64_t vecs = (n1 - n0 + 15) / 16, stride = vecs * 16;
+  const int rem = static_cast<int>((n1 - n0) % 16);
+  const __mmask16 tail = rem == 0 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1u);
+  std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f), partial(static_cast<size_t>(M * stride));
+  const uint32_t* packed = W.packed.data<uint32_t>();
+  const uint16_t* scales = static_cast<const uint16_t*>(W.scales.data_ptr());
+  for (int64_t g = 0; g < K / W.group_size; ++g) {
+    for (int64_t rr = 0; rr < rows_per_group; ++rr) {
+      const int64_t r = g * rows_per_group + rr;
+      const uint32_t* row = packed + r * N + n0;
+      const bool first = rr == 0, last = rr == rows_per_group - 1;
+      // The hardware prefetchers lose the stream at each row's jump of N words: fetch the
+      // same columns kAhead rows down while this row is decoded (profiled: the loads stalled).
+      const uint32_t* ahead = r + kAhead < K / P ? row + kAhead * N : nullptr;
+      for (int64_t v = 0; v < vecs; ++v) {
+        const __mmask16 mask = v == vecs - 1 ? tail : __mmask16(0xffff);
+        if (ahead) _mm_prefetch(reinterpret_cast<const char*>(ahead + v * 16), _MM_HINT_T0);
+        const __m512i w = _mm512_maskz_loadu_epi32(mask, row + v * 16);
+        __m512 p[M];
+        for (int m = 0; m < M; ++m)
+          p[m] = first ? _mm512_setzero_ps() : _mm512_loadu_ps(partial.data() + m * stride + v * 16);
+        fma_codes512<F, M, 0>(codec, w, a + r * P, K, p);
+        if (last) {
+          const __m512 s = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, scales + g * N + n0 + v * 16));
+          for (int m = 0; m < M; ++m) {
+            float* out = acc.data() + m * stride + v * 16;
+            _mm512_storeu_ps(out, _mm512_fmadd_ps(p[m], s, _mm512_loadu_ps(out)));
+          }
+        } else {
+          for (int m = 0; m < M; ++m) _mm512_storeu_ps(partial.data() + m * stride + v * 16, p[m]);
+        }
+      }
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      const float b = bias.defined() ? load_scalar(bias.data_ptr(), bias.dtype(), n) : 0.0f;
+      store_scalar(C.data_ptr(), C.dtype(), m * N + n, acc[static_cast<size_t>(m * stride + n - n0)] + b);
+    }
+}
+
+template <QuantFormat F, int M>
+void gemv512(const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  // One task of 16-column vectors per thread: the widest contiguous run of each packed row
+  // (rows are N words apart), which the prefetchers need; narrow tasks measured 2x slower.
+  const int64_t vecs = (W.N + 15) / 16;
+  parallel_for(0, vecs, (vecs + num_threads() - 1) / num_threads(), [&](int64_t b, int64_t e) {
+    gemv_columns512<F, M>(a.data(), W, b * 16, std::min(e * 16, W.N), bias, C);
+  });
+}
+
+template <QuantFormat F>
+void gemv512_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  switch (M) {
+    case 1: gemv512<F, 1>(a, W, bias, C); break;
+    case 2: gemv512<F, 2>(a, W, bias, C); break;
+    case 3: gemv512<F, 3>(a, W, bias, C); break;
+    default: gemv512<F, 4>(a, W, bias, C); break;
+  }
+}
+
+}  // namespace
+
+bool gemv_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+  const int64_t M = A.size(0);
+  if (M > 4) return false;
+  const std::vector<float> a = to_f32(A);
+  switch (W.format) {
+    case QuantFormat::fp4_e2m1: gemv512_rows<QuantFormat::fp4_e2m1>(M, a, W, bias, C); break;
+    case QuantFormat::fp8_e4m3: gemv512_rows<QuantFormat::fp8_e4m3>(M, a, W, bias, C); break;
+    case QuantFormat::int2: gemv512_rows<QuantFormat::int2>(M, a, W, bias, C); break;
+  }
+  return true;
+}
+
+#elif defined(MARLIN_CPU_AVX2)
 namespace {
 
 template <QuantFormat F>

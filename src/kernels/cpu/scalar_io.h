@@ -10,6 +10,10 @@
 #if defined(__AVX2__) && defined(__F16C__) && defined(__FMA__)
 #include <immintrin.h>
 #define MARLIN_CPU_AVX2 1
+// The decode GEMVs' wider path: 16 lanes, masked tails, 16-entry in-register tables.
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#define MARLIN_CPU_AVX512 1
+#endif
 #endif
 
 namespace marlin::cpu {

@@ -1,0 +1,110 @@
+// CPU dense GEMV for decode sizes (M <= 4, AVX-512): C = A @ B with B [K, N] in f32, f16 or bf16
+// (lm_head and other 16-bit layers). A task owns a range of columns and walks B four rows at a
+// time in address order, so the weights stream through the prefetchers; the f32 sums of its
+// columns stay in L1/L2 between row blocks.
+#include <algorithm>
+#include <vector>
+
+#include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/scalar_io.h"
+
+namespace marlin::cpu {
+
+#ifdef MARLIN_CPU_AVX512
+// GCC 12 warns inside its own AVX-512 headers (their _mm512_undefined_* placeholders) when
+// these intrinsics are inlined into a loop: a false positive (GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
+namespace {
+
+template <DType T>
+inline __m512 load_row16(const void* base, int64_t i, __mmask16 mask) {
+  if constexpr (T == DType::f32) {
+    return _mm512_maskz_loadu_ps(mask, static_cast<const float*>(base) + i);
+  } else if constexpr (T == DType::f16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + i));
+  } else {  // bf16 is the top half of an f32
+    const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, static_cast<const uint16_t*>(base) + i));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+  }
+}
+
+constexpr int64_t kRows = 4;  // rows of B per pass over the task's columns
+
+template <DType T, int M>
+void gemv_columns(const float* a, const Tensor& B, int64_t n0, int64_t n1, const Tensor& bias, Tensor& C) {
+  const int64_t K = B.size(0), N = B.size(1);
+  const int64_t vecs = (n1 - n0 + 15) / 16, stride = vecs * 16;
+  const int rem = static_cast<int>((n1 - n0) % 16);
+  const __mmask16 tail = rem == 0 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1u);
+  std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f);
+  const void* b = B.data_ptr();
+  for (int64_t k0 = 0; k0 < K; k0 += kRows) {
+    const int64_t rows = std::min(kRows, K - k0);
+    // The next row block's same columns, fetched while this one is summed (see gemv_q.cpp).
+    const char* ahead = k0 + 2 * kRows <= K ? static_cast<const char*>(b) + ((k0 + kRows) * N + n0) * static_cast<int64_t>(B.element_size()) : nullptr;
+    const int64_t row_bytes = N * static_cast<int64_t>(B.element_size());
+    for (int64_t v = 0; v < vecs; ++v) {
+      const __mmask16 mask = v == vecs - 1 ? tail : __mmask16(0xffff);
+      if (ahead) {
+        const int64_t off = v * 16 * static_cast<int64_t>(B.element_size());
+        for (int64_t r = 0; r < kRows; ++r) _mm_prefetch(ahead + r * row_bytes + off, _MM_HINT_T0);
+      }
+      __m512 c[M];
+      for (int m = 0; m < M; ++m) c[m] = _mm512_loadu_ps(acc.data() + m * stride + v * 16);
+      for (int64_t r = 0; r < rows; ++r) {
+        const __m512 w = load_row16<T>(b, (k0 + r) * N + n0 + v * 16, mask);
+        for (int m = 0; m < M; ++m) c[m] = _mm512_fmadd_ps(_mm512_set1_ps(a[m * K + k0 + r]), w, c[m]);
+      }
+      for (int m = 0; m < M; ++m) _mm512_storeu_ps(acc.data() + m * stride + v * 16, c[m]);
+    }
+  }
+  for (int m = 0; m < M; ++m)
+    for (int64_t n = n0; n < n1; ++n) {
+      const float bv = bias.defined() ? load_scalar(bias.data_ptr(), bias.dtype(), n) : 0.0f;
+      store_scalar(C.data_ptr(), C.dtype(), m * N + n, acc[static_cast<size_t>(m * stride + n - n0)] + bv);
+    }
+}
+
+template <DType T, int M>
+void gemv_typed(const std::vector<float>& a, const Tensor& B, const Tensor& bias, Tensor& C) {
+  const int64_t N = B.size(1);
+  // One task per thread: the widest contiguous run of each row of B (see gemv_q.cpp).
+  const int64_t vecs = (N + 15) / 16;
+  parallel_for(0, vecs, (vecs + num_threads() - 1) / num_threads(), [&](int64_t b, int64_t e) {
+    gemv_columns<T, M>(a.data(), B, b * 16, std::min(e * 16, N), bias, C);
+  });
+}
+
+template <DType T>
+void gemv_rows(int64_t M, const std::vector<float>& a, const Tensor& B, const Tensor& bias, Tensor& C) {
+  switch (M) {
+    case 1: gemv_typed<T, 1>(a, B, bias, C); break;
+    case 2: gemv_typed<T, 2>(a, B, bias, C); break;
+    case 3: gemv_typed<T, 3>(a, B, bias, C); break;
+    default: gemv_typed<T, 4>(a, B, bias, C); break;
+  }
+}
+
+}  // namespace
+
+bool gemv(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C) {
+  const int64_t M = A.size(0);
+  if (M > 4 || !B.is_contiguous()) return false;
+  const std::vector<float> a = to_f32(A);
+  switch (B.dtype()) {
+    case DType::f32: gemv_rows<DType::f32>(M, a, B, bias, C); return true;
+    case DType::f16: gemv_rows<DType::f16>(M, a, B, bias, C); return true;
+    case DType::bf16: gemv_rows<DType::bf16>(M, a, B, bias, C); return true;
+    default: return false;
+  }
+}
+
+#else
+
+bool gemv(const Tensor&, const Tensor&, const Tensor&, Tensor&) { return false; }
+
+#endif
+
+}  // namespace marlin::cpu
