@@ -78,7 +78,10 @@ class Tensor {
   }
 
   // Views sharing storage.
-  Tensor view(const Shape& shape) const;  // needs a contiguous tensor; one dim may be -1
+  // One dim may be -1. A strided tensor can be viewed where no copy is needed (PyTorch's rule:
+  // dims are split or merged only within runs of dims contiguous with each other), e.g. the
+  // [T, N] column slice of a fused projection as [T, heads, head_dim]; otherwise an error.
+  Tensor view(const Shape& shape) const;
   Tensor reshape(const Shape& shape) const { return contiguous().view(shape); }
   Tensor narrow(int64_t dim, int64_t start, int64_t length) const;
   Tensor select(int64_t dim, int64_t index) const;
@@ -91,7 +94,9 @@ class Tensor {
   Tensor clone() const;
   Tensor to(Device device) const;  // same tensor if already there
   Tensor to(DType dtype) const;    // converts values (rounding to nearest even)
-  void copy_from(const Tensor& src);  // same shape and dtype, any devices
+  // Same shape and dtype, any devices. The destination may be strided where its elements are
+  // runs of contiguous ones (a column block of a wider matrix: one 2-D copy).
+  void copy_from(const Tensor& src);
   void fill_bytes(uint8_t byte);      // poisons or clears every byte of a contiguous tensor
 
   // CPU-only element access in float64 (any dtype); for tests and small host work.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <sstream>
 
 #include "core/cuda_check.h"
@@ -114,8 +115,41 @@ void* Tensor::data_ptr() const {
   return static_cast<char*>(storage_->data()) + offset_bytes_;
 }
 
+namespace {
+
+// Strides that show `shape` over the elements of a tensor of old_shape/old_strides in the same
+// row-major order, or nullopt when that needs a copy (PyTorch's rule for view): each run of
+// old dims that are contiguous with each other may be split or merged, never mixed with another.
+std::optional<Shape> view_strides(const Shape& old_shape, const Shape& old_strides, const Shape& shape) {
+  Shape strides(shape.size());
+  if (shape_numel(old_shape) == 0 || old_shape.empty()) return contiguous_strides(shape);
+  int64_t view_d = static_cast<int64_t>(shape.size()) - 1;
+  int64_t chunk_stride = old_strides.back(), old_numel = 1, view_numel = 1;
+  for (int64_t d = static_cast<int64_t>(old_shape.size()) - 1; d >= 0; --d) {
+    const size_t i = static_cast<size_t>(d);
+    old_numel *= old_shape[i];
+    // The chunk ends where the next outer dim does not continue it.
+    if (d == 0 || (old_shape[i - 1] != 1 && old_strides[i - 1] != old_numel * chunk_stride)) {
+      while (view_d >= 0 && (view_numel < old_numel || shape[static_cast<size_t>(view_d)] == 1)) {
+        strides[static_cast<size_t>(view_d)] = view_numel * chunk_stride;
+        view_numel *= shape[static_cast<size_t>(view_d)];
+        --view_d;
+      }
+      if (view_numel != old_numel) return std::nullopt;
+      if (d > 0) {
+        chunk_stride = old_strides[i - 1];
+        old_numel = 1;
+        view_numel = 1;
+      }
+    }
+  }
+  if (view_d != -1) return std::nullopt;
+  return strides;
+}
+
+}  // namespace
+
 Tensor Tensor::view(const Shape& shape) const {
-  MARLIN_CHECK(is_contiguous(), "Tensor::view", "needs a contiguous tensor, got ", describe());
   Shape resolved = shape;
   int64_t known = 1, infer = -1;
   for (size_t i = 0; i < resolved.size(); ++i) {
@@ -136,7 +170,15 @@ Tensor Tensor::view(const Shape& shape) const {
                " as ", shape_str(shape));
   Tensor t = *this;
   t.shape_ = resolved;
-  t.strides_ = contiguous_strides(resolved);
+  if (is_contiguous()) {
+    t.strides_ = contiguous_strides(resolved);
+    return t;
+  }
+  std::optional<Shape> strides = view_strides(shape_, strides_, resolved);
+  MARLIN_CHECK(strides.has_value(), "Tensor::view", "cannot view ", describe(), " (strides ",
+               shape_str(strides_), ") as ", shape_str(resolved),
+               " without a copy; call contiguous() first");
+  t.strides_ = std::move(*strides);
   return t;
 }
 
@@ -257,6 +299,62 @@ void store_element(char* p, DType t, double x) {
   }
 }
 
+// A tensor laid out as `rows` runs of `width` contiguous elements, run r (in row-major order)
+// starting `r * pitch` elements after the first: what one 2-D copy moves. Head slices of a
+// fused projection's output and column blocks of a matrix have this form.
+struct RowRuns {
+  int64_t rows = 1, width = 1, pitch = 1;
+};
+
+std::optional<RowRuns> row_runs(const Tensor& t) {
+  int64_t width = 1, rows = 1, pitch = 0;
+  bool inner_done = false;
+  for (int64_t d = t.dim() - 1; d >= 0; --d) {
+    const int64_t n = t.size(d), s = t.strides()[static_cast<size_t>(d)];
+    if (n == 1) continue;
+    if (!inner_done && s == width) {
+      width *= n;
+      continue;
+    }
+    inner_done = true;
+    if (rows == 1) {
+      pitch = s;
+      rows = n;
+    } else if (s == pitch * rows) {  // an outer dim that continues the runs in order
+      rows *= n;
+    } else {
+      return std::nullopt;
+    }
+  }
+  if (rows > 1 && pitch < width) return std::nullopt;  // overlapping runs (broadcast strides)
+  return RowRuns{rows, width, rows > 1 ? pitch : width};
+}
+
+// rows x width_bytes from src (runs src_pitch bytes apart) to dst (dst_pitch apart), any devices.
+// Device-to-device copies stay asynchronous on the current stream; a copy touching host memory
+// is waited for, since the caller may reuse that memory at once.
+void copy_runs(void* dst, Device dst_device, size_t dst_pitch, const void* src, Device src_device,
+               size_t src_pitch, size_t width_bytes, size_t rows) {
+  if (width_bytes == 0 || rows == 0) return;
+  if (dst_device.is_cpu() && src_device.is_cpu()) {
+    for (size_t r = 0; r < rows; ++r)
+      std::memcpy(static_cast<char*>(dst) + r * dst_pitch, static_cast<const char*>(src) + r * src_pitch,
+                  width_bytes);
+    return;
+  }
+#ifdef MARLIN_WITH_CUDA
+  const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
+  auto s = static_cast<cudaStream_t>(current_stream(device).handle);
+  MARLIN_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows,
+                                      cudaMemcpyDefault, s),
+                    "copy_runs");
+  if (dst_device.is_cpu() || src_device.is_cpu())
+    MARLIN_CUDA_CHECK(cudaStreamSynchronize(s), "copy_runs");
+#else
+  fail_no_cuda("copy_runs");
+#endif
+}
+
 }  // namespace
 
 void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
@@ -283,7 +381,18 @@ Tensor Tensor::contiguous() const {
     gather_strided(*this, out.data_ptr());
     return out;
   }
-  // Strided device tensors are rare (views made for the host's convenience): go through the host.
+  if (const std::optional<RowRuns> runs = row_runs(*this)) {
+    // Runs of contiguous elements (a head slice of a fused QKV output): one 2-D copy on the
+    // device, no round trip through the host.
+    Tensor out = empty(shape_, dtype_, device());
+    const size_t es = element_size();
+    copy_runs(out.data_ptr(), out.device(), static_cast<size_t>(runs->width) * es, data_ptr(), device(),
+              static_cast<size_t>(runs->pitch) * es, static_cast<size_t>(runs->width) * es,
+              static_cast<size_t>(runs->rows));
+    return out;
+  }
+  // Other strided device tensors are rare (views made for the host's convenience): go through
+  // the host.
   Tensor host = empty(shape_, dtype_);
   Tensor whole = *this;
   whole.offset_bytes_ = 0;
@@ -327,10 +436,20 @@ Tensor Tensor::to(DType target) const {
 void Tensor::copy_from(const Tensor& src) {
   MARLIN_CHECK(shape_ == src.shape_ && dtype_ == src.dtype_, "Tensor::copy_from",
                "cannot copy ", src.describe(), " into ", describe());
-  MARLIN_CHECK(is_contiguous(), "Tensor::copy_from", "destination must be contiguous, got ",
-               describe());
   Tensor s = src.contiguous();
-  copy_bytes(data_ptr(), device(), s.data_ptr(), s.device(), nbytes());
+  if (is_contiguous()) {
+    copy_bytes(data_ptr(), device(), s.data_ptr(), s.device(), nbytes());
+    return;
+  }
+  // A destination of runs (a column block of a wider matrix): one 2-D copy.
+  const std::optional<RowRuns> runs = row_runs(*this);
+  MARLIN_CHECK(runs.has_value(), "Tensor::copy_from",
+               "destination must be contiguous or rows of contiguous runs, got ", describe(),
+               " with strides ", shape_str(strides_));
+  const size_t es = element_size();
+  copy_runs(data_ptr(), device(), static_cast<size_t>(runs->pitch) * es, s.data_ptr(), s.device(),
+            static_cast<size_t>(runs->width) * es, static_cast<size_t>(runs->width) * es,
+            static_cast<size_t>(runs->rows));
 }
 
 void Tensor::fill_bytes(uint8_t byte) {
