@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 
 #include "marlin/kv_cache.h"
@@ -13,6 +14,8 @@
 #include "marlin/tensor.h"
 
 namespace marlin {
+
+class MoE;  // marlin/moe.h: a decoder block's feed-forward may be one
 
 // Where and in what a layer computes; weights are converted to it once, at construction.
 struct LayerPlacement {
@@ -143,6 +146,9 @@ class TransformerBlock {
   TransformerBlock() = default;
   TransformerBlock(RMSNorm input_layernorm, Attention self_attn, RMSNorm post_attention_layernorm,
                    MLP mlp);
+  // An MoE layer: the feed-forward is `moe` (marlin/moe.h) instead of a dense MLP.
+  TransformerBlock(RMSNorm input_layernorm, Attention self_attn, RMSNorm post_attention_layernorm,
+                   std::shared_ptr<const MoE> moe);
   // hidden [B, T, H] (contiguous), the residual stream, is updated in place (no copy per layer)
   // and returned.
   Tensor forward(const Tensor& hidden, const Tensor& positions, KVCache* cache = nullptr) const;
@@ -150,12 +156,16 @@ class TransformerBlock {
   const Attention& self_attn() const { return self_attn_; }
   const RMSNorm& post_attention_layernorm() const { return post_attention_layernorm_; }
   const MLP& mlp() const { return mlp_; }
+  const MoE* moe() const { return moe_.get(); }  // null in a dense layer
 
  private:
   RMSNorm input_layernorm_;
   Attention self_attn_;
   RMSNorm post_attention_layernorm_;
   MLP mlp_;
+  std::shared_ptr<const MoE> moe_;
+
+  Tensor feed_forward(const Tensor& x) const;  // the MoE, else the MLP
 };
 
 }  // namespace marlin

@@ -6,6 +6,7 @@
 
 #include "marlin/attention.h"
 #include "marlin/ops_nn.h"
+#include "models/moe_weights.h"
 #include "models/quantized_checkpoint.h"
 
 namespace marlin {
@@ -13,8 +14,8 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
     : config_(std::move(config)), options_(options) {
   const ModelConfig& c = config_;
   const std::string type(model_type_name(c.model_type));
-  MARLIN_CHECK(!c.moe && !c.mla, "load_model", type, " models with MoE or MLA layers are not "
-               "supported by LlamaModel (", c.source, ")");
+  MARLIN_CHECK(!c.mla, "load_model", type, " models with MLA layers are not supported by "
+               "LlamaModel (", c.source, ")");
   MARLIN_CHECK(c.hidden_act == "silu", "load_model", "hidden_act ", c.hidden_act,
                " is not supported (silu only) in ", c.source);
   MARLIN_CHECK(options.bits == 16 || options.bits == 8 || options.bits == 4 || options.bits == 2,
@@ -54,6 +55,20 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
                    linear(p + ".self_attn.v_proj", H, Hkv * D, c.attention_bias),
                    linear(p + ".self_attn.o_proj", Hq * D, H, c.attention_output_bias), rope,
                    std::move(q_norm), std::move(k_norm));
+    if (c.is_moe_layer(i)) {  // qwen3_moe, mixtral: the feed-forward is a MoE
+      auto expert_linear = [&](const std::string& prefix, int64_t in, int64_t out) {
+        return linear(prefix, in, out, false);
+      };
+      auto from_weight = [&](const Tensor& weight) {
+        return QuantizedLinear(weight, {}, options.bits, options.group_size, placement_, options.scales);
+      };
+      layers_.emplace_back(RMSNorm(w.get(p + ".input_layernorm.weight", {H}), c.rms_norm_eps, placement_),
+                           std::move(attn),
+                           RMSNorm(w.get(p + ".post_attention_layernorm.weight", {H}), c.rms_norm_eps,
+                                   placement_),
+                           load_moe(w, c, i, expert_linear, from_weight, placement_));
+      continue;
+    }
     MLP mlp(linear(p + ".mlp.gate_proj", H, I, c.mlp_bias), linear(p + ".mlp.up_proj", H, I, c.mlp_bias),
             linear(p + ".mlp.down_proj", I, H, c.mlp_bias));
     layers_.emplace_back(RMSNorm(w.get(p + ".input_layernorm.weight", {H}), c.rms_norm_eps, placement_),

@@ -6,7 +6,9 @@
 #include <fstream>
 #include <utility>
 
+#include "marlin/moe.h"
 #include "models/llama.h"
+#include "models/moe_weights.h"
 
 namespace marlin {
 namespace {
@@ -115,9 +117,32 @@ void save_quantized(const CausalLM& model, const std::string& dir) {
     add_linear(p + ".self_attn.o_proj", a.o_proj());
     if (a.q_norm().defined()) add(p + ".self_attn.q_norm.weight", a.q_norm().weight());
     if (a.k_norm().defined()) add(p + ".self_attn.k_norm.weight", a.k_norm().weight());
-    add_linear(p + ".mlp.gate_proj", b.mlp().gate_proj());
-    add_linear(p + ".mlp.up_proj", b.mlp().up_proj());
-    add_linear(p + ".mlp.down_proj", b.mlp().down_proj());
+    if (const MoE* moe = b.moe()) {
+      // Experts under their checkpoint names, quantized like any linear; the router (and
+      // DeepSeek's score bias) unquantized.
+      const std::string mp = moe_prefix(c, static_cast<int64_t>(i));
+      const ExpertNames names = expert_names(c);
+      for (size_t e = 0; e < moe->experts().size(); ++e) {
+        const MLP& x = moe->experts()[e];
+        const std::string ep = mp + ".experts." + std::to_string(e) + ".";
+        add_linear(ep + names.gate, x.gate_proj());
+        add_linear(ep + names.up, x.up_proj());
+        add_linear(ep + names.down, x.down_proj());
+      }
+      if (moe->has_shared_experts()) {
+        add_linear(mp + ".shared_experts.gate_proj", moe->shared_experts().gate_proj());
+        add_linear(mp + ".shared_experts.up_proj", moe->shared_experts().up_proj());
+        add_linear(mp + ".shared_experts.down_proj", moe->shared_experts().down_proj());
+      }
+      add(mp + ".gate.weight", moe->router_weight());
+      if (moe->e_score_correction_bias().defined())
+        tensors.emplace_back(mp + ".gate.e_score_correction_bias",
+                             host(moe->e_score_correction_bias(), DType::f32));
+    } else {
+      add_linear(p + ".mlp.gate_proj", b.mlp().gate_proj());
+      add_linear(p + ".mlp.up_proj", b.mlp().up_proj());
+      add_linear(p + ".mlp.down_proj", b.mlp().down_proj());
+    }
   }
   add("model.norm.weight", llama->norm().weight());
   if (!c.tie_word_embeddings) add_linear("lm_head", llama->lm_head());

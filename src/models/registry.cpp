@@ -20,6 +20,8 @@ const std::map<ModelType, Factory>& registry() {
       {ModelType::mistral, make_llama_model},
       {ModelType::qwen2, make_llama_model},
       {ModelType::qwen3, make_llama_model},
+      {ModelType::qwen3_moe, make_llama_model},
+      {ModelType::mixtral, make_llama_model},
   };
   return factories;
 }

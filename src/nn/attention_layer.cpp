@@ -3,6 +3,7 @@
 #include <utility>
 
 #include "marlin/attention.h"
+#include "marlin/moe.h"
 #include "marlin/nn.h"
 
 namespace marlin {
@@ -114,13 +115,26 @@ TransformerBlock::TransformerBlock(RMSNorm input_layernorm, Attention self_attn,
       post_attention_layernorm_(std::move(post_attention_layernorm)),
       mlp_(std::move(mlp)) {}
 
+TransformerBlock::TransformerBlock(RMSNorm input_layernorm, Attention self_attn,
+                                   RMSNorm post_attention_layernorm, std::shared_ptr<const MoE> moe)
+    : input_layernorm_(std::move(input_layernorm)),
+      self_attn_(std::move(self_attn)),
+      post_attention_layernorm_(std::move(post_attention_layernorm)),
+      moe_(std::move(moe)) {
+  MARLIN_CHECK(moe_ != nullptr, "TransformerBlock", "the MoE feed-forward is null");
+}
+
+Tensor TransformerBlock::feed_forward(const Tensor& x) const {
+  return moe_ ? moe_->forward(x) : mlp_.forward(x);
+}
+
 Tensor TransformerBlock::forward(const Tensor& hidden, const Tensor& positions,
                                  KVCache* cache) const {
   const Tensor attn = self_attn_.forward(input_layernorm_.forward(hidden), positions, cache);
   // hidden += attn, then the second norm, in one pass.
   const Tensor normed = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
                                           post_attention_layernorm_.eps());
-  ops::add(hidden, mlp_.forward(normed), hidden);
+  ops::add(hidden, feed_forward(normed), hidden);
   return hidden;
 }
 
