@@ -2,6 +2,7 @@
 // Hugging Face model directory (config.json + safetensors) by its config's model_type.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -9,6 +10,7 @@
 
 #include "marlin/kv_cache.h"
 #include "marlin/model_config.h"
+#include "marlin/nn.h"
 #include "marlin/quant.h"
 #include "marlin/tensor.h"
 
@@ -24,6 +26,13 @@ struct ModelLoadOptions {
   // How quantized layers pick their per-group scales: round-to-nearest from the absmax, or the
   // clipping with the least squared error (slower to load, never a worse reconstruction).
   ScaleMethod scales = ScaleMethod::absmax;
+  // Linear layers kept 16-bit whatever `bits` says: a layer whose Hugging Face module path
+  // ("model.layers.0.mlp.down_proj") contains one of these fragments. A checkpoint of
+  // save_quantized fills it from its quantization_config.modules_not_converted.
+  std::vector<std::string> modules_not_converted;
+  // q/k/v and gate/up as one GEMM each, reading their weights concatenated along N, where
+  // their bits and group sizes agree. Off: one GEMM per projection (the reference).
+  bool fuse_projections = true;
 };
 
 class CausalLM {
@@ -62,7 +71,48 @@ std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
 // (sharded past 5 GB) where each quantized linear is <name>.weight_packed (u32 [K/P, N]) and
 // <name>.weight_scale (f16 [K/g, N]) in the canonical layout, every other tensor in the
 // checkpoint's dtype; and the tokenizer files of the model's source directory, where present.
+// modules_not_converted lists the embeddings and every linear kept 16-bit; fused projections
+// are written under their own names (q_proj, k_proj, v_proj, gate_proj, up_proj), exactly as an
+// unfused model writes them. A quantized lm_head of a tied model is written as its own tensor
+// (tie_word_embeddings becomes false). Linears quantized to different bits or group sizes
+// cannot be saved together (an error naming them).
 void save_quantized(const CausalLM& model, const std::string& dir);
+
+// What quantize_linear_layers did: the original replace_linear_layers' replaced_count and
+// skipped_count.
+struct QuantizeStats {
+  int64_t replaced = 0;  // linear layers quantized
+  int64_t skipped = 0;   // 16-bit linear layers left as they were (skip_layers, filter or shape)
+};
+
+// Asked per linear layer by its Hugging Face module path: true quantizes it.
+using LayerFilter = std::function<bool(const std::string& name, const QuantizedLinear& layer)>;
+
+// The original replace_linear_layers: quantizes the 16-bit linear layers of `model` in place to
+// `bits` (8, 4 or 2) with `group_size` along K, by their Hugging Face module paths
+// ("model.layers.0.self_attn.q_proj", "lm_head"). A layer is skipped (left 16-bit and counted)
+// when one of the skip_layers fragments occurs in its path (default {"lm_head"}: give another
+// list, e.g. an empty one, to quantize lm_head too), when layer_filter returns false for it,
+// or when its in_features is not a multiple of group_size. Embeddings stay 16-bit; layers
+// already quantized stay as they are and are not counted. Fused q/k/v and gate/up are
+// quantized part by part and fused again where the parts' bits agree. save_quantized of the
+// result lists the skipped layers in modules_not_converted.
+QuantizeStats quantize_linear_layers(CausalLM& model, int bits = 4, int group_size = 128,
+                                     const std::optional<std::vector<std::string>>& skip_layers = std::nullopt,
+                                     const LayerFilter& layer_filter = nullptr,
+                                     ScaleMethod scales = ScaleMethod::absmax);
+
+struct QuantizedModel {
+  std::unique_ptr<CausalLM> model;
+  QuantizeStats stats;
+};
+
+// load_model(path) with 16-bit weights on `device`, then quantize_linear_layers(bits,
+// group_size) with its defaults. For a checkpoint in bf16/f16 (or any checkpoint on the CPU)
+// the logits equal load_model(path, {device, bits, group_size})'s wherever every layer's shape
+// allows the group size.
+QuantizedModel load_and_quantize(const std::string& path, int bits = 4, int group_size = 128,
+                                 Device device = Device::cpu());
 
 // Loads a directory written by save_quantized on `device`, memory-mapping the packed weights
 // without re-quantizing them. load_model routes such a directory here too.

@@ -10,6 +10,7 @@
 #include "models/quantized_checkpoint.h"
 
 namespace marlin {
+
 LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoadOptions& options)
     : config_(std::move(config)), options_(options) {
   const ModelConfig& c = config_;
@@ -27,14 +28,17 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
   const Tensor embed = w.get("model.embed_tokens.weight", {V, H});
   embed_tokens_ = Embedding(embed, placement_);
   const ops::RopeParams rope = ops::rope_params(c).to(placement_.device);
+  // A checkpoint of save_quantized holds its quantized layers packed, the others in 16 bits
+  // (listed in modules_not_converted); nothing is quantized again.
+  const bool stored_quantized = marlin_quantization(c).has_value();
   auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
-    // A checkpoint of save_quantized holds the layer already packed.
-    if (w.has(prefix + ".weight_packed"))
-      return load_packed_linear(w, prefix, in, out, w.get_if(bias, prefix + ".bias", {out}),
-                                options.bits, options.group_size, placement_);
-    return QuantizedLinear(w.get(prefix + ".weight", {out, in}),
-                           w.get_if(bias, prefix + ".bias", {out}), options.bits,
-                           options.group_size, placement_, options.scales);
+    const Tensor b = w.get_if(bias, prefix + ".bias", {out});
+    if (module_matches(options.modules_not_converted, prefix))
+      return QuantizedLinear(w.get(prefix + ".weight", {out, in}), b, 16, options.group_size, placement_);
+    if (stored_quantized || w.has(prefix + ".weight_packed"))
+      return load_packed_linear(w, prefix, in, out, b, options.bits, options.group_size, placement_);
+    return QuantizedLinear(w.get(prefix + ".weight", {out, in}), b, options.bits, options.group_size,
+                           placement_, options.scales);
   };
   for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
     const std::string p = "model.layers." + std::to_string(i);
@@ -54,7 +58,7 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
                    linear(p + ".self_attn.k_proj", H, Hkv * D, c.attention_bias),
                    linear(p + ".self_attn.v_proj", H, Hkv * D, c.attention_bias),
                    linear(p + ".self_attn.o_proj", Hq * D, H, c.attention_output_bias), rope,
-                   std::move(q_norm), std::move(k_norm));
+                   std::move(q_norm), std::move(k_norm), options.fuse_projections);
     if (c.is_moe_layer(i)) {  // qwen3_moe, mixtral: the feed-forward is a MoE
       auto expert_linear = [&](const std::string& prefix, int64_t in, int64_t out) {
         return linear(prefix, in, out, false);
@@ -70,7 +74,7 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
       continue;
     }
     MLP mlp(linear(p + ".mlp.gate_proj", H, I, c.mlp_bias), linear(p + ".mlp.up_proj", H, I, c.mlp_bias),
-            linear(p + ".mlp.down_proj", I, H, c.mlp_bias));
+            linear(p + ".mlp.down_proj", I, H, c.mlp_bias), options.fuse_projections);
     layers_.emplace_back(RMSNorm(w.get(p + ".input_layernorm.weight", {H}), c.rms_norm_eps, placement_),
                          std::move(attn),
                          RMSNorm(w.get(p + ".post_attention_layernorm.weight", {H}), c.rms_norm_eps,
@@ -79,9 +83,30 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
   }
   norm_ = RMSNorm(w.get("model.norm.weight", {H}), c.rms_norm_eps, placement_);
   // lm_head stays 16-bit: its error would add to every quantized layer's (the original API's
-  // default too).
-  const Tensor head = c.tie_word_embeddings ? embed : w.get("lm_head.weight", {V, H});
-  lm_head_ = QuantizedLinear(head, {}, 16, options.group_size, placement_);
+  // default too), unless a saved checkpoint holds it quantized (quantize_linear_layers asked to).
+  if (!c.tie_word_embeddings && w.has("lm_head.weight_packed")) {
+    lm_head_ = load_packed_linear(w, "lm_head", H, V, {}, options.bits, options.group_size, placement_);
+  } else {
+    const Tensor head = c.tie_word_embeddings ? embed : w.get("lm_head.weight", {V, H});
+    lm_head_ = QuantizedLinear(head, {}, 16, options.group_size, placement_);
+  }
+}
+
+void LlamaModel::for_each_linear(const LinearVisitor& visit) const {
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i].for_each_linear("model.layers." + std::to_string(i) + ".", visit);
+  visit("lm_head", lm_head_);
+}
+
+void LlamaModel::transform_linears(const LinearTransform& transform) {
+  // Checked before anything is replaced, so a refusal leaves the model as it was.
+  for (size_t i = 0; i < layers_.size(); ++i)
+    MARLIN_CHECK(layers_[i].moe() == nullptr, "LlamaModel::transform_linears", "model.layers.", i,
+                 " is an MoE layer: its experts cannot be replaced in place (load the model with "
+                 "ModelLoadOptions::bits instead)");
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i].transform_linears("model.layers." + std::to_string(i) + ".", transform);
+  lm_head_ = transform("lm_head", lm_head_);
 }
 
 Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
@@ -121,9 +146,15 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
     positions = Tensor::from_vector(pos, {B * T}, DType::i32).to(placement_.device);
   }
 
-  Tensor h = embed_tokens_.forward(ids2);
-  for (const TransformerBlock& layer : layers_) h = layer.forward(h, positions, cache);
-  Tensor logits = lm_head_.forward(norm_.forward(h)).to(DType::f32);
+  // h, the residual stream, is updated in place; each block's last residual add runs in one
+  // pass with the next block's input norm (the final norm after the last block).
+  const Tensor h = embed_tokens_.forward(ids2);
+  Tensor normed = layers_.empty() ? norm_.forward(h) : layers_.front().input_layernorm().forward(h);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm() : norm_;
+    normed = layers_[i].forward_fused(h, normed, positions, cache, next);
+  }
+  Tensor logits = lm_head_.forward(normed).to(DType::f32);
   if (cache != nullptr) cache->end_step();
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }

@@ -27,6 +27,13 @@ class LlamaModel final : public CausalLM {
   const QuantizedLinear& lm_head() const { return lm_head_; }
   const ModelLoadOptions& load_options() const { return options_; }
 
+  // Every linear layer by its Hugging Face module path, decoder layers first, lm_head last
+  // (quantize_linear_layers, save_quantized).
+  void for_each_linear(const LinearVisitor& visit) const;
+  void transform_linears(const LinearTransform& transform);
+  // The scale method save_quantized records once quantize_linear_layers has run.
+  void set_scale_method(ScaleMethod scales) { options_.scales = scales; }
+
  private:
   ModelConfig config_;
   ModelLoadOptions options_;  // what it was loaded with: save_quantized records bits and scales

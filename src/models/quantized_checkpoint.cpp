@@ -30,6 +30,12 @@ Tensor host(const Tensor& t, DType dtype) { return t.to(Device::cpu()).to(dtype)
 
 }  // namespace
 
+bool module_matches(const std::vector<std::string>& fragments, const std::string& name) {
+  for (const std::string& f : fragments)
+    if (!f.empty() && name.find(f) != std::string::npos) return true;
+  return false;
+}
+
 std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config) {
   constexpr const char* op = "load_quantized";
   if (!config.raw || !config.raw->contains("quantization_config")) return std::nullopt;
@@ -57,6 +63,17 @@ std::optional<MarlinQuantization> marlin_quantization(const ModelConfig& config)
                    q["format"].get<std::string>() == expected,
                op, "quantization_config.format in ", config.source, " must be \"", expected,
                "\" for bits ", out.bits);
+  if (q.contains("modules_not_converted")) {
+    const json& m = q["modules_not_converted"];
+    MARLIN_CHECK(m.is_array(), op, "quantization_config.modules_not_converted in ", config.source,
+                 " must be a list of module names");
+    for (const json& name : m) {
+      MARLIN_CHECK(name.is_string() && !name.get<std::string>().empty(), op,
+                   "quantization_config.modules_not_converted in ", config.source,
+                   " must hold non-empty module names, got ", name.dump());
+      out.modules_not_converted.push_back(name.get<std::string>());
+    }
+  }
   if (q.contains("scales")) {
     MARLIN_CHECK(q["scales"].is_string() && (q["scales"] == "rtn" || q["scales"] == "mse"), op,
                  "quantization_config.scales in ", config.source, " must be \"rtn\" or \"mse\"");
@@ -95,10 +112,24 @@ void save_quantized(const CausalLM& model, const std::string& dir) {
 
   NamedTensors tensors;
   auto add = [&](const std::string& name, const Tensor& t) { tensors.emplace_back(name, host(t, dtype)); };
+  // The quantized linears' one format (bits, group size), the first of them, and the modules
+  // kept 16-bit.
+  std::optional<std::pair<int, int>> format;
+  std::string first_quantized;
+  json not_converted = json::array({"model.embed_tokens"});
   auto add_linear = [&](const std::string& prefix, const QuantizedLinear& l) {
     if (l.bits() == 16) {
       add(prefix + ".weight", l.weight().transpose(0, 1));  // [K, N] -> HF's [out, in]
+      not_converted.push_back(prefix);
     } else {
+      const std::pair<int, int> f{l.bits(), l.group_size()};
+      if (!format) {
+        format = f;
+        first_quantized = prefix;
+      }
+      MARLIN_CHECK(*format == f, op, prefix, " is quantized to ", f.first, " bits with group size ",
+                   f.second, " but ", first_quantized, " to ", format->first, " bits with group size ",
+                   format->second, ": a checkpoint holds one format");
       tensors.emplace_back(prefix + ".weight_packed", host(l.qweight().packed, DType::u32));
       tensors.emplace_back(prefix + ".weight_scale", host(l.qweight().scales, DType::f16));
     }
@@ -145,7 +176,13 @@ void save_quantized(const CausalLM& model, const std::string& dir) {
     }
   }
   add("model.norm.weight", llama->norm().weight());
-  if (!c.tie_word_embeddings) add_linear("lm_head", llama->lm_head());
+  // A tied lm_head is the embeddings unless it was quantized on its own.
+  const bool untie = c.tie_word_embeddings && llama->lm_head().bits() != 16;
+  if (!c.tie_word_embeddings || untie) {
+    add_linear("lm_head", llama->lm_head());
+  } else {
+    not_converted.push_back("lm_head");
+  }
 
   std::error_code ec;
   fs::create_directories(dir, ec);
@@ -154,15 +191,16 @@ void save_quantized(const CausalLM& model, const std::string& dir) {
 
   json config = c.raw ? *c.raw : json::object();
   config.erase("quantization_config");
-  if (lo.bits != 16) {
+  if (format) {
     config["quantization_config"] = {
         {"quant_method", "marlin"},
-        {"bits", lo.bits},
-        {"group_size", lo.group_size},
-        {"format", std::string(format_name(format_from_bits(lo.bits)))},
+        {"bits", format->first},
+        {"group_size", format->second},
+        {"format", std::string(format_name(format_from_bits(format->first)))},
         {"scales", std::string(scales_name(lo.scales))},
-        {"modules_not_converted", json::array({"model.embed_tokens", "lm_head"})}};
+        {"modules_not_converted", not_converted}};
   }
+  if (untie) config["tie_word_embeddings"] = false;
   const fs::path config_path = fs::path(dir) / "config.json";
   std::ofstream f(config_path);
   f << config.dump(2) << "\n";

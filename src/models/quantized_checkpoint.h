@@ -4,6 +4,7 @@
 
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "marlin/model.h"
 #include "marlin/nn.h"
@@ -15,7 +16,12 @@ struct MarlinQuantization {
   int bits = 4;
   int group_size = 128;
   ScaleMethod scales = ScaleMethod::absmax;
+  std::vector<std::string> modules_not_converted;  // kept 16-bit (embeddings, skipped linears)
 };
+
+// Whether one of `fragments` occurs in the module path `name` (skip_layers and
+// modules_not_converted match this way, as the original API's skip_layers does).
+bool module_matches(const std::vector<std::string>& fragments, const std::string& name);
 
 // The config's quantization_config when its quant_method is "marlin"; std::nullopt without the
 // block. Another quant_method or a malformed block is an error naming the file and the key.

@@ -75,6 +75,7 @@ std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOpti
   const Factory factory = factory_of(config);  // before the (possibly large) checkpoint is opened
   return factory(config, CheckpointWeights(SafetensorsCheckpoint::open(dir)), opts);
 }
+    opts.modules_not_converted = q->modules_not_converted;
 
 std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
                                                const ModelLoadOptions& options, uint64_t seed) {

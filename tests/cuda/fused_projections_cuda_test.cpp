@@ -1,0 +1,203 @@
+// GPU-only: fused projections and fused norm epilogues on CUDA against the CPU and the unfused
+// composition. Strided copies on the device (2-D copies), QuantizedLinear::concat / columns on
+// the device bit for bit as on the host, FusedLinear against each part's own GEMM, whole models
+// fused vs unfused, forward_fused vs forward + norm, and quantize_linear_layers on the device
+// against load_model at the same bits.
+#include <gtest/gtest.h>
+
+#include <cstring>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "marlin/model.h"
+#include "marlin/npy.h"
+#include "marlin/safetensors.h"
+#include "models/llama.h"
+#include "test_util.h"
+
+namespace marlin {
+namespace {
+
+namespace fs = std::filesystem;
+using testing::random_tensor;
+using testing::relative_error;
+using testing::to_double;
+
+class FusedCuda : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  }
+  const Device gpu = Device::cuda(0);
+};
+
+bool same_bytes(const Tensor& a, const Tensor& b) {
+  const Tensor x = a.to(Device::cpu()).contiguous(), y = b.to(Device::cpu()).contiguous();
+  return x.dtype() == y.dtype() && x.shape() == y.shape() &&
+         std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
+}
+
+bool same_weights(const QuantizedLinear& a, const QuantizedLinear& b) {
+  const bool w = a.bits() == 16 ? same_bytes(a.weight(), b.weight())
+                                : same_bytes(a.qweight().packed, b.qweight().packed) &&
+                                      same_bytes(a.qweight().scales, b.qweight().scales);
+  return w && a.bias().defined() == b.bias().defined() && (!a.bias().defined() || same_bytes(a.bias(), b.bias()));
+}
+
+TEST_F(FusedCuda, StridedCopiesStayOnTheDeviceAndMatchTheHost) {
+  testing::PoisonScope poison;
+  const Tensor qkv = random_tensor({9, 3, 96}, DType::bf16, 1);
+  const Tensor g = qkv.to(gpu);
+  // Head views of a column block, made contiguous by one 2-D copy.
+  const Tensor k_host = qkv.narrow(2, 40, 32).view({27, 2, 16});
+  const Tensor k_dev = g.narrow(2, 40, 32).view({27, 2, 16});
+  EXPECT_EQ(k_dev.strides(), k_host.strides());
+  EXPECT_EQ(k_dev.contiguous().to_float_vector(), k_host.contiguous().to_float_vector());
+  // Layouts that are not runs (a transpose) still copy correctly, through the host.
+  EXPECT_EQ(g.transpose(0, 2).contiguous().to_float_vector(), qkv.transpose(0, 2).contiguous().to_float_vector());
+  // Copies into a column block of a device matrix, from the host and from the device.
+  Tensor dst = random_tensor({33, 70}, DType::f32, 2);
+  Tensor dst_dev = dst.to(gpu);
+  const Tensor src = random_tensor({33, 13}, DType::f32, 3);
+  dst.narrow(1, 50, 13).copy_from(src);
+  dst_dev.narrow(1, 50, 13).copy_from(src);
+  dst_dev.narrow(1, 5, 13).copy_from(src.to(gpu));
+  dst.narrow(1, 5, 13).copy_from(src);
+  EXPECT_EQ(dst_dev.to_float_vector(), dst.to_float_vector());
+}
+
+TEST_F(FusedCuda, ConcatAndColumnsOnTheDeviceEqualTheHost) {
+  for (const int bits : {16, 8, 4, 2}) {
+    std::vector<QuantizedLinear> host, dev;
+    uint64_t seed = 10 * static_cast<uint64_t>(bits);
+    for (const int64_t n : {96, 40, 40}) {
+      const Tensor w = random_tensor({n, 256}, DType::f32, ++seed, 0.05f);
+      const Tensor b = random_tensor({n}, DType::f32, ++seed);
+      host.emplace_back(w, b, bits, 64, LayerPlacement{Device::cpu(), DType::bf16});
+      dev.emplace_back(w, b, bits, 64, LayerPlacement{gpu, DType::bf16});
+    }
+    const QuantizedLinear whole_host = QuantizedLinear::concat(host), whole_dev = QuantizedLinear::concat(dev);
+    EXPECT_TRUE(same_weights(whole_dev, whole_host)) << bits;
+    EXPECT_TRUE(same_weights(whole_dev.columns(96, 40), dev[1])) << bits;
+    EXPECT_TRUE(same_weights(whole_dev.columns(136, 40), host[2])) << bits;
+  }
+}
+
+TEST_F(FusedCuda, FusedLinearMatchesEachPartsGemm) {
+  testing::PoisonScope poison;
+  for (const DType dt : {DType::bf16, DType::f16})
+    for (const int bits : {16, 8, 4, 2}) {
+      std::vector<QuantizedLinear> parts;
+      uint64_t seed = 100 * static_cast<uint64_t>(bits);
+      for (const int64_t n : {512, 128, 128}) {  // q, k, v of 4 + 1 + 1 heads of 128
+        parts.emplace_back(random_tensor({n, 512}, DType::f32, ++seed, 0.05f),
+                           bits == 8 ? random_tensor({n}, DType::f32, ++seed) : Tensor(), bits, 128,
+                           LayerPlacement{gpu, dt});
+      }
+      const FusedLinear fused(parts);
+      ASSERT_TRUE(fused.fused());
+      for (const int64_t M : {1, 3, 8, 33, 300}) {
+        const Tensor x = random_tensor({M, 512}, dt, static_cast<uint64_t>(M));
+        const std::vector<Tensor> outs = fused.forward(x.to(gpu));
+        for (size_t i = 0; i < parts.size(); ++i) {
+          const QuantizedLinear& p = parts[i];
+          // Another split of K may reorder the f32 sums: a rounding of the dtype at most.
+          EXPECT_LT(relative_error(to_double(outs[i]), to_double(p.forward(x.to(gpu)))), 4e-3)
+              << dtype_name(dt) << " bits " << bits << " part " << i << " M " << M;
+          const Tensor w = p.bits() == 16 ? p.weight() : dequantize_cpu(p.qweight().to(Device::cpu()), DType::f32);
+          const std::vector<double> ref = testing::reference_gemm(x, to_double(w), 512, p.out_features(),
+                                                                  p.bias().defined() ? p.bias().to(Device::cpu()) : Tensor());
+          EXPECT_LT(relative_error(to_double(outs[i]), ref), 1e-2) << dtype_name(dt) << " bits " << bits << " M " << M;
+        }
+      }
+    }
+}
+
+std::string fixture_dir(const std::string& name) {
+  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
+}
+
+std::unique_ptr<CausalLM> load_on(Device device, const std::string& dir, int bits, bool fuse) {
+  ModelLoadOptions options;
+  options.device = device;
+  options.dtype = DType::bf16;
+  options.bits = bits;
+  options.group_size = 32;
+  options.fuse_projections = fuse;
+  return load_model(dir, options);
+}
+
+// Prefill plus 8 teacher-forced decode steps (the same tokens for both models), all logits.
+std::vector<float> run(const CausalLM& model, const Tensor& prompt) {
+  KVCache cache = model.make_cache(prompt.numel() + 9);
+  std::vector<float> all = model.forward(prompt, &cache).to_float_vector();
+  for (int32_t step = 0; step < 8; ++step) {
+    const std::vector<float> v =
+        model.forward(Tensor::from_vector(std::vector<int32_t>{3 + 5 * step}, {1}, DType::i32), &cache)
+            .to_float_vector();
+    all.insert(all.end(), v.begin(), v.end());
+  }
+  return all;
+}
+
+double rel(const std::vector<float>& a, const std::vector<float>& b) {
+  return relative_error(std::vector<double>(a.begin(), a.end()), std::vector<double>(b.begin(), b.end()));
+}
+
+TEST_F(FusedCuda, FusedModelsMatchUnfusedAndTheCpu) {
+  for (const char* name : {"llama_gqa", "llama_tied", "mistral", "qwen2", "qwen2_bf16", "qwen3"})
+    for (const int bits : {16, 8, 4, 2}) {
+      const std::string dir = fixture_dir(name);
+      const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
+      const std::vector<float> fused = run(*load_on(gpu, dir, bits, true), prompt);
+      const std::vector<float> unfused = run(*load_on(gpu, dir, bits, false), prompt);
+      const std::vector<float> cpu = run(*load_on(Device::cpu(), dir, bits, true), prompt);
+      EXPECT_LT(rel(fused, unfused), 1e-2) << name << " bits " << bits;
+      EXPECT_LT(rel(fused, cpu), 2e-2) << name << " bits " << bits;
+    }
+}
+
+TEST_F(FusedCuda, ForwardFusedIsForwardThenNormBitForBit) {
+  testing::PoisonScope poison;
+  const auto model = load_on(gpu, fixture_dir("qwen3"), 4, true);
+  const LlamaModel& m = dynamic_cast<const LlamaModel&>(*model);
+  const TransformerBlock& block = m.layers()[1];
+  const Tensor positions =
+      Tensor::from_vector(std::vector<int32_t>{0, 1, 2, 3, 4, 5, 6, 0, 1, 2, 3, 4, 5, 6}, {14}, DType::i32).to(gpu);
+  const Tensor h = random_tensor({2, 7, 64}, DType::bf16, 5).to(gpu);
+  Tensor h_ref = h.clone(), h_fused = h.clone();
+  const Tensor ref = m.norm().forward(block.forward(h_ref, positions));
+  const Tensor out =
+      block.forward_fused(h_fused, block.input_layernorm().forward(h_fused), positions, nullptr, m.norm());
+  EXPECT_EQ(h_fused.to_float_vector(), h_ref.to_float_vector());
+  EXPECT_EQ(out.to_float_vector(), ref.to_float_vector());
+}
+
+TEST_F(FusedCuda, QuantizeLinearLayersOnTheDeviceEqualsLoadModel) {
+  // A bf16 checkpoint: the device's 16-bit weights are the checkpoint's values, so quantizing
+  // them on the GPU must give the host quantizer's codes.
+  const std::string dir = fixture_dir("qwen2_bf16");
+  for (const int bits : {8, 4, 2}) {
+    QuantizedModel q = load_and_quantize(dir, bits, 32, gpu);
+    ModelLoadOptions options;
+    options.device = gpu;
+    options.bits = bits;
+    options.group_size = 32;
+    const auto reference = load_model(dir, options);
+    const fs::path a = fs::temp_directory_path() / "marlin_fused_cuda_a", b = fs::temp_directory_path() / "marlin_fused_cuda_b";
+    fs::remove_all(a);
+    fs::remove_all(b);
+    save_quantized(*q.model, a.string());
+    save_quantized(*reference, b.string());
+    const SafetensorsCheckpoint x = SafetensorsCheckpoint::open(a.string()), y = SafetensorsCheckpoint::open(b.string());
+    for (const std::string& n : y.names()) EXPECT_TRUE(same_bytes(x.tensor(n), y.tensor(n))) << bits << " " << n;
+    fs::remove_all(a);
+    fs::remove_all(b);
+    const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
+    EXPECT_EQ(q.model->forward(prompt).to_float_vector(), reference->forward(prompt).to_float_vector()) << bits;
+  }
+}
+
+}  // namespace
+}  // namespace marlin
