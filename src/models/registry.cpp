@@ -71,11 +71,11 @@ std::unique_ptr<CausalLM> load_model(const std::string& dir, const ModelLoadOpti
     opts.bits = q->bits;
     opts.group_size = q->group_size;
     opts.scales = q->scales;
+    opts.modules_not_converted = q->modules_not_converted;
   }
   const Factory factory = factory_of(config);  // before the (possibly large) checkpoint is opened
   return factory(config, CheckpointWeights(SafetensorsCheckpoint::open(dir)), opts);
 }
-    opts.modules_not_converted = q->modules_not_converted;
 
 std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
                                                const ModelLoadOptions& options, uint64_t seed) {
