@@ -40,7 +40,9 @@ void for_each_llama_linear(const LlamaModel& m, const std::function<void(const Q
 std::optional<DecodeStepBytes> decode_step_bytes(const CausalLM& model, int64_t batch,
                                                  double kv_positions) {
   const auto* llama = dynamic_cast<const LlamaModel*>(&model);
-  if (llama == nullptr) return std::nullopt;
+  // MoE blocks (qwen3_moe, mixtral through LlamaModel) read the routed experts only: not
+  // counted yet, so no figure rather than one without the experts.
+  if (llama == nullptr || model.config().moe || model.config().mla) return std::nullopt;
   const ModelConfig& c = model.config();
   DecodeStepBytes out;
   for_each_llama_linear(*llama, [&](const QuantizedLinear& l) {
@@ -63,7 +65,7 @@ std::optional<DecodeStepBytes> decode_step_bytes(const CausalLM& model, int64_t 
 
 std::optional<double> prefill_flops(const CausalLM& model, int64_t batch, int64_t prompt_len) {
   const auto* llama = dynamic_cast<const LlamaModel*>(&model);
-  if (llama == nullptr) return std::nullopt;
+  if (llama == nullptr || model.config().moe || model.config().mla) return std::nullopt;
   const ModelConfig& c = model.config();
   const double tokens = static_cast<double>(batch * prompt_len);
   double flops = 0;

@@ -67,6 +67,21 @@ TEST(DecodeStepBytes, CountsBiasesQkNormsAndSixteenBitLayers) {
   EXPECT_EQ(b3->kv_cache, 2 * 1 * 2 * 2 * 64 * 4 * 4);
 }
 
+// Routed experts are not counted yet: no figure rather than one that leaves them out.
+TEST(DecodeStepBytes, MoeModelsGiveNoFigure) {
+  const ModelConfig config = fixture_config("qwen3_moe");
+  for (const std::string& t : supported_causal_lm_types())
+    if (t == "qwen3_moe") {
+      ModelLoadOptions o;
+      o.group_size = 32;
+      const auto model = load_synthetic_model(config, o);
+      EXPECT_FALSE(decode_step_bytes(*model, 1, 4).has_value());
+      EXPECT_FALSE(prefill_flops(*model, 1, 4).has_value());
+      return;
+    }
+  GTEST_SKIP() << "qwen3_moe is not registered";
+}
+
 TEST(PrefillFlops, MatchesAHandCount) {
   const auto model = load_synthetic_model(fixture_config("llama_gqa"));
   const auto f = prefill_flops(*model, 2, 8);
