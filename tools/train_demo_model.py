@@ -3,7 +3,7 @@
 corpus of tools/build_demo_corpus.py, on one GPU, time-boxed, keeping the best held-out checkpoint.
 
   python3 tools/build_demo_corpus.py --out .corpus        # on a Debian machine with the packages
-  python3 tools/train_demo_model.py --corpus .corpus --out OUT --time-budget 480   # on the GPU
+  python3 tools/train_demo_model.py --corpus .corpus --out OUT --time-budget 300   # on the GPU
 
 Writes OUT/model/ (config.json, model.safetensors in bf16, tokenizer.json, tokenizer_config.json,
 generation_config.json), loads it back with Transformers, prints a greedy sample and the final
@@ -104,10 +104,11 @@ def main():
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--vocab", type=int, default=8192)
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=8)
+    ap.add_argument("--layers", type=int, default=11)
     ap.add_argument("--heads", type=int, default=4)
     ap.add_argument("--kv-heads", type=int, default=2)
-    ap.add_argument("--intermediate", type=int, default=704)
+    ap.add_argument("--intermediate", type=int, default=768,
+                    help="a multiple of 128, so that quantization groups of 128 divide every K")
     ap.add_argument("--context", type=int, default=512)
     ap.add_argument("--batch", type=int, default=64, help="sequences per step")
     ap.add_argument("--lr", type=float, default=2e-3)

@@ -109,6 +109,24 @@ TEST_F(DemoPerplexity, MseScalesReachTheQuantizedLayers) {
   EXPECT_GT(diff, 1e-2);
 }
 
+TEST_F(DemoPerplexity, Fp4InGroupsOf128StaysNearSixteenBits) {
+  // Every K of the demo model (hidden 256, MLP 768) is a multiple of 128, so groups of 128 load;
+  // docs/QUALITY.md's bound (FP4, g128, MSE scales within 10% of 16 bits) must hold on a prefix
+  // too, and MSE scales must not lose to round-to-nearest. A wrong group-to-scale mapping at
+  // g128 (scales of the wrong rows) costs far more than 10%.
+  const std::vector<int32_t> ids(ids_->begin(), ids_->begin() + 1024);
+  const double full = strided_perplexity(*model_, ids, 512, 512).perplexity;
+  ModelLoadOptions options;
+  options.bits = 4;
+  options.group_size = 128;
+  const double rtn = strided_perplexity(*load_model(kDemo, options), ids, 512, 512).perplexity;
+  options.scales = ScaleMethod::mse;
+  const double mse = strided_perplexity(*load_model(kDemo, options), ids, 512, 512).perplexity;
+  EXPECT_LT(mse, 1.10 * full) << "16-bit " << full << ", FP4 g128 mse " << mse;
+  EXPECT_LE(mse, rtn) << "FP4 g128: mse " << mse << " vs rtn " << rtn;
+  EXPECT_GT(rtn, full) << "quantizing to 4 bits should cost something";
+}
+
 TEST_F(DemoPerplexity, RejectsBadWindows) {
   const std::vector<int32_t> ids(ids_->begin(), ids_->begin() + 64);
   EXPECT_THROW(strided_perplexity(*model_, ids, 32, 64), Error);    // stride > context
