@@ -1,9 +1,11 @@
 // marlin quantize: a model directory quantized once and saved (save_quantized), so later runs
-// load the packed weights instead of quantizing at every start.
+// load the packed weights instead of quantizing at every start. --skip keeps chosen linear
+// layers 16-bit (listed in the saved quantization_config.modules_not_converted).
 #include <filesystem>
 #include <iostream>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "commands.h"
 #include "marlin/error.h"
@@ -16,6 +18,7 @@ struct QuantizeCommand {
   std::string dir, out, scales = "rtn";
   int bits = 4;
   int group_size = 128;
+  std::vector<std::string> skip;
 };
 
 void run_quantize(const QuantizeCommand& o) {
@@ -28,6 +31,7 @@ void run_quantize(const QuantizeCommand& o) {
   options.bits = o.bits;
   options.group_size = o.group_size;
   options.scales = o.scales == "mse" ? ScaleMethod::mse : ScaleMethod::absmax;
+  options.modules_not_converted = o.skip;
   const auto model = load_model(o.dir, options);
   save_quantized(*model, o.out);
   std::cout << "saved " << o.dir << " at " << o.bits << " bits (group size " << o.group_size
@@ -44,6 +48,9 @@ void register_quantize(CLI::App& app) {
   cmd->add_option("--bits", o->bits, "8, 4, 2 (FP8 E4M3, FP4 E2M1, INT2) or 16 (a plain copy)");
   cmd->add_option("--group-size", o->group_size, "quantization group size along K");
   cmd->add_option("--scales", o->scales, "rtn (round-to-nearest) or mse (least squared error)");
+  cmd->add_option("--skip", o->skip,
+                  "keep the linear layers whose module path contains this (e.g. mlp.down_proj, "
+                  "model.layers.0.) in 16 bits; repeatable");
   cmd->callback([o] { run_quantize(*o); });
 }
 

@@ -1,10 +1,13 @@
 // GPU-only: fused projections and fused norm epilogues on CUDA against the CPU and the unfused
 // composition. Strided copies on the device (2-D copies), QuantizedLinear::concat / columns on
 // the device bit for bit as on the host, FusedLinear against each part's own GEMM, whole models
-// fused vs unfused, forward_fused vs forward + norm, and quantize_linear_layers on the device
-// against load_model at the same bits.
+// fused vs unfused, forward_fused vs forward + norm, quantize_linear_layers on the device
+// against load_model at the same bits, and the kernel launches of a decode step's layers
+// counted in its CUDA graph.
+#include <cuda_runtime.h>
 #include <gtest/gtest.h>
 
+#include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <string>
@@ -13,6 +16,7 @@
 #include "marlin/model.h"
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
+#include "marlin/stream.h"
 #include "models/llama.h"
 #include "test_util.h"
 
@@ -91,9 +95,9 @@ TEST_F(FusedCuda, FusedLinearMatchesEachPartsGemm) {
       std::vector<QuantizedLinear> parts;
       uint64_t seed = 100 * static_cast<uint64_t>(bits);
       for (const int64_t n : {512, 128, 128}) {  // q, k, v of 4 + 1 + 1 heads of 128
-        parts.emplace_back(random_tensor({n, 512}, DType::f32, ++seed, 0.05f),
-                           bits == 8 ? random_tensor({n}, DType::f32, ++seed) : Tensor(), bits, 128,
-                           LayerPlacement{gpu, dt});
+        const Tensor w = random_tensor({n, 512}, DType::f32, ++seed, 0.05f);
+        const Tensor b = bits == 8 ? random_tensor({n}, DType::f32, ++seed) : Tensor();
+        parts.emplace_back(w, b, bits, 128, LayerPlacement{gpu, dt});
       }
       const FusedLinear fused(parts);
       ASSERT_TRUE(fused.fused());
@@ -197,6 +201,87 @@ TEST_F(FusedCuda, QuantizeLinearLayersOnTheDeviceEqualsLoadModel) {
     const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
     EXPECT_EQ(q.model->forward(prompt).to_float_vector(), reference->forward(prompt).to_float_vector()) << bits;
   }
+}
+
+struct GraphCounts {
+  int64_t kernels = 0, copies = 0, others = 0;
+};
+
+// The decoder layers of one T = 1 decode step (embedding, lm_head and the logits excluded)
+// captured as a CUDA graph, its nodes counted by type: the step's launches per layer.
+GraphCounts decode_layers_graph(const LlamaModel& m, KVCache& cache, const Device& gpu) {
+  GraphCounts counts;
+  Stream stream = Stream::create(0);
+  {
+    StreamGuard guard(stream);
+    auto s = static_cast<cudaStream_t>(stream.handle);
+    const Tensor h = random_tensor({1, 1, m.config().hidden_size}, m.dtype(), 9).to(gpu);
+    cache.begin_step(1);
+    const Tensor& positions = cache.lengths();
+    auto layers = [&] {
+      const auto& blocks = m.layers();
+      Tensor normed = blocks.front().input_layernorm().forward(h);
+      for (size_t i = 0; i < blocks.size(); ++i)
+        normed = blocks[i].forward_fused(h, normed, positions, &cache,
+                                         i + 1 < blocks.size() ? blocks[i + 1].input_layernorm() : m.norm());
+    };
+    layers();  // eager once: the allocator holds every buffer the capture asks for
+    stream.synchronize();
+    cudaGraph_t graph = nullptr;
+    EXPECT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    layers();  // the same step again: the cache writes land where they did
+    EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    size_t n = 0;
+    EXPECT_EQ(cudaGraphGetNodes(graph, nullptr, &n), cudaSuccess);
+    std::vector<cudaGraphNode_t> nodes(n);
+    EXPECT_EQ(cudaGraphGetNodes(graph, nodes.data(), &n), cudaSuccess);
+    for (cudaGraphNode_t node : nodes) {
+      cudaGraphNodeType type;
+      EXPECT_EQ(cudaGraphNodeGetType(node, &type), cudaSuccess);
+      if (type == cudaGraphNodeTypeKernel) {
+        ++counts.kernels;
+      } else if (type == cudaGraphNodeTypeMemcpy) {
+        ++counts.copies;
+      } else {
+        ++counts.others;
+      }
+    }
+    cudaGraphDestroy(graph);
+    cache.end_step();
+  }
+  stream.destroy();
+  return counts;
+}
+
+// Fusing q/k/v and gate/up saves three launches per layer at any bit width (each quantized GEMM
+// is one kernel; a 16-bit GEMM with bias is cuBLAS plus a bias kernel, so qwen2 saves more),
+// and a batch-1 decode step copies nothing (q is contiguous already). The counts are printed
+// for docs (launches per layer, fused and not).
+TEST_F(FusedCuda, DecodeStepLaunchesPerLayer) {
+  for (const char* name : {"llama_gqa", "qwen2", "qwen3"})
+    for (const int bits : {16, 4}) {
+      const std::string dir = fixture_dir(name);
+      GraphCounts counts[2];
+      int64_t layers = 0;
+      for (const bool fuse : {false, true}) {
+        const auto model = load_on(gpu, dir, bits, fuse);
+        const LlamaModel& m = dynamic_cast<const LlamaModel&>(*model);
+        layers = static_cast<int64_t>(m.layers().size());
+        KVCache cache = model->make_cache(32);
+        model->forward(load_npy(dir + "/prompt_ids.npy"), &cache);  // a prompt in the cache
+        counts[fuse] = decode_layers_graph(m, cache, gpu);
+      }
+      std::printf("[ %s bits %d ] decode-step launches per layer: unfused %.1f, fused %.1f (%lld layers; "
+                  "copies %lld -> %lld, other nodes %lld)\n",
+                  name, bits, double(counts[0].kernels) / double(layers), double(counts[1].kernels) / double(layers),
+                  static_cast<long long>(layers), static_cast<long long>(counts[0].copies),
+                  static_cast<long long>(counts[1].copies), static_cast<long long>(counts[1].others));
+      EXPECT_GE(counts[0].kernels - counts[1].kernels, 3 * layers) << name << " bits " << bits;
+      if (bits == 4) {
+        EXPECT_EQ(counts[0].kernels - counts[1].kernels, 3 * layers) << name;
+      }
+      EXPECT_EQ(counts[1].copies, 0) << name << " bits " << bits;
+    }
 }
 
 }  // namespace
