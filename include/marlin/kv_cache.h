@@ -96,8 +96,9 @@ class KVCache {
 
  private:
   void check_layer(const char* op, int64_t layer_idx) const;
-  void check_room(const char* op, const std::vector<int64_t>& added) const;
-  void set_host_lengths(std::vector<int64_t> lengths);
+  void check_room(const char* op, const std::vector<int64_t>* added, int64_t uniform) const;
+  // Adds to the host mirror (added[b], or uniform when added is null) and ends any step.
+  void add_to_host_lengths(const std::vector<int64_t>* added, int64_t uniform);
 
   KVCacheConfig config_;
   int64_t batch_size_;

@@ -48,19 +48,24 @@ void KVCache::check_layer(const char* op, int64_t layer_idx) const {
                " out of range for ", config_.num_layers, " layers");
 }
 
-void KVCache::check_room(const char* op, const std::vector<int64_t>& added) const {
-  MARLIN_CHECK(static_cast<int64_t>(added.size()) == batch_size_, op, "one count per row: ",
-               batch_size_, " rows, got ", added.size(), " counts");
+// Row b takes added[b] more tokens, or `uniform` when added is null (no vector is made per step).
+void KVCache::check_room(const char* op, const std::vector<int64_t>* added, int64_t uniform) const {
+  if (added != nullptr) {
+    MARLIN_CHECK(static_cast<int64_t>(added->size()) == batch_size_, op, "one count per row: ",
+                 batch_size_, " rows, got ", added->size(), " counts");
+  }
   for (int64_t b = 0; b < batch_size_; ++b) {
-    const int64_t n = added[static_cast<size_t>(b)], at = host_lengths_[static_cast<size_t>(b)];
+    const auto i = static_cast<size_t>(b);
+    const int64_t n = added != nullptr ? (*added)[i] : uniform, at = host_lengths_[i];
     MARLIN_CHECK(n >= 0, op, "row ", b, ": the token count must be >= 0, got ", n);
     MARLIN_CHECK(at + n <= config_.max_seq_len, op, "row ", b, ": ", n, " tokens at position ",
                  at, " need ", at + n, " positions, beyond max_seq_len=", config_.max_seq_len);
   }
 }
 
-void KVCache::set_host_lengths(std::vector<int64_t> lengths) {
-  host_lengths_ = std::move(lengths);
+void KVCache::add_to_host_lengths(const std::vector<int64_t>* added, int64_t uniform) {
+  for (size_t b = 0; b < host_lengths_.size(); ++b)
+    host_lengths_[b] += added != nullptr ? (*added)[b] : uniform;
   longest_ = *std::max_element(host_lengths_.begin(), host_lengths_.end());
   step_tokens_ = 0;
   step_padded_ = false;
@@ -76,7 +81,7 @@ int64_t KVCache::seq_len(int64_t row) const {
 void KVCache::begin_step(int64_t num_tokens) {
   constexpr const char* op = "KVCache::begin_step";
   MARLIN_CHECK(num_tokens >= 1, op, "a step holds at least one token, got ", num_tokens);
-  check_room(op, std::vector<int64_t>(static_cast<size_t>(batch_size_), num_tokens));
+  check_room(op, nullptr, num_tokens);
   ops::add_lengths(lengths_, num_tokens, {}, step_lengths_);
   step_tokens_ = num_tokens;
   step_padded_ = false;
@@ -86,7 +91,7 @@ void KVCache::begin_step(int64_t num_tokens) {
 void KVCache::begin_step(int64_t num_tokens, const std::vector<int64_t>& new_tokens) {
   constexpr const char* op = "KVCache::begin_step";
   MARLIN_CHECK(num_tokens >= 1, op, "a step holds at least one token, got ", num_tokens);
-  check_room(op, new_tokens);
+  check_room(op, &new_tokens, 0);
   bool all = true;
   for (int64_t b = 0; b < batch_size_; ++b) {
     const int64_t n = new_tokens[static_cast<size_t>(b)];
@@ -114,11 +119,8 @@ const Tensor& KVCache::step_new_tokens() const {
 
 void KVCache::end_step() {
   MARLIN_CHECK(step_tokens_ > 0, "KVCache::end_step", "no step in flight (begin_step first)");
-  std::vector<int64_t> next = host_lengths_;
-  for (size_t b = 0; b < next.size(); ++b)
-    next[b] += step_padded_ ? host_new_tokens_[b] : step_tokens_;
   ops::add_lengths(lengths_, step_tokens_, step_padded_ ? new_tokens_ : Tensor(), lengths_);
-  set_host_lengths(std::move(next));
+  add_to_host_lengths(step_padded_ ? &host_new_tokens_ : nullptr, step_tokens_);
 }
 
 std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new,
@@ -156,32 +158,30 @@ std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new
 
 void KVCache::advance(int64_t num_tokens) {
   MARLIN_CHECK(num_tokens >= 0, "KVCache::advance", "num_tokens must be >= 0, got ", num_tokens);
-  check_room("KVCache::advance", std::vector<int64_t>(static_cast<size_t>(batch_size_), num_tokens));
-  std::vector<int64_t> next = host_lengths_;
-  for (int64_t& n : next) n += num_tokens;
+  check_room("KVCache::advance", nullptr, num_tokens);
   ops::add_lengths(lengths_, num_tokens, {}, lengths_);
-  set_host_lengths(std::move(next));
+  add_to_host_lengths(nullptr, num_tokens);
 }
 
 void KVCache::advance(const std::vector<int64_t>& num_tokens) {
-  check_room("KVCache::advance", num_tokens);
-  std::vector<int64_t> next = host_lengths_;
-  for (size_t b = 0; b < next.size(); ++b) next[b] += num_tokens[b];
+  check_room("KVCache::advance", &num_tokens, 0);
   const std::vector<int32_t> counts(num_tokens.begin(), num_tokens.end());
   new_tokens_.copy_from(Tensor::from_vector(counts, {batch_size_}, DType::i32));
   ops::add_lengths(lengths_, 0, new_tokens_, lengths_);
-  set_host_lengths(std::move(next));
+  add_to_host_lengths(&num_tokens, 0);
 }
 
 void KVCache::reset() {
   lengths_.fill_bytes(0);
-  set_host_lengths(std::vector<int64_t>(static_cast<size_t>(batch_size_), 0));
+  std::fill(host_lengths_.begin(), host_lengths_.end(), 0);
+  add_to_host_lengths(nullptr, 0);
 }
 
 void KVCache::refresh_host_lengths() {
   const Tensor host = lengths_.to(Device::cpu());
   const int32_t* p = host.data<int32_t>();
-  set_host_lengths(std::vector<int64_t>(p, p + batch_size_));
+  std::copy(p, p + batch_size_, host_lengths_.begin());
+  add_to_host_lengths(nullptr, 0);
 }
 
 const Tensor& KVCache::keys(int64_t layer_idx) const {
