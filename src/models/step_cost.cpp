@@ -24,13 +24,20 @@ int64_t norm_bytes(const RMSNorm& n) {
 
 // Every linear layer of a llama-family model, lm_head last.
 void for_each_llama_linear(const LlamaModel& m, const std::function<void(const QuantizedLinear&)>& fn) {
+  // A fused q/k/v or gate+up is visited as the one layer it is (its bytes and FLOPs are the
+  // parts' sums), not split into copies of its parts.
+  auto fused = [&](const FusedLinear& f) {
+    if (f.fused()) {
+      fn(f.fused_layer());
+    } else {
+      for (size_t i = 0; i < f.size(); ++i) fn(f.part(i));
+    }
+  };
   for (const TransformerBlock& b : m.layers()) {
-    const Attention& a = b.self_attn();
-    // const& binds whether the accessors return references or copies.
-    const QuantizedLinear &q = a.q_proj(), &k = a.k_proj(), &v = a.v_proj();
-    fn(q), fn(k), fn(v), fn(a.o_proj());
-    const QuantizedLinear &gate = b.mlp().gate_proj(), &up = b.mlp().up_proj();
-    fn(gate), fn(up), fn(b.mlp().down_proj());
+    fused(b.self_attn().qkv_proj());
+    fn(b.self_attn().o_proj());
+    fused(b.mlp().gate_up_proj());
+    fn(b.mlp().down_proj());
   }
   fn(m.lm_head());
 }
