@@ -189,6 +189,39 @@ TEST_F(MoeCuda, DecodeRepeatsAndMatchesCpuLayer) {
   EXPECT_LT(testing::relative_error(testing::to_double(first), testing::to_double(cpu_y)), kTolerance);
 }
 
+// MoE::router_logits / route on the device (the per-expert loop's routing): the router kernel
+// in its logits-only mode, which once took E from unset route params and wrote nothing. The
+// loop itself (a 16-bit expert, so no fused plan) against the float64 reference.
+TEST_F(MoeCuda, RouterLogitsAndLoopMatchReference) {
+  for (DType dt : {DType::bf16, DType::f16}) {
+    for (const DispatchCase& dc : dispatch_cases()) {
+      SCOPED_TRACE(std::string(dc.name) + " " + std::string(dtype_name(dt)));
+      RandomMoeSpec s = dc.spec;
+      s.expert_bits[1] = 16;
+      const MoE moe = testing::random_moe(s, {gpu, dt});
+      ASSERT_EQ(moe.device_plan(), nullptr);
+      const MoE cpu_moe = testing::random_moe(s, {Device::cpu(), dt});
+      testing::PoisonScope poison;
+      for (int64_t T : {1, 3, 9}) {
+        const Tensor x = testing::random_tensor({T, s.hidden}, dt, 200 + T);
+        const std::vector<float> got = moe.router_logits(x.to(gpu)).to_float_vector();
+        const std::vector<float> want = cpu_moe.router_logits(x).to_float_vector();
+        ASSERT_EQ(got.size(), want.size());
+        const float tol = s.routing.logits_in_activation_dtype ? 1e-2f : 1e-4f;
+        int bad = 0;
+        for (size_t i = 0; i < want.size(); ++i)
+          if (!(std::fabs(got[i] - want[i]) <= tol * std::fabs(want[i]) + 1e-4f) && ++bad <= 3)
+            ADD_FAILURE() << "logit " << i << ": cuda " << got[i] << ", cpu " << want[i];
+        EXPECT_EQ(bad, 0) << "T=" << T;
+        const Tensor y = moe.forward(x.to(gpu));
+        EXPECT_LT(testing::relative_error(testing::to_double(y), testing::reference_moe(moe, x)),
+                  kTolerance)
+            << "loop T=" << T;
+      }
+    }
+  }
+}
+
 TEST_F(MoeCuda, ErrorsNameTheProblem) {
   RandomMoeSpec s = dispatch_cases()[0].spec;
   const MoE moe = testing::random_moe(s, {gpu, DType::bf16});

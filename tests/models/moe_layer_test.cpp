@@ -59,6 +59,47 @@ TEST(MoeLayer, CpuMatchesFloat64Reference) {
   }
 }
 
+// The per-expert loop with 16-bit activations (the path CUDA takes when an expert is 16-bit):
+// bf16/f16 placements on the CPU, a 16-bit expert among quantized ones, shared experts, a
+// router whose logits are rounded to the activation dtype. Also the router logits themselves
+// against float64 (the CUDA twin of this test once routed on logits it never wrote).
+TEST(MoeLayer, CpuHalfPrecisionLoopMatchesFloat64Reference) {
+  std::vector<LayerCase> cases = layer_cases();
+  cases[0].spec.routing.logits_in_activation_dtype = true;
+  RandomMoeSpec d = cases[1].spec;  // shared experts at 16 bits, one routed expert at 16 too
+  d.shared_bits = 16;
+  d.expert_bits[5] = 16;
+  d.seed = 4;
+  cases.push_back({"sigmoid_groups_16bit_shared", d, 5});
+  for (DType dt : {DType::bf16, DType::f16}) {
+    for (const LayerCase& lc : cases) {
+      SCOPED_TRACE(std::string(lc.name) + " " + std::string(dtype_name(dt)));
+      const MoE moe = testing::random_moe(lc.spec, {Device::cpu(), dt});
+      for (int64_t T : {int64_t{1}, int64_t{3}, lc.tokens}) {
+        const Tensor x = testing::random_tensor({T, lc.spec.hidden}, dt, 60 + T);
+        testing::PoisonScope poison;
+        // Router logits: f32 from the bf16/f16 x (rounded to x's dtype when the router says so).
+        const std::vector<double> xs = testing::to_double(x), wr = testing::to_double(moe.router_weight());
+        const std::vector<float> logits = moe.router_logits(x).to_float_vector();
+        const int64_t E = moe.num_experts(), H = lc.spec.hidden;
+        ASSERT_EQ(logits.size(), static_cast<size_t>(T * E));
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t e = 0; e < E; ++e) {
+            double v = 0;
+            for (int64_t h = 0; h < H; ++h) v += xs[static_cast<size_t>(t * H + h)] * wr[static_cast<size_t>(e * H + h)];
+            const double tol = lc.spec.routing.logits_in_activation_dtype ? 1e-2 * std::fabs(v) + 1e-5
+                                                                          : 1e-5 * std::fabs(v) + 1e-5;
+            ASSERT_NEAR(logits[static_cast<size_t>(t * E + e)], v, tol) << "logit t=" << t << " e=" << e;
+          }
+        const Tensor y = moe.forward(x);
+        ASSERT_EQ(y.dtype(), dt);
+        EXPECT_LT(testing::relative_error(testing::to_double(y), testing::reference_moe(moe, x)), 2e-2)
+            << "T=" << T;
+      }
+    }
+  }
+}
+
 TEST(MoeLayer, UsagePolicyGivesTheRarestExpertsInt2) {
   RandomMoeSpec s;
   s.routing = testing::softmax_routing(8, 2, true);

@@ -39,8 +39,8 @@ void moe_route(const Tensor& logits, const Tensor& bias, const moe::RouteParams&
                const Tensor& ids, const Tensor& weights);
 
 // logits f32 [T, E] = x [T, H] (f16/bf16) @ router_weight f32 [E, H]^T, each optionally rounded
-// to x's dtype; when ids/weights are defined, the last block of each token routes it too (one
-// launch for logits and routing).
+// to x's dtype (E is router_weight's); when ids/weights are defined, the last block of each token
+// routes it too (one launch for logits and routing), and only then are params and bias read.
 void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
                 const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
                 const Tensor& ids, const Tensor& weights);

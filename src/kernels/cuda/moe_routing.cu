@@ -159,17 +159,17 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
                    ids + static_cast<int64_t>(t) * p.top_k, weights + static_cast<int64_t>(t) * p.top_k);
 }
 
-// logits[t, e] = x[t] . W[e] in f32 (one warp per expert); with `route`, the last block of token
-// t to finish routes it.
+// logits[t, e] = x[t] . W[e] in f32 (one warp per expert), W [E, H]; with `route`, the last
+// block of token t to finish routes it. E is the router weight's: without `route`, p is unset
+// (MoE::router_logits passes default params, num_experts 0).
 template <typename T>
 __global__ void __launch_bounds__(kRouterWarps * 32)
-    moe_router_kernel(const T* __restrict__ x, const float* __restrict__ W, int H, int round_logits,
-                      float* __restrict__ logits, unsigned* __restrict__ counters, int route,
-                      const float* __restrict__ bias, RouteParams p, int32_t* __restrict__ ids,
-                      float* __restrict__ weights) {
+    moe_router_kernel(const T* __restrict__ x, const float* __restrict__ W, int H, int E,
+                      int round_logits, float* __restrict__ logits, unsigned* __restrict__ counters,
+                      int route, const float* __restrict__ bias, RouteParams p,
+                      int32_t* __restrict__ ids, float* __restrict__ weights) {
   extern __shared__ __align__(16) char smem[];
   __shared__ bool is_last;
-  const int E = p.num_experts;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.y, e = blockIdx.x * kRouterWarps + warp;
   if (e < E) {
@@ -231,13 +231,15 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
   const int device = x.device().index;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(device).handle);
   const bool route = ids.defined();
+  MARLIN_CHECK(!route || params.num_experts == E, "moe_router", "the route params have ",
+               params.num_experts, " experts, the router weight ", E);
   unsigned* counters = route ? router_counters(device, T) : nullptr;
   const size_t smem = route ? route_scratch_bytes(E) : 0;
   const dim3 grid((E + kRouterWarps - 1) / kRouterWarps, T);
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
     moe_router_kernel<TX><<<grid, kRouterWarps * 32, smem, stream>>>(
-        static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, round_logits ? 1 : 0,
-        logits.data<float>(), counters, route ? 1 : 0,
+        static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, E,
+        round_logits ? 1 : 0, logits.data<float>(), counters, route ? 1 : 0,
         bias.defined() ? bias.data<float>() : nullptr, params,
         route ? ids.data<int32_t>() : nullptr, route ? weights.data<float>() : nullptr);
   });
