@@ -49,6 +49,7 @@ struct Options {
   uint64_t seed = 0;
   double bandwidth_mib = 0;  // 0: 1 GiB on CUDA, max(1 GiB, 4 x the last-level cache) on the CPU
   bool json_output = false;
+  bool no_graph = false;  // eager decode steps (the reference) instead of the CUDA graph
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -201,8 +202,10 @@ json run_benchmark(const Options& o) {
   gc.do_sample = false;
   gc.repetition_penalty = 1.0f;
   gc.eos_token_id = {};  // never stop early: every run decodes gen_len tokens
+  gc.cuda_graph = !o.no_graph;
   for (int i = 0; i < o.warmup; ++i) generate(*model, prompts, gc);
-  std::vector<double> prefill_ms, decode_ms;
+  std::vector<double> prefill_ms, decode_ms, capture_ms;
+  bool graph_used = false;
   for (int i = 0; i < o.runs; ++i) {
     GenerationStats stats;
     generate(*model, prompts, gc, nullptr, &stats);
@@ -210,6 +213,8 @@ json run_benchmark(const Options& o) {
                  " tokens, expected ", o.batch * o.gen_len);
     prefill_ms.push_back(stats.prefill_ms);
     decode_ms.push_back(stats.decode_ms);
+    capture_ms.push_back(stats.capture_ms);
+    graph_used = stats.cuda_graph;
   }
   const double prefill = median(prefill_ms), decode = median(decode_ms);
   const int64_t steps = o.gen_len - 1;  // decode steps after the prefill's first token
@@ -240,6 +245,8 @@ json run_benchmark(const Options& o) {
   r["prefill_ms"] = prefill;
   r["prefill_tokens_per_s"] = static_cast<double>(o.batch * o.prompt_len) / (prefill * 1e-3);
   r["decode_ms"] = decode;
+  r["cuda_graph"] = graph_used;  // decode steps replayed a captured graph
+  r["graph_capture_ms"] = median(capture_ms);  // once per generate call, not in decode_ms
   r["decode_tokens_per_s"] = static_cast<double>(o.batch * steps) / (decode * 1e-3);
   r["time_per_output_token_ms"] = decode / static_cast<double>(steps);
   r["device_read_gbps"] = read_gbps;
@@ -290,8 +297,11 @@ void print_text(const json& r) {
               static_cast<long long>(r["batch"].get<int64_t>()), static_cast<long long>(r["prompt_len"].get<int64_t>()),
               static_cast<long long>(r["gen_len"].get<int64_t>()), num("load_s"));
   std::printf("  prefill  %10.1f tokens/s  (%.1f ms)\n", num("prefill_tokens_per_s"), num("prefill_ms"));
-  std::printf("  decode   %10.2f tokens/s  (%.3f ms per output token)\n", num("decode_tokens_per_s"),
-              num("time_per_output_token_ms"));
+  std::printf("  decode   %10.2f tokens/s  (%.3f ms per output token; %s)\n", num("decode_tokens_per_s"),
+              num("time_per_output_token_ms"),
+              r.value("cuda_graph", false)
+                  ? ("CUDA graph, captured in " + std::to_string(num("graph_capture_ms")) + " ms").c_str()
+                  : "eager steps");
   std::printf("  read bandwidth measured: %.1f GB/s (%s)\n", num("device_read_gbps"),
               r["device"].get<std::string>() == "cpu" ? "threaded read" : "device-to-device copy");
   if (r.contains("bytes_per_step")) {
@@ -340,6 +350,8 @@ void register_bench_generate(CLI::App& bench) {
   cmd->add_option("--bandwidth-mib", o->bandwidth_mib,
                   "MiB read to measure the bandwidth (default: 1024 on CUDA, max(1024, 4 x LLC) on the CPU)");
   cmd->add_flag("--json", o->json_output, "print one JSON object instead of text");
+  cmd->add_flag("--no-graph", o->no_graph,
+                "run every decode step eagerly instead of replaying a captured CUDA graph (to compare)");
   cmd->callback([o] {
     const json r = run_benchmark(*o);
     if (o->json_output) {

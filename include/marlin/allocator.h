@@ -12,6 +12,7 @@ struct AllocatorStats {
   size_t peak_allocated_bytes = 0;  // since the last reset_peak()
   size_t cached_bytes = 0;          // held in the pool, free for reuse
   uint64_t device_malloc_calls = 0; // cudaMalloc calls made so far
+  size_t capture_pool_bytes = 0;    // free, but kept for the CUDA graphs that use them
 };
 
 class CudaCachingAllocator {
@@ -26,6 +27,19 @@ class CudaCachingAllocator {
   void empty_cache();
   AllocatorStats stats(int device) const;
   void reset_peak(int device);
+
+  // CUDA graph capture (core/cuda_graph.h, DecodeGraph). Between begin_capture and end_capture
+  // on a device, blocks freed there go to a private pool and allocations are served from it
+  // first; a block allocated in the capture returns to the pool whenever it is freed, so no
+  // buffer the graph replays into is handed to another tensor. The pool is kept until
+  // release_capture_pool (after the graph is destroyed and its last replay has finished), when
+  // its free blocks join the shared cache. empty_cache never frees a pool's blocks.
+  // begin_capture returns the pool's id; one capture per device at a time.
+  uint64_t begin_capture(int device);
+  void end_capture(int device);
+  void release_capture_pool(int device, uint64_t pool);
+  // Free bytes a capture pool holds (0 once released).
+  size_t capture_pool_free_bytes(int device, uint64_t pool) const;
 
   static size_t round_size(size_t nbytes);
 

@@ -27,6 +27,11 @@ struct GenerationConfig {
   bool do_sample = true;
   // Not in the original: the sampler's seed, so runs can be repeated; nullopt draws one.
   std::optional<uint64_t> seed;
+  // Not in the original: on CUDA, decode steps replay one captured CUDA graph (DecodeGraph) and
+  // greedy rows are chosen on the device, so a step brings back only the chosen ids. false (or
+  // the environment variable MARLIN_CUDA_GRAPH=0) runs every step eagerly: the reference path.
+  // Models whose decode step cannot be captured always run eagerly.
+  bool cuda_graph = true;
 };
 
 // Called with each generated token id as soon as it is chosen. For a batch, once per step for
@@ -40,7 +45,9 @@ struct GenerationStats {
   int64_t prompt_tokens = 0;     // of the longest row
   int64_t generated_tokens = 0;  // all rows together
   double prefill_ms = 0;         // prompt forward and the first token's choice
-  double decode_ms = 0;          // the steps after it
+  double decode_ms = 0;          // the steps after it (a CUDA graph's capture excluded)
+  double capture_ms = 0;         // capturing and instantiating the decode step's CUDA graph
+  bool cuda_graph = false;       // the decode steps replayed a CUDA graph
 };
 
 // input_ids: [T] or [B, T] (i32 or i64, any device), T >= 1, B prompts of T tokens run together

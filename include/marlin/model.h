@@ -48,6 +48,10 @@ class CausalLM {
   virtual const ModelConfig& config() const = 0;
   virtual Device device() const = 0;
   virtual DType dtype() const = 0;
+  // True when a decode step (forward of [B, 1] ids through a cache) runs on the device alone —
+  // no host copy, wait or allocation that depends on values — so DecodeGraph can capture it
+  // as a CUDA graph. Models that do not say so run their decode steps eagerly.
+  virtual bool decode_graph_capturable() const { return false; }
 };
 
 // ModelLoadOptions::dtype's default for `config` on `device`.

@@ -82,4 +82,9 @@ Tensor add(const Tensor& a, const Tensor& b, const Tensor& out = {});
 // Softmax over the last dim, in f32 whatever x's dtype (the sampler's probabilities).
 Tensor softmax_last_dim(const Tensor& x, const Tensor& out = {});
 
+// x (f32, f16 or bf16, any layout) converted to `dtype` (f32, f16 or bf16), contiguous, on x's
+// device: Tensor::to(dtype) on the CPU; a kernel on CUDA (no trip through the host, so a CUDA
+// graph can capture it). Widening is exact; narrowing rounds to nearest even on both.
+Tensor cast(const Tensor& x, DType dtype);
+
 }  // namespace marlin::ops

@@ -25,6 +25,11 @@ namespace ops {
 // logits * inv_temperature + Gumbel noise over the tokens the filters keep. On CUDA the
 // choice is made on the device and one 4-byte copy brings it back.
 int64_t sample_token(const Tensor& logits, const SamplingParams& params);
+// Greedy choice of every row at once: logits [..., V] (f32/f16/bf16, contiguous) -> i32 [rows]
+// on the logits' device, entry r the argmax of row r as sample_token makes it (ties to the
+// smaller id, NaN never wins), or V when no logit of the row is a number. On CUDA one launch
+// and no copy: a decode loop brings back only the chosen ids.
+Tensor argmax_rows(const Tensor& logits);
 // A copy of logits in which each id of generated_ids (duplicates count once) has its logit x
 // replaced by x / penalty if x > 0, else x * penalty (Transformers' definition).
 Tensor repetition_penalty(const Tensor& logits, const std::vector<int64_t>& generated_ids,

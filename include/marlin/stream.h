@@ -21,6 +21,13 @@ void set_current_stream(const Stream& stream);
 // Waits for all work on every stream of the device.
 void device_synchronize(int device = 0);
 
+// True while `stream` is being captured into a CUDA graph (false without the CUDA backend).
+bool is_capturing(const Stream& stream);
+// Throws "[op] cannot synchronize while a CUDA graph is being captured ..." when `stream` is
+// being captured: a wait inside a capture invalidates it (and leaves the thread capturing), so
+// code that must wait for the device checks first and names itself.
+void check_not_capturing(const Stream& stream, const char* op);
+
 // Makes a stream current for a scope and restores the previous one.
 class StreamGuard {
  public:

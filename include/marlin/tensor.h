@@ -121,8 +121,11 @@ Shape contiguous_strides(const Shape& shape);
 void set_poison_allocations(bool on);
 bool poison_allocations();
 
-// Copies `nbytes` between any two devices (host<->device, device<->device), synchronously.
-void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes);
+// Copies `nbytes` between any two devices. A copy within one CUDA device is ordered on its current
+// stream like a kernel (so a CUDA graph can capture it); one touching host memory or another
+// device is waited for, and is an error naming `op` while the stream is being captured.
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes,
+                const char* op = "copy_bytes");
 
 template <typename T>
 Tensor Tensor::from_vector(const std::vector<T>& values, const Shape& shape, DType dtype) {

@@ -1,26 +1,20 @@
 // Caching CUDA allocator. Blocks are rounded to size buckets and kept in per-device free lists
-// keyed by their rounded size; an allocation takes a cached block of exactly that bucket or
-// calls cudaMalloc. All work runs in stream order on one stream per device, so a block freed by
-// one tensor can be handed to the next without synchronising.
+// keyed by their rounded size (core/block_pool.h); an allocation takes a cached block of exactly
+// that bucket or calls cudaMalloc. All work runs in stream order on one stream per device, so a
+// block freed by one tensor can be handed to the next without synchronising.
 #include "marlin/allocator.h"
 
 #include <map>
 #include <mutex>
-#include <unordered_map>
-#include <vector>
 
+#include "core/block_pool.h"
 #include "core/cuda_check.h"
 
 namespace marlin {
 
 struct CudaCachingAllocator::Impl {
-  struct DevicePool {
-    std::map<size_t, std::vector<void*>> free_blocks;  // rounded size -> blocks
-    std::unordered_map<void*, size_t> live;            // block -> rounded size
-    AllocatorStats stats;
-  };
   mutable std::mutex mutex;
-  std::map<int, DevicePool> pools;
+  std::map<int, detail::BlockPool> pools;
 };
 
 CudaCachingAllocator& CudaCachingAllocator::instance() {
@@ -41,46 +35,51 @@ size_t CudaCachingAllocator::round_size(size_t nbytes) {
   return (nbytes + kLarge - 1) / kLarge * kLarge;
 }
 
+#ifdef MARLIN_WITH_CUDA
+namespace {
+
+// cudaMalloc is a "potentially unsafe" call while the thread captures a graph (the capture
+// would fail): it is made in relaxed mode, as the capture then only records stream work.
+cudaError_t device_malloc(void** ptr, size_t size, bool capturing) {
+  cudaStreamCaptureMode mode = cudaStreamCaptureModeRelaxed;
+  if (capturing) cudaThreadExchangeStreamCaptureMode(&mode);
+  const cudaError_t err = cudaMalloc(ptr, size);
+  if (capturing) cudaThreadExchangeStreamCaptureMode(&mode);
+  return err;
+}
+
+}  // namespace
+#endif
+
 void* CudaCachingAllocator::allocate(size_t nbytes, int device) {
 #ifdef MARLIN_WITH_CUDA
   const size_t size = round_size(nbytes);
   Impl& im = impl();
   std::lock_guard<std::mutex> lock(im.mutex);
-  auto& pool = im.pools[device];
+  detail::BlockPool& pool = im.pools[device];
+  if (void* cached = pool.take_cached(size)) return cached;
+  const bool capturing = pool.capturing() != 0;
+  int previous = 0;
+  MARLIN_CUDA_CHECK(cudaGetDevice(&previous), "CudaCachingAllocator::allocate");
+  MARLIN_CUDA_CHECK(cudaSetDevice(device), "CudaCachingAllocator::allocate");
   void* ptr = nullptr;
-  auto it = pool.free_blocks.find(size);
-  if (it != pool.free_blocks.end() && !it->second.empty()) {
-    ptr = it->second.back();
-    it->second.pop_back();
-    pool.stats.cached_bytes -= size;
-  } else {
-    int previous = 0;
-    MARLIN_CUDA_CHECK(cudaGetDevice(&previous), "CudaCachingAllocator::allocate");
-    MARLIN_CUDA_CHECK(cudaSetDevice(device), "CudaCachingAllocator::allocate");
-    cudaError_t err = cudaMalloc(&ptr, size);
-    if (err == cudaErrorMemoryAllocation) {
-      cudaGetLastError();
-      // Give the cached blocks back to the driver and try once more.
-      for (auto& [bucket, blocks] : pool.free_blocks) {
-        for (void* b : blocks) cudaFree(b);
-        pool.stats.cached_bytes -= bucket * blocks.size();
-        blocks.clear();
-      }
-      err = cudaMalloc(&ptr, size);
-    }
-    cudaSetDevice(previous);
-    if (err != cudaSuccess) {
-      cudaGetLastError();
-      fail("CudaCachingAllocator::allocate", "cudaMalloc of ", size, " bytes on cuda:", device,
-           " failed (", cudaGetErrorString(err), "); in use by marlin: ",
-           pool.stats.allocated_bytes, " bytes");
-    }
-    ++pool.stats.device_malloc_calls;
+  cudaError_t err = device_malloc(&ptr, size, capturing);
+  // Give the cached blocks back to the driver and try once more; not while capturing, where
+  // cudaFree (which waits for the device) would break the capture.
+  if (err == cudaErrorMemoryAllocation && !capturing) {
+    cudaGetLastError();
+    for (const auto& [block, bytes] : pool.drain_shared()) cudaFree(block);
+    err = device_malloc(&ptr, size, false);
   }
-  pool.live[ptr] = size;
-  pool.stats.allocated_bytes += size;
-  if (pool.stats.allocated_bytes > pool.stats.peak_allocated_bytes)
-    pool.stats.peak_allocated_bytes = pool.stats.allocated_bytes;
+  cudaSetDevice(previous);
+  if (err != cudaSuccess) {
+    cudaGetLastError();
+    fail("CudaCachingAllocator::allocate", "cudaMalloc of ", size, " bytes on cuda:", device,
+         " failed (", cudaGetErrorString(err), "); in use by marlin: ",
+         pool.stats().allocated_bytes, " bytes", capturing ? " (during a CUDA graph capture)" : "");
+  }
+  pool.count_device_malloc();
+  pool.add_new(ptr, size);
   return ptr;
 #else
   (void)nbytes;
@@ -93,27 +92,15 @@ void CudaCachingAllocator::deallocate(void* ptr, int device) {
   if (!ptr) return;
   Impl& im = impl();
   std::lock_guard<std::mutex> lock(im.mutex);
-  auto& pool = im.pools[device];
-  auto it = pool.live.find(ptr);
-  if (it == pool.live.end()) return;  // not ours: ignore rather than corrupt the pool
-  const size_t size = it->second;
-  pool.live.erase(it);
-  pool.stats.allocated_bytes -= size;
-  pool.stats.cached_bytes += size;
-  pool.free_blocks[size].push_back(ptr);
+  im.pools[device].give_back(ptr);  // not ours: ignored rather than corrupting the pool
 }
 
 void CudaCachingAllocator::empty_cache() {
 #ifdef MARLIN_WITH_CUDA
   Impl& im = impl();
   std::lock_guard<std::mutex> lock(im.mutex);
-  for (auto& [device, pool] : im.pools) {
-    for (auto& [size, blocks] : pool.free_blocks) {
-      for (void* b : blocks) cudaFree(b);
-      blocks.clear();
-    }
-    pool.stats.cached_bytes = 0;
-  }
+  for (auto& [device, pool] : im.pools)
+    for (const auto& [block, bytes] : pool.drain_shared()) cudaFree(block);
 #endif
 }
 
@@ -121,14 +108,38 @@ AllocatorStats CudaCachingAllocator::stats(int device) const {
   Impl& im = impl();
   std::lock_guard<std::mutex> lock(im.mutex);
   auto it = im.pools.find(device);
-  return it == im.pools.end() ? AllocatorStats{} : it->second.stats;
+  return it == im.pools.end() ? AllocatorStats{} : it->second.stats();
 }
 
 void CudaCachingAllocator::reset_peak(int device) {
   Impl& im = impl();
   std::lock_guard<std::mutex> lock(im.mutex);
-  auto& stats = im.pools[device].stats;
-  stats.peak_allocated_bytes = stats.allocated_bytes;
+  im.pools[device].reset_peak();
+}
+
+uint64_t CudaCachingAllocator::begin_capture(int device) {
+  Impl& im = impl();
+  std::lock_guard<std::mutex> lock(im.mutex);
+  return im.pools[device].begin_capture();
+}
+
+void CudaCachingAllocator::end_capture(int device) {
+  Impl& im = impl();
+  std::lock_guard<std::mutex> lock(im.mutex);
+  im.pools[device].end_capture();
+}
+
+void CudaCachingAllocator::release_capture_pool(int device, uint64_t pool) {
+  Impl& im = impl();
+  std::lock_guard<std::mutex> lock(im.mutex);
+  im.pools[device].release_pool(pool);
+}
+
+size_t CudaCachingAllocator::capture_pool_free_bytes(int device, uint64_t pool) const {
+  Impl& im = impl();
+  std::lock_guard<std::mutex> lock(im.mutex);
+  auto it = im.pools.find(device);
+  return it == im.pools.end() ? 0 : it->second.pool_free_bytes(pool);
 }
 
 }  // namespace marlin

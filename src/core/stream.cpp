@@ -34,6 +34,7 @@ void Stream::destroy() {
 
 void Stream::synchronize() const {
 #ifdef MARLIN_WITH_CUDA
+  check_not_capturing(*this, "Stream::synchronize");
   MARLIN_CUDA_CHECK(cudaStreamSynchronize(static_cast<cudaStream_t>(handle)), "Stream::synchronize");
 #else
   fail_no_cuda("Stream::synchronize");
@@ -50,11 +51,35 @@ void set_current_stream(const Stream& stream) { current_streams[stream.device] =
 void device_synchronize(int device) {
 #ifdef MARLIN_WITH_CUDA
   MARLIN_CUDA_CHECK(cudaSetDevice(device), "device_synchronize");
+  check_not_capturing(current_stream(device), "device_synchronize");
   MARLIN_CUDA_CHECK(cudaDeviceSynchronize(), "device_synchronize");
 #else
   (void)device;
   fail_no_cuda("device_synchronize");
 #endif
+}
+
+bool is_capturing(const Stream& stream) {
+#ifdef MARLIN_WITH_CUDA
+  cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+  const cudaError_t err = cudaStreamIsCapturing(static_cast<cudaStream_t>(stream.handle), &status);
+  if (err == cudaErrorStreamCaptureImplicit) {  // the legacy stream while a blocking one captures
+    cudaGetLastError();
+    return true;
+  }
+  MARLIN_CUDA_CHECK(err, "is_capturing");
+  return status != cudaStreamCaptureStatusNone;
+#else
+  (void)stream;
+  return false;
+#endif
+}
+
+void check_not_capturing(const Stream& stream, const char* op) {
+  MARLIN_CHECK(!is_capturing(stream), op,
+               "cannot synchronize while a CUDA graph is being captured on cuda:", stream.device,
+               " (the captured code must stay on the device: no copy to or from the host, no "
+               "wait, no value read back)");
 }
 
 }  // namespace marlin

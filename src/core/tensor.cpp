@@ -333,8 +333,8 @@ std::optional<RowRuns> row_runs(const Tensor& t) {
 // rows x width_bytes from src (runs src_pitch bytes apart) to dst (dst_pitch apart), any devices.
 // Device-to-device copies stay asynchronous on the current stream; a copy touching host memory
 // is waited for, since the caller may reuse that memory at once.
-void copy_runs(void* dst, Device dst_device, size_t dst_pitch, const void* src, Device src_device,
-               size_t src_pitch, size_t width_bytes, size_t rows) {
+void copy_runs(const char* op, void* dst, Device dst_device, size_t dst_pitch, const void* src,
+               Device src_device, size_t src_pitch, size_t width_bytes, size_t rows) {
   if (width_bytes == 0 || rows == 0) return;
   if (dst_device.is_cpu() && src_device.is_cpu()) {
     for (size_t r = 0; r < rows; ++r)
@@ -344,20 +344,23 @@ void copy_runs(void* dst, Device dst_device, size_t dst_pitch, const void* src, 
   }
 #ifdef MARLIN_WITH_CUDA
   const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
-  auto s = static_cast<cudaStream_t>(current_stream(device).handle);
+  const Stream stream = current_stream(device);
+  auto s = static_cast<cudaStream_t>(stream.handle);
+  const bool wait = dst_device.is_cpu() || src_device.is_cpu();
+  if (wait) check_not_capturing(stream, op);  // before the copy: a capture must stay valid
   MARLIN_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, width_bytes, rows,
                                       cudaMemcpyDefault, s),
-                    "copy_runs");
-  if (dst_device.is_cpu() || src_device.is_cpu())
-    MARLIN_CUDA_CHECK(cudaStreamSynchronize(s), "copy_runs");
+                    op);
+  if (wait) MARLIN_CUDA_CHECK(cudaStreamSynchronize(s), op);
 #else
-  fail_no_cuda("copy_runs");
+  fail_no_cuda(op);
 #endif
 }
 
 }  // namespace
 
-void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes) {
+void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device, size_t nbytes,
+                const char* op) {
   if (nbytes == 0) return;
   if (dst_device.is_cpu() && src_device.is_cpu()) {
     std::memcpy(dst, src, nbytes);
@@ -367,9 +370,14 @@ void copy_bytes(void* dst, Device dst_device, const void* src, Device src_device
   const int device = dst_device.is_cuda() ? dst_device.index : src_device.index;
   const Stream stream = current_stream(device);
   auto s = static_cast<cudaStream_t>(stream.handle);
-  MARLIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, s), "copy_bytes");
-  MARLIN_CUDA_CHECK(cudaStreamSynchronize(s), "copy_bytes");
+  // Within one device the copy is ordered on the current stream like any kernel (and can be
+  // captured into a CUDA graph); host memory, or another device's stream, is waited for.
+  const bool wait = !(dst_device == src_device);
+  if (wait) check_not_capturing(stream, op);  // before the copy: a capture must stay valid
+  MARLIN_CUDA_CHECK(cudaMemcpyAsync(dst, src, nbytes, cudaMemcpyDefault, s), op);
+  if (wait) MARLIN_CUDA_CHECK(cudaStreamSynchronize(s), op);
 #else
+  (void)op;
   fail_no_cuda("copy_bytes");
 #endif
 }
@@ -386,13 +394,15 @@ Tensor Tensor::contiguous() const {
     // device, no round trip through the host.
     Tensor out = empty(shape_, dtype_, device());
     const size_t es = element_size();
-    copy_runs(out.data_ptr(), out.device(), static_cast<size_t>(runs->width) * es, data_ptr(), device(),
+    copy_runs("Tensor::contiguous", out.data_ptr(), out.device(), static_cast<size_t>(runs->width) * es,
+              data_ptr(), device(),
               static_cast<size_t>(runs->pitch) * es, static_cast<size_t>(runs->width) * es,
               static_cast<size_t>(runs->rows));
     return out;
   }
   // Other strided device tensors are rare (views made for the host's convenience): go through
   // the host.
+  check_not_capturing(current_stream(device().index), "Tensor::contiguous");
   Tensor host = empty(shape_, dtype_);
   Tensor whole = *this;
   whole.offset_bytes_ = 0;
@@ -408,7 +418,7 @@ Tensor Tensor::contiguous() const {
 Tensor Tensor::clone() const {
   Tensor src = contiguous();
   Tensor out = empty(shape_, dtype_, device());
-  copy_bytes(out.data_ptr(), out.device(), src.data_ptr(), src.device(), nbytes());
+  copy_bytes(out.data_ptr(), out.device(), src.data_ptr(), src.device(), nbytes(), "Tensor::clone");
   return out;
 }
 
@@ -416,13 +426,17 @@ Tensor Tensor::to(Device target) const {
   if (device() == target) return *this;
   Tensor src = contiguous();
   Tensor out = empty(shape_, dtype_, target);
-  copy_bytes(out.data_ptr(), target, src.data_ptr(), src.device(), nbytes());
+  copy_bytes(out.data_ptr(), target, src.data_ptr(), src.device(), nbytes(), "Tensor::to");
   return out;
 }
 
 Tensor Tensor::to(DType target) const {
   if (target == dtype_) return *this;
-  if (!device().is_cpu()) return to(Device::cpu()).to(target).to(device());
+  if (!device().is_cpu()) {
+    // Converted on the host (ops::cast converts on the device, as a captured step needs).
+    check_not_capturing(current_stream(device().index), "Tensor::to");
+    return to(Device::cpu()).to(target).to(device());
+  }
   Tensor src = contiguous();
   Tensor out = empty(shape_, target);
   const char* in = static_cast<const char*>(src.data_ptr());
@@ -438,7 +452,7 @@ void Tensor::copy_from(const Tensor& src) {
                "cannot copy ", src.describe(), " into ", describe());
   Tensor s = src.contiguous();
   if (is_contiguous()) {
-    copy_bytes(data_ptr(), device(), s.data_ptr(), s.device(), nbytes());
+    copy_bytes(data_ptr(), device(), s.data_ptr(), s.device(), nbytes(), "Tensor::copy_from");
     return;
   }
   // A destination of runs (a column block of a wider matrix): one 2-D copy.
@@ -447,7 +461,8 @@ void Tensor::copy_from(const Tensor& src) {
                "destination must be contiguous or rows of contiguous runs, got ", describe(),
                " with strides ", shape_str(strides_));
   const size_t es = element_size();
-  copy_runs(data_ptr(), device(), static_cast<size_t>(runs->pitch) * es, s.data_ptr(), s.device(),
+  copy_runs("Tensor::copy_from", data_ptr(), device(), static_cast<size_t>(runs->pitch) * es,
+            s.data_ptr(), s.device(),
             static_cast<size_t>(runs->width) * es, static_cast<size_t>(runs->width) * es,
             static_cast<size_t>(runs->rows));
 }

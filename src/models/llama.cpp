@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "marlin/attention.h"
+#include "marlin/moe.h"
 #include "marlin/ops_nn.h"
 #include "models/moe_weights.h"
 #include "models/quantized_checkpoint.h"
@@ -154,9 +155,18 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
     const RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm() : norm_;
     normed = layers_[i].forward_fused(h, normed, positions, cache, next);
   }
-  Tensor logits = lm_head_.forward(normed).to(DType::f32);
+  // Converted on the device: a decode step copies nothing to the host (a CUDA graph captures it).
+  Tensor logits = ops::cast(lm_head_.forward(normed), DType::f32);
   if (cache != nullptr) cache->end_step();
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
+}
+
+bool LlamaModel::decode_graph_capturable() const {
+  if (!placement_.device.is_cuda()) return false;
+  // An MoE layer without the device plan (16-bit experts) routes through the host.
+  for (const TransformerBlock& layer : layers_)
+    if (layer.moe() != nullptr && layer.moe()->device_plan() == nullptr) return false;
+  return true;
 }
 
 KVCache LlamaModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {

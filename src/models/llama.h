@@ -17,6 +17,7 @@ class LlamaModel final : public CausalLM {
 
   Tensor forward(const Tensor& ids, KVCache* cache = nullptr) const override;
   KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const override;
+  bool decode_graph_capturable() const override;
   const ModelConfig& config() const override { return config_; }
   Device device() const override { return placement_.device; }
   DType dtype() const override { return placement_.dtype; }

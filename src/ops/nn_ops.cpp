@@ -247,4 +247,22 @@ Tensor softmax_last_dim(const Tensor& x, const Tensor& out) {
 #endif
 }
 
+Tensor cast(const Tensor& x, DType dtype) {
+  constexpr const char* op = "cast";
+  MARLIN_CHECK(x.defined() && is_activation_dtype(x.dtype()), op, "x must be f32, f16 or bf16, got ",
+               describe(x));
+  MARLIN_CHECK(is_activation_dtype(dtype), op, "the target dtype must be f32, f16 or bf16, got ",
+               dtype_name(dtype));
+  if (x.device().is_cpu()) return x.to(dtype).contiguous();
+  if (dtype == x.dtype()) return x.contiguous();
+#ifdef MARLIN_WITH_CUDA
+  const Tensor src = x.contiguous();
+  Tensor y = Tensor::empty(x.shape(), dtype, x.device());
+  cuda::cast(src, y);
+  return y;
+#else
+  no_cuda(op, x.device());
+#endif
+}
+
 }  // namespace marlin::ops

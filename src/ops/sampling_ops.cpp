@@ -47,6 +47,33 @@ int64_t sample_token(const Tensor& logits, const SamplingParams& p) {
   return id;
 }
 
+Tensor argmax_rows(const Tensor& logits) {
+  constexpr const char* op = "argmax_rows";
+  MARLIN_CHECK(logits.defined() && logits.dim() >= 1 && logits.size(-1) >= 1, op,
+               "logits must be [..., V] with V >= 1, got ",
+               logits.defined() ? logits.describe() : "an undefined tensor");
+  MARLIN_CHECK(logits.dtype() == DType::f32 || logits.dtype() == DType::f16 ||
+                   logits.dtype() == DType::bf16,
+               op, "logits must be f32, f16 or bf16, got ", logits.describe());
+  MARLIN_CHECK(logits.is_contiguous(), op, "logits must be contiguous, got ", logits.describe());
+  const int64_t V = logits.size(-1), rows = logits.numel() / V;
+  MARLIN_CHECK(V < (int64_t{1} << 31) && rows < (int64_t{1} << 31), op, "too large: ", logits.describe());
+  const Tensor flat = logits.view({rows, V});
+  Tensor out = Tensor::empty({rows}, DType::i32, logits.device());
+  if (logits.device().is_cpu()) {
+    int32_t* o = out.data<int32_t>();
+    for (int64_t r = 0; r < rows; ++r)
+      o[r] = static_cast<int32_t>(cpu::sample_token(flat.select(0, r), SamplingParams{.inv_temperature = 0.0f}));
+    return out;
+  }
+#ifdef MARLIN_WITH_CUDA
+  cuda::argmax_rows(flat, out);
+  return out;
+#else
+  fail(op, "logits are on ", logits.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
 Tensor repetition_penalty(const Tensor& logits, const std::vector<int64_t>& ids, float penalty) {
   constexpr const char* op = "repetition_penalty";
   check_logits(op, logits);

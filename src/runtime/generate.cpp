@@ -5,10 +5,14 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <optional>
 
+#include "marlin/decode_graph.h"
 #include "marlin/error.h"
 #include "marlin/sampler.h"
+#include "marlin/stream.h"
 
 namespace marlin {
 namespace {
@@ -60,6 +64,31 @@ std::vector<int64_t> choose(Sampler& sampler, const Tensor& logits, const Genera
                             penalize ? history[b] : kNoHistory);
   }
   return ids;
+}
+
+bool is_greedy(const GenerationConfig& c) { return !c.do_sample || c.temperature == 0.0f; }
+
+// Greedy ids of a decode step's logits [B, 1, V] chosen on the device: one launch for every
+// row and one copy of B ids back (what Sampler::sample gives greedy rows without a penalty).
+std::vector<int64_t> choose_greedy_on_device(const Tensor& logits, const GenerationConfig& c,
+                                             const std::vector<bool>& done) {
+  const int64_t B = logits.size(0), V = logits.size(-1);
+  const Tensor chosen = ops::argmax_rows(logits.view({B, V})).to(Device::cpu());
+  const int32_t* p = chosen.data<int32_t>();
+  std::vector<int64_t> ids(static_cast<size_t>(B), c.pad_token_id);
+  for (int64_t b = 0; b < B; ++b) {
+    if (done[static_cast<size_t>(b)]) continue;
+    MARLIN_CHECK(p[b] >= 0 && p[b] < V, "sample_token", "no logit of row ", b, " of ",
+                 logits.describe(), " is a number");
+    ids[static_cast<size_t>(b)] = p[b];
+  }
+  return ids;
+}
+
+// GenerationConfig::cuda_graph, unless MARLIN_CUDA_GRAPH=0 turns graphs off for the process.
+bool graphs_wanted(const GenerationConfig& c) {
+  const char* env = std::getenv("MARLIN_CUDA_GRAPH");
+  return c.cuda_graph && !(env != nullptr && std::strcmp(env, "0") == 0);
 }
 
 Tensor ids_tensor(const std::vector<int64_t>& values, int64_t rows) {
@@ -116,14 +145,28 @@ std::vector<std::vector<int64_t>> run_batch(const CausalLM& model,
     flat.insert(flat.end(), static_cast<size_t>(T) - p.size(), p.back());
   }
   Tensor input = ids_tensor(flat, B);
+  // On CUDA the decode steps replay one captured graph. The whole run (prefill included) goes
+  // on the graph's stream, so nothing needs ordering across streams; greedy rows without a
+  // penalty are chosen on the device.
+  std::optional<DecodeGraph> graph;
+  if (c.max_new_tokens >= 2 && graphs_wanted(c) && DecodeGraph::supported(model))
+    graph.emplace(model, *kv_cache);
+  StreamGuard on_graph_stream(graph ? graph->stream() : current_stream(model.device().index),
+                              graph.has_value());
+  const bool greedy_on_device = graph && is_greedy(c) && c.repetition_penalty == 1.0f;
   kv_cache->begin_step(T, lengths);
   std::vector<int64_t> last(B);
   for (int64_t b = 0; b < B; ++b) last[b] = lengths[b] - 1;
+  std::vector<int64_t> feed(B);
   auto start = Clock::now();
   for (int64_t step = 0; step < c.max_new_tokens; ++step) {
-    const Tensor logits = model.forward(input, kv_cache);
+    const bool replayed = step > 0 && graph;
+    const double capture_before = graph ? graph->capture_ms() : 0.0;
+    const Tensor logits = replayed ? graph->step(feed) : model.forward(input, kv_cache);
     const std::vector<int64_t> next =
-        choose(sampler, logits.view({B, input.size(1), -1}), c, last, history, done);
+        replayed && greedy_on_device
+            ? choose_greedy_on_device(logits, c, done)
+            : choose(sampler, logits.view({B, replayed ? 1 : input.size(1), -1}), c, last, history, done);
     bool all_done = true;
     for (int64_t b = 0; b < B; ++b) {
       if (done[b]) continue;
@@ -134,18 +177,21 @@ std::vector<std::vector<int64_t>> run_batch(const CausalLM& model,
       all_done = all_done && done[b];
     }
     if (stats) {
-      (step == 0 ? stats->prefill_ms : stats->decode_ms) += ms_since(start);
+      // The graph's one-time capture is reported apart from the steps' time.
+      const double captured = graph ? graph->capture_ms() - capture_before : 0.0;
+      (step == 0 ? stats->prefill_ms : stats->decode_ms) += ms_since(start) - captured;
+      stats->capture_ms += captured;
       start = Clock::now();
     }
     if (all_done) break;
     // Finished rows still take part in the step (one launch shape for the whole decode); they
     // are fed their last token and their result is dropped.
-    std::vector<int64_t> feed(B);
     for (int64_t b = 0; b < B; ++b) feed[b] = generated[b].back();
-    input = ids_tensor(feed, B);
+    if (!graph) input = ids_tensor(feed, B);
     std::fill(last.begin(), last.end(), 0);
   }
   if (stats) {
+    stats->cuda_graph = graph && graph->captured();
     stats->prompt_tokens = T;
     for (const auto& g : generated) stats->generated_tokens += static_cast<int64_t>(g.size());
   }

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include "batched_rows_check.h"
+#include "core/cuda_graph.h"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "marlin/attention.h"
 #include "marlin/kv_cache.h"
@@ -132,15 +133,13 @@ TEST_F(BatchedLengthsCuda, DecodeGraphReplaysAtEveryLength) {
     ops::attention_decode(q, kc, vc, lens, 0.1f);  // warms the allocator for the capture
     stream.synchronize();
     auto s = static_cast<cudaStream_t>(stream.handle);
-    cudaGraph_t graph = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    const Tensor out = ops::attention_decode(q, kc, vc, lens, 0.1f);
-    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
+    Tensor out;
+    // Ends the capture even when it throws, so the other tests can still use the GPU.
+    const CapturedGraph graph = CapturedGraph::capture(
+        s, 0, [&] { out = ops::attention_decode(q, kc, vc, lens, 0.1f); }, "test");
     std::vector<int32_t> now{1, 300, 1000};
     for (int replay = 0; replay < 6; ++replay) {
-      ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+      graph.launch("test");
       stream.synchronize();
       const auto want = to_double(ops::attention_decode(q.to(Device::cpu()), kc.to(Device::cpu()),
                                                         vc.to(Device::cpu()), i32(now), 0.1f));
@@ -148,8 +147,6 @@ TEST_F(BatchedLengthsCuda, DecodeGraphReplaysAtEveryLength) {
       ops::add_lengths(lens, 0, i32({1, 200, 173}).to(gpu), lens);
       for (int b = 0; b < 3; ++b) now[b] += std::vector<int32_t>{1, 200, 173}[b];
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
   stream.destroy();
 }
@@ -201,27 +198,24 @@ TEST_F(BatchedLengthsCuda, ModelDecodeStepReplaysAsAGraph) {
     model->forward(ids, &graphed);  // one eager decode step warms the allocator
     model->forward(ids, &eager);
     stream.synchronize();
-    cudaGraph_t graph = nullptr;
-    ASSERT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    const Tensor logits = model->forward(ids, &graphed);
-    ASSERT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    // Captured into a private allocator pool: the eager steps between replays never get the
+    // graph's buffers. The capture is ended even when the step throws.
+    Tensor logits;
+    const CapturedGraph graph =
+        CapturedGraph::capture(s, 0, [&] { logits = model->forward(ids, &graphed); }, "test");
     graphed.refresh_host_lengths();  // the capture ran the host code only
-    cudaGraphExec_t exec = nullptr;
-    ASSERT_EQ(cudaGraphInstantiate(&exec, graph, 0), cudaSuccess);
     for (int64_t step = 0; step < steps; ++step) {
       const std::vector<int32_t> next{static_cast<int32_t>((11 * step + 1) % V),
                                       static_cast<int32_t>((13 * step + 2) % V),
                                       static_cast<int32_t>((17 * step + 3) % V)};
       ids.copy_from(Tensor::from_vector(next, {B, 1}, DType::i32));
-      ASSERT_EQ(cudaGraphLaunch(exec, s), cudaSuccess);
+      graph.launch("test");
       stream.synchronize();
       graphed.refresh_host_lengths();
       const Tensor want = model->forward(Tensor::from_vector(next, {B, 1}, DType::i32), &eager);
       EXPECT_LT(relative_error(to_double(logits), to_double(want)), 1e-5) << "step " << step;
       EXPECT_EQ(graphed.row_lengths(), eager.row_lengths()) << "step " << step;
     }
-    cudaGraphExecDestroy(exec);
-    cudaGraphDestroy(graph);
   }
   stream.destroy();
 }

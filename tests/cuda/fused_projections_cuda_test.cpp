@@ -13,6 +13,7 @@
 #include <string>
 #include <vector>
 
+#include "core/cuda_graph.h"
 #include "marlin/model.h"
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
@@ -228,9 +229,13 @@ GraphCounts decode_layers_graph(const LlamaModel& m, KVCache& cache, const Devic
     layers();  // eager once: the allocator holds every buffer the capture asks for
     stream.synchronize();
     cudaGraph_t graph = nullptr;
-    EXPECT_EQ(cudaStreamBeginCapture(s, cudaStreamCaptureModeThreadLocal), cudaSuccess);
-    layers();  // the same step again: the cache writes land where they did
-    EXPECT_EQ(cudaStreamEndCapture(s, &graph), cudaSuccess);
+    {
+      // Only counted, never launched: no allocator pool (-1). The capture is ended even when
+      // layers() throws, so the other tests can still use the GPU.
+      ScopedCapture capture(s, -1);
+      layers();  // the same step again: the cache writes land where they did
+      graph = capture.end("decode_layers_graph");
+    }
     size_t n = 0;
     EXPECT_EQ(cudaGraphGetNodes(graph, nullptr, &n), cudaSuccess);
     std::vector<cudaGraphNode_t> nodes(n);

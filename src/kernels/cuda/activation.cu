@@ -1,4 +1,4 @@
-// CUDA SwiGLU (silu(gate) * up), residual add and last-dim softmax.
+// CUDA SwiGLU (silu(gate) * up), residual add, last-dim softmax and float dtype casts.
 #include "core/cuda_check.h"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
@@ -34,6 +34,13 @@ __global__ void add_kernel(const T* __restrict__ a, const T* __restrict__ b, T* 
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
+}
+
+template <typename TI, typename TO>
+__global__ void cast_kernel(const TI* __restrict__ x, TO* __restrict__ out, int64_t n) {
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x)
+    out[i] = from_float<TO>(to_float(x[i]));
 }
 
 // One block per row: max, sum of exponentials, then the normalized values.
@@ -86,6 +93,21 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
                                                    static_cast<T*>(out.data_ptr()), n);
   });
   MARLIN_CUDA_CHECK_LAUNCH("add");
+}
+
+void cast(const Tensor& x, const Tensor& out) {
+  const int64_t n = x.numel();
+  if (n == 0) return;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 8192));
+  nn::dispatch_float(x.dtype(), "cast", [&](auto in_tag) {
+    using TI = decltype(in_tag);
+    nn::dispatch_float(out.dtype(), "cast", [&](auto out_tag) {
+      using TO = decltype(out_tag);
+      cast_kernel<TI, TO><<<blocks, 256, 0, stream_of(x)>>>(static_cast<const TI*>(x.data_ptr()),
+                                                          static_cast<TO*>(out.data_ptr()), n);
+    });
+  });
+  MARLIN_CUDA_CHECK_LAUNCH("cast");
 }
 
 void softmax_last_dim(const Tensor& x, const Tensor& out) {

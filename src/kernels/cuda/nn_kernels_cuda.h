@@ -20,5 +20,7 @@ void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out);
 int64_t embedding(const Tensor& ids, const Tensor& table, const Tensor& out, bool check);
 void add(const Tensor& a, const Tensor& b, const Tensor& out);
 void softmax_last_dim(const Tensor& x, const Tensor& out);
+// out (contiguous, x's shape) = x converted to out's float dtype, rounding to nearest even.
+void cast(const Tensor& x, const Tensor& out);
 
 }  // namespace marlin::cuda

@@ -187,6 +187,20 @@ filtered_sample_kernel(const T* __restrict__ x, int V, float inv_t, int top_k, f
   if (tid == 0) *out = id == INT_MAX ? V : id;
 }
 
+// One block per row: the greedy choice of each, no noise.
+template <typename T>
+__global__ void argmax_rows_kernel(const T* __restrict__ x, int V, int* __restrict__ out) {
+  const T* row = x + static_cast<int64_t>(blockIdx.x) * V;
+  float best = -INFINITY;
+  int id = INT_MAX;
+  for (int i = threadIdx.x; i < V; i += blockDim.x) {
+    const float v = to_float(row[i]);
+    if (!isnan(v)) better(best, id, v, i);
+  }
+  block_argmax(best, id);
+  if (threadIdx.x == 0) out[blockIdx.x] = id == INT_MAX ? V : id;
+}
+
 template <typename T>
 __global__ void repetition_penalty_kernel(const T* __restrict__ in, T* __restrict__ out,
                                           const int* __restrict__ ids, int n, float penalty) {
@@ -233,10 +247,28 @@ int64_t sample_token(const Tensor& logits, const SamplingParams& p) {
     default: launch_sample<__nv_bfloat16>(logits, p, out, stream); break;
   }
   int32_t id = 0;
+  check_not_capturing(current_stream(logits.device().index), "sample_token");
   MARLIN_CUDA_CHECK(cudaMemcpyAsync(&id, out, sizeof(id), cudaMemcpyDeviceToHost, stream),
                     "sample_token");
   MARLIN_CUDA_CHECK(cudaStreamSynchronize(stream), "sample_token");
   return id;
+}
+
+void argmax_rows(const Tensor& logits, const Tensor& out) {
+  auto stream = static_cast<cudaStream_t>(current_stream(logits.device().index).handle);
+  const int rows = static_cast<int>(logits.size(0)), V = static_cast<int>(logits.size(1));
+  if (rows == 0) return;
+  int* o = out.data<int32_t>();
+  switch (logits.dtype()) {
+    case DType::f32: argmax_rows_kernel<<<rows, kThreads, 0, stream>>>(logits.data<float>(), V, o); break;
+    case DType::f16:
+      argmax_rows_kernel<<<rows, kThreads, 0, stream>>>(static_cast<const __half*>(logits.data_ptr()), V, o);
+      break;
+    default:
+      argmax_rows_kernel<<<rows, kThreads, 0, stream>>>(static_cast<const __nv_bfloat16*>(logits.data_ptr()), V, o);
+      break;
+  }
+  MARLIN_CUDA_CHECK_LAUNCH("argmax_rows");
 }
 
 void repetition_penalty(const Tensor& logits, const Tensor& ids, float penalty, Tensor& out) {
