@@ -152,6 +152,38 @@ TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
   cuda::set_force_tiled_gemm(false);
 }
 
+// The M <= 16 stream-K kernel: warps whose ranges split a slab (long K, few slabs), cover many
+// slabs (short K, wide N), or get no work at all (tiny weights), N and K off every tile, each
+// group size, both A row counts (M <= 8 and 9..16) and both activation dtypes.
+TEST_F(Cuda, StreamKernelMatchesFloat64) {
+  testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);  // also for weights the canonical kernel would take
+  const std::pair<int64_t, int64_t> shapes[] = {{256, 64},  {512, 1000}, {256, 65},   {4096, 130},
+                                                {1024, 4096}, {8192, 96}, {768, 3000}, {2048, 24}};
+  const int64_t Ms[] = {1, 2, 5, 8, 9, 16};
+  const int groups[] = {32, 64, 128, 256};
+  int cases = 0;
+  for (int i = 0; i < 48; ++i) {
+    const auto [K, N] = shapes[i % 8];
+    const QuantFormat f = kFormats[i % 3];
+    const int g = groups[(i / 3) % 4];
+    const int64_t M = Ms[i % 6];
+    const DType dt = (i / 8) % 2 ? DType::bf16 : DType::f16;
+    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 900 + i, 0.05f).to(gpu), f, {.group_size = g});
+    ops::prepare_for_gemm(q);
+    ASSERT_TRUE(q.tiled.defined());
+    Tensor A = random_tensor({M, K}, dt, 1000 + i);
+    Tensor bias = i % 4 == 0 ? random_tensor({N}, dt, 1100 + i) : Tensor();
+    Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
+    const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, bias);
+    EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
+        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt);
+    ++cases;
+  }
+  cuda::set_force_tiled_gemm(false);
+  EXPECT_EQ(cases, 48);
+}
+
 TEST_F(Cuda, DenseGemmMatchesFloat64) {
   Tensor A = random_tensor({37, 320}, DType::bf16, 3);
   Tensor B = random_tensor({320, 129}, DType::bf16, 4, 0.1f);

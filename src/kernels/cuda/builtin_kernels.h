@@ -16,5 +16,6 @@ const std::vector<BuiltinKernel>& builtin_kernels();
 void append_quant_kernels(std::vector<BuiltinKernel>& out);
 void append_gemm_kernels(std::vector<BuiltinKernel>& out);
 void append_gemm_mma_kernels(std::vector<BuiltinKernel>& out);
+void append_gemm_stream_kernels(std::vector<BuiltinKernel>& out);
 
 }  // namespace marlin::cuda

@@ -21,8 +21,9 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale);
 Tensor repack_tiled(const QuantizedWeight& W);
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
-// Tests: use the tensor-core kernel even where its grid would be too small to pay off.
+// Tests: use the tensor-core kernels even where the canonical or cuBLAS path would be chosen.
 void set_force_tiled_gemm(bool on);
+bool tiled_gemm_forced();
 // C = A @ B (+ bias) with cuBLAS, B f16/bf16 [K, N] of A's dtype.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 // out (contiguous f32/f16/bf16) = stddev * N(0, 1) from the counter-based generator.

@@ -318,7 +318,7 @@ int multiprocessor_count(int device) {
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   // Small weights at decode sizes: the canonical-layout split-K kernel has less fixed cost
   // (measured on H200: 2048x1536 and 1536x2048 at M = 1).
-  const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20);
+  const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced();
   if (!small_decode && gemm_q_tiled(A, W, bias, C)) return;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   if (A.size(0) <= kMaxSkinnyM) {
@@ -358,6 +358,7 @@ const std::vector<BuiltinKernel>& builtin_kernels() {
     append_quant_kernels(k);
     append_gemm_kernels(k);
     append_gemm_mma_kernels(k);
+    append_gemm_stream_kernels(k);
     return k;
   }();
   return kernels;

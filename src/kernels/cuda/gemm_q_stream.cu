@@ -1,0 +1,379 @@
+// Tensor-core quantized GEMM for M <= 16 (decode) over the tile layout of gemm_q_mma.cu.
+//
+// Stream-K: the layout stores the whole weight as one stream (slab after slab, unit after unit,
+// then the scale rows in the same order), cut into rounds of kUnitsAlign units. Every warp of
+// the grid takes an equal contiguous range of rounds, crossing slab boundaries where it falls,
+// so every SM gets the same number of bytes whatever the shape (a grid of whole slabs x K
+// splits leaves up to a quarter of the SMs idle at the end). A warp copies its range with
+// cp.async into a private ring of shared-memory stages (kStages - 1 in flight): the weights, the
+// scale rows, and the rows of A it needs, so no block barrier is ever taken. The mma runs on the
+// unscaled codes; each group's f32 sums are scaled once per group. Where a warp's range ends
+// inside a slab it writes its partial sums; the last warp to finish a slab adds them in warp
+// order (deterministic) and writes C.
+#include <algorithm>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/builtin_kernels.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/gemm_q_tile.cuh"
+
+namespace marlin::cuda {
+namespace {
+
+using namespace tile;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kStages = 4;
+
+// One stage of a warp's ring: weights and scale rows (Stage), then R rows of A for its units
+// (padded so the rows start on different banks).
+template <QuantFormat F, int G, int R>
+struct StreamStage {
+  using St = Stage<F, G>;
+  static constexpr int kARowHalves = St::kUnits * kUnitK + 8;
+  static constexpr int kBytes = St::kBytes + R * kARowHalves * 2;
+};
+
+template <QuantFormat F, int G, int R>
+constexpr int stream_smem_bytes() {
+  return kWarps * kStages * StreamStage<F, G, R>::kBytes;
+}
+
+// bf16 x2 -> f16 x2 times 2^-4 (kBf16Prescale), saturating: see gemm_q_tile.cuh.
+__device__ __forceinline__ uint32_t bf16x2_as_scaled_f16x2(uint32_t v) {
+  const float lo = __uint_as_float(v << 16) * kBf16Prescale;
+  const float hi = __uint_as_float(v & 0xffff0000u) * kBf16Prescale;
+  uint32_t out;
+  asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(hi), "f"(lo));
+  return out;
+}
+
+// First warp whose range holds round x (ranges: [w R / W, (w + 1) R / W)).
+__device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R) {
+  return ((x + 1) * W + R - 1) / R - 1;
+}
+
+// G: units per scale group (1, 2, 4, 8). R: A rows held (8 when M <= 8, else 16).
+template <QuantFormat F, int G, int R, typename TA>
+__global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
+    gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
+                         const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
+                         BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
+                         unsigned* __restrict__ counters, int M, int N, int K, int units,
+                         int64_t rounds, int64_t used_warps, int max_parts) {
+  using Cd = MmaCodec<F>;
+  using St = Stage<F, G>;
+  using SS = StreamStage<F, G, R>;
+  constexpr int kW = Cd::kWords;
+  constexpr int kU = St::kUnits;
+  constexpr int kStagesPerRound = kUnitsAlign / kU;
+  constexpr int kStagesPerGroup = G > kU ? G / kU : 1;
+  constexpr int kGroupShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
+  constexpr int kScaleRows = St::kScaleRows;
+  constexpr int kAVecPerRow = kU * kUnitK / 8;  // 16-byte pieces of one A row per stage
+  static_assert(kScaleRows * (kScaleRowBytes / 16) <= 32, "one 16-byte scale copy per lane");
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  unsigned char* ring = smem + warp * kStages * SS::kBytes;
+  // used_warps <= rounds, so every warp that runs has at least one round: a slab's parts are
+  // exactly the warps between its first and its last (an empty warp there would never arrive).
+  const int64_t W = used_warps;
+  const int64_t wg = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
+  if (wg >= W) return;
+  const int64_t r0 = wg * rounds / W, r1 = (wg + 1) * rounds / W;
+  const int total_stages = static_cast<int>(r1 - r0) * kStagesPerRound;
+  const int rows_a = min(M, R);
+  const int64_t first_unit = r0 * kUnitsAlign;  // in the whole stream
+
+  // Issue state: the slab-local unit of the next stage to copy.
+  int issue_unit = static_cast<int>(first_unit % units);
+  auto issue = [&](int s) {
+    if (s < total_stages) {
+      unsigned char* slot = ring + (s % kStages) * SS::kBytes;
+      uint4* dst = reinterpret_cast<uint4*>(slot);
+      const int64_t gu = first_unit + static_cast<int64_t>(s) * kU;
+      const uint4* src = weights + gu * kW * 32 + lane;
+#pragma unroll
+      for (int i = 0; i < kU * kW; ++i) cp_async16(dst + i * 32 + lane, src + i * 32);
+      if (lane < kScaleRows * (kScaleRowBytes / 16))
+        cp_async16(dst + St::kWeightWords + lane, scale_stream + (gu >> kGroupShift) * (kScaleRowBytes / 16) + lane);
+      unsigned char* a_dst = slot + St::kBytes;
+      const int k0 = issue_unit * kUnitK;
+      for (int i = lane; i < rows_a * kAVecPerRow; i += 32) {
+        const int row = i / kAVecPerRow, v = i % kAVecPerRow;
+        const int k = k0 + v * 8;
+        const bool in = k < K;
+        cp_async16_or_zero(a_dst + (row * SS::kARowHalves + v * 8) * 2,
+                           A + (in ? static_cast<int64_t>(row) * K + k : 0), in);
+      }
+      issue_unit += kU;
+      if (issue_unit == units) issue_unit = 0;
+    }
+    cp_async_commit();
+  };
+
+  float acc[8][4], gacc[8][4];
+#pragma unroll
+  for (int t = 0; t < 8; ++t)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+
+  // Writes this warp's sums for `slab` (C, or a partial that the slab's last warp adds up).
+  constexpr float kUnscale = Cd::kGroupScale * (std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale);
+  const int64_t rounds_per_slab = units / kUnitsAlign;
+  auto flush = [&](int64_t slab) {
+    const int64_t w_first = warp_of_round(slab * rounds_per_slab, W, rounds);
+    const int64_t w_last = warp_of_round((slab + 1) * rounds_per_slab - 1, W, rounds);
+    const int parts = static_cast<int>(w_last - w_first + 1);
+    const int col0 = static_cast<int>(slab) * kSlabN;
+    if (parts == 1) {
+#pragma unroll
+      for (int t = 0; t < 8; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int row = lane / 4 + 8 * (i / 2), col = col0 + t * 8 + 2 * (lane % 4) + (i % 2);
+          if (row < M && col < N)
+            C[static_cast<int64_t>(row) * N + col] = from_float<TA>(acc[t][i] * kUnscale + load_bias(bias, bias_kind, col));
+        }
+      return;
+    }
+    const int part = static_cast<int>(wg - w_first);
+    float* mine = partials + (slab * max_parts + part) * (R * kSlabN);
+#pragma unroll
+    for (int t = 0; t < 8; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int row = lane / 4 + 8 * (i / 2);
+        if (row < M) mine[row * kSlabN + t * 8 + 2 * (lane % 4) + (i % 2)] = acc[t][i];
+      }
+    __threadfence();
+    __syncwarp();
+    unsigned arrived = 0;
+    if (lane == 0) arrived = atomicAdd(&counters[slab], 1u);
+    arrived = __shfl_sync(0xffffffffu, arrived, 0);
+    if (arrived != static_cast<unsigned>(parts - 1)) return;
+    __threadfence();
+    // Four columns per lane and four parts per round trip (in part order: deterministic).
+    const float4* first = reinterpret_cast<const float4*>(partials + slab * max_parts * (R * kSlabN));
+    constexpr int kPartStride = R * kSlabN / 4;
+    for (int idx = lane; idx < M * (kSlabN / 4); idx += 32) {
+      float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      int p = 0;
+      for (; p + 4 <= parts; p += 4) {
+        float4 part[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) part[j] = __ldcg(first + (p + j) * kPartStride + idx);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          v.x += part[j].x;
+          v.y += part[j].y;
+          v.z += part[j].z;
+          v.w += part[j].w;
+        }
+      }
+      for (; p < parts; ++p) {
+        const float4 part = __ldcg(first + p * kPartStride + idx);
+        v.x += part.x;
+        v.y += part.y;
+        v.z += part.z;
+        v.w += part.w;
+      }
+      const int row = idx / (kSlabN / 4), col = col0 + 4 * (idx % (kSlabN / 4));
+      const float out[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (col + j < N)
+          C[static_cast<int64_t>(row) * N + col + j] = from_float<TA>(out[j] * kUnscale + load_bias(bias, bias_kind, col + j));
+    }
+    if (lane == 0) counters[slab] = 0;  // ready for the next launch
+  };
+
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) issue(s);
+  int64_t slab = first_unit / units;
+  int unit_in_slab = static_cast<int>(first_unit % units);
+  const int a_row = lane / 4, c = lane % 4;
+  for (int s0 = 0; s0 < total_stages; s0 += kStagesPerGroup) {
+#pragma unroll
+    for (int ss = 0; ss < kStagesPerGroup; ++ss) {
+      const int s = s0 + ss;
+      cp_async_wait<kStages - 2>();
+      __syncwarp();  // other lanes' scale rows and A; the slot computed last is free again
+      issue(s + kStages - 1);
+      const unsigned char* slot = ring + (s % kStages) * SS::kBytes;
+      const uint4* wslot = reinterpret_cast<const uint4*>(slot);
+      const __half* srows = reinterpret_cast<const __half*>(wslot + St::kWeightWords);
+      const uint32_t* a_slot = reinterpret_cast<const uint32_t*>(slot + St::kBytes);
+#pragma unroll
+      for (int a = 0; a < kU; ++a) {
+        // A: lane holds rows a_row and a_row + 8, weight rows 8c..8c+7 of the unit: one
+        // 16-byte read per row (the layout's k order), zeros for rows past M.
+        uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
+        if (a_row < rows_a)
+          lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
+        if (R == 16 && a_row + 8 < rows_a)
+          hi = *reinterpret_cast<const uint4*>(a_slot + ((a_row + 8) * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
+        if constexpr (!std::is_same_v<TA, __half>) {
+          lo = make_uint4(bf16x2_as_scaled_f16x2(lo.x), bf16x2_as_scaled_f16x2(lo.y),
+                          bf16x2_as_scaled_f16x2(lo.z), bf16x2_as_scaled_f16x2(lo.w));
+          if (R == 16)
+            hi = make_uint4(bf16x2_as_scaled_f16x2(hi.x), bf16x2_as_scaled_f16x2(hi.y),
+                            bf16x2_as_scaled_f16x2(hi.z), bf16x2_as_scaled_f16x2(hi.w));
+        }
+        const uint32_t afrag[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
+        uint32_t w[kW * 4];
+#pragma unroll
+        for (int j = 0; j < kW; ++j) {
+          const uint4 v = wslot[(a * kW + j) * 32 + lane];
+          w[4 * j] = v.x;
+          w[4 * j + 1] = v.y;
+          w[4 * j + 2] = v.z;
+          w[4 * j + 3] = v.w;
+        }
+        // Group boundaries are compile-time positions (rounds start on group boundaries).
+        const bool group_start = G <= kU ? a % G == 0 : (ss == 0 && a == 0);
+        const bool group_end = G <= kU ? a % G == G - 1 : (ss == kStagesPerGroup - 1 && a == kU - 1);
+        if (group_start) {
+#pragma unroll
+          for (int t = 0; t < 8; ++t)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
+        }
+#pragma unroll
+        for (int step = 0; step < 2; ++step)
+#pragma unroll
+          for (int t = 0; t < 8; ++t)
+            mma_16816(gacc[t], afrag[step], b_register<F, false>(w, (step * 8 + t) * 2, __half2()),
+                      b_register<F, false>(w, (step * 8 + t) * 2 + 1, __half2()));
+        if (group_end) {
+          const __half* srow = srows + (G <= kU ? (a / G) * kSlabN : 0);
+#pragma unroll
+          for (int t = 0; t < 8; ++t) {
+            const float2 sc = __half22float2(*reinterpret_cast<const __half2*>(srow + t * 8 + 2 * c));
+            acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
+            acc[t][1] = fmaf(gacc[t][1], sc.y, acc[t][1]);
+            acc[t][2] = fmaf(gacc[t][2], sc.x, acc[t][2]);
+            acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+          }
+        }
+      }
+    }
+    // Slab boundaries fall on round boundaries, which are group boundaries.
+    unit_in_slab += kStagesPerGroup * kU;
+    if (unit_in_slab == units) {
+      flush(slab);
+#pragma unroll
+      for (int t = 0; t < 8; ++t)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+      ++slab;
+      unit_in_slab = 0;
+    }
+  }
+  cp_async_wait<0>();
+  if (total_stages > 0 && unit_in_slab != 0) flush(slab);
+}
+
+struct StreamScratch {
+  Tensor partials, counters;
+};
+
+template <QuantFormat F, int G, int R, typename TA>
+int stream_resident_blocks() {
+  static const int blocks = [] {
+    constexpr int bytes = stream_smem_bytes<F, G, R>();
+    MARLIN_CUDA_CHECK(cudaFuncSetAttribute(gemm_q_stream_kernel<F, G, R, TA>,
+                                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
+                      "gemm_q");
+    int n = 0;
+    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemm_q_stream_kernel<F, G, R, TA>, kThreads, bytes),
+                      "gemm_q");
+    return std::max(n, 1);
+  }();
+  return blocks;
+}
+
+template <QuantFormat F, int G, int R, typename TA>
+void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                   cudaStream_t stream) {
+  const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
+  const int device = A.device().index;
+  const int slabs = slabs_for(N);
+  const int units = static_cast<int>(padded_units(K));
+  const int64_t rounds = static_cast<int64_t>(slabs) * (units / kUnitsAlign);
+  // As many warps as fit (bytes in flight), at least a round each. The partials (at most two
+  // per warp, M x 64 floats, written and soon read back) mostly stay in L2.
+  const int64_t capacity = static_cast<int64_t>(stream_resident_blocks<F, G, R, TA>()) *
+                           multiprocessor_count(device) * kWarps;
+  const int64_t warps = std::max<int64_t>(1, std::min(capacity, rounds));
+  const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
+  const int64_t min_rounds = std::max<int64_t>(rounds / warps, 1);
+  const int max_parts = static_cast<int>(std::min<int64_t>(warps, (units / kUnitsAlign) / min_rounds + 2));
+
+  static std::mutex mutex;
+  static std::vector<StreamScratch> scratch(64);
+  float* partials = nullptr;
+  unsigned* counters = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    StreamScratch& ws = scratch.at(static_cast<size_t>(device));
+    const int64_t floats = static_cast<int64_t>(slabs) * max_parts * R * kSlabN;
+    if (!ws.partials.defined() || ws.partials.numel() < floats)
+      ws.partials = Tensor::empty({std::max<int64_t>(floats, 1 << 20)}, DType::f32, Device::cuda(device));
+    if (!ws.counters.defined() || ws.counters.numel() < slabs)
+      ws.counters = Tensor::zeros({std::max<int64_t>(slabs, 4096)}, DType::u32, Device::cuda(device));
+    partials = ws.partials.data<float>();
+    counters = ws.counters.data<unsigned>();
+  }
+  const uint32_t* words = W.tiled.data<uint32_t>();
+  gemm_q_stream_kernel<F, G, R, TA><<<blocks, kThreads, stream_smem_bytes<F, G, R>(), stream>>>(
+      static_cast<const TA*>(A.data_ptr()), reinterpret_cast<const uint4*>(words),
+      reinterpret_cast<const uint4*>(words + weight_words<F>(K, N)),
+      bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
+      static_cast<TA*>(C.data_ptr()), partials, counters, M, N, K, units, rounds, warps, max_parts);
+  MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
+}
+
+template <QuantFormat F, typename TA>
+void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                     cudaStream_t stream) {
+  const bool rows8 = A.size(0) <= 8;
+#define MARLIN_STREAM_G(G)                                                  \
+  if (rows8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);            \
+  else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
+  return;
+  switch (W.group_size / kUnitK) {
+    case 1: MARLIN_STREAM_G(1)
+    case 2: MARLIN_STREAM_G(2)
+    case 4: MARLIN_STREAM_G(4)
+    default: MARLIN_STREAM_G(8)
+  }
+#undef MARLIN_STREAM_G
+}
+
+}  // namespace
+
+void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                   cudaStream_t stream) {
+  MARLIN_DISPATCH_FLOAT16(A.dtype(), TA, "gemm_q", {
+    switch (W.format) {
+      case QuantFormat::fp4_e2m1: dispatch_stream<QuantFormat::fp4_e2m1, TA>(A, W, bias, C, stream); break;
+      case QuantFormat::fp8_e4m3: dispatch_stream<QuantFormat::fp8_e4m3, TA>(A, W, bias, C, stream); break;
+      case QuantFormat::int2: dispatch_stream<QuantFormat::int2, TA>(A, W, bias, C, stream); break;
+    }
+  });
+}
+
+void append_gemm_stream_kernels(std::vector<BuiltinKernel>& out) {
+  out.push_back({"gemm_stream_fp4_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp4_e2m1, 4, 8, __half>)});
+  out.push_back({"gemm_stream_fp8_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp8_e4m3, 4, 8, __half>)});
+  out.push_back({"gemm_stream_int2_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::int2, 4, 8, __half>)});
+}
+
+}  // namespace marlin::cuda

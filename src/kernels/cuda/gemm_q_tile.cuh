@@ -1,0 +1,177 @@
+// The tile layout shared by the tensor-core GEMM kernels (gemm_q_mma.cu for M > 16,
+// gemm_q_stream.cu for M <= 16): constants, the code-pair decoders, the mma and cp.async
+// wrappers. The layout itself is described in gemm_q_mma.cu, which writes it.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_runtime.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+#include <type_traits>
+
+#include "marlin/quant.h"
+#include "marlin/tensor.h"
+
+namespace marlin::cuda::tile {
+
+constexpr int kUnitK = 32;
+constexpr int kSlabN = 64;
+// The tile layout pads K to whole rounds of units (zero codes, multiplied by zero activations),
+// so the main loops need no per-unit bounds checks.
+constexpr int kUnitsAlign = 8;
+constexpr int kScaleRowBytes = kSlabN * 2;
+
+// Inside a unit the mma's k index j = 16 step + 8 h + 2 c + e (c = lane % 4, e = the pair's
+// element) stands for the weight row 8 c + 4 step + 2 h + e: a lane's A values for a whole unit
+// are then 8 consecutive k (one 16-byte load), and A and the weights agree by construction.
+__host__ __device__ constexpr int unit_row_of_mma_k(int j) {
+  return 8 * ((j % 8) / 2) + 4 * (j / 16) + 2 * ((j / 8) % 2) + j % 2;
+}
+
+template <QuantFormat F>
+struct MmaCodec;
+
+template <>
+struct MmaCodec<QuantFormat::fp4_e2m1> {
+  static constexpr int kWords = 2;  // 16-byte words per lane per unit
+  static constexpr int kPairsPerU32 = 4;
+  static constexpr float kGroupScale = 16384.0f;  // undoes the decode's 2^-14 (f32 path)
+  static constexpr float kHalfScale = 16384.0f;   // the same, folded into the fp16 scale
+  __device__ __forceinline__ static uint32_t pair(uint32_t q, int p) {
+    if (p == 0) return q & 0x8e008e00u;
+    return ((q << p) & 0x80008000u) | ((q << (3 * p)) & 0x0e000e00u);
+  }
+};
+
+template <>
+struct MmaCodec<QuantFormat::fp8_e4m3> {
+  static constexpr int kWords = 4;
+  static constexpr int kPairsPerU32 = 2;
+  static constexpr float kGroupScale = 256.0f;
+  static constexpr float kHalfScale = 256.0f;
+  __device__ __forceinline__ static uint32_t pair(uint32_t q, int p) {
+    if (p == 0) return q & 0xbf80bf80u;
+    return ((q << p) & 0x80008000u) | ((q << (7 * p)) & 0x3f803f80u);
+  }
+};
+
+template <>
+struct MmaCodec<QuantFormat::int2> {
+  static constexpr int kWords = 1;
+  static constexpr int kPairsPerU32 = 8;
+  static constexpr float kGroupScale = 131072.0f;  // (c - 1.5) = decoded * 2^17
+  // The fp16 path first makes the subnormal normal (times 2^12, exact), then scales by s * 2^5.
+  static constexpr float kHalfScale = 32.0f;
+  __device__ __forceinline__ static uint32_t pair(uint32_t q, int p) {
+    return ((q << (7 - p)) & 0x80808080u) | 0x00400040u;
+  }
+};
+
+// Stage of a warp's stream: 2 KB of weights (4 words per lane) and the scale rows of the groups
+// it touches (one per G units; G = 0, a group size known only at run time: one per unit).
+template <QuantFormat F, int G>
+struct Stage {
+  static constexpr int kUnits = 4 / MmaCodec<F>::kWords;
+  static constexpr int kWeightWords = kUnits * MmaCodec<F>::kWords * 32;  // uint4 per warp
+  static constexpr int kScaleRows = G == 0 ? kUnits : (kUnits / G > 1 ? kUnits / G : 1);
+  static constexpr int kBytes = kWeightWords * 16 + kScaleRows * kScaleRowBytes;
+};
+
+__device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
+__device__ __forceinline__ __half2 as_half2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
+
+// Pair q of a lane's unit data (2 steps x 8 tiles x 2 halves) as an mma B register: unscaled
+// (group-scaled path) or times the fp16 scale. Called from fully unrolled loops, so q, the word
+// index and the shifts are constants.
+template <QuantFormat F, bool kScaled>
+__device__ __forceinline__ uint32_t b_register(const uint32_t (&w)[MmaCodec<F>::kWords * 4], int q,
+                                               __half2 scale) {
+  using Cd = MmaCodec<F>;
+  const uint32_t raw = Cd::pair(w[q / Cd::kPairsPerU32], q % Cd::kPairsPerU32);
+  if constexpr (!kScaled) {
+    return raw;
+  } else {
+    __half2 v = as_half2(raw);
+    if constexpr (F == QuantFormat::int2) v = __hmul2(v, __float2half2_rn(4096.0f));
+    return as_u32(__hmul2(v, scale));
+  }
+}
+
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+      "{%0,%1,%2,%3};\n"
+      : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const __half* p) {
+  const uint32_t addr = static_cast<uint32_t>(__cvta_generic_to_shared(p));
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(addr));
+}
+
+__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+}
+// Zero-fills the 16 bytes instead of reading when `read` is false (A past K).
+__device__ __forceinline__ void cp_async16_or_zero(void* smem, const void* gmem, bool read) {
+  const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "r"(read ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+// bf16 activations run on the f16 tensor cores: staged as f16 times 2^-4 (saturating), which
+// keeps values up to about 1e6 finite and bf16's 8 bits of precision exact down to about 1e-3;
+// the accumulators are multiplied back before the store.
+constexpr float kBf16Prescale = 0.0625f;
+
+template <typename TA>
+__device__ __forceinline__ uint4 stage_as_f16(uint4 v) {
+  if constexpr (std::is_same_v<TA, __half>) {
+    return v;
+  } else {
+    const __nv_bfloat162* in = reinterpret_cast<const __nv_bfloat162*>(&v);
+    uint4 out;
+    __half2* o = reinterpret_cast<__half2*>(&out);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      float2 f = __bfloat1622float2(in[i]);
+      f.x = fminf(fmaxf(f.x * kBf16Prescale, -65504.0f), 65504.0f);
+      f.y = fminf(fmaxf(f.y * kBf16Prescale, -65504.0f), 65504.0f);
+      o[i] = __float22half2_rn(f);
+    }
+    return out;
+  }
+}
+
+__host__ __device__ inline int64_t padded_units(int64_t K) {
+  return (K / kUnitK + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
+}
+
+__host__ __device__ inline int slabs_for(int64_t N) { return static_cast<int>((N + kSlabN - 1) / kSlabN); }
+
+template <QuantFormat F>
+int64_t weight_words(int64_t K, int64_t N) {
+  return slabs_for(N) * padded_units(K) * MmaCodec<F>::kWords * 128;
+}
+// u32 words of the scale stream: [slab][group][64] f16, groups over the padded K.
+inline int64_t scale_words(int64_t K, int64_t N, int group_size) {
+  return slabs_for(N) * (padded_units(K) * kUnitK / group_size) * kSlabN / 2;
+}
+
+
+}  // namespace marlin::cuda::tile
+
+namespace marlin::cuda {
+// C[M <= 16, N] = A @ W over W.tiled (gemm_q_stream.cu).
+void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                   cudaStream_t stream);
+}  // namespace marlin::cuda
