@@ -4,6 +4,7 @@
 
 #include "marlin/model.h"
 #include "marlin/safetensors.h"
+#include "models/deepseek.h"
 #include "models/llama.h"
 #include "models/quantized_checkpoint.h"
 #include "models/registry.h"
@@ -20,6 +21,9 @@ const std::map<ModelType, Factory>& registry() {
       {ModelType::mistral, make_llama_model},
       {ModelType::qwen2, make_llama_model},
       {ModelType::qwen3, make_llama_model},
+      {ModelType::deepseek_v2, make_deepseek_model},
+      {ModelType::deepseek_v3, make_deepseek_model},
+      {ModelType::glm4_moe_lite, make_deepseek_model},
       {ModelType::qwen3_moe, make_llama_model},
       {ModelType::mixtral, make_llama_model},
   };

@@ -1,0 +1,234 @@
+// DeepseekModel: loads the deepseek_v2 / deepseek_v3 / glm4_moe_lite tensors by their Hugging
+// Face names (the MoE layers through load_moe: per-expert "mlp.experts.<e>.gate_proj" as the Hub
+// checkpoints and Transformers 5's save_pretrained write them, or the fused expert tensors) and
+// runs the decoder.
+#include "models/deepseek.h"
+
+#include <string>
+#include <utility>
+
+#include "marlin/attention.h"
+#include "marlin/ops_nn.h"
+#include "models/moe_weights.h"
+#include "models/quantized_checkpoint.h"
+
+namespace marlin {
+namespace {
+
+constexpr const char* kOp = "load_model";
+
+// Transformers builds q_a_layernorm and kv_a_layernorm with its RMSNorm's default eps, not the
+// config's rms_norm_eps.
+constexpr double kLatentNormEps = 1e-6;
+
+}  // namespace
+
+DeepseekBlock::DeepseekBlock(RMSNorm input_layernorm, MLAAttention self_attn,
+                             RMSNorm post_attention_layernorm, MLP mlp)
+    : input_layernorm_(std::move(input_layernorm)),
+      self_attn_(std::move(self_attn)),
+      post_attention_layernorm_(std::move(post_attention_layernorm)),
+      mlp_(std::move(mlp)) {}
+
+DeepseekBlock::DeepseekBlock(RMSNorm input_layernorm, MLAAttention self_attn,
+                             RMSNorm post_attention_layernorm, std::shared_ptr<const MoE> moe)
+    : input_layernorm_(std::move(input_layernorm)),
+      self_attn_(std::move(self_attn)),
+      post_attention_layernorm_(std::move(post_attention_layernorm)),
+      moe_(std::move(moe)) {}
+
+Tensor DeepseekBlock::forward(const Tensor& hidden, const Tensor& positions, KVCache* cache) const {
+  const Tensor attn = self_attn_.forward(input_layernorm_.forward(hidden), positions, cache);
+  // hidden += attn, then the second norm, in one pass.
+  const Tensor normed = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
+                                          post_attention_layernorm_.eps());
+  ops::add(hidden, moe_ ? moe_->forward(normed) : mlp_.forward(normed), hidden);
+  return hidden;
+}
+
+void DeepseekBlock::for_each_linear(const std::string& prefix, const LinearVisitor& visit) const {
+  self_attn_.for_each_linear(prefix + "self_attn.", visit);
+  if (!moe_) {
+    mlp_.for_each_linear(prefix + "mlp.", visit);
+    return;
+  }
+  for (size_t e = 0; e < moe_->experts().size(); ++e)
+    moe_->experts()[e].for_each_linear(prefix + "mlp.experts." + std::to_string(e) + ".", visit);
+  if (moe_->has_shared_experts())
+    moe_->shared_experts().for_each_linear(prefix + "mlp.shared_experts.", visit);
+}
+
+void DeepseekBlock::transform_linears(const std::string& prefix, const LinearTransform& transform) {
+  self_attn_.transform_linears(prefix + "self_attn.", transform);
+  if (!moe_) {
+    mlp_.transform_linears(prefix + "mlp.", transform);
+    return;
+  }
+  std::vector<MLP> experts = moe_->experts();
+  for (size_t e = 0; e < experts.size(); ++e)
+    experts[e].transform_linears(prefix + "mlp.experts." + std::to_string(e) + ".", transform);
+  MLP shared = moe_->shared_experts();
+  if (moe_->has_shared_experts()) shared.transform_linears(prefix + "mlp.shared_experts.", transform);
+  // The MoE plans its fused launches over its experts' weights: build it again around them.
+  moe_ = std::make_shared<const MoE>(moe_->routing(), moe_->router_weight(), std::move(experts),
+                                     std::move(shared), moe_->e_score_correction_bias(),
+                                     moe_->placement());
+}
+
+DeepseekModel::DeepseekModel(ModelConfig config, const WeightSource& w, const ModelLoadOptions& options)
+    : config_(std::move(config)), options_(options) {
+  const ModelConfig& c = config_;
+  MARLIN_CHECK(c.mla.has_value(), kOp, model_type_name(c.model_type), " in ", c.source,
+               " has no MLA block (kv_lora_rank, qk_rope_head_dim, ...)");
+  MARLIN_CHECK(c.hidden_act == "silu", kOp, "hidden_act ", c.hidden_act,
+               " is not supported (silu only) in ", c.source);
+  MARLIN_CHECK(options.bits == 16 || options.bits == 8 || options.bits == 4 || options.bits == 2,
+               kOp, "bits must be 16, 8, 4 or 2, got ", options.bits);
+  MARLIN_CHECK(!c.tie_word_embeddings, kOp, "tied embeddings are not supported for ",
+               model_type_name(c.model_type), " (", c.source, ")");
+  placement_ = {options.device, options.dtype.value_or(default_model_dtype(c, options.device))};
+
+  const MlaConfig& mla = *c.mla;
+  const int64_t H = c.hidden_size, V = c.vocab_size, heads = c.num_attention_heads;
+  embed_tokens_ = Embedding(w.get("model.embed_tokens.weight", {V, H}), placement_);
+  const ops::RopeParams rope = ops::rope_params(c).to(placement_.device);
+  // A checkpoint of save_quantized holds its quantized layers packed, the others in 16 bits
+  // (listed in modules_not_converted); nothing is quantized again.
+  const bool stored_quantized = marlin_quantization(c).has_value();
+  auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
+    const Tensor b = w.get_if(bias, prefix + ".bias", {out});
+    if (module_matches(options.modules_not_converted, prefix))
+      return QuantizedLinear(w.get(prefix + ".weight", {out, in}), b, 16, options.group_size, placement_);
+    if (stored_quantized || w.has(prefix + ".weight_packed"))
+      return load_packed_linear(w, prefix, in, out, b, options.bits, options.group_size, placement_);
+    return QuantizedLinear(w.get(prefix + ".weight", {out, in}), b, options.bits, options.group_size,
+                           placement_, options.scales);
+  };
+  auto norm = [&](const std::string& name, int64_t size, double eps) {
+    return RMSNorm(w.get(name, {size}), eps, placement_);
+  };
+  auto mlp = [&](const std::string& prefix, int64_t inter) {
+    return MLP(linear(prefix + ".gate_proj", H, inter, c.mlp_bias),
+               linear(prefix + ".up_proj", H, inter, c.mlp_bias),
+               linear(prefix + ".down_proj", inter, H, c.mlp_bias), options.fuse_projections);
+  };
+
+  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const std::string p = "model.layers." + std::to_string(i);
+    MLAAttentionConfig ac;
+    ac.hidden_size = H;
+    ac.num_heads = heads;
+    ac.q_lora_rank = mla.q_lora_rank.value_or(0);
+    ac.kv_lora_rank = mla.kv_lora_rank;
+    ac.qk_nope_head_dim = mla.qk_nope_head_dim;
+    ac.qk_rope_head_dim = mla.qk_rope_head_dim;
+    ac.v_head_dim = mla.v_head_dim;
+    ac.layer_idx = i;
+    const std::string a = p + ".self_attn";
+    MLAProjections proj;
+    if (ac.q_lora_rank > 0) {
+      proj.q_a_proj = linear(a + ".q_a_proj", H, ac.q_lora_rank, c.attention_bias);
+      proj.q_a_layernorm = norm(a + ".q_a_layernorm.weight", ac.q_lora_rank, kLatentNormEps);
+      proj.q_b_proj = linear(a + ".q_b_proj", ac.q_lora_rank, heads * ac.qk_head_dim(), false);
+    } else {
+      proj.q_proj = linear(a + ".q_proj", H, heads * ac.qk_head_dim(), false);
+    }
+    proj.kv_a_proj_with_mqa = linear(a + ".kv_a_proj_with_mqa", H, ac.latent_dim(), c.attention_bias);
+    proj.kv_a_layernorm = norm(a + ".kv_a_layernorm.weight", ac.kv_lora_rank, kLatentNormEps);
+    proj.kv_b_proj = linear(a + ".kv_b_proj", ac.kv_lora_rank,
+                            heads * (ac.qk_nope_head_dim + ac.v_head_dim), false);
+    proj.o_proj = linear(a + ".o_proj", heads * ac.v_head_dim, H, c.attention_bias);
+    MLAAttention attn(ac, std::move(proj), rope);
+    RMSNorm in_norm = norm(p + ".input_layernorm.weight", H, c.rms_norm_eps);
+    RMSNorm post_norm = norm(p + ".post_attention_layernorm.weight", H, c.rms_norm_eps);
+    if (!c.is_moe_layer(i)) {
+      layers_.emplace_back(std::move(in_norm), std::move(attn), std::move(post_norm),
+                           mlp(p + ".mlp", c.intermediate_size));
+      continue;
+    }
+    auto expert_linear = [&](const std::string& prefix, int64_t in, int64_t out) {
+      return linear(prefix, in, out, c.mlp_bias);
+    };
+    auto from_weight = [&](const Tensor& weight) {
+      return QuantizedLinear(weight, {}, options.bits, options.group_size, placement_, options.scales);
+    };
+    layers_.emplace_back(std::move(in_norm), std::move(attn), std::move(post_norm),
+                         load_moe(w, c, i, expert_linear, from_weight, placement_));
+  }
+  norm_ = norm("model.norm.weight", H, c.rms_norm_eps);
+  // lm_head stays 16-bit: its error would add to every quantized layer's.
+  lm_head_ = QuantizedLinear(w.get("lm_head.weight", {V, H}), {}, 16, options.group_size, placement_);
+}
+
+Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
+  constexpr const char* op = "CausalLM::forward";
+  MARLIN_CHECK(ids.defined() && (ids.dim() == 1 || ids.dim() == 2), op,
+               "ids must be [T] or [B, T], got ", ids.defined() ? ids.describe() : "an undefined tensor");
+  const Tensor ids2 = ids.dim() == 1 ? ids.contiguous().view({1, ids.size(0)}) : ids;
+  const int64_t B = ids2.size(0), T = ids2.size(1);
+  MARLIN_CHECK(B >= 1 && T >= 1, op, "ids must hold at least one token, got ", ids.describe());
+  int64_t end = T;
+  if (cache != nullptr) {
+    MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
+                 " sequences but ids has ", B);
+    const KVCacheConfig& kc = cache->config();
+    MARLIN_CHECK(kc.num_layers == config_.num_hidden_layers && kc.keys_only &&
+                     kc.dtype == placement_.dtype && cache->device() == placement_.device,
+                 op, "the cache was not made for this model (use make_cache)");
+    MARLIN_CHECK(cache->step_tokens() == 0 || cache->step_tokens() == T, op,
+                 "the cache's step in flight holds ", cache->step_tokens(),
+                 " tokens per row but ids has T=", T);
+    MARLIN_CHECK(!cache->step_new_tokens().defined(), op, "rows with right padding are not ",
+                 "supported by MLA models yet: run prompts of different lengths one by one");
+    end = cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
+  }
+  MARLIN_CHECK(config_.max_position_embeddings <= 0 || end <= config_.max_position_embeddings,
+               op, "positions up to ", end, " exceed the model's context of ",
+               config_.max_position_embeddings, " tokens (max_position_embeddings in ",
+               config_.source, ")");
+  Tensor positions;
+  if (cache != nullptr) {
+    if (cache->step_tokens() == 0) cache->begin_step(T);
+    positions = T == 1 ? cache->lengths() : ops::sequence_positions(cache->lengths(), T);
+  } else {
+    std::vector<int32_t> pos(static_cast<size_t>(B * T));
+    for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i % T);
+    positions = Tensor::from_vector(pos, {B * T}, DType::i32).to(placement_.device);
+  }
+
+  Tensor h = embed_tokens_.forward(ids2);
+  for (const DeepseekBlock& layer : layers_) h = layer.forward(h, positions, cache);
+  Tensor logits = lm_head_.forward(norm_.forward(h)).to(DType::f32);
+  if (cache != nullptr) cache->end_step();
+  return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
+}
+
+KVCache DeepseekModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {
+  KVCacheConfig kc;
+  kc.num_layers = config_.num_hidden_layers;
+  kc.num_kv_heads = 1;
+  kc.head_dim = config_.mla->kv_lora_rank + config_.mla->qk_rope_head_dim;
+  kc.max_seq_len = max_seq_len;
+  kc.dtype = placement_.dtype;
+  kc.keys_only = true;
+  return KVCache(kc, batch_size, placement_.device);
+}
+
+void DeepseekModel::for_each_linear(const LinearVisitor& visit) const {
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i].for_each_linear("model.layers." + std::to_string(i) + ".", visit);
+  visit("lm_head", lm_head_);
+}
+
+void DeepseekModel::transform_linears(const LinearTransform& transform) {
+  for (size_t i = 0; i < layers_.size(); ++i)
+    layers_[i].transform_linears("model.layers." + std::to_string(i) + ".", transform);
+  lm_head_ = transform("lm_head", lm_head_);
+}
+
+std::unique_ptr<CausalLM> make_deepseek_model(const ModelConfig& config, const WeightSource& weights,
+                                              const ModelLoadOptions& options) {
+  return std::make_unique<DeepseekModel>(config, weights, options);
+}
+
+}  // namespace marlin

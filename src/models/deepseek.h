@@ -1,0 +1,82 @@
+// DeepseekModel: the MLA decoders deepseek_v2, deepseek_v3 and glm4_moe_lite (GLM-4.7-Flash) —
+// pre-norm blocks of multi-head latent attention and a dense SwiGLU MLP below
+// first_k_dense_replace (or where mlp_layer_types says "dense"), a routed MoE with shared
+// experts above; untied lm_head. The KV cache holds one latent row per token and layer.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "marlin/mla.h"
+#include "marlin/model.h"
+#include "marlin/moe.h"
+#include "marlin/nn.h"
+#include "models/weight_source.h"
+
+namespace marlin {
+
+// x += attn(norm1(x)); x += ffn(norm2(x)), the ffn a dense MLP or a MoE.
+class DeepseekBlock {
+ public:
+  DeepseekBlock(RMSNorm input_layernorm, MLAAttention self_attn, RMSNorm post_attention_layernorm,
+                MLP mlp);
+  DeepseekBlock(RMSNorm input_layernorm, MLAAttention self_attn, RMSNorm post_attention_layernorm,
+                std::shared_ptr<const MoE> moe);
+  // hidden [B, T, H] (contiguous), the residual stream, updated in place and returned.
+  Tensor forward(const Tensor& hidden, const Tensor& positions, KVCache* cache) const;
+
+  const RMSNorm& input_layernorm() const { return input_layernorm_; }
+  const MLAAttention& self_attn() const { return self_attn_; }
+  const RMSNorm& post_attention_layernorm() const { return post_attention_layernorm_; }
+  const MLP& mlp() const { return mlp_; }               // dense blocks
+  const MoE* moe() const { return moe_.get(); }  // null in a dense block
+
+  // prefix + "self_attn.q_a_proj", ..., "mlp.down_proj" or "mlp.experts.<e>.gate_proj", ...,
+  // "mlp.shared_experts.down_proj".
+  void for_each_linear(const std::string& prefix, const LinearVisitor& visit) const;
+  void transform_linears(const std::string& prefix, const LinearTransform& transform);
+
+ private:
+  RMSNorm input_layernorm_;
+  MLAAttention self_attn_;
+  RMSNorm post_attention_layernorm_;
+  MLP mlp_;
+  std::shared_ptr<const MoE> moe_;
+};
+
+class DeepseekModel final : public CausalLM {
+ public:
+  DeepseekModel(ModelConfig config, const WeightSource& weights, const ModelLoadOptions& options);
+
+  Tensor forward(const Tensor& ids, KVCache* cache = nullptr) const override;
+  // A latent cache: keys_only, one "head" of kv_lora_rank + qk_rope_head_dim values per token.
+  KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const override;
+  const ModelConfig& config() const override { return config_; }
+  Device device() const override { return placement_.device; }
+  DType dtype() const override { return placement_.dtype; }
+
+  const std::vector<DeepseekBlock>& layers() const { return layers_; }
+  const Embedding& embed_tokens() const { return embed_tokens_; }
+  const RMSNorm& norm() const { return norm_; }
+  const QuantizedLinear& lm_head() const { return lm_head_; }
+  const ModelLoadOptions& load_options() const { return options_; }
+
+  // Every linear layer by its Hugging Face module path, decoder layers first, lm_head last.
+  void for_each_linear(const LinearVisitor& visit) const;
+  void transform_linears(const LinearTransform& transform);
+  void set_scale_method(ScaleMethod scales) { options_.scales = scales; }
+
+ private:
+  ModelConfig config_;
+  ModelLoadOptions options_;
+  LayerPlacement placement_;
+  Embedding embed_tokens_;
+  std::vector<DeepseekBlock> layers_;
+  RMSNorm norm_;
+  QuantizedLinear lm_head_;
+};
+
+std::unique_ptr<CausalLM> make_deepseek_model(const ModelConfig& config, const WeightSource& weights,
+                                              const ModelLoadOptions& options);
+
+}  // namespace marlin
