@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/cuda_graph.h"
+#include "marlin/allocator.h"
 #include "marlin/model.h"
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
@@ -229,12 +230,14 @@ GraphCounts decode_layers_graph(const LlamaModel& m, KVCache& cache, const Devic
     layers();  // eager once: the allocator holds every buffer the capture asks for
     stream.synchronize();
     cudaGraph_t graph = nullptr;
+    uint64_t pool = 0;
     {
-      // Only counted, never launched: no allocator pool (-1). The capture is ended even when
-      // layers() throws, so the other tests can still use the GPU.
-      ScopedCapture capture(s, -1);
+      // The capture is ended even when layers() throws, so the other tests can still use the
+      // GPU; its allocator pool is released once the graph is destroyed.
+      ScopedCapture capture(s, 0);
       layers();  // the same step again: the cache writes land where they did
       graph = capture.end("decode_layers_graph");
+      pool = capture.pool();
     }
     size_t n = 0;
     EXPECT_EQ(cudaGraphGetNodes(graph, nullptr, &n), cudaSuccess);
@@ -252,6 +255,7 @@ GraphCounts decode_layers_graph(const LlamaModel& m, KVCache& cache, const Devic
       }
     }
     cudaGraphDestroy(graph);
+    CudaCachingAllocator::instance().release_capture_pool(0, pool);
     cache.end_step();
   }
   stream.destroy();
