@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "core/cuda_check.h"  // fail_no_cuda in builds without CUDA
 #include "marlin/stream.h"
 #include "nn/moe_plan.h"
 #include "ops/moe_internal.h"

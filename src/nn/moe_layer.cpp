@@ -5,6 +5,7 @@
 #include <numeric>
 #include <utility>
 
+#include "core/cuda_check.h"  // fail_no_cuda in builds without CUDA
 #include "kernels/cpu/cpu_kernels.h"
 #include "marlin/moe.h"
 #include "marlin/ops.h"

@@ -2,6 +2,7 @@
 // CPU or CUDA backend.
 #include <string>
 
+#include "core/cuda_check.h"  // fail_no_cuda in builds without CUDA
 #include "kernels/cpu/moe_kernels.h"
 #include "ops/moe_internal.h"
 #ifdef MARLIN_WITH_CUDA

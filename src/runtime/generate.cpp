@@ -85,10 +85,12 @@ std::vector<int64_t> choose_greedy_on_device(const Tensor& logits, const Generat
   return ids;
 }
 
-// GenerationConfig::cuda_graph, unless MARLIN_CUDA_GRAPH=0 turns graphs off for the process.
+// GenerationConfig::cuda_graph, unless MARLIN_CUDA_GRAPH=1 or 0 decides for the process.
 bool graphs_wanted(const GenerationConfig& c) {
   const char* env = std::getenv("MARLIN_CUDA_GRAPH");
-  return c.cuda_graph && !(env != nullptr && std::strcmp(env, "0") == 0);
+  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
+  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  return c.cuda_graph;
 }
 
 Tensor ids_tensor(const std::vector<int64_t>& values, int64_t rows) {

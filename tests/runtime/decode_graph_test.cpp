@@ -59,6 +59,7 @@ TEST(DecodeGraph, NeedsACapturableModelOnCuda) {
   c.do_sample = false;
   c.eos_token_id = {};
   GenerationStats on, off;
+  c.cuda_graph = true;
   const auto a = generate(*model, {{1, 2, 3}, {4, 5}}, c, nullptr, &on);
   c.cuda_graph = false;
   const auto b = generate(*model, {{1, 2, 3}, {4, 5}}, c, nullptr, &off);
