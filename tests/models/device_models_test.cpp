@@ -13,6 +13,7 @@
 
 #include "marlin/model.h"
 #include "marlin/npy.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
@@ -32,9 +33,8 @@ const Backend kBackends[] = {
 };
 const char* const kFixtures[] = {"llama_gqa", "llama_tied", "mistral", "qwen2", "qwen2_bf16", "qwen3"};
 
-std::string fixture_dir(const std::string& name) {
-  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
-}
+using testing::fixture_dir;
+using testing::ids_tensor;
 
 std::vector<float> values(const Tensor& t) { return t.to_float_vector(); }
 
@@ -45,10 +45,6 @@ double relative_error(const float* x, const float* y, int64_t n) {
     den += double(y[i]) * y[i];
   }
   return std::sqrt(num / den);
-}
-
-Tensor ids_tensor(const std::vector<int32_t>& ids) {
-  return Tensor::from_vector(ids, {static_cast<int64_t>(ids.size())}, DType::i32);
 }
 
 bool available(const Backend& b) { return b.device.is_cpu() || cuda_available(); }
@@ -90,11 +86,7 @@ TEST_P(BackendTest, PrefillAndDecodeMatchTransformers) {
     const int32_t expected = greedy.data<int32_t>()[s];
     if (ours != expected) {
       ++other_tokens;
-      double rms = 0;
-      for (int64_t v = 0; v < V; ++v) rms += double(ref_row[v]) * ref_row[v];
-      rms = std::sqrt(rms / V);
-      EXPECT_LT(ref_row[expected] - ref_row[ours], backend.tolerance * rms)
-          << "step " << s << ": token " << ours << " where Transformers clearly prefers " << expected;
+      testing::expect_near_tie(ref_row, V, ours, expected, backend.tolerance, s);
     }
     // Teacher forcing: the next step sees Transformers' token, so every step is compared.
     if (s + 1 < steps) got = values(model->forward(ids_tensor({expected}), &cache));
@@ -112,23 +104,7 @@ INSTANTIATE_TEST_SUITE_P(Models, BackendTest,
                          });
 
 // Quantized weights on the GPU compute what the CPU computes in f32 with the same weights.
-TEST(QuantizedModelCuda, MatchesCpuFp32Run) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  const std::string dir = fixture_dir("llama_gqa");
-  const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
-  for (int bits : {8, 4, 2}) {
-    ModelLoadOptions options;
-    options.bits = bits;
-    options.group_size = 32;
-    const std::vector<float> cpu = values(load_model(dir, options)->forward(prompt));
-    options.device = Device::cuda(0);
-    options.dtype = DType::bf16;
-    const std::vector<float> gpu = values(load_model(dir, options)->forward(prompt));
-    const double err = relative_error(gpu.data(), cpu.data(), static_cast<int64_t>(cpu.size()));
-    std::printf("[ llama_gqa bits %d ] cuda bf16 vs cpu f32: %.3g\n", bits, err);
-    EXPECT_LT(err, 3e-2) << "bits " << bits;
-  }
-}
+TEST(QuantizedModelCuda, MatchesCpuFp32Run) { testing::expect_quantized_cuda_matches_cpu("llama_gqa"); }
 
 }  // namespace
 }  // namespace marlin

@@ -15,7 +15,7 @@
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
 #include "models/llama.h"
-#include "test_util.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
@@ -24,21 +24,11 @@ namespace fs = std::filesystem;
 
 const char* const kFixtures[] = {"llama_gqa", "llama_tied", "mistral", "qwen2", "qwen2_bf16", "qwen3"};
 
-std::string fixture_dir(const std::string& name) {
-  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
-}
+using testing::fixture_dir;
 
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) : dir_(fs::temp_directory_path() / ("marlin_fused_" + tag)) {
-    fs::remove_all(dir_);
-  }
-  ~TempDir() { fs::remove_all(dir_); }
-  std::string str() const { return dir_.string(); }
-  fs::path path() const { return dir_; }
-
- private:
-  fs::path dir_;
+// A fresh scratch directory marlin_fused_<tag>, removed afterwards.
+struct TempDir : testing::TempDir {
+  explicit TempDir(const std::string& tag) : testing::TempDir("marlin_fused_" + tag) {}
 };
 
 const LlamaModel& llama(const CausalLM& m) { return dynamic_cast<const LlamaModel&>(m); }
@@ -57,12 +47,8 @@ std::vector<float> prefill_and_decode(const CausalLM& model, const Tensor& promp
   KVCache cache = model.make_cache(prompt.numel() + 8);
   Tensor logits = model.forward(prompt, &cache);
   std::vector<float> all = logits.to_float_vector();
-  const int64_t V = logits.size(-1);
   for (int step = 0; step < 6; ++step) {
-    const std::vector<float> v = logits.to_float_vector();
-    const float* last = v.data() + v.size() - V;
-    const int32_t next = static_cast<int32_t>(std::max_element(last, last + V) - last);
-    logits = model.forward(Tensor::from_vector(std::vector<int32_t>{next}, {1}, DType::i32), &cache);
+    logits = model.forward(testing::ids_tensor({testing::argmax_last_row(logits)}), &cache);
     const std::vector<float> step_logits = logits.to_float_vector();
     all.insert(all.end(), step_logits.begin(), step_logits.end());
   }

@@ -14,7 +14,7 @@
 #include "marlin/model.h"
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
-#include "test_util.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
@@ -23,50 +23,18 @@ namespace fs = std::filesystem;
 
 const char* const kFixtures[] = {"llama_gqa", "llama_tied", "mistral", "qwen2", "qwen2_bf16", "qwen3"};
 
-std::string fixture_dir(const std::string& name) {
-  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
-}
-
-std::vector<int32_t> load_ids(const std::string& path) {
-  const Tensor t = load_npy(path);
-  return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
-}
-
-Tensor ids_tensor(const std::vector<int32_t>& ids) {
-  return Tensor::from_vector(ids, {static_cast<int64_t>(ids.size())}, DType::i32);
-}
-
-// ||a - b|| / ||b|| over all elements.
-double relative_error(const Tensor& a, const Tensor& b) {
-  const std::vector<float> x = a.to_float_vector(), y = b.to_float_vector();
-  EXPECT_EQ(x.size(), y.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
-    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-    den += double(y[i]) * y[i];
-  }
-  return std::sqrt(num / den);
-}
-
-int32_t argmax_last_row(const Tensor& logits) {
-  const std::vector<float> v = logits.to_float_vector();
-  const int64_t V = logits.size(-1);
-  const float* row = v.data() + v.size() - V;
-  return static_cast<int32_t>(std::max_element(row, row + V) - row);
-}
+using testing::expect_chunked_prefill_matches_transformers;
+using testing::expect_logits_match_transformers;
+using testing::expect_quantized_error_order;
+using testing::fixture_dir;
+using testing::greedy_tokens;
+using testing::ids_tensor;
+using testing::load_ids;
+using testing::relative_error;
 
 class FixtureTest : public ::testing::TestWithParam<const char*> {};
 
-TEST_P(FixtureTest, LogitsMatchTransformersFp32) {
-  const std::string dir = fixture_dir(GetParam());
-  const auto model = load_model(dir);
-  const Tensor ref = load_npy(dir + "/logits.npy");
-  const Tensor logits = model->forward(ids_tensor(load_ids(dir + "/prompt_ids.npy")));
-  ASSERT_EQ(logits.shape(), ref.shape());
-  const double err = relative_error(logits, ref);
-  std::printf("[ %s ] fp32 logits relative error %.3g\n", GetParam(), err);
-  EXPECT_LT(err, 1e-4);
-}
+TEST_P(FixtureTest, LogitsMatchTransformersFp32) { expect_logits_match_transformers(GetParam(), 1e-4); }
 
 TEST_P(FixtureTest, GreedyThroughKVCacheMatchesTransformers) {
   const std::string dir = fixture_dir(GetParam());
@@ -74,28 +42,14 @@ TEST_P(FixtureTest, GreedyThroughKVCacheMatchesTransformers) {
   const std::vector<int32_t> prompt = load_ids(dir + "/prompt_ids.npy");
   const std::vector<int32_t> expected = load_ids(dir + "/greedy_ids.npy");
   KVCache cache = model->make_cache(64);
-  Tensor logits = model->forward(ids_tensor(prompt), &cache);
-  std::vector<int32_t> got;
-  for (size_t step = 0; step < expected.size(); ++step) {
-    got.push_back(argmax_last_row(logits));
-    if (step + 1 < expected.size()) logits = model->forward(ids_tensor({got.back()}), &cache);
-  }
-  EXPECT_EQ(got, expected);
+  EXPECT_EQ(greedy_tokens(*model, cache, prompt, expected.size()), expected);
   EXPECT_EQ(cache.seq_len(), static_cast<int64_t>(prompt.size() + expected.size() - 1));
 }
 
 // The prompt fed in two chunks (prefill, then attention_extend over the cache) gives the
 // logits of one prefill.
 TEST_P(FixtureTest, ChunkedPrefillMatchesTransformers) {
-  const std::string dir = fixture_dir(GetParam());
-  const auto model = load_model(dir);
-  const std::vector<int32_t> prompt = load_ids(dir + "/prompt_ids.npy");
-  const Tensor ref = load_npy(dir + "/logits.npy");
-  KVCache cache = model->make_cache(32);
-  const int64_t split = 5, T = static_cast<int64_t>(prompt.size());
-  model->forward(ids_tensor({prompt.begin(), prompt.begin() + split}), &cache);
-  const Tensor tail = model->forward(ids_tensor({prompt.begin() + split, prompt.end()}), &cache);
-  EXPECT_LT(relative_error(tail, ref.narrow(0, split, T - split).contiguous()), 1e-4);
+  expect_chunked_prefill_matches_transformers(GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, FixtureTest, ::testing::ValuesIn(kFixtures));
@@ -106,39 +60,14 @@ TEST(LlamaModel, BatchOfTwoPromptsMatchesSingleRuns) {
   const auto model = load_model(dir);
   std::vector<int32_t> a = load_ids(dir + "/prompt_ids.npy"), b = a;
   std::reverse(b.begin(), b.end());
-  std::vector<int32_t> both = a;
-  both.insert(both.end(), b.begin(), b.end());
-  const int64_t T = static_cast<int64_t>(a.size());
-  const Tensor batch_ids = Tensor::from_vector(both, {2, T}, DType::i32);
-  const Tensor la = model->forward(ids_tensor(a)), lb = model->forward(ids_tensor(b));
-  const Tensor batch = model->forward(batch_ids);
-  ASSERT_EQ(batch.shape(), (Shape{2, T, model->config().vocab_size}));
-  EXPECT_LT(relative_error(batch.select(0, 0).contiguous(), la), 1e-5);
-  EXPECT_LT(relative_error(batch.select(0, 1).contiguous(), lb), 1e-5);
-  KVCache cache = model->make_cache(T, 2);
-  const Tensor cached = model->forward(batch_ids, &cache);
-  EXPECT_LT(relative_error(cached.select(0, 1).contiguous(), lb), 1e-5);
+  KVCache cache = model->make_cache(static_cast<int64_t>(a.size()), 2);
+  testing::expect_batch_of_two_matches_single_runs(*model, cache, a, b);
 }
 
 // FP8, FP4 and INT2 weights: the error against the fp32 model grows as the format shrinks.
 TEST(LlamaModel, QuantizedErrorOrdersFp8Fp4Int2) {
   for (const char* name : {"llama_gqa", "qwen3"}) {
-    const std::string dir = fixture_dir(name);
-    const Tensor ref = load_npy(dir + "/logits.npy");
-    const Tensor ids = ids_tensor(load_ids(dir + "/prompt_ids.npy"));
-    double errors[3];
-    const int bits[3] = {8, 4, 2};
-    for (int i = 0; i < 3; ++i) {
-      ModelLoadOptions options;
-      options.bits = bits[i];
-      options.group_size = 32;
-      errors[i] = relative_error(load_model(dir, options)->forward(ids), ref);
-    }
-    std::printf("[ %s ] relative logit error, group 32: FP8 %.3g, FP4 %.3g, INT2 %.3g\n", name,
-                errors[0], errors[1], errors[2]);
-    EXPECT_GT(errors[0], 0.0);
-    EXPECT_LT(errors[0], errors[1]);
-    EXPECT_LT(errors[1], errors[2]);
+    const auto errors = expect_quantized_error_order(name);
     EXPECT_LT(errors[0], 0.15);
     EXPECT_LT(errors[2], 1.5);
   }

@@ -17,59 +17,23 @@
 
 #include "marlin/model.h"
 #include "marlin/npy.h"
-#include "test_util.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
 
 const char* const kFixtures[] = {"glm4_moe_lite", "deepseek_v3", "deepseek_v2", "deepseek_v2_yarn"};
 
-std::string fixture_dir(const std::string& name) {
-  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
-}
-
-std::vector<int32_t> load_ids(const std::string& path) {
-  const Tensor t = load_npy(path);
-  return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
-}
-
-Tensor ids_tensor(const std::vector<int32_t>& ids) {
-  return Tensor::from_vector(ids, {static_cast<int64_t>(ids.size())}, DType::i32);
-}
-
-double relative_error(const std::vector<float>& x, const std::vector<float>& y) {
-  EXPECT_EQ(x.size(), y.size());
-  double num = 0, den = 0;
-  for (size_t i = 0; i < std::min(x.size(), y.size()); ++i) {
-    if (!std::isfinite(x[i])) return INFINITY;
-    num += (double(x[i]) - y[i]) * (double(x[i]) - y[i]);
-    den += double(y[i]) * y[i];
-  }
-  return std::sqrt(num / den);
-}
-
-double relative_error(const Tensor& a, const Tensor& b) {
-  return relative_error(a.to_float_vector(), b.to_float_vector());
-}
-
-int32_t argmax_last_row(const Tensor& logits) {
-  const std::vector<float> v = logits.to_float_vector();
-  const int64_t V = logits.size(-1);
-  const float* row = v.data() + v.size() - V;
-  return static_cast<int32_t>(std::max_element(row, row + V) - row);
-}
+using testing::argmax_last_row;
+using testing::fixture_dir;
+using testing::ids_tensor;
+using testing::load_ids;
+using testing::relative_error;
 
 class MlaFixtureTest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(MlaFixtureTest, LogitsMatchTransformersFp32) {
-  const std::string dir = fixture_dir(GetParam());
-  const auto model = load_model(dir);
-  const Tensor ref = load_npy(dir + "/logits.npy");
-  const Tensor logits = model->forward(ids_tensor(load_ids(dir + "/prompt_ids.npy")));
-  ASSERT_EQ(logits.shape(), ref.shape());
-  const double err = relative_error(logits, ref);
-  std::printf("[ %s ] fp32 logits relative error %.3g\n", GetParam(), err);
-  EXPECT_LT(err, 1e-4);
+  testing::expect_logits_match_transformers(GetParam(), 1e-4);
 }
 
 // Prefill expands the latent; every later step attends over the latent cache in the absorbed
@@ -105,15 +69,7 @@ TEST_P(MlaFixtureTest, GreedyThroughLatentCacheMatchesTransformers) {
 // The prompt in two chunks: the second attends over the cache in the absorbed form with 7 new
 // tokens per step (extend), and gives the logits of one prefill.
 TEST_P(MlaFixtureTest, ChunkedPrefillMatchesTransformers) {
-  const std::string dir = fixture_dir(GetParam());
-  const auto model = load_model(dir);
-  const std::vector<int32_t> prompt = load_ids(dir + "/prompt_ids.npy");
-  const Tensor ref = load_npy(dir + "/logits.npy");
-  KVCache cache = model->make_cache(32);
-  const int64_t split = 5, T = static_cast<int64_t>(prompt.size());
-  model->forward(ids_tensor({prompt.begin(), prompt.begin() + split}), &cache);
-  const Tensor tail = model->forward(ids_tensor({prompt.begin() + split, prompt.end()}), &cache);
-  EXPECT_LT(relative_error(tail, ref.narrow(0, split, T - split).contiguous()), 1e-4);
+  testing::expect_chunked_prefill_matches_transformers(GetParam());
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, MlaFixtureTest, ::testing::ValuesIn(kFixtures));
@@ -125,18 +81,9 @@ TEST(MlaModel, BatchOfTwoPromptsMatchesSingleRuns) {
   const auto model = load_model(dir);
   std::vector<int32_t> a = load_ids(dir + "/prompt_ids.npy"), b = a;
   std::reverse(b.begin(), b.end());
-  std::vector<int32_t> both = a;
-  both.insert(both.end(), b.begin(), b.end());
   const int64_t T = static_cast<int64_t>(a.size());
-  const Tensor batch_ids = Tensor::from_vector(both, {2, T}, DType::i32);
-  const Tensor la = model->forward(ids_tensor(a)), lb = model->forward(ids_tensor(b));
-  const Tensor batch = model->forward(batch_ids);
-  ASSERT_EQ(batch.shape(), (Shape{2, T, model->config().vocab_size}));
-  EXPECT_LT(relative_error(batch.select(0, 0).contiguous(), la), 1e-5);
-  EXPECT_LT(relative_error(batch.select(0, 1).contiguous(), lb), 1e-5);
   KVCache cache = model->make_cache(T + 1, 2);
-  const Tensor cached = model->forward(batch_ids, &cache);
-  EXPECT_LT(relative_error(cached.select(0, 1).contiguous(), lb), 1e-5);
+  ASSERT_NO_FATAL_FAILURE(testing::expect_batch_of_two_matches_single_runs(*model, cache, a, b));
   // One more token per row through the latent cache equals each row's own T + 1 prefill.
   const Tensor next = model->forward(Tensor::from_vector(std::vector<int32_t>{7, 9}, {2, 1}, DType::i32), &cache);
   std::vector<int32_t> a7 = a, b9 = b;
@@ -152,22 +99,7 @@ TEST(MlaModel, BatchOfTwoPromptsMatchesSingleRuns) {
 // the fp32 model grows as the format shrinks.
 TEST(MlaModel, QuantizedErrorOrdersFp8Fp4Int2) {
   for (const char* name : {"glm4_moe_lite", "deepseek_v2"}) {
-    const std::string dir = fixture_dir(name);
-    const Tensor ref = load_npy(dir + "/logits.npy");
-    const Tensor ids = ids_tensor(load_ids(dir + "/prompt_ids.npy"));
-    double errors[3];
-    const int bits[3] = {8, 4, 2};
-    for (int i = 0; i < 3; ++i) {
-      ModelLoadOptions options;
-      options.bits = bits[i];
-      options.group_size = 32;
-      errors[i] = relative_error(load_model(dir, options)->forward(ids), ref);
-    }
-    std::printf("[ %s ] relative logit error, group 32: FP8 %.3g, FP4 %.3g, INT2 %.3g\n", name,
-                errors[0], errors[1], errors[2]);
-    EXPECT_GT(errors[0], 0.0);
-    EXPECT_LT(errors[0], errors[1]);
-    EXPECT_LT(errors[1], errors[2]);
+    const auto errors = testing::expect_quantized_error_order(name);
     EXPECT_LT(errors[0], 0.2);  // FP8 flips a few near-tie expert choices of the tiny MoE
   }
 }
@@ -261,11 +193,7 @@ TEST_P(MlaBackendTest, PrefillAndDecodeMatchTransformers) {
     const int32_t expected = greedy[static_cast<size_t>(s)];
     if (ours != expected) {
       ++other_tokens;
-      double rms = 0;
-      for (int64_t v = 0; v < V; ++v) rms += double(ref_row[v]) * ref_row[v];
-      rms = std::sqrt(rms / V);
-      EXPECT_LT(ref_row[expected] - ref_row[ours], tolerance * rms)
-          << "step " << s << ": token " << ours << " where Transformers clearly prefers " << expected;
+      testing::expect_near_tie(ref_row, V, ours, expected, tolerance, s);
     }
     if (s + 1 < steps) got = model->forward(ids_tensor({expected}), &cache).to_float_vector();
   }
@@ -284,23 +212,7 @@ INSTANTIATE_TEST_SUITE_P(Models, MlaBackendTest,
                          });
 
 // Quantized weights on the GPU compute what the CPU computes in f32 with the same weights.
-TEST(MlaQuantizedCuda, MatchesCpuFp32Run) {
-  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  const std::string dir = fixture_dir("glm4_moe_lite");
-  const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
-  for (int bits : {8, 4, 2}) {
-    ModelLoadOptions options;
-    options.bits = bits;
-    options.group_size = 32;
-    const std::vector<float> cpu = load_model(dir, options)->forward(prompt).to_float_vector();
-    options.device = Device::cuda(0);
-    options.dtype = DType::bf16;
-    const std::vector<float> gpu = load_model(dir, options)->forward(prompt).to_float_vector();
-    const double err = relative_error(gpu, cpu);
-    std::printf("[ glm4_moe_lite bits %d ] cuda bf16 vs cpu f32: %.3g\n", bits, err);
-    EXPECT_LT(err, 3e-2) << "bits " << bits;
-  }
-}
+TEST(MlaQuantizedCuda, MatchesCpuFp32Run) { testing::expect_quantized_cuda_matches_cpu("glm4_moe_lite"); }
 
 }  // namespace
 }  // namespace marlin

@@ -15,7 +15,7 @@
 #include "marlin/moe.h"
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
-#include "test_util.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
@@ -24,41 +24,15 @@ namespace fs = std::filesystem;
 
 const char* const kMoeFixtures[] = {"qwen3_moe", "qwen3_moe_nonorm", "mixtral"};
 
-std::string fixture_dir(const std::string& name) {
-  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
-}
-
-std::vector<int32_t> load_ids(const std::string& path) {
-  const Tensor t = load_npy(path);
-  return std::vector<int32_t>(t.data<int32_t>(), t.data<int32_t>() + t.numel());
-}
-
-Tensor ids_tensor(const std::vector<int32_t>& ids) {
-  return Tensor::from_vector(ids, {static_cast<int64_t>(ids.size())}, DType::i32);
-}
-
-double relative_error(const Tensor& a, const Tensor& b) {
-  return testing::relative_error(testing::to_double(a), testing::to_double(b));
-}
-
-int32_t argmax_last_row(const Tensor& logits) {
-  const std::vector<float> v = logits.to_float_vector();
-  const int64_t V = logits.size(-1);
-  const float* row = v.data() + v.size() - V;
-  return static_cast<int32_t>(std::max_element(row, row + V) - row);
-}
+using testing::fixture_dir;
+using testing::ids_tensor;
+using testing::load_ids;
+using testing::relative_error;
 
 class MoeFixtureTest : public ::testing::TestWithParam<const char*> {};
 
 TEST_P(MoeFixtureTest, LogitsMatchTransformersFp32) {
-  const std::string dir = fixture_dir(GetParam());
-  const auto model = load_model(dir);
-  const Tensor ref = load_npy(dir + "/logits.npy");
-  const Tensor logits = model->forward(ids_tensor(load_ids(dir + "/prompt_ids.npy")));
-  ASSERT_EQ(logits.shape(), ref.shape());
-  const double err = relative_error(logits, ref);
-  std::printf("[ %s ] fp32 logits relative error %.3g\n", GetParam(), err);
-  EXPECT_LT(err, 1e-4);
+  testing::expect_logits_match_transformers(GetParam(), 1e-4);
 }
 
 TEST_P(MoeFixtureTest, GreedyThroughKVCacheMatchesTransformers) {
@@ -67,13 +41,7 @@ TEST_P(MoeFixtureTest, GreedyThroughKVCacheMatchesTransformers) {
   const std::vector<int32_t> prompt = load_ids(dir + "/prompt_ids.npy");
   const std::vector<int32_t> expected = load_ids(dir + "/greedy_ids.npy");
   KVCache cache = model->make_cache(64);
-  Tensor logits = model->forward(ids_tensor(prompt), &cache);
-  std::vector<int32_t> got;
-  for (size_t step = 0; step < expected.size(); ++step) {
-    got.push_back(argmax_last_row(logits));
-    if (step + 1 < expected.size()) logits = model->forward(ids_tensor({got.back()}), &cache);
-  }
-  EXPECT_EQ(got, expected);
+  EXPECT_EQ(testing::greedy_tokens(*model, cache, prompt, expected.size()), expected);
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, MoeFixtureTest, ::testing::ValuesIn(kMoeFixtures));

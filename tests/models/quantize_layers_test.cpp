@@ -16,7 +16,7 @@
 #include "marlin/npy.h"
 #include "marlin/safetensors.h"
 #include "models/llama.h"
-#include "test_util.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
@@ -27,26 +27,12 @@ using testing::error_message;
 
 const char* const kFixtures[] = {"llama_gqa", "llama_tied", "mistral", "qwen2", "qwen2_bf16", "qwen3"};
 
-std::string fixture_dir(const std::string& name) {
-  return std::string(MARLIN_TEST_FIXTURES) + "/models/" + name;
-}
+using testing::fixture_dir;
+using testing::read_json;
 
-json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
-
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag) : dir_(fs::temp_directory_path() / ("marlin_qlayers_" + tag)) {
-    fs::remove_all(dir_);
-  }
-  ~TempDir() { fs::remove_all(dir_); }
-  std::string str() const { return dir_.string(); }
-  fs::path path() const { return dir_; }
-
- private:
-  fs::path dir_;
+// A fresh scratch directory marlin_qlayers_<tag>, removed afterwards.
+struct TempDir : testing::TempDir {
+  explicit TempDir(const std::string& tag) : testing::TempDir("marlin_qlayers_" + tag) {}
 };
 
 const LlamaModel& llama(const CausalLM& m) { return dynamic_cast<const LlamaModel&>(m); }

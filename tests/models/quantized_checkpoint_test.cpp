@@ -15,7 +15,7 @@
 #include "marlin/npy.h"
 #include "marlin/ops.h"
 #include "marlin/safetensors.h"
-#include "test_util.h"
+#include "model_test_util.h"
 
 namespace marlin {
 namespace {
@@ -23,25 +23,15 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 
-std::string fixture() { return std::string(MARLIN_TEST_FIXTURES) + "/models/llama_gqa"; }
+std::string fixture() { return testing::fixture_dir("llama_gqa"); }
 
 Tensor prompt() {
   return load_npy(fixture() + "/prompt_ids.npy");
 }
 
-// A fresh scratch directory, removed afterwards.
-class TempDir {
- public:
-  explicit TempDir(const std::string& tag)
-      : dir_(fs::temp_directory_path() / ("marlin_qckpt_test_" + tag)) {
-    fs::remove_all(dir_);
-  }
-  ~TempDir() { fs::remove_all(dir_); }
-  std::string str() const { return dir_.string(); }
-  fs::path path() const { return dir_; }
-
- private:
-  fs::path dir_;
+// A fresh scratch directory marlin_qckpt_test_<tag>, removed afterwards.
+struct TempDir : testing::TempDir {
+  explicit TempDir(const std::string& tag) : testing::TempDir("marlin_qckpt_test_" + tag) {}
 };
 
 std::unique_ptr<CausalLM> quantized_fixture(int bits) {
@@ -51,10 +41,7 @@ std::unique_ptr<CausalLM> quantized_fixture(int bits) {
   return load_model(fixture(), options);
 }
 
-json read_json(const fs::path& p) {
-  std::ifstream in(p);
-  return json::parse(in);
-}
+using testing::read_json;
 
 bool same_bytes(const Tensor& a, const Tensor& b) {
   const Tensor x = a.contiguous(), y = b.contiguous();
