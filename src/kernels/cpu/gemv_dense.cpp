@@ -6,6 +6,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/gemv_common.h"
 #include "kernels/cpu/scalar_io.h"
 
 namespace marlin::cpu {
@@ -36,8 +37,7 @@ template <DType T, int M>
 void gemv_columns(const float* a, const Tensor& B, int64_t n0, int64_t n1, const Tensor& bias, Tensor& C) {
   const int64_t K = B.size(0), N = B.size(1);
   const int64_t vecs = (n1 - n0 + 15) / 16, stride = vecs * 16;
-  const int rem = static_cast<int>((n1 - n0) % 16);
-  const __mmask16 tail = rem == 0 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1u);
+  const __mmask16 tail = tail_mask16(n0, n1);
   std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f);
   const void* b = B.data_ptr();
   for (int64_t k0 = 0; k0 < K; k0 += kRows) {
@@ -60,31 +60,16 @@ void gemv_columns(const float* a, const Tensor& B, int64_t n0, int64_t n1, const
       for (int m = 0; m < M; ++m) _mm512_storeu_ps(acc.data() + m * stride + v * 16, c[m]);
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int64_t n = n0; n < n1; ++n) {
-      const float bv = bias.defined() ? load_scalar(bias.data_ptr(), bias.dtype(), n) : 0.0f;
-      store_scalar(C.data_ptr(), C.dtype(), m * N + n, acc[static_cast<size_t>(m * stride + n - n0)] + bv);
-    }
-}
-
-template <DType T, int M>
-void gemv_typed(const std::vector<float>& a, const Tensor& B, const Tensor& bias, Tensor& C) {
-  const int64_t N = B.size(1);
-  // One task per thread: the widest contiguous run of each row of B (see gemv_q.cpp).
-  const int64_t vecs = (N + 15) / 16;
-  parallel_for(0, vecs, (vecs + num_threads() - 1) / num_threads(), [&](int64_t b, int64_t e) {
-    gemv_columns<T, M>(a.data(), B, b * 16, std::min(e * 16, N), bias, C);
-  });
+  store_gemv_columns<M>(acc, stride, n0, n1, N, bias, C);
 }
 
 template <DType T>
 void gemv_rows(int64_t M, const std::vector<float>& a, const Tensor& B, const Tensor& bias, Tensor& C) {
-  switch (M) {
-    case 1: gemv_typed<T, 1>(a, B, bias, C); break;
-    case 2: gemv_typed<T, 2>(a, B, bias, C); break;
-    case 3: gemv_typed<T, 3>(a, B, bias, C); break;
-    default: gemv_typed<T, 4>(a, B, bias, C); break;
-  }
+  dispatch_gemv_rows(M, [&](auto rows) {
+    for_each_column_task16(B.size(1), [&](int64_t n0, int64_t n1) {
+      gemv_columns<T, decltype(rows)::value>(a.data(), B, n0, n1, bias, C);
+    });
+  });
 }
 
 }  // namespace

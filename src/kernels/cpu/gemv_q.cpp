@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
+#include "kernels/cpu/gemv_common.h"
 #include "kernels/cpu/scalar_io.h"
 #include "quant/formats.h"
 
@@ -86,8 +87,7 @@ void gemv_columns512(const float* a, const QuantizedWeight& W, int64_t n0, int64
   const Avx512Codec<F> codec;
   const int64_t K = W.K, N = W.N, rows_per_group = W.group_size / P;
   const int64_t vecs = (n1 - n0 + 15) / 16, stride = vecs * 16;
-  const int rem = static_cast<int>((n1 - n0) % 16);
-  const __mmask16 tail = rem == 0 ? __mmask16(0xffff) : __mmask16((1u << rem) - 1u);
+  const __mmask16 tail = tail_mask16(n0, n1);
   std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f), partial(static_cast<size_t>(M * stride));
   const uint32_t* packed = W.packed.data<uint32_t>();
   const uint16_t* scales = static_cast<const uint16_t*>(W.scales.data_ptr());
@@ -119,31 +119,16 @@ void gemv_columns512(const float* a, const QuantizedWeight& W, int64_t n0, int64
       }
     }
   }
-  for (int m = 0; m < M; ++m)
-    for (int64_t n = n0; n < n1; ++n) {
-      const float b = bias.defined() ? load_scalar(bias.data_ptr(), bias.dtype(), n) : 0.0f;
-      store_scalar(C.data_ptr(), C.dtype(), m * N + n, acc[static_cast<size_t>(m * stride + n - n0)] + b);
-    }
-}
-
-template <QuantFormat F, int M>
-void gemv512(const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  // One task of 16-column vectors per thread: the widest contiguous run of each packed row
-  // (rows are N words apart), which the prefetchers need; narrow tasks measured 2x slower.
-  const int64_t vecs = (W.N + 15) / 16;
-  parallel_for(0, vecs, (vecs + num_threads() - 1) / num_threads(), [&](int64_t b, int64_t e) {
-    gemv_columns512<F, M>(a.data(), W, b * 16, std::min(e * 16, W.N), bias, C);
-  });
+  store_gemv_columns<M>(acc, stride, n0, n1, N, bias, C);
 }
 
 template <QuantFormat F>
 void gemv512_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  switch (M) {
-    case 1: gemv512<F, 1>(a, W, bias, C); break;
-    case 2: gemv512<F, 2>(a, W, bias, C); break;
-    case 3: gemv512<F, 3>(a, W, bias, C); break;
-    default: gemv512<F, 4>(a, W, bias, C); break;
-  }
+  dispatch_gemv_rows(M, [&](auto rows) {
+    for_each_column_task16(W.N, [&](int64_t n0, int64_t n1) {
+      gemv_columns512<F, decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
+    });
+  });
 }
 
 }  // namespace
@@ -254,12 +239,7 @@ void gemv(const std::vector<float>& a, const QuantizedWeight& W, const Tensor& b
 
 template <QuantFormat F>
 void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  switch (M) {
-    case 1: gemv<F, 1>(a, W, bias, C); break;
-    case 2: gemv<F, 2>(a, W, bias, C); break;
-    case 3: gemv<F, 3>(a, W, bias, C); break;
-    default: gemv<F, 4>(a, W, bias, C); break;
-  }
+  dispatch_gemv_rows(M, [&](auto rows) { gemv<F, decltype(rows)::value>(a, W, bias, C); });
 }
 
 }  // namespace
