@@ -79,7 +79,9 @@ std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
 // are written under their own names (q_proj, k_proj, v_proj, gate_proj, up_proj), exactly as an
 // unfused model writes them. A quantized lm_head of a tied model is written as its own tensor
 // (tie_word_embeddings becomes false). Linears quantized to different bits or group sizes
-// cannot be saved together (an error naming them).
+// cannot be saved together (an error naming them). MoE experts and shared experts are linears
+// under their checkpoint names; routers, score biases and norms keep the checkpoint's dtype.
+// Llama-family and MLA models (deepseek_v2/v3, glm4_moe_lite) can be saved; others are an error.
 void save_quantized(const CausalLM& model, const std::string& dir);
 
 // What quantize_linear_layers did: the original replace_linear_layers' replaced_count and
@@ -94,7 +96,8 @@ using LayerFilter = std::function<bool(const std::string& name, const QuantizedL
 
 // The original replace_linear_layers: quantizes the 16-bit linear layers of `model` in place to
 // `bits` (8, 4 or 2) with `group_size` along K, by their Hugging Face module paths
-// ("model.layers.0.self_attn.q_proj", "lm_head"). A layer is skipped (left 16-bit and counted)
+// ("model.layers.0.self_attn.q_proj", "model.layers.1.mlp.experts.3.up_proj",
+// "model.layers.0.self_attn.kv_b_proj", "lm_head"; MoE routers are not linears here). A layer is skipped (left 16-bit and counted)
 // when one of the skip_layers fragments occurs in its path (default {"lm_head"}: give another
 // list, e.g. an empty one, to quantize lm_head too), when layer_filter returns false for it,
 // or when its in_features is not a multiple of group_size. Embeddings stay 16-bit; layers

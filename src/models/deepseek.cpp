@@ -156,8 +156,11 @@ DeepseekModel::DeepseekModel(ModelConfig config, const WeightSource& w, const Mo
                          load_moe(w, c, i, expert_linear, from_weight, placement_));
   }
   norm_ = norm("model.norm.weight", H, c.rms_norm_eps);
-  // lm_head stays 16-bit: its error would add to every quantized layer's.
-  lm_head_ = QuantizedLinear(w.get("lm_head.weight", {V, H}), {}, 16, options.group_size, placement_);
+  // lm_head stays 16-bit: its error would add to every quantized layer's. A saved checkpoint
+  // holds it packed when quantize_linear_layers was told not to skip it.
+  lm_head_ = w.has("lm_head.weight_packed")
+                 ? load_packed_linear(w, "lm_head", H, V, {}, options.bits, options.group_size, placement_)
+                 : QuantizedLinear(w.get("lm_head.weight", {V, H}), {}, 16, options.group_size, placement_);
 }
 
 Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {

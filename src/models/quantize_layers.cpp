@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "marlin/model.h"
+#include "models/deepseek.h"
 #include "models/llama.h"
 #include "models/quantized_checkpoint.h"
 
@@ -24,11 +25,16 @@ QuantizeStats quantize_linear_layers(CausalLM& model, int bits, int group_size,
   constexpr const char* op = "quantize_linear_layers";
   check_format(op, bits, group_size);
   auto* llama = dynamic_cast<LlamaModel*>(&model);
-  MARLIN_CHECK(llama != nullptr, op, "only llama-family models are supported");
+  auto* deepseek = dynamic_cast<DeepseekModel*>(&model);
+  MARLIN_CHECK(llama != nullptr || deepseek != nullptr, op, "only llama-family and MLA models ",
+               "(deepseek_v2, deepseek_v3, glm4_moe_lite) are supported, not ",
+               model_type_name(model.config().model_type));
   // lm_head stays 16-bit by default: its error would add to every other layer's.
   const std::vector<std::string> skip = skip_layers.value_or(std::vector<std::string>{"lm_head"});
   QuantizeStats stats;
-  llama->transform_linears([&](const std::string& name, const QuantizedLinear& layer) {
+  // Every linear by its module path: attention, dense MLPs, each routed and shared expert,
+  // lm_head. Routers and norms are not linears here and stay as loaded.
+  const LinearTransform transform = [&](const std::string& name, const QuantizedLinear& layer) {
     if (layer.bits() != 16) return layer;  // already quantized: not a candidate, not counted
     // Order as the original: skip list, then the filter, then whether the shape allows it.
     const bool quantize = !module_matches(skip, name) && (!layer_filter || layer_filter(name, layer)) &&
@@ -39,8 +45,13 @@ QuantizeStats quantize_linear_layers(CausalLM& model, int bits, int group_size,
     }
     ++stats.replaced;
     return layer.quantized(bits, group_size, scales);
-  });
-  if (stats.replaced > 0) llama->set_scale_method(scales);
+  };
+  if (llama != nullptr) llama->transform_linears(transform);
+  if (deepseek != nullptr) deepseek->transform_linears(transform);
+  if (stats.replaced > 0) {
+    if (llama != nullptr) llama->set_scale_method(scales);
+    if (deepseek != nullptr) deepseek->set_scale_method(scales);
+  }
   return stats;
 }
 

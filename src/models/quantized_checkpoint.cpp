@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "marlin/moe.h"
+#include "models/deepseek.h"
 #include "models/llama.h"
 #include "models/moe_weights.h"
 
@@ -104,11 +105,14 @@ QuantizedLinear load_packed_linear(const WeightSource& weights, const std::strin
 void save_quantized(const CausalLM& model, const std::string& dir) {
   constexpr const char* op = "save_quantized";
   const auto* llama = dynamic_cast<const LlamaModel*>(&model);
-  MARLIN_CHECK(llama != nullptr, op, "only llama-family models can be saved");
-  const ModelConfig& c = llama->config();
-  const ModelLoadOptions& lo = llama->load_options();
+  const auto* deepseek = dynamic_cast<const DeepseekModel*>(&model);
+  MARLIN_CHECK(llama != nullptr || deepseek != nullptr, op, "only llama-family and MLA models (",
+               "deepseek_v2, deepseek_v3, glm4_moe_lite) can be saved, not ",
+               model_type_name(model.config().model_type));
+  const ModelConfig& c = model.config();
+  const ModelLoadOptions& lo = llama ? llama->load_options() : deepseek->load_options();
   // 16-bit tensors go back in the checkpoint's dtype (lossless when the model computes wider).
-  const DType dtype = c.torch_dtype.value_or(llama->dtype());
+  const DType dtype = c.torch_dtype.value_or(model.dtype());
 
   NamedTensors tensors;
   auto add = [&](const std::string& name, const Tensor& t) { tensors.emplace_back(name, host(t, dtype)); };
@@ -135,8 +139,33 @@ void save_quantized(const CausalLM& model, const std::string& dir) {
     }
     if (l.bias().defined()) add(prefix + ".bias", l.bias());
   };
-  add("model.embed_tokens.weight", llama->embed_tokens().table());
-  for (size_t i = 0; i < llama->layers().size(); ++i) {
+  // The router (and DeepSeek's score bias) stays unquantized, under its checkpoint name.
+  auto add_router = [&](const std::string& mp, const MoE& moe) {
+    add(mp + ".gate.weight", moe.router_weight());
+    if (moe.e_score_correction_bias().defined())
+      tensors.emplace_back(mp + ".gate.e_score_correction_bias",
+                           host(moe.e_score_correction_bias(), DType::f32));
+  };
+  if (deepseek != nullptr) {
+    // Every linear under the module path the loader reads (experts and shared experts
+    // included, lm_head last); the norms and routers beside them.
+    add("model.embed_tokens.weight", deepseek->embed_tokens().table());
+    deepseek->for_each_linear(add_linear);
+    for (size_t i = 0; i < deepseek->layers().size(); ++i) {
+      const DeepseekBlock& b = deepseek->layers()[i];
+      const std::string p = "model.layers." + std::to_string(i);
+      add(p + ".input_layernorm.weight", b.input_layernorm().weight());
+      add(p + ".post_attention_layernorm.weight", b.post_attention_layernorm().weight());
+      const MLAProjections& proj = b.self_attn().projections();
+      if (proj.q_a_layernorm.defined())
+        add(p + ".self_attn.q_a_layernorm.weight", proj.q_a_layernorm.weight());
+      add(p + ".self_attn.kv_a_layernorm.weight", proj.kv_a_layernorm.weight());
+      if (const MoE* moe = b.moe()) add_router(moe_prefix(c, static_cast<int64_t>(i)), *moe);
+    }
+    add("model.norm.weight", deepseek->norm().weight());
+  }
+  if (llama != nullptr) add("model.embed_tokens.weight", llama->embed_tokens().table());
+  for (size_t i = 0; llama != nullptr && i < llama->layers().size(); ++i) {
     const TransformerBlock& b = llama->layers()[i];
     const std::string p = "model.layers." + std::to_string(i);
     add(p + ".input_layernorm.weight", b.input_layernorm().weight());
@@ -165,23 +194,24 @@ void save_quantized(const CausalLM& model, const std::string& dir) {
         add_linear(mp + ".shared_experts.up_proj", moe->shared_experts().up_proj());
         add_linear(mp + ".shared_experts.down_proj", moe->shared_experts().down_proj());
       }
-      add(mp + ".gate.weight", moe->router_weight());
-      if (moe->e_score_correction_bias().defined())
-        tensors.emplace_back(mp + ".gate.e_score_correction_bias",
-                             host(moe->e_score_correction_bias(), DType::f32));
+      add_router(mp, *moe);
     } else {
       add_linear(p + ".mlp.gate_proj", b.mlp().gate_proj());
       add_linear(p + ".mlp.up_proj", b.mlp().up_proj());
       add_linear(p + ".mlp.down_proj", b.mlp().down_proj());
     }
   }
-  add("model.norm.weight", llama->norm().weight());
-  // A tied lm_head is the embeddings unless it was quantized on its own.
-  const bool untie = c.tie_word_embeddings && llama->lm_head().bits() != 16;
-  if (!c.tie_word_embeddings || untie) {
-    add_linear("lm_head", llama->lm_head());
-  } else {
-    not_converted.push_back("lm_head");
+  // A tied lm_head is the embeddings unless it was quantized on its own (MLA models are
+  // never tied: their lm_head went with the other linears).
+  bool untie = false;
+  if (llama != nullptr) {
+    add("model.norm.weight", llama->norm().weight());
+    untie = c.tie_word_embeddings && llama->lm_head().bits() != 16;
+    if (!c.tie_word_embeddings || untie) {
+      add_linear("lm_head", llama->lm_head());
+    } else {
+      not_converted.push_back("lm_head");
+    }
   }
 
   std::error_code ec;
