@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "bench.h"
 #include "marlin/allocator.h"
 #include "marlin/generate.h"
+#include "marlin/kv_cache.h"
 #include "marlin/model.h"
 #include "marlin/ops.h"
 #include "marlin/stream.h"
@@ -50,6 +52,10 @@ struct Options {
   double bandwidth_mib = 0;  // 0: 1 GiB on CUDA, max(1 GiB, 4 x the last-level cache) on the CPU
   bool json_output = false;
   bool no_graph = false;  // eager decode steps (the reference) instead of the CUDA graph
+  // KV cache positions per row; 0: exactly prompt_len + gen_len (what generate makes). A long
+  // cache with a short prompt measures the memory of, say, a 32k-token cache without a 32k
+  // prefill.
+  int64_t cache_len = 0;
 };
 
 double seconds_since(std::chrono::steady_clock::time_point t) {
@@ -149,6 +155,8 @@ json run_benchmark(const Options& o) {
                kOp, "need --prompt-len >= 1, --gen-len >= 2, --batch >= 1, --runs >= 1, --warmup >= 0");
   MARLIN_CHECK(o.bits == 16 || o.bits == 8 || o.bits == 4 || o.bits == 2, kOp,
                "--bits must be 16, 8, 4 or 2, got ", o.bits);
+  MARLIN_CHECK(o.cache_len == 0 || o.cache_len >= o.prompt_len + o.gen_len, kOp, "--cache-len ",
+               o.cache_len, " is shorter than --prompt-len + --gen-len (", o.prompt_len + o.gen_len, ")");
   const Device device = o.device.empty() ? (cuda_available() ? Device::cuda(0) : Device::cpu())
                                          : Device::parse(o.device);
   ModelLoadOptions lo;
@@ -203,12 +211,28 @@ json run_benchmark(const Options& o) {
   gc.repetition_penalty = 1.0f;
   gc.eos_token_id = {};  // never stop early: every run decodes gen_len tokens
   gc.cuda_graph = !o.no_graph;
-  for (int i = 0; i < o.warmup; ++i) generate(*model, prompts, gc);
+  // The run's cache: one of --cache-len positions made here and reused by every run, or the one
+  // generate makes of exactly the positions needed.
+  const int64_t cache_positions = o.cache_len > 0 ? o.cache_len : o.prompt_len + o.gen_len;
+  std::optional<KVCache> cache;
+  if (o.cache_len > 0) cache.emplace(model->make_cache(o.cache_len, o.batch));
+  std::vector<int32_t> flat;
+  for (const auto& p : prompts)
+    for (const int64_t t : p) flat.push_back(static_cast<int32_t>(t));
+  const Tensor ids = Tensor::from_vector(flat, {o.batch, o.prompt_len}, DType::i32);
+  const auto run = [&](GenerationStats* stats) {
+    if (cache) {
+      generate(*model, ids, gc, &*cache, nullptr, stats);
+    } else {
+      generate(*model, prompts, gc, nullptr, stats);
+    }
+  };
+  for (int i = 0; i < o.warmup; ++i) run(nullptr);
   std::vector<double> prefill_ms, decode_ms, capture_ms;
   bool graph_used = false;
   for (int i = 0; i < o.runs; ++i) {
     GenerationStats stats;
-    generate(*model, prompts, gc, nullptr, &stats);
+    run(&stats);
     MARLIN_CHECK(stats.generated_tokens == o.batch * o.gen_len, kOp, "generated ", stats.generated_tokens,
                  " tokens, expected ", o.batch * o.gen_len);
     prefill_ms.push_back(stats.prefill_ms);
@@ -224,6 +248,8 @@ json run_benchmark(const Options& o) {
   const double kv_positions = static_cast<double>(o.prompt_len) + static_cast<double>(steps + 1) / 2.0;
   const auto bytes = decode_step_bytes(*model, o.batch, kv_positions);
   const auto flops = prefill_flops(*model, o.batch, o.prompt_len);
+  const auto resident = resident_weight_bytes(*model);
+  const int64_t cache_bytes = kv_cache_bytes(*model, cache_positions, o.batch);
   const int64_t gemm_k = c.hidden_size, gemm_n = std::max(c.intermediate_size, c.hidden_size);
   const double gemm_tflops = measure_gemm_tflops(device, o.batch * o.prompt_len, gemm_k, gemm_n);
 
@@ -261,6 +287,7 @@ json run_benchmark(const Options& o) {
                            {"norm_weights", bytes->norm_weights},
                            {"embedding_rows", bytes->embedding_rows},
                            {"kv_cache", bytes->kv_cache},
+                           {"routed_experts", bytes->routed_experts},
                            {"weights", bytes->weights()},
                            {"total", bytes->total()}};
     r["kv_positions_mean"] = kv_positions;
@@ -275,9 +302,17 @@ json run_benchmark(const Options& o) {
     r["prefill_flop_fraction"] = achieved / gemm_tflops;
     r["prefill_limit_ms"] = *flops / (gemm_tflops * 1e12) * 1e3;
   }
+  // What the model and its cache hold: the floor under the peak (every expert resident).
+  r["kv_cache_positions"] = cache_positions;
+  r["kv_cache_bytes"] = cache_bytes;
+  if (resident) r["weight_bytes"] = *resident;
   if (device.is_cuda()) {
     r["peak_allocated_bytes_load"] = load_peak;
-    r["peak_allocated_bytes"] = CudaCachingAllocator::instance().stats(device.index).peak_allocated_bytes;
+    const size_t peak = CudaCachingAllocator::instance().stats(device.index).peak_allocated_bytes;
+    r["peak_allocated_bytes"] = peak;
+    if (resident)
+      r["peak_over_weights_plus_cache"] =
+          static_cast<double>(peak) / static_cast<double>(*resident + cache_bytes);
 #ifdef MARLIN_WITH_CUDA
     size_t free_b = 0, total_b = 0;
     if (cudaSetDevice(device.index) == cudaSuccess && cudaMemGetInfo(&free_b, &total_b) == cudaSuccess)
@@ -306,11 +341,13 @@ void print_text(const json& r) {
               r["device"].get<std::string>() == "cpu" ? "threaded read" : "device-to-device copy");
   if (r.contains("bytes_per_step")) {
     const json& b = r["bytes_per_step"];
-    std::printf("  bytes per decode step: %.1f MB (weights %.1f MB: quantized %.1f, 16-bit %.1f; "
-                "KV cache %.1f MB at %.1f positions)\n",
+    std::printf("  bytes per decode step: %.1f MB (weights %.1f MB: quantized %.1f, 16-bit %.1f",
                 b["total"].get<double>() / 1e6, b["weights"].get<double>() / 1e6,
-                b["quantized_weights"].get<double>() / 1e6, b["dense_weights"].get<double>() / 1e6,
-                b["kv_cache"].get<double>() / 1e6, num("kv_positions_mean"));
+                b["quantized_weights"].get<double>() / 1e6, b["dense_weights"].get<double>() / 1e6);
+    if (b.value("routed_experts", int64_t{0}) > 0)
+      std::printf(", of which the chosen routed experts %.1f", b["routed_experts"].get<double>() / 1e6);
+    std::printf("; KV cache %.1f MB at %.1f positions)\n", b["kv_cache"].get<double>() / 1e6,
+                num("kv_positions_mean"));
     std::printf("  achieved %.1f GB/s = %.1f%% of the roofline (roofline %.1f tokens/s)\n",
                 num("achieved_gbps"), 100 * num("roofline_fraction"), num("roofline_tokens_per_s"));
   } else {
@@ -321,11 +358,20 @@ void print_text(const json& r) {
     std::printf("; prefill %.3f TFLOP/s = %.1f%% of it (limit %.1f ms)", num("prefill_tflops"),
                 100 * num("prefill_flop_fraction"), num("prefill_limit_ms"));
   std::printf("\n");
-  if (r.contains("peak_allocated_bytes"))
+  if (r.contains("weight_bytes"))
+    std::printf("  memory: weights %.3f GiB (every expert), KV cache %.3f GiB (%lld positions x %lld rows)\n",
+                num("weight_bytes") / 1073741824.0, num("kv_cache_bytes") / 1073741824.0,
+                static_cast<long long>(r["kv_cache_positions"].get<int64_t>()),
+                static_cast<long long>(r["batch"].get<int64_t>()));
+  if (r.contains("peak_allocated_bytes")) {
     std::printf("  GPU memory: peak allocated %.2f GiB while loading, %.2f GiB while generating; "
                 "in use on the device %.2f GiB\n",
                 num("peak_allocated_bytes_load") / 1073741824.0, num("peak_allocated_bytes") / 1073741824.0,
                 num("device_memory_used_bytes") / 1073741824.0);
+    if (r.contains("peak_over_weights_plus_cache"))
+      std::printf("  peak while generating = %.3f x (weights + KV cache)\n",
+                  num("peak_over_weights_plus_cache"));
+  }
 }
 
 }  // namespace
@@ -352,6 +398,9 @@ void register_bench_generate(CLI::App& bench) {
   cmd->add_flag("--json", o->json_output, "print one JSON object instead of text");
   cmd->add_flag("--no-graph", o->no_graph,
                 "run every decode step eagerly instead of replaying a captured CUDA graph (to compare)");
+  cmd->add_option("--cache-len", o->cache_len,
+                  "KV cache positions per row (default: prompt + new tokens); e.g. 32768 to measure "
+                  "the memory of a 32k-token cache with a short prompt");
   cmd->callback([o] {
     const json r = run_benchmark(*o);
     if (o->json_output) {

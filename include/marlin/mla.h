@@ -59,6 +59,10 @@ class MLAAttention {
   const MLAAttentionConfig& config() const { return config_; }
   const MLAProjections& projections() const { return proj_; }
   float softmax_scale() const { return scale_; }
+  // The absorbed form's W_UK [H, nope, R] and W_UV [H, R, v]: what a decode step reads in
+  // place of kv_b_proj (decode_step_bytes counts them).
+  const Tensor& absorbed_uk() const { return w_uk_; }
+  const Tensor& absorbed_uv() const { return w_uv_; }
 
   // prefix + "q_proj" or "q_a_proj"/"q_b_proj", "kv_a_proj_with_mqa", "kv_b_proj", "o_proj".
   void for_each_linear(const std::string& prefix, const LinearVisitor& visit) const;

@@ -2,8 +2,12 @@
 #include "models/step_cost.h"
 
 #include <algorithm>
+#include <cmath>
 #include <functional>
+#include <string>
 
+#include "marlin/moe.h"
+#include "models/deepseek.h"
 #include "models/llama.h"
 
 namespace marlin {
@@ -42,32 +46,184 @@ void for_each_llama_linear(const LlamaModel& m, const std::function<void(const Q
   fn(m.lm_head());
 }
 
+void add_linear(DecodeStepBytes& out, const QuantizedLinear& l) {
+  (l.bits() == 16 ? out.dense_weights : out.quantized_weights) += weight_bytes(l);
+  out.dense_weights += bias_bytes(l);
+}
+
+// A fused gate+up is read as the one layer it is.
+void add_mlp(DecodeStepBytes& out, const MLP& m) {
+  const FusedLinear& gu = m.gate_up_proj();
+  if (gu.fused()) {
+    add_linear(out, gu.fused_layer());
+  } else {
+    for (size_t i = 0; i < gu.size(); ++i) add_linear(out, gu.part(i));
+  }
+  add_linear(out, m.down_proj());
+}
+
+// The router (f32) and its score bias, the shared experts, and the expected number of distinct
+// routed experts `batch` uniformly routed rows choose, at the layer's mean expert bytes (exact
+// when every expert has the same width). A step reads no other expert: counting all E would
+// put the roofline many times too low.
+void add_moe(DecodeStepBytes& out, const MoE& moe, int64_t batch) {
+  out.dense_weights += static_cast<int64_t>(moe.router_weight().nbytes());
+  if (moe.e_score_correction_bias().defined())
+    out.dense_weights += static_cast<int64_t>(moe.e_score_correction_bias().nbytes());
+  if (moe.has_shared_experts()) add_mlp(out, moe.shared_experts());
+  DecodeStepBytes all;  // every expert's bytes, split as quantized / 16-bit
+  for (const MLP& e : moe.experts()) add_mlp(all, e);
+  const double E = static_cast<double>(moe.experts().size());
+  if (E == 0) return;
+  const double k = static_cast<double>(std::min<int64_t>(moe.routing().top_k,
+                                                         static_cast<int64_t>(E)));
+  const double chosen = batch == 1 ? k : E * (1.0 - std::pow(1.0 - k / E, static_cast<double>(batch)));
+  const auto share = [&](int64_t bytes) {
+    return static_cast<int64_t>(std::llround(static_cast<double>(bytes) / E * chosen));
+  };
+  const int64_t q = share(all.quantized_weights), d = share(all.dense_weights);
+  out.quantized_weights += q;
+  out.dense_weights += d;
+  out.routed_experts += q + d;
+}
+
+void add_embedding_rows(DecodeStepBytes& out, const Embedding& embed, int64_t batch) {
+  const Tensor& table = embed.table();
+  out.embedding_rows = batch * table.size(1) * static_cast<int64_t>(table.element_size());
+}
+
+int64_t cache_bytes(int64_t layers, int64_t batch, int64_t values_per_position, DType dtype,
+                    double kv_positions) {
+  return static_cast<int64_t>(static_cast<double>(layers * batch * values_per_position) *
+                              static_cast<double>(dtype_size(dtype)) * kv_positions);
+}
+
+std::optional<DecodeStepBytes> deepseek_step_bytes(const DeepseekModel& m, int64_t batch,
+                                                   double kv_positions) {
+  const ModelConfig& c = m.config();
+  DecodeStepBytes out;
+  for (const DeepseekBlock& b : m.layers()) {
+    const MLAProjections& p = b.self_attn().projections();
+    if (p.q_proj.in_features() > 0) add_linear(out, p.q_proj);
+    if (p.q_a_proj.in_features() > 0) {
+      add_linear(out, p.q_a_proj);
+      add_linear(out, p.q_b_proj);
+    }
+    add_linear(out, p.kv_a_proj_with_mqa);
+    // Decode reads the absorbed W_UK and W_UV (activation dtype), never kv_b_proj itself.
+    out.dense_weights += static_cast<int64_t>(b.self_attn().absorbed_uk().nbytes() +
+                                              b.self_attn().absorbed_uv().nbytes());
+    add_linear(out, p.o_proj);
+    out.norm_weights += norm_bytes(b.input_layernorm()) + norm_bytes(b.post_attention_layernorm()) +
+                        norm_bytes(p.q_a_layernorm) + norm_bytes(p.kv_a_layernorm);
+    if (const MoE* moe = b.moe()) {
+      add_moe(out, *moe, batch);
+    } else {
+      add_mlp(out, b.mlp());
+    }
+  }
+  add_linear(out, m.lm_head());
+  out.norm_weights += norm_bytes(m.norm());
+  add_embedding_rows(out, m.embed_tokens(), batch);
+  const MlaConfig& mla = *c.mla;
+  out.kv_cache = cache_bytes(c.num_hidden_layers, batch, mla.kv_lora_rank + mla.qk_rope_head_dim,
+                             m.dtype(), kv_positions);
+  return out;
+}
+
 }  // namespace
 
 std::optional<DecodeStepBytes> decode_step_bytes(const CausalLM& model, int64_t batch,
                                                  double kv_positions) {
+  if (const auto* deepseek = dynamic_cast<const DeepseekModel*>(&model))
+    return deepseek_step_bytes(*deepseek, batch, kv_positions);
   const auto* llama = dynamic_cast<const LlamaModel*>(&model);
-  // MoE blocks (qwen3_moe, mixtral through LlamaModel) read the routed experts only: not
-  // counted yet, so no figure rather than one without the experts.
-  if (llama == nullptr || model.config().moe || model.config().mla) return std::nullopt;
+  if (llama == nullptr || model.config().mla) return std::nullopt;
   const ModelConfig& c = model.config();
   DecodeStepBytes out;
-  for_each_llama_linear(*llama, [&](const QuantizedLinear& l) {
-    (l.bits() == 16 ? out.dense_weights : out.quantized_weights) += weight_bytes(l);
-    out.dense_weights += bias_bytes(l);
-  });
   for (const TransformerBlock& b : llama->layers()) {
+    const FusedLinear& qkv = b.self_attn().qkv_proj();
+    if (qkv.fused()) {
+      add_linear(out, qkv.fused_layer());
+    } else {
+      for (size_t i = 0; i < qkv.size(); ++i) add_linear(out, qkv.part(i));
+    }
+    add_linear(out, b.self_attn().o_proj());
+    // MoE blocks (qwen3_moe, mixtral) read the chosen experts only.
+    if (const MoE* moe = b.moe()) {
+      add_moe(out, *moe, batch);
+    } else {
+      add_mlp(out, b.mlp());
+    }
     out.norm_weights += norm_bytes(b.input_layernorm()) + norm_bytes(b.post_attention_layernorm()) +
                         norm_bytes(b.self_attn().q_norm()) + norm_bytes(b.self_attn().k_norm());
   }
+  add_linear(out, llama->lm_head());
   out.norm_weights += norm_bytes(llama->norm());
-  const Tensor& table = llama->embed_tokens().table();
-  out.embedding_rows = batch * table.size(1) * static_cast<int64_t>(table.element_size());
-  const double per_position = 2.0 * static_cast<double>(c.num_key_value_heads * c.head_dim) *
-                              static_cast<double>(dtype_size(model.dtype()));
-  out.kv_cache = static_cast<int64_t>(static_cast<double>(c.num_hidden_layers * batch) *
-                                      per_position * kv_positions);
+  add_embedding_rows(out, llama->embed_tokens(), batch);
+  out.kv_cache = cache_bytes(c.num_hidden_layers, batch, 2 * c.num_key_value_heads * c.head_dim,
+                             model.dtype(), kv_positions);
   return out;
+}
+
+std::optional<int64_t> resident_weight_bytes(const CausalLM& model) {
+  DecodeStepBytes out;  // its fields as buckets; every expert counted
+  const auto moe_all = [&](const MoE& moe) {
+    out.dense_weights += static_cast<int64_t>(moe.router_weight().nbytes());
+    if (moe.e_score_correction_bias().defined())
+      out.dense_weights += static_cast<int64_t>(moe.e_score_correction_bias().nbytes());
+    if (moe.has_shared_experts()) add_mlp(out, moe.shared_experts());
+    for (const MLP& e : moe.experts()) add_mlp(out, e);
+  };
+  if (const auto* m = dynamic_cast<const DeepseekModel*>(&model)) {
+    for (const DeepseekBlock& b : m->layers()) {
+      b.self_attn().for_each_linear("", [&](const std::string&, const QuantizedLinear& l) {
+        add_linear(out, l);
+      });
+      out.dense_weights += static_cast<int64_t>(b.self_attn().absorbed_uk().nbytes() +
+                                                b.self_attn().absorbed_uv().nbytes());
+      const MLAProjections& p = b.self_attn().projections();
+      out.norm_weights += norm_bytes(b.input_layernorm()) + norm_bytes(b.post_attention_layernorm()) +
+                          norm_bytes(p.q_a_layernorm) + norm_bytes(p.kv_a_layernorm);
+      if (const MoE* moe = b.moe()) {
+        moe_all(*moe);
+      } else {
+        add_mlp(out, b.mlp());
+      }
+    }
+    add_linear(out, m->lm_head());
+    out.norm_weights += norm_bytes(m->norm());
+    return out.weights() + static_cast<int64_t>(m->embed_tokens().table().nbytes());
+  }
+  const auto* llama = dynamic_cast<const LlamaModel*>(&model);
+  if (llama == nullptr || model.config().mla) return std::nullopt;
+  for (const TransformerBlock& b : llama->layers()) {
+    const FusedLinear& qkv = b.self_attn().qkv_proj();
+    if (qkv.fused()) {
+      add_linear(out, qkv.fused_layer());
+    } else {
+      for (size_t i = 0; i < qkv.size(); ++i) add_linear(out, qkv.part(i));
+    }
+    add_linear(out, b.self_attn().o_proj());
+    if (const MoE* moe = b.moe()) {
+      moe_all(*moe);
+    } else {
+      add_mlp(out, b.mlp());
+    }
+    out.norm_weights += norm_bytes(b.input_layernorm()) + norm_bytes(b.post_attention_layernorm()) +
+                        norm_bytes(b.self_attn().q_norm()) + norm_bytes(b.self_attn().k_norm());
+  }
+  add_linear(out, llama->lm_head());  // a tied lm_head is its own [K, N] copy
+  out.norm_weights += norm_bytes(llama->norm());
+  return out.weights() + static_cast<int64_t>(llama->embed_tokens().table().nbytes());
+}
+
+int64_t kv_cache_bytes(const CausalLM& model, int64_t max_seq_len, int64_t batch) {
+  const ModelConfig& c = model.config();
+  const int64_t per_position = c.mla ? c.mla->kv_lora_rank + c.mla->qk_rope_head_dim
+                                     : 2 * c.num_key_value_heads * c.head_dim;
+  return c.num_hidden_layers * batch * max_seq_len * per_position *
+         static_cast<int64_t>(dtype_size(model.dtype()));
 }
 
 std::optional<double> prefill_flops(const CausalLM& model, int64_t batch, int64_t prompt_len) {

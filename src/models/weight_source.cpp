@@ -61,7 +61,11 @@ SyntheticWeights::SyntheticWeights(const ModelConfig& config, Device device, DTy
 }
 
 bool SyntheticWeights::has(const std::string& name) const {
-  return !ends_with(name, ".weight_packed") && !ends_with(name, ".weight_scale");
+  // MoE layers load per-expert tensors as the Hub checkpoints hold them (each a transposed
+  // view QuantizedLinear quantizes in place), not Transformers 5's fused [E, 2I, H] copy, which
+  // would add a whole layer of 16-bit experts to the load's peak.
+  return !ends_with(name, ".weight_packed") && !ends_with(name, ".weight_scale") &&
+         !ends_with(name, ".experts.gate_up_proj") && !ends_with(name, ".experts.down_proj");
 }
 
 Tensor SyntheticWeights::get(const std::string& name, const Shape& shape) const {

@@ -52,7 +52,8 @@ class CheckpointWeights final : public WeightSource {
 // 1, biases 0, as Transformers initializes them. Each tensor's values depend only on `seed` and
 // its name. Linear weights [out, in] are transposed views of contiguous [in, out] tensors, the
 // layout the GEMMs take, so QuantizedLinear quantizes them where they lie without a copy. It
-// holds float tensors only: has() is false for packed weights and scales.
+// holds float tensors only: has() is false for packed weights and scales, and for the fused
+// expert tensors (MoE experts come one by one, as in the Hub checkpoints).
 class SyntheticWeights final : public WeightSource {
  public:
   SyntheticWeights(const ModelConfig& config, Device device, DType dtype, uint64_t seed = 0);

@@ -1,9 +1,11 @@
 // decode_step_bytes and prefill_flops against hand counts from the configs' shapes, for the
 // layouts that change the count: quantized vs 16-bit layers, biases (qwen2), q/k norms and a
-// tied lm_head (qwen3), and the batch and cache length.
+// tied lm_head (qwen3), and the batch and cache length; MoE layers (the chosen experts only) and
+// MLA layers (absorbed weights, the latent cache).
 #include <gtest/gtest.h>
 
 #include <string>
+#include <vector>
 
 #include "marlin/model.h"
 #include "models/step_cost.h"
@@ -67,19 +69,106 @@ TEST(DecodeStepBytes, CountsBiasesQkNormsAndSixteenBitLayers) {
   EXPECT_EQ(b3->kv_cache, 2 * 1 * 2 * 2 * 64 * 4 * 4);
 }
 
-// Routed experts are not counted yet: no figure rather than one that leaves them out.
-TEST(DecodeStepBytes, MoeModelsGiveNoFigure) {
-  const ModelConfig config = fixture_config("qwen3_moe");
-  for (const std::string& t : supported_causal_lm_types())
-    if (t == "qwen3_moe") {
-      ModelLoadOptions o;
-      o.group_size = 32;
-      const auto model = load_synthetic_model(config, o);
-      EXPECT_FALSE(decode_step_bytes(*model, 1, 4).has_value());
-      EXPECT_FALSE(prefill_flops(*model, 1, 4).has_value());
-      return;
+// glm4_moe_lite: hidden 64, 4 heads, q_lora 32, kv_lora 64, nope 24, rope 16, v 32; layer 0
+// dense (intermediate 96), layers 1-2 MoE (8 experts of 32, top 2, one shared expert, sigmoid
+// router with a score bias); vocab 256, untied lm_head. FP4, group 32, bf16.
+constexpr int64_t kGlmExpert = 2 * 1152 + 1152;  // gate, up [64 -> 32], down [32 -> 64]
+
+int64_t glm_attention_bytes() {
+  return quantized_bytes(64, 32, 4, 32) + quantized_bytes(32, 4 * 40, 4, 32) +  // q_a, q_b
+         quantized_bytes(64, 80, 4, 32) +                                       // kv_a
+         (4 * 24 * 64 + 4 * 64 * 32) * 2 +  // absorbed W_UK, W_UV (bf16), not kv_b_proj
+         quantized_bytes(128, 64, 4, 32);   // o
+}
+
+TEST(DecodeStepBytes, MatchesAHandCountOfAnMlaMoeModel) {
+  EXPECT_EQ(quantized_bytes(64, 32, 4, 32), 1152);
+  ModelLoadOptions o;
+  o.bits = 4;
+  o.group_size = 32;
+  o.dtype = DType::bf16;
+  const auto model = load_synthetic_model(fixture_config("glm4_moe_lite"), o);
+  const auto b = decode_step_bytes(*model, 1, 7.5);
+  ASSERT_TRUE(b.has_value());
+  const int64_t absorbed = (4 * 24 * 64 + 4 * 64 * 32) * 2;
+  const int64_t dense_mlp = 2 * quantized_bytes(64, 96, 4, 32) + quantized_bytes(96, 64, 4, 32);
+  const int64_t moe_layer = kGlmExpert +      // the shared expert
+                            2 * kGlmExpert;   // the 2 chosen of 8 routed experts
+  EXPECT_EQ(b->quantized_weights, 3 * (glm_attention_bytes() - absorbed) + dense_mlp + 2 * moe_layer);
+  const int64_t router = 8 * 64 * 4 + 8 * 4;  // f32 gate.weight and e_score_correction_bias
+  EXPECT_EQ(b->dense_weights, 3 * absorbed + 2 * router + 256 * 64 * 2);  // + bf16 lm_head
+  EXPECT_EQ(b->routed_experts, 2 * 2 * kGlmExpert);
+  EXPECT_EQ(b->norm_weights, (3 * (64 + 64 + 32 + 64) + 64) * 2);  // + q_a / kv_a norms
+  EXPECT_EQ(b->embedding_rows, 64 * 2);
+  EXPECT_EQ(b->kv_cache, static_cast<int64_t>(3 * 80 * 2 * 7.5));  // latent + rope, one row
+  EXPECT_EQ(b->total(), b->weights() + b->kv_cache);
+
+  // Three rows choose 8 * (1 - (3/4)^3) = 4.625 distinct experts per layer on average.
+  const auto b3 = decode_step_bytes(*model, 3, 7.5);
+  ASSERT_TRUE(b3.has_value());
+  EXPECT_EQ(b3->routed_experts, 2 * kGlmExpert * 4625 / 1000);
+  EXPECT_EQ(b3->kv_cache, 3 * b->kv_cache);
+  EXPECT_FALSE(prefill_flops(*model, 1, 4).has_value());  // not counted for MoE/MLA yet
+}
+
+TEST(DecodeStepBytes, ExpertsCountAtTheirOwnWidths) {
+  // glm4_moe_lite with expert 0 of each MoE layer kept bf16, the others FP4: the chosen two are
+  // counted at the layer's mean expert bytes.
+  ModelLoadOptions o;
+  o.dtype = DType::bf16;
+  const auto model = load_synthetic_model(fixture_config("glm4_moe_lite"), o);
+  quantize_linear_layers(*model, 4, 32, std::vector<std::string>{"lm_head", "mlp.experts.0."});
+  const auto b = decode_step_bytes(*model, 1, 1);
+  ASSERT_TRUE(b.has_value());
+  const int64_t bf16_expert = 3 * 64 * 32 * 2;
+  EXPECT_EQ(b->routed_experts, 2 * (bf16_expert + 7 * kGlmExpert) * 2 / 8);
+}
+
+TEST(DecodeStepBytes, QueryWithoutLoraAndLlamaFamilyMoe) {
+  // deepseek_v2: a plain q_proj [64 -> 4 * 24], kv_lora 32, rope 8 (a 40-value latent row).
+  ModelLoadOptions o;
+  o.bits = 8;
+  o.group_size = 32;
+  o.dtype = DType::bf16;
+  const auto v2 = load_synthetic_model(fixture_config("deepseek_v2"), o);
+  const auto b2 = decode_step_bytes(*v2, 1, 2);
+  ASSERT_TRUE(b2.has_value());
+  EXPECT_EQ(b2->kv_cache, 3 * 40 * 2 * 2);
+  EXPECT_EQ(b2->norm_weights, (3 * (64 + 64 + 32) + 64) * 2);  // no q_a_layernorm
+  // qwen3_moe through LlamaModel: layer 0 dense, layer 1 8 experts of 32, top 2, no shared.
+  const auto q = load_synthetic_model(fixture_config("qwen3_moe"), o);
+  const auto bq = decode_step_bytes(*q, 1, 2);
+  ASSERT_TRUE(bq.has_value());
+  EXPECT_EQ(bq->routed_experts, 2 * (2 * quantized_bytes(64, 32, 8, 32) + quantized_bytes(32, 64, 8, 32)));
+  EXPECT_EQ(bq->kv_cache, 2 * 2 * 2 * 64 * 2 * 2);  // layers * (k, v) * Hkv * D * pos * bf16
+}
+
+TEST(ResidentBytes, CountEveryExpertAndTheCacheAsAllocated) {
+  ModelLoadOptions o;
+  o.bits = 4;
+  o.group_size = 32;
+  o.dtype = DType::bf16;
+  const auto model = load_synthetic_model(fixture_config("glm4_moe_lite"), o);
+  const auto w = resident_weight_bytes(*model);
+  ASSERT_TRUE(w.has_value());
+  // Per layer: the decode-step attention plus kv_b_proj [64 -> 4 * (24 + 32)], resident too.
+  const int64_t attention = glm_attention_bytes() + quantized_bytes(64, 224, 4, 32);
+  const int64_t dense_mlp = 2 * quantized_bytes(64, 96, 4, 32) + quantized_bytes(96, 64, 4, 32);
+  const int64_t moe_layer = 9 * kGlmExpert + 8 * 64 * 4 + 8 * 4;  // 8 routed + shared, router
+  const int64_t norms = (3 * (64 + 64 + 32 + 64) + 64) * 2;
+  EXPECT_EQ(*w, 3 * attention + dense_mlp + 2 * moe_layer + norms + 2 * 256 * 64 * 2);
+  // The cache as make_cache allocates it: one latent row of 80 bf16 values per position.
+  const auto llama = load_synthetic_model(fixture_config("llama_gqa"), o);
+  for (const CausalLM* m : {model.get(), llama.get()}) {
+    const KVCache cache = m->make_cache(12, 3);
+    int64_t allocated = 0;
+    for (int64_t l = 0; l < m->config().num_hidden_layers; ++l) {
+      allocated += static_cast<int64_t>(cache.keys(l).nbytes());
+      if (!cache.config().keys_only) allocated += static_cast<int64_t>(cache.values(l).nbytes());
     }
-  GTEST_SKIP() << "qwen3_moe is not registered";
+    EXPECT_EQ(kv_cache_bytes(*m, 12, 3), allocated) << m->config().source;
+  }
+  EXPECT_EQ(kv_cache_bytes(*model, 12, 3), 3 * 3 * 12 * 80 * 2);
 }
 
 TEST(PrefillFlops, MatchesAHandCount) {

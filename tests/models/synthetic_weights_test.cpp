@@ -128,6 +128,8 @@ TEST(SyntheticWeights, HoldsNoPackedTensorsAndSaysSo) {
   EXPECT_TRUE(w.has("model.layers.0.mlp.up_proj.weight"));
   EXPECT_FALSE(w.has("model.layers.0.mlp.up_proj.weight_packed"));
   EXPECT_FALSE(w.has("model.layers.0.mlp.up_proj.weight_scale"));
+  EXPECT_FALSE(w.has("model.layers.1.mlp.experts.gate_up_proj"));  // per-expert tensors only
+  EXPECT_TRUE(w.has("model.layers.1.mlp.experts.3.gate_proj.weight"));
   const std::string msg = error_message([&] {
     w.get_exact("lm_head.weight_packed", DType::u32, {8, 256}, "load_quantized");
   });

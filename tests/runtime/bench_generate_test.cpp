@@ -1,10 +1,13 @@
 // `marlin bench generate` end to end on the CPU with a tiny synthetic model: the JSON holds every
 // figure, the figures agree with each other and with the step accounting of the same model,
-// and bad arguments are clear errors.
+// and bad arguments are clear errors; the GLM-4.7-Flash config's layout (MLA, MoE with a shared
+// expert, a dense first layer) shrunk to a tiny model counts its decode bytes and memory.
 #include <gtest/gtest.h>
 
 #include <array>
 #include <cstdio>
+#include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <string>
 
@@ -93,16 +96,76 @@ TEST(BenchGenerate, TextOutputAndErrors) {
                                    &status);
   EXPECT_NE(status, 0);
   EXPECT_NE(bits.find("bits"), std::string::npos) << bits;
-  for (const std::string& t : supported_causal_lm_types())
-    if (t == "glm4_moe_lite") return;  // registered: a real load, too big for this test
-  const std::string moe = run_cli("bench generate --config " + std::string(MARLIN_SOURCE_DIR) +
-                                      "/bench/configs/glm-4.7-flash.json --synthetic --device cpu"
-                                      " --bandwidth-mib 16 2>&1",
+}
+
+// bench/configs/glm-4.7-flash.json with every size shrunk (the GPU runs the real shapes): the
+// same keys, so the same MLA and MoE layout, routing and dense first layer.
+std::string tiny_glm_config() {
+  std::ifstream in(std::string(MARLIN_SOURCE_DIR) + "/bench/configs/glm-4.7-flash.json");
+  nlohmann::json c = nlohmann::json::parse(in);
+  const nlohmann::json tiny = {{"hidden_size", 64},       {"intermediate_size", 96},
+                               {"kv_lora_rank", 32},      {"q_lora_rank", 32},
+                               {"qk_nope_head_dim", 16},  {"qk_rope_head_dim", 16},
+                               {"v_head_dim", 16},        {"num_attention_heads", 4},
+                               {"num_key_value_heads", 4}, {"moe_intermediate_size", 32},
+                               {"n_routed_experts", 8},   {"num_hidden_layers", 3},
+                               {"vocab_size", 512},       {"max_position_embeddings", 4096}};
+  for (const auto& [k, v] : tiny.items()) {
+    EXPECT_TRUE(c.contains(k)) << k;
+    c[k] = v;
+  }
+  const std::filesystem::path dir =
+      std::filesystem::temp_directory_path() / "marlin_bench_generate_tiny_glm";
+  std::filesystem::create_directories(dir);
+  std::ofstream(dir / "config.json") << c.dump(2);
+  return (dir / "config.json").string();
+}
+
+TEST(BenchGenerate, MlaMoeConfigCountsChosenExpertsAndMemory) {
+  const std::string config = tiny_glm_config();
+  int status = -1;
+  const std::string out = run_cli("bench generate --config " + config +
+                                      " --synthetic --device cpu --bits 4 --group-size 32 --dtype bf16"
+                                      " --prompt-len 6 --gen-len 4 --warmup 0 --cache-len 64"
+                                      " --bandwidth-mib 16 --json",
                                   &status);
-  // Until the MLA/MoE models are registered: the registry's error naming the model_type.
+  ASSERT_EQ(status, 0) << out;
+  const auto r = nlohmann::json::parse(out);
+  EXPECT_EQ(r["model_type"], "glm4_moe_lite");
+  ASSERT_TRUE(r.contains("roofline_fraction")) << out;
+  EXPECT_GT(r["roofline_fraction"].get<double>(), 0.0);
+
+  ModelLoadOptions o;
+  o.bits = 4;
+  o.group_size = 32;
+  o.dtype = DType::bf16;
+  const auto model = load_synthetic_model(load_model_config(config), o);
+  // Steps feed positions 6..8 and read 7..9 cached positions: 8 on average.
+  const auto bytes = decode_step_bytes(*model, 1, 8.0);
+  ASSERT_TRUE(bytes.has_value());
+  const auto& b = r["bytes_per_step"];
+  EXPECT_EQ(b["total"].get<int64_t>(), bytes->total());
+  EXPECT_EQ(b["routed_experts"].get<int64_t>(), bytes->routed_experts);
+  EXPECT_GT(bytes->routed_experts, 0);
+  // The memory floor: every weight, and the --cache-len cache (3 layers x 64 x 48 values, bf16).
+  EXPECT_EQ(r["weight_bytes"].get<int64_t>(), *resident_weight_bytes(*model));
+  EXPECT_EQ(r["kv_cache_positions"].get<int64_t>(), 64);
+  EXPECT_EQ(r["kv_cache_bytes"].get<int64_t>(), 3 * 64 * 48 * 2);
+  EXPECT_GT(r["weight_bytes"].get<int64_t>(), b["weights"].get<int64_t>());  // all 8 experts
+
+  const std::string text = run_cli("bench generate --config " + config +
+                                       " --synthetic --device cpu --group-size 32 --prompt-len 4"
+                                       " --gen-len 2 --warmup 0 --bandwidth-mib 16 2>&1",
+                                   &status);
+  ASSERT_EQ(status, 0) << text;
+  for (const char* what : {"% of the roofline", "chosen routed experts", "memory: weights", "KV cache"})
+    EXPECT_NE(text.find(what), std::string::npos) << what << " missing from " << text;
+  const std::string short_cache = run_cli("bench generate --config " + config +
+                                              " --synthetic --device cpu --prompt-len 8 --gen-len 4"
+                                              " --cache-len 10 --bandwidth-mib 16 2>&1",
+                                          &status);
   EXPECT_NE(status, 0);
-  EXPECT_NE(moe.find("not supported"), std::string::npos) << moe;
-  EXPECT_NE(moe.find("glm4_moe_lite"), std::string::npos) << moe;
+  EXPECT_NE(short_cache.find("--cache-len"), std::string::npos) << short_cache;
 }
 
 }  // namespace
