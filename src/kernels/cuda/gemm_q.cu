@@ -20,6 +20,7 @@
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/quant_codec.cuh"
 #include "kernels/cuda/split_k.cuh"
 #include "marlin/stream.h"
 
@@ -31,85 +32,9 @@ constexpr int kThreads = kWarps * 32;
 constexpr int kStageK = 256;  // k values of A staged in shared memory per step
 constexpr int kMaxSkinnyM = 8;
 
-template <QuantFormat F>
-struct Codec;
-
-// E2M1 nibble s.e1e0.m -> f32 bits s | e1e0 << 23 | m << 22: the value times 2^-126.
-template <>
-struct Codec<QuantFormat::fp4_e2m1> {
-  static constexpr int P = 8;
-  static constexpr float a_prescale = 9.223372036854775808e18f;  // 2^63
-  static constexpr float s_prescale = 9.223372036854775808e18f;  // 2^63
-  template <int J>
-  __device__ __forceinline__ static float decode(uint32_t q) {
-    constexpr int sign_shift = 28 - 4 * J;
-    const uint32_t body = (22 - 4 * J >= 0) ? (q << (22 - 4 * J >= 0 ? 22 - 4 * J : 0))
-                                            : (q >> (4 * J - 22 > 0 ? 4 * J - 22 : 0));
-    return __uint_as_float(((q << sign_shift) & 0x80000000u) | (body & 0x01c00000u));
-  }
-  __device__ __forceinline__ static float scaled(float code_value, float s) { return code_value * s; }
-};
-
-// E4M3 byte s.eeee.mmm -> f32 bits s | eeee.mmm << 20: the value times 2^-120.
-template <>
-struct Codec<QuantFormat::fp8_e4m3> {
-  static constexpr int P = 4;
-  static constexpr float a_prescale = 1.152921504606846976e18f;  // 2^60
-  static constexpr float s_prescale = 1.152921504606846976e18f;  // 2^60
-  template <int J>
-  __device__ __forceinline__ static float decode(uint32_t q) {
-    constexpr int sign_shift = 24 - 8 * J;
-    const uint32_t body = (20 - 8 * J >= 0) ? (q << (20 - 8 * J >= 0 ? 20 - 8 * J : 0))
-                                            : (q >> (8 * J - 20 > 0 ? 8 * J - 20 : 0));
-    return __uint_as_float(((q << sign_shift) & 0x80000000u) | (body & 0x07f00000u));
-  }
-  __device__ __forceinline__ static float scaled(float code_value, float s) { return code_value * s; }
-};
-
-// INT2 code c -> f32 bits 0x4b000000 | c, i.e. 2^23 + c; subtracting 2^23 gives c exactly.
-template <>
-struct Codec<QuantFormat::int2> {
-  static constexpr int P = 16;
-  static constexpr float a_prescale = 1.0f;
-  static constexpr float s_prescale = 1.0f;
-  template <int J>
-  __device__ __forceinline__ static float decode(uint32_t q) {
-    return __uint_as_float(0x4b000000u | ((q >> (2 * J)) & 3u));
-  }
-  __device__ __forceinline__ static float scaled(float code_value, float s) {
-    return fmaf(code_value - 8388608.0f, s, -1.5f * s);  // (c - 1.5) * s, rounded once
-  }
-};
-
-template <QuantFormat F, int J, int P>
-struct DecodeAll {
-  __device__ __forceinline__ static void run(uint32_t q, float s, float* w) {
-    w[J] = Codec<F>::scaled(Codec<F>::template decode<J>(q), s);
-    DecodeAll<F, J + 1, P>::run(q, s, w);
-  }
-};
-template <QuantFormat F, int P>
-struct DecodeAll<F, P, P> {
-  __device__ __forceinline__ static void run(uint32_t, float, float*) {}
-};
-
-template <int CPT>
-__device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[CPT]) {
-  if constexpr (CPT == 4) {
-    // Streamed once: keep it out of L1.
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p));
-    w[0] = v.x;
-    w[1] = v.y;
-    w[2] = v.z;
-    w[3] = v.w;
-  } else {
-#pragma unroll
-    for (int c = 0; c < CPT; ++c) w[c] = __ldg(p + c);
-  }
-}
+using quant_detail::Codec;
+using quant_detail::decode_word;
+using quant_detail::load_words;
 
 template <QuantFormat F, int MT, int CPT, typename TA>
 __global__ void __launch_bounds__(kThreads)
@@ -171,7 +96,7 @@ __global__ void __launch_bounds__(kThreads)
       for (int c = 0; c < CPT; ++c) {
         const float s = __half2float(srow[c]) * Cd::s_prescale;
         float w[P];
-        DecodeAll<F, 0, P>::run(words[i][c], s, w);
+        decode_word<F>(words[i][c], s, w);
 #pragma unroll
         for (int m = 0; m < MT; ++m) {
 #pragma unroll
