@@ -9,6 +9,7 @@
 
 #include "marlin/attention.h"
 #include "marlin/ops_nn.h"
+#include "models/model_common.h"
 #include "models/moe_weights.h"
 #include "models/quantized_checkpoint.h"
 
@@ -96,13 +97,7 @@ DeepseekModel::DeepseekModel(ModelConfig config, const WeightSource& w, const Mo
   // (listed in modules_not_converted); nothing is quantized again.
   const bool stored_quantized = marlin_quantization(c).has_value();
   auto linear = [&](const std::string& prefix, int64_t in, int64_t out, bool bias) {
-    const Tensor b = w.get_if(bias, prefix + ".bias", {out});
-    if (module_matches(options.modules_not_converted, prefix))
-      return QuantizedLinear(w.get(prefix + ".weight", {out, in}), b, 16, options.group_size, placement_);
-    if (stored_quantized || w.has(prefix + ".weight_packed"))
-      return load_packed_linear(w, prefix, in, out, b, options.bits, options.group_size, placement_);
-    return QuantizedLinear(w.get(prefix + ".weight", {out, in}), b, options.bits, options.group_size,
-                           placement_, options.scales);
+    return load_model_linear(w, options, placement_, stored_quantized, prefix, in, out, bias);
   };
   auto norm = [&](const std::string& name, int64_t size, double eps) {
     return RMSNorm(w.get(name, {size}), eps, placement_);
@@ -165,11 +160,8 @@ DeepseekModel::DeepseekModel(ModelConfig config, const WeightSource& w, const Mo
 
 Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
   constexpr const char* op = "CausalLM::forward";
-  MARLIN_CHECK(ids.defined() && (ids.dim() == 1 || ids.dim() == 2), op,
-               "ids must be [T] or [B, T], got ", ids.defined() ? ids.describe() : "an undefined tensor");
-  const Tensor ids2 = ids.dim() == 1 ? ids.contiguous().view({1, ids.size(0)}) : ids;
+  const Tensor ids2 = ids_as_batch(ids, op);
   const int64_t B = ids2.size(0), T = ids2.size(1);
-  MARLIN_CHECK(B >= 1 && T >= 1, op, "ids must hold at least one token, got ", ids.describe());
   int64_t end = T;
   if (cache != nullptr) {
     MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
@@ -185,19 +177,8 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
                  "supported by MLA models yet: run prompts of different lengths one by one");
     end = cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
   }
-  MARLIN_CHECK(config_.max_position_embeddings <= 0 || end <= config_.max_position_embeddings,
-               op, "positions up to ", end, " exceed the model's context of ",
-               config_.max_position_embeddings, " tokens (max_position_embeddings in ",
-               config_.source, ")");
-  Tensor positions;
-  if (cache != nullptr) {
-    if (cache->step_tokens() == 0) cache->begin_step(T);
-    positions = T == 1 ? cache->lengths() : ops::sequence_positions(cache->lengths(), T);
-  } else {
-    std::vector<int32_t> pos(static_cast<size_t>(B * T));
-    for (int64_t i = 0; i < B * T; ++i) pos[static_cast<size_t>(i)] = static_cast<int32_t>(i % T);
-    positions = Tensor::from_vector(pos, {B * T}, DType::i32).to(placement_.device);
-  }
+  check_context(config_, end, op);
+  const Tensor positions = step_positions(cache, B, T, placement_.device);
 
   Tensor h = embed_tokens_.forward(ids2);
   for (const DeepseekBlock& layer : layers_) h = layer.forward(h, positions, cache);
