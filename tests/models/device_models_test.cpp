@@ -18,12 +18,7 @@
 namespace marlin {
 namespace {
 
-struct Backend {
-  const char* name;
-  Device device;
-  DType dtype;
-  double tolerance;
-};
+using testing::Backend;
 
 const Backend kBackends[] = {
     {"cpu_f32", Device::cpu(), DType::f32, 1e-4},
@@ -60,38 +55,21 @@ TEST_P(BackendTest, PrefillAndDecodeMatchTransformers) {
   options.dtype = backend.dtype;
   const auto model = load_model(dir, options);
   const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
-  const Tensor greedy = load_npy(dir + "/greedy_ids.npy");
+  const std::vector<int32_t> greedy = testing::load_ids(dir + "/greedy_ids.npy");
   const std::vector<float> ref = values(load_npy(dir + "/logits.npy"));
   const std::vector<float> ref_steps = values(load_npy(dir + "/greedy_logits.npy"));
-  const int64_t V = model->config().vocab_size, steps = greedy.numel();
+  const int64_t steps = static_cast<int64_t>(greedy.size());
 
   KVCache cache = model->make_cache(64);
   Tensor logits = model->forward(prompt, &cache);
   ASSERT_EQ(logits.device(), backend.device);
-  std::vector<float> got = values(logits);
+  const std::vector<float> got = values(logits);
   const double prefill_err = relative_error(got.data(), ref.data(), static_cast<int64_t>(ref.size()));
   EXPECT_LT(prefill_err, backend.tolerance);
   // The decode logits are compared as one [steps, V] tensor: single rows of a bf16 run of fp32
   // weights stray further (up to 4%) than the whole.
-  double decode_num = 0, decode_den = 0;
-  int other_tokens = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    const float* row = got.data() + got.size() - V;
-    const float* ref_row = ref_steps.data() + s * V;
-    for (int64_t v = 0; v < V; ++v) {
-      decode_num += (double(row[v]) - ref_row[v]) * (double(row[v]) - ref_row[v]);
-      decode_den += double(ref_row[v]) * ref_row[v];
-    }
-    const int64_t ours = std::max_element(row, row + V) - row;
-    const int32_t expected = greedy.data<int32_t>()[s];
-    if (ours != expected) {
-      ++other_tokens;
-      testing::expect_near_tie(ref_row, V, ours, expected, backend.tolerance, s);
-    }
-    // Teacher forcing: the next step sees Transformers' token, so every step is compared.
-    if (s + 1 < steps) got = values(model->forward(ids_tensor({expected}), &cache));
-  }
-  const double decode_err = std::sqrt(decode_num / decode_den);
+  const auto [decode_err, other_tokens] =
+      testing::teacher_forced_decode(*model, cache, got, greedy, ref_steps, backend.tolerance);
   EXPECT_LT(decode_err, backend.tolerance);
   std::printf("[ %s %s ] prefill %.3g, decode %.3g, other greedy tokens %d/%lld\n", name,
               backend.name, prefill_err, decode_err, other_tokens, static_cast<long long>(steps));

@@ -137,12 +137,7 @@ TEST(MlaModelErrors, CacheOfAnotherModelAndContext) {
             std::string::npos);
 }
 
-struct Backend {
-  const char* name;
-  Device device;
-  DType dtype;
-  double tolerance;
-};
+using testing::Backend;
 
 const Backend kBackends[] = {
     {"cpu_bf16", Device::cpu(), DType::bf16, 2e-2},
@@ -154,8 +149,7 @@ const Backend kBackends[] = {
 // own bf16 run then strays from its fp32 one (reference.json records by how much), and no bf16
 // run can be held closer than that.
 double sixteen_bit_tolerance(const std::string& dir, double tolerance) {
-  std::ifstream f(dir + "/reference.json");
-  const nlohmann::json ref = nlohmann::json::parse(f);
+  const nlohmann::json ref = testing::read_json(dir + "/reference.json");
   return std::max(tolerance, 1.5 * ref.value("transformers_bf16_prefill_error", 0.0));
 }
 
@@ -176,28 +170,15 @@ TEST_P(MlaBackendTest, PrefillAndDecodeMatchTransformers) {
   const std::vector<int32_t> greedy = load_ids(dir + "/greedy_ids.npy");
   const std::vector<float> ref = load_npy(dir + "/logits.npy").to_float_vector();
   const std::vector<float> ref_steps = load_npy(dir + "/greedy_logits.npy").to_float_vector();
-  const int64_t V = model->config().vocab_size, steps = static_cast<int64_t>(greedy.size());
+  const int64_t steps = static_cast<int64_t>(greedy.size());
   KVCache cache = model->make_cache(64);
   Tensor logits = model->forward(prompt, &cache);
   ASSERT_EQ(logits.device(), backend.device);
-  std::vector<float> got = logits.to_float_vector();
+  const std::vector<float> got = logits.to_float_vector();
   const double prefill_err = relative_error(got, ref);
   EXPECT_LT(prefill_err, tolerance);
-  std::vector<float> decoded;
-  int other_tokens = 0;
-  for (int64_t s = 0; s < steps; ++s) {
-    const float* row = got.data() + got.size() - V;
-    const float* ref_row = ref_steps.data() + s * V;
-    decoded.insert(decoded.end(), row, row + V);
-    const int64_t ours = std::max_element(row, row + V) - row;
-    const int32_t expected = greedy[static_cast<size_t>(s)];
-    if (ours != expected) {
-      ++other_tokens;
-      testing::expect_near_tie(ref_row, V, ours, expected, tolerance, s);
-    }
-    if (s + 1 < steps) got = model->forward(ids_tensor({expected}), &cache).to_float_vector();
-  }
-  const double decode_err = relative_error(decoded, ref_steps);
+  const auto [decode_err, other_tokens] =
+      testing::teacher_forced_decode(*model, cache, got, greedy, ref_steps, tolerance);
   // Each step also reads the 16-bit latent rows the earlier steps wrote: the error compounds.
   EXPECT_LT(decode_err, 1.5 * tolerance);
   std::printf("[ %s %s ] prefill %.3g, decode %.3g (bound %.3g), other greedy tokens %d/%lld\n",

@@ -154,6 +154,43 @@ inline void expect_near_tie(const float* ref_row, int64_t V, int64_t ours, int32
       << "step " << step << ": token " << ours << " where Transformers clearly prefers " << expected;
 }
 
+// A device and dtype the fixtures run on, with the bound of their logits' relative error.
+struct Backend {
+  const char* name;
+  Device device;
+  DType dtype;
+  double tolerance;
+};
+
+struct TeacherForcedDecode {
+  double error;      // of all decoded logits [steps, V] against Transformers' (ref_steps)
+  int other_tokens;  // steps whose greedy token was not Transformers' (near ties)
+};
+
+// greedy.size() decode steps after a prefill whose logits are `got`, teacher-forced with
+// Transformers' greedy tokens (every step is compared); a step whose own greedy token differs
+// passes only on a near tie of Transformers' logits (expect_near_tie).
+inline TeacherForcedDecode teacher_forced_decode(const CausalLM& model, KVCache& cache, std::vector<float> got,
+                                                 const std::vector<int32_t>& greedy,
+                                                 const std::vector<float>& ref_steps, double tolerance) {
+  const int64_t V = model.config().vocab_size, steps = static_cast<int64_t>(greedy.size());
+  std::vector<float> decoded;
+  int other_tokens = 0;
+  for (int64_t s = 0; s < steps; ++s) {
+    const float* row = got.data() + got.size() - V;
+    const float* ref_row = ref_steps.data() + s * V;
+    decoded.insert(decoded.end(), row, row + V);
+    const int64_t ours = std::max_element(row, row + V) - row;
+    const int32_t expected = greedy[static_cast<size_t>(s)];
+    if (ours != expected) {
+      ++other_tokens;
+      expect_near_tie(ref_row, V, ours, expected, tolerance, s);
+    }
+    if (s + 1 < steps) got = model.forward(ids_tensor({expected}), &cache).to_float_vector();
+  }
+  return {relative_error(decoded, ref_steps), other_tokens};
+}
+
 // Quantized weights (8, 4, 2 bits, group 32) on the GPU in bf16 compute what the CPU computes in
 // f32 with the same weights.
 inline void expect_quantized_cuda_matches_cpu(const char* name) {
