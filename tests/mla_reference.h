@@ -25,11 +25,12 @@ inline DenseOperand dense(const Tensor& t) {
 }
 
 // out [B, T, H, Dv] = softmax(scale * (q_nope . k_nope + q_rope . k_rope)) v, causal with query t
-// of row b at position lens[b] - T + t.
+// of row b at position lens[b] - T + t. With new_tokens (right-padded rows) query t sits at
+// lens[b] - new_tokens[b] + t, and a padding query (t >= new_tokens[b]) at lens[b] - 1.
 inline std::vector<double> reference_mla_attention(const Tensor& q_nope, const Tensor& q_rope,
                                                    const Tensor& k_nope, const Tensor& k_rope,
                                                    const Tensor& v, const std::vector<int>& lens,
-                                                   double scale) {
+                                                   double scale, const std::vector<int>& new_tokens = {}) {
   const DenseOperand qn = dense(q_nope), qr = dense(q_rope), kn = dense(k_nope),
                      kr = dense(k_rope), vv = dense(v);
   const int64_t B = q_nope.size(0), T = q_nope.size(1), H = q_nope.size(2);
@@ -38,7 +39,9 @@ inline std::vector<double> reference_mla_attention(const Tensor& q_nope, const T
   for (int64_t b = 0; b < B; ++b)
     for (int64_t t = 0; t < T; ++t)
       for (int64_t h = 0; h < H; ++h) {
-        const int64_t pos = lens[static_cast<size_t>(b)] - T + t;
+        const int64_t len = lens[static_cast<size_t>(b)];
+        const int64_t real = new_tokens.empty() ? T : new_tokens[static_cast<size_t>(b)];
+        const int64_t pos = std::min(len - real + t, len - 1);
         std::vector<double> s(static_cast<size_t>(pos + 1));
         double m = -INFINITY;
         for (int64_t j = 0; j <= pos; ++j) {

@@ -53,7 +53,10 @@ class MLAAttention {
   // values (prefill). Otherwise the new latent rows are written to the cache (a latent cache:
   // KVCacheConfig::keys_only, head_dim = latent_dim()) at each row's own length, and the new
   // queries attend over the cached latent in the absorbed form: W_UK folded into the query,
-  // W_UV applied to the attended latent. The caller ends the cache step. Returns [B, T, hidden].
+  // W_UV applied to the attended latent. In a step begun with per-row new tokens (right-padded
+  // rows, KVCache::begin_step(T, new_tokens)) the padding is never written to the cache and
+  // each row's queries see only its own keys; padding rows' outputs are finite and to be
+  // dropped. The caller ends the cache step. Returns [B, T, hidden].
   Tensor forward(const Tensor& x, const Tensor& positions, KVCache* cache = nullptr) const;
 
   const MLAAttentionConfig& config() const { return config_; }

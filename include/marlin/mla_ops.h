@@ -21,9 +21,15 @@ namespace marlin::ops {
 //   expanded: k_nope/v = kv_b_proj(latent) per head, k_rope shared (Hr = 1);
 //   absorbed: q_nope = q_nope @ W_UK per head, k_nope = v = the cache's latent, k_rope = the
 //   cache's rotary part (Hn = Hr = Hv = 1), Dn = Dv = kv_lora_rank.
+// Right-padded rows (a batch of prompts of different lengths), as ops::attention_extend: with
+// new_tokens (i32 [B] on the tensors' device, 0 <= new_tokens[b] <= min(T, seq_lens[b]),
+// 1 <= seq_lens[b] <= S) only row b's first new_tokens[b] queries are real, query t at position
+// seq_lens[b] - new_tokens[b] + t; the padding queries after them see the row's whole valid
+// prefix (a finite result, to be ignored), so no key at or past seq_lens[b] is ever read.
 // On CUDA, Dn and Dv must be at most 512 and Dr at most 64.
 Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale);
+                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
+                     const Tensor& new_tokens = {});
 
 // out[m, h, :] = x[m, h, :] @ w[h] for x [M, H, K] (last dim contiguous, leading dims any
 // strides) and w [H, K, N] contiguous, one dtype and device; out [M, H, N] in x's dtype.

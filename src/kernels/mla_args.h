@@ -17,6 +17,8 @@ struct MlaOperand {
 struct MlaAttentionArgs {
   MlaOperand q_nope, q_rope, k_nope, k_rope, v;
   const int32_t* seq_lens = nullptr;  // on the tensors' device
+  // Right-padded rows: row b's real queries, null when every row has all T.
+  const int32_t* new_tokens = nullptr;
   void* out = nullptr;                // [B, T, H, Dv] contiguous
   int B = 0, T = 0, H = 0, S = 0, Dn = 0, Dr = 0, Dv = 0;
   float scale = 1.0f;

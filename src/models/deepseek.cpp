@@ -170,11 +170,10 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
     MARLIN_CHECK(kc.num_layers == config_.num_hidden_layers && kc.keys_only &&
                      kc.dtype == placement_.dtype && cache->device() == placement_.device,
                  op, "the cache was not made for this model (use make_cache)");
+    // A step begun by the caller (per-row new tokens of a padded batch) is kept.
     MARLIN_CHECK(cache->step_tokens() == 0 || cache->step_tokens() == T, op,
                  "the cache's step in flight holds ", cache->step_tokens(),
                  " tokens per row but ids has T=", T);
-    MARLIN_CHECK(!cache->step_new_tokens().defined(), op, "rows with right padding are not ",
-                 "supported by MLA models yet: run prompts of different lengths one by one");
     end = cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
   }
   check_context(config_, end, op);

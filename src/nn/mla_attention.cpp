@@ -124,10 +124,13 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
             ckv.view({B * T, 1, L}).narrow(2, R, Dr), positions, rope_);
   const Tensor q_nope = q.narrow(3, 0, Dn), q_rope = q.narrow(3, Dn, Dr);
 
-  Tensor seq_lens;
+  // With a cache each row writes at its own length and attends up to it; right padding
+  // (step_new_tokens(), a batch of prompts of different lengths) is neither written nor read.
+  Tensor seq_lens, new_tokens;
   if (cache != nullptr) {
     cache->update(c.layer_idx, ckv.transpose(1, 2), Tensor());
     seq_lens = cache->step_lengths();
+    new_tokens = cache->step_new_tokens();
   } else {
     const std::vector<int32_t> lens(static_cast<size_t>(B), static_cast<int32_t>(T));
     seq_lens = Tensor::from_vector(lens, {B}, DType::i32).to(x.device());
@@ -138,7 +141,7 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
     // Per-head keys [nope | shared k_rope] and values from the latent of these T tokens.
     const Tensor kv = proj_.kv_b_proj.forward(latent).view({B, T, heads, Dn + Dv});
     out = ops::mla_attention(q_nope, q_rope, kv.narrow(3, 0, Dn), ckv.narrow(3, R, Dr),
-                             kv.narrow(3, Dn, Dv), seq_lens, scale_);
+                             kv.narrow(3, Dn, Dv), seq_lens, scale_, new_tokens);
   } else {
     // Absorbed: q_nope . (W_UK latent) = (W_UK^T q_nope) . latent, and the values W_UV latent
     // summed with the attention weights = W_UV (the weighted latent).
@@ -148,7 +151,7 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
     const Tensor cached_latent = rows.narrow(3, 0, R);
     const Tensor attended =
         ops::mla_attention(q_latent.view({B, T, heads, R}), q_rope, cached_latent,
-                           rows.narrow(3, R, Dr), cached_latent, seq_lens, scale_);
+                           rows.narrow(3, R, Dr), cached_latent, seq_lens, scale_, new_tokens);
     out = ops::mla_head_matmul(attended.view({B * T, heads, R}), w_uv_);
   }
   return proj_.o_proj.forward(out.view({B, T, heads * Dv}));

@@ -1,5 +1,6 @@
 // ops::mla_attention / mla_head_matmul: the shape, dtype and device checks shared by the
 // backends, then dispatch.
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -32,7 +33,8 @@ void check_heads(const char* op, const char* name, const Tensor& t, int64_t H) {
 }  // namespace
 
 Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale) {
+                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
+                     const Tensor& new_tokens) {
   constexpr const char* op = "mla_attention";
   MARLIN_CHECK(q_nope.defined() && q_nope.dim() == 4, op, "q_nope must be [B, T, H, Dn], got ",
                describe(q_nope));
@@ -70,6 +72,14 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
   MARLIN_CHECK(seq_lens.device() == q_nope.device(), op, "seq_lens on ",
                seq_lens.device().str(), " but q_nope on ", q_nope.device().str());
 
+  if (new_tokens.defined()) {
+    MARLIN_CHECK(new_tokens.dim() == 1 && new_tokens.size(0) == B && new_tokens.dtype() == DType::i32 &&
+                     new_tokens.is_contiguous(),
+                 op, "new_tokens must be contiguous i32 [B] = [", B, "], got ", new_tokens.describe());
+    MARLIN_CHECK(new_tokens.device() == q_nope.device(), op, "new_tokens on ",
+                 new_tokens.device().str(), " but q_nope on ", q_nope.device().str());
+  }
+
   Tensor out = Tensor::empty({B, T, H, Dv}, dt, q_nope.device());
   if (out.numel() == 0) return out;
   kernels::MlaAttentionArgs args;
@@ -79,6 +89,7 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
   args.k_rope = kernels::mla_operand(k_rope);
   args.v = kernels::mla_operand(v);
   args.seq_lens = seq_lens.data<int32_t>();
+  if (new_tokens.defined()) args.new_tokens = new_tokens.data<int32_t>();
   args.out = out.data_ptr();
   args.B = static_cast<int>(B);
   args.T = static_cast<int>(T);
@@ -90,9 +101,18 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
   args.scale = scale;
   if (q_nope.device().is_cpu()) {
     // The lengths are only readable here; the CUDA kernel clamps instead of failing.
-    for (int64_t b = 0; b < B; ++b)
-      MARLIN_CHECK(args.seq_lens[b] >= T && args.seq_lens[b] <= S, op, "seq_lens[", b, "]=",
-                   args.seq_lens[b], " must be in [T, S] = [", T, ", ", S, "]");
+    for (int64_t b = 0; b < B; ++b) {
+      if (args.new_tokens == nullptr) {
+        MARLIN_CHECK(args.seq_lens[b] >= T && args.seq_lens[b] <= S, op, "seq_lens[", b, "]=",
+                     args.seq_lens[b], " must be in [T, S] = [", T, ", ", S, "]");
+        continue;
+      }
+      const int32_t len = args.seq_lens[b], n = args.new_tokens[b];
+      MARLIN_CHECK(len >= 1 && len <= S, op, "seq_lens[", b, "]=", len, " must be in [1, S] = [1, ",
+                   S, "]");
+      MARLIN_CHECK(n >= 0 && n <= T && n <= len, op, "new_tokens[", b, "]=", n,
+                   " must be in [0, min(T, seq_lens[b])] = [0, ", std::min<int64_t>(T, len), "]");
+    }
     cpu::mla_attention(args, dt);
     return out;
   }

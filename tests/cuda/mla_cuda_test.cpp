@@ -68,6 +68,42 @@ TEST_F(MlaCuda, AttentionMatchesCpu) {
       }
 }
 
+// Right-padded rows (prompts of different lengths): the GPU places each row's real queries and
+// its padding queries as the CPU does, latent and expanded, with forced and automatic splits.
+TEST_F(MlaCuda, RightPaddedRowsMatchCpu) {
+  testing::PoisonScope poison;
+  struct Case {
+    bool latent;
+    int64_t T, H, S, Dn, Dr, Dv;
+    std::vector<int> lens, news;
+  };
+  const Case cases[] = {
+      {false, 12, 20, 12, 192, 64, 256, {3, 12, 7}, {3, 12, 7}},   // GLM-4.7-Flash padded prefill
+      {false, 12, 6, 12, 128, 64, 128, {3, 12, 7}, {3, 12, 7}},    // DeepSeek padded prefill
+      {true, 5, 20, 600, 512, 64, 512, {8, 600, 300}, {5, 2, 0}},  // padded extend over a cache
+      {true, 4, 5, 40, 96, 16, 96, {1, 40, 4}, {1, 4, 4}},
+  };
+  int seed = 101;
+  for (const Case& c : cases)
+    for (DType dt : {DType::bf16, DType::f16})
+      for (int splits : {0, 1, 3}) {
+        seed += 7;
+        cuda::set_mla_attention_splits(splits);
+        const int64_t B = static_cast<int64_t>(c.lens.size());
+        const auto cpu = make_mla_case(c.latent, B, c.T, c.H, c.S, c.Dn, c.Dr, c.Dv, c.lens, dt, seed);
+        const auto dev = make_mla_case(c.latent, B, c.T, c.H, c.S, c.Dn, c.Dr, c.Dv, c.lens, dt, seed, gpu);
+        const Tensor news = Tensor::from_vector(c.news, {B}, DType::i32);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(c.Dn + c.Dr));
+        const Tensor ref = ops::mla_attention(cpu.q_nope, cpu.q_rope, cpu.k_nope, cpu.k_rope, cpu.v,
+                                              cpu.seq_lens, scale, news);
+        const Tensor got = ops::mla_attention(dev.q_nope, dev.q_rope, dev.k_nope, dev.k_rope, dev.v,
+                                              dev.seq_lens, scale, news.to(gpu));
+        EXPECT_LT(relative_error(to_double(got), to_double(ref)), tolerance(dt))
+            << (c.latent ? "latent" : "expanded") << " T=" << c.T << " H=" << c.H << " S=" << c.S
+            << " splits=" << splits << " " << dtype_name(dt);
+      }
+}
+
 TEST_F(MlaCuda, HeadMatmulMatchesCpu) {
   testing::PoisonScope poison;
   int seed = 5;

@@ -75,6 +75,53 @@ TEST(MlaAttentionCpu, IgnoresKeysPastEachRowsLength) {
   EXPECT_EQ(after.to_float_vector(), before.to_float_vector());
 }
 
+// Right-padded rows (prompts of different lengths): row b's first new_tokens[b] queries end at
+// its length, the padding queries after them see the row's whole prefix; keys at or past a
+// row's length (NaN here) are never read, in the latent and the expanded form.
+TEST(MlaAttentionCpu, RightPaddedRowsMaskEachRowToItsKeys) {
+  const int64_t T = 6, S = 20;
+  const std::vector<int> lens{3, 20, 9}, news{3, 6, 0};
+  for (const bool latent : {true, false})
+    for (DType dt : {DType::f32, DType::bf16}) {
+      auto m = make_mla_case(latent, 3, T, 4, S, 40, 8, latent ? 40 : 24, lens, dt, latent ? 31 : 37);
+      const Tensor new_tokens = Tensor::from_vector(news, {3}, DType::i32);
+      const float scale = 0.2f;
+      const Tensor out = ops::mla_attention(m.q_nope, m.q_rope, m.k_nope, m.k_rope, m.v, m.seq_lens,
+                                            scale, new_tokens);
+      const auto ref = testing::reference_mla_attention(m.q_nope, m.q_rope, m.k_nope, m.k_rope, m.v,
+                                                        m.lens, scale, news);
+      EXPECT_LT(relative_error(to_double(out), ref), tolerance(dt)) << (latent ? "latent" : "expanded");
+      for (const float x : out.to_float_vector()) ASSERT_TRUE(std::isfinite(x));
+    }
+  // NaN keys past each length change nothing.
+  const int64_t R = 32, Dr = 8;
+  auto m = make_mla_case(true, 3, T, 2, S, R, Dr, R, lens, DType::f32, 5);
+  const Tensor new_tokens = Tensor::from_vector(news, {3}, DType::i32);
+  const Tensor before = ops::mla_attention(m.q_nope, m.q_rope, m.k_nope, m.k_rope, m.v, m.seq_lens,
+                                           0.2f, new_tokens);
+  const std::vector<float> kn = m.k_nope.contiguous().to_float_vector(),
+                           kr = m.k_rope.contiguous().to_float_vector();
+  Tensor full = Tensor::empty({3, S, 1, R + Dr}, DType::f32);
+  float* p = full.data<float>();
+  for (int64_t b = 0; b < 3; ++b)
+    for (int64_t j = 0; j < S; ++j)
+      for (int64_t d = 0; d < R + Dr; ++d)
+        p[(b * S + j) * (R + Dr) + d] =
+            j >= lens[static_cast<size_t>(b)] ? NAN
+            : d < R ? kn[static_cast<size_t>((b * S + j) * R + d)]
+                    : kr[static_cast<size_t>((b * S + j) * Dr + d - R)];
+  const Tensor after = ops::mla_attention(m.q_nope, m.q_rope, full.narrow(3, 0, R), full.narrow(3, R, Dr),
+                                          full.narrow(3, 0, R), m.seq_lens, 0.2f, new_tokens);
+  EXPECT_EQ(after.to_float_vector(), before.to_float_vector());
+  // More real tokens than the row holds, or than T, is a clear error.
+  for (const std::vector<int>& bad : {std::vector<int>{4, 6, 0}, std::vector<int>{3, 7, 0}})
+    EXPECT_NE(testing::error_message([&] {
+                ops::mla_attention(m.q_nope, m.q_rope, m.k_nope, m.k_rope, m.v, m.seq_lens, 0.2f,
+                                   Tensor::from_vector(bad, {3}, DType::i32));
+              }).find("new_tokens["),
+              std::string::npos);
+}
+
 // Attention over the latent with W_UK folded into the query and W_UV applied after equals
 // attention over the keys and values expanded from the latent, within fp32 rounding.
 TEST(MlaAttentionCpu, AbsorbedEqualsExpanded) {

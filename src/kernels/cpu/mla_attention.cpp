@@ -1,5 +1,6 @@
 // CPU multi-head latent attention: one query row (b, t, h) at a time with an online softmax in
 // f32, threaded over rows; and the per-head matrix product of the absorbed form.
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -29,7 +30,11 @@ void attention_impl(const MlaAttentionArgs& a) {
         acc(static_cast<size_t>(a.Dv));
     for (int64_t r = begin; r < end; ++r) {
       const int64_t h = r % a.H, t = (r / a.H) % a.T, b = r / (static_cast<int64_t>(a.H) * a.T);
-      const int64_t pos = a.seq_lens[b] - a.T + t;
+      // Query t's position; with right padding the padding queries (t >= new_tokens[b]) take
+      // the row's last valid one, so they see its whole prefix and nothing past it.
+      const int64_t len = a.seq_lens[b];
+      const int64_t real = a.new_tokens != nullptr ? a.new_tokens[b] : a.T;
+      const int64_t pos = std::min(len - real + t, len - 1);
       const T* qnp = row_of<T>(a.q_nope, b, t, h);
       const T* qrp = row_of<T>(a.q_rope, b, t, h);
       for (int d = 0; d < a.Dn; ++d) qn[static_cast<size_t>(d)] = load(qnp[d]) * a.scale;

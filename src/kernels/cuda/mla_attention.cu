@@ -51,9 +51,13 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
   const int ng = min(kHeads, a.H - h0);
   const int b = blockIdx.z / a.T, t = blockIdx.z % a.T;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  // Lengths outside [T, S] (the CPU path rejects them) are clamped so no access leaves the keys.
-  const int len = min(max(a.seq_lens[b], a.T), a.S);
-  const int pos = len - a.T + t;
+  // Lengths outside [T, S] ([1, S] and new_tokens outside [0, min(T, len)] with right padding;
+  // the CPU path rejects them) are clamped so no access leaves the keys. As on the CPU, a
+  // padding query (t >= new_tokens[b]) takes the row's last valid position.
+  const int len = a.new_tokens != nullptr ? min(max(a.seq_lens[b], 1), a.S)
+                                          : min(max(a.seq_lens[b], a.T), a.S);
+  const int real = a.new_tokens != nullptr ? min(max(a.new_tokens[b], 0), min(a.T, len)) : a.T;
+  const int pos = min(len - real + t, len - 1);
   const int lo = split * chunk, hi = min(pos, lo + chunk - 1);
 
   float qn[kHeads][NL], qr[kHeads][kRopeLane], acc[kHeads][VL], m[kHeads], l[kHeads];
