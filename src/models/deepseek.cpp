@@ -162,26 +162,14 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
   constexpr const char* op = "CausalLM::forward";
   const Tensor ids2 = ids_as_batch(ids, op);
   const int64_t B = ids2.size(0), T = ids2.size(1);
-  int64_t end = T;
-  if (cache != nullptr) {
-    MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
-                 " sequences but ids has ", B);
-    const KVCacheConfig& kc = cache->config();
-    MARLIN_CHECK(kc.num_layers == config_.num_hidden_layers && kc.keys_only &&
-                     kc.dtype == placement_.dtype && cache->device() == placement_.device,
-                 op, "the cache was not made for this model (use make_cache)");
-    // A step begun by the caller (per-row new tokens of a padded batch) is kept.
-    MARLIN_CHECK(cache->step_tokens() == 0 || cache->step_tokens() == T, op,
-                 "the cache's step in flight holds ", cache->step_tokens(),
-                 " tokens per row but ids has T=", T);
-    end = cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
-  }
+  const int64_t end = step_end(cache, B, T, config_, placement_, /*keys_only=*/true, op);
   check_context(config_, end, op);
   const Tensor positions = step_positions(cache, B, T, placement_.device);
 
   Tensor h = embed_tokens_.forward(ids2);
   for (const DeepseekBlock& layer : layers_) h = layer.forward(h, positions, cache);
-  Tensor logits = lm_head_.forward(norm_.forward(h)).to(DType::f32);
+  // Converted on the device: a decode step copies nothing back to the host.
+  Tensor logits = ops::cast(lm_head_.forward(norm_.forward(h)), DType::f32);
   if (cache != nullptr) cache->end_step();
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }

@@ -112,19 +112,7 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
   // The longest row once these tokens are in, and their positions: with a cache, computed on
   // the device from its lengths, so a decode step copies nothing from the host but the ids the
   // caller passes.
-  int64_t end = T;
-  if (cache != nullptr) {
-    MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
-                 " sequences but ids has ", B);
-    MARLIN_CHECK(cache->config().num_layers == config_.num_hidden_layers &&
-                     cache->config().dtype == placement_.dtype && cache->device() == placement_.device,
-                 op, "the cache was not made for this model (use make_cache)");
-    // A step begun by the caller (per-row new tokens of a padded batch) is kept.
-    MARLIN_CHECK(cache->step_tokens() == 0 || cache->step_tokens() == T, op,
-                 "the cache's step in flight holds ", cache->step_tokens(),
-                 " tokens per row but ids has T=", T);
-    end = cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
-  }
+  const int64_t end = step_end(cache, B, T, config_, placement_, /*keys_only=*/false, op);
   check_context(config_, end, op);
   const Tensor positions = step_positions(cache, B, T, placement_.device);
 

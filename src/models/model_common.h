@@ -50,6 +50,24 @@ inline void check_context(const ModelConfig& config, int64_t end, const char* op
                config.source, ")");
 }
 
+// Checks that `cache` (may be null) was made for this model and can take B rows of T new
+// tokens (a step begun by the caller, per-row new tokens of a padded batch, is kept), and returns
+// the longest row once these tokens are in. MLA models keep only keys (the latent rows).
+inline int64_t step_end(const KVCache* cache, int64_t B, int64_t T, const ModelConfig& config,
+                        const LayerPlacement& placement, bool keys_only, const char* op) {
+  if (cache == nullptr) return T;
+  MARLIN_CHECK(cache->batch_size() == B, op, "the cache holds ", cache->batch_size(),
+               " sequences but ids has ", B);
+  const KVCacheConfig& kc = cache->config();
+  MARLIN_CHECK(kc.num_layers == config.num_hidden_layers && kc.keys_only == keys_only &&
+                   kc.dtype == placement.dtype && cache->device() == placement.device,
+               op, "the cache was not made for this model (use make_cache)");
+  MARLIN_CHECK(cache->step_tokens() == 0 || cache->step_tokens() == T, op,
+               "the cache's step in flight holds ", cache->step_tokens(),
+               " tokens per row but ids has T=", T);
+  return cache->step_tokens() == 0 ? cache->seq_len() + T : cache->step_seq_len();
+}
+
 // The positions of the T new tokens of each of B rows, [B * T] i32 on `device`: with a cache,
 // computed on the device from its lengths (with one token per row they are the lengths
 // themselves), beginning the cache's step unless the caller has (per-row new tokens of a padded
