@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for the GPU present with every core, run all tests (the
 # GPU-only `cuda` label included), run the benchmarks, and end with a short summary.
-# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick|bench|generate|profile]
+# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick|bench|generate|profile|verify]
+# verify: build only the CLI and the test binaries with GPU rows, run them each under a timeout,
+# then one end-to-end decode (a hung kernel must not eat the whole call).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-out}
@@ -12,11 +14,26 @@ start=$(date +%s)
 if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/configure.log" 2>&1; then
   tail -30 "$out/configure.log"; exit 1
 fi
-if ! cmake --build build-gpu -j "$(nproc)" >"$out/build.log" 2>&1; then
+targets=()
+[ "${1:-}" = "verify" ] && targets=(--target marlin_cli marlin_tests_cuda marlin_tests_models)
+if ! cmake --build build-gpu -j "$(nproc)" "${targets[@]}" >"$out/build.log" 2>&1; then
   grep -E "error|Error" "$out/build.log" | head -40; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
 grep -E "spill|Used [0-9]+ registers" "$out/build.log" | head -5
+if [ "${1:-}" = "verify" ]; then
+  timeout 300 ./build-gpu/tests/marlin_tests_cuda >"$out/tests_cuda.log" 2>&1
+  test_rc=$?
+  grep -E "PASSED|FAILED|Failure|launches" "$out/tests_cuda.log" | head -40
+  timeout 120 ./build-gpu/tests/marlin_tests_models --gtest_filter='*uda*:*Device*:*Backend*:*Fused*' \
+      >"$out/tests_models.log" 2>&1 || test_rc=$?
+  grep -E "PASSED|FAILED|Failure" "$out/tests_models.log" | head -20
+  for graph in "" "--no-graph"; do
+    timeout 120 ./build-gpu/marlin bench generate --config bench/configs/llama-3.1-8b.json --synthetic \
+        --bits 4 --prompt-len 512 --gen-len 128 --warmup 1 --runs 1 $graph 2>&1 | tee -a "$out/bench_generate.txt"
+  done
+  echo "tests exit code: $test_rc"; exit 0
+fi
 ctest --test-dir build-gpu --output-on-failure >"$out/tests.log" 2>&1
 test_rc=$?
 grep -E "tests passed|Failed|FAILED|\*\*\*" "$out/tests.log" | head -40
