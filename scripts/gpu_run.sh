@@ -15,28 +15,33 @@ if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/configur
   tail -30 "$out/configure.log"; exit 1
 fi
 targets=()
-[ "${1:-}" = "verify" ] && targets=(--target marlin_cli marlin_tests_cuda marlin_tests_models)
+[ "${1:-}" = "verify" ] || [ "${1:-}" = "decode-profile" ] && targets=(--target marlin_cli marlin_tests_cuda marlin_tests_models)
 if ! cmake --build build-gpu -j "$(nproc)" "${targets[@]}" >"$out/build.log" 2>&1; then
   grep -E "error|Error" "$out/build.log" | head -40; exit 1
 fi
 echo "build: $(( $(date +%s) - start )) s"
 grep -E "spill|Used [0-9]+ registers" "$out/build.log" | head -5
 if [ "${1:-}" = "verify" ]; then
-  timeout 300 ./build-gpu/tests/marlin_tests_cuda >"$out/tests_cuda.log" 2>&1
+  timeout 300 ./build-gpu/tests/marlin_tests_cuda --gtest_filter="${CUDA_FILTER:-*}" >"$out/tests_cuda.log" 2>&1
   test_rc=$?
   grep -E "PASSED|FAILED|Failure|launches" "$out/tests_cuda.log" | head -40
   timeout 120 ./build-gpu/tests/marlin_tests_models --gtest_filter='*uda*:*Device*:*Backend*:*Fused*' \
       >"$out/tests_models.log" 2>&1 || test_rc=$?
   grep -E "PASSED|FAILED|Failure" "$out/tests_models.log" | head -20
-  for graph in "" "--no-graph"; do
+  for mode in ${GENERATE_MODES-graph no-graph}; do
+    graph=""; [ "$mode" = "no-graph" ] && graph="--no-graph"
     timeout 120 ./build-gpu/marlin bench generate --config bench/configs/llama-3.1-8b.json --synthetic \
         --bits 4 --prompt-len 512 --gen-len 128 --warmup 1 --runs 1 $graph 2>&1 | tee -a "$out/bench_generate.txt"
   done
-  echo "tests exit code: $test_rc"; exit 0
+  echo "tests exit code: $test_rc"
+  [ -n "${2:-}" ] || exit 0
+  set -- "$2"
 fi
-ctest --test-dir build-gpu --output-on-failure >"$out/tests.log" 2>&1
-test_rc=$?
-grep -E "tests passed|Failed|FAILED|\*\*\*" "$out/tests.log" | head -40
+if [ "${1:-}" != "decode-profile" ]; then
+  ctest --test-dir build-gpu --output-on-failure >"$out/tests.log" 2>&1
+  test_rc=$?
+  grep -E "tests passed|Failed|FAILED|\*\*\*" "$out/tests.log" | head -40
+fi
 if [ "${1:-}" = "" ] || [ "${1:-}" = "bench" ]; then
   ./build-gpu/marlin bench gemm --m 1,4,16,32,64,256,1024,4096 --iters 50 2>&1 | tee "$out/bench_gemm.txt"
 fi
@@ -51,6 +56,16 @@ if [ "${1:-}" = "" ] || [ "${1:-}" = "generate" ]; then
   done
 fi
 echo "tests exit code: $test_rc"
+if [ "${1:-}" = "decode-profile" ]; then
+  # Every kernel of a few decode steps of a 4-layer model of CONFIG's shapes, timed by ncu one
+  # launch at a time (eager steps: ncu times kernels, not graph replays), summed by name.
+  python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['num_hidden_layers']=4; json.dump(c,open(sys.argv[2],'w'))" \
+      "bench/configs/${PROFILE_CONFIG:-llama-3.1-8b}.json" "$out/profile_config.json"
+  timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+      ./build-gpu/marlin bench generate --config "$out/profile_config.json" --synthetic \
+      --bits "${PROFILE_BITS:-4}" --prompt-len 4 --gen-len 4 --warmup 0 --runs 1 --no-graph >"$out/ncu.csv" 2>&1
+  python3 tools/ncu_kernel_summary.py "$out/ncu.csv" | tee "$out/ncu_summary.txt"
+fi
 if [ "${1:-}" = "profile" ] && command -v ncu >/dev/null 2>&1; then
   ncu --launch-skip 4 --launch-count 1 -k regex:"${PROFILE_KERNEL:-mma}" \
       --section SpeedOfLight --section MemoryWorkloadAnalysis --section Occupancy \

@@ -184,6 +184,34 @@ TEST_F(Cuda, StreamKernelMatchesFloat64) {
   EXPECT_EQ(cases, 48);
 }
 
+// The tile layout on the small weights of tiny models (K of one to nine 32-wide units, so less
+// than one 8-unit round, N far below a 64-column slab) at every M the tiled kernels take.
+TEST_F(Cuda, TiledKernelsMatchFloat64OnSmallWeights) {
+  testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);
+  const std::pair<int64_t, int64_t> shapes[] = {{32, 64}, {64, 40}, {64, 96}, {96, 64},
+                                                {160, 24}, {288, 130}, {64, 256}, {32, 576}};
+  const int64_t Ms[] = {1, 9, 12, 16, 17, 40, 64};
+  int cases = 0;
+  for (int i = 0; i < 56; ++i) {
+    const auto [K, N] = shapes[i % 8];
+    const QuantFormat f = kFormats[i % 3];
+    const int64_t M = Ms[i % 7];
+    const DType dt = (i / 7) % 2 ? DType::bf16 : DType::f16;
+    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1300 + i, 0.15f).to(gpu), f, {.group_size = 32});
+    ops::prepare_for_gemm(q);
+    ASSERT_TRUE(q.tiled.defined());
+    Tensor A = random_tensor({M, K}, dt, 1400 + i);
+    Tensor C = ops::gemm_q(A.to(gpu), q, Tensor());
+    const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, Tensor());
+    EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
+        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " " << dtype_name(dt);
+    ++cases;
+  }
+  cuda::set_force_tiled_gemm(false);
+  EXPECT_EQ(cases, 56);
+}
+
 TEST_F(Cuda, DenseGemmMatchesFloat64) {
   Tensor A = random_tensor({37, 320}, DType::bf16, 3);
   Tensor B = random_tensor({320, 129}, DType::bf16, 4, 0.1f);

@@ -140,6 +140,15 @@ std::vector<DispatchCase> dispatch_cases() {
   c.with_bias = true;
   c.seed = 3;
   cases.push_back({"deepseek_like_groups", c});
+  RandomMoeSpec d;  // the tiny glm4_moe_lite fixture's sizes: H 64, experts 32 wide, group 32
+  d.hidden = 64;
+  d.intermediate = 32;
+  d.shared_intermediate = 32;
+  d.routing = testing::sigmoid_group_routing(8, 2, 1, 1);
+  d.expert_bits = {4, 8, 4, 8, 4, 8, 4, 8};
+  d.with_bias = true;
+  d.seed = 4;
+  cases.push_back({"glm_fixture_sizes", d});
   return cases;
 }
 
@@ -153,7 +162,7 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
       const MoE moe = testing::random_moe(dc.spec, {gpu, dt});
       ASSERT_NE(moe.device_plan(), nullptr);
       testing::PoisonScope poison;
-      for (int64_t T : {1, 2, 9, 70}) {
+      for (int64_t T : {1, 2, 9, 12, 70}) {
         const Tensor x = testing::random_tensor({T, dc.spec.hidden}, dt, 100 + T);
         const std::vector<double> ref = testing::reference_moe(moe, x);
         const Tensor xg = x.to(gpu);

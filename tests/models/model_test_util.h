@@ -144,13 +144,15 @@ inline std::array<double, 3> expect_quantized_error_order(const char* name) {
 }
 
 // A decode step whose greedy token `ours` is not Transformers' `expected` passes only where
-// Transformers' own logits (ref_row) nearly tie: within tolerance * their rms.
+// Transformers' own logits (ref_row) nearly tie. A run whose logits are off by `tolerance` (rms,
+// relative) moves the gap between two logits by about sqrt(2) * tolerance * rms in rms terms, and
+// over 32 steps and a vocabulary a 2-sigma move is common: a tie is a gap under 3 * tolerance * rms.
 inline void expect_near_tie(const float* ref_row, int64_t V, int64_t ours, int32_t expected,
                             double tolerance, int64_t step) {
   double rms = 0;
   for (int64_t v = 0; v < V; ++v) rms += double(ref_row[v]) * ref_row[v];
   rms = std::sqrt(rms / V);
-  EXPECT_LT(ref_row[expected] - ref_row[ours], tolerance * rms)
+  EXPECT_LT(ref_row[expected] - ref_row[ours], 3 * tolerance * rms)
       << "step " << step << ": token " << ours << " where Transformers clearly prefers " << expected;
 }
 
