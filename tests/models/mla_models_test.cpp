@@ -192,8 +192,12 @@ INSTANTIATE_TEST_SUITE_P(Models, MlaBackendTest,
                            return std::string(std::get<0>(info.param)) + "_" + std::get<1>(info.param).name;
                          });
 
-// Quantized weights on the GPU compute what the CPU computes in f32 with the same weights.
-TEST(MlaQuantizedCuda, MatchesCpuFp32Run) { testing::expect_quantized_cuda_matches_cpu("glm4_moe_lite"); }
+// Quantized weights on the GPU compute what the CPU computes in f32 with the same weights. In f16:
+// bf16 rounding flips near-tie expert choices of this tiny random MoE (Transformers' own bf16 run
+// is 0.19 from its fp32 one, reference.json), which would hide any real difference.
+TEST(MlaQuantizedCuda, MatchesCpuFp32Run) {
+  testing::expect_quantized_cuda_matches_cpu("glm4_moe_lite", DType::f16);
+}
 
 }  // namespace
 }  // namespace marlin

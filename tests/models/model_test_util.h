@@ -193,9 +193,9 @@ inline TeacherForcedDecode teacher_forced_decode(const CausalLM& model, KVCache&
   return {relative_error(decoded, ref_steps), other_tokens};
 }
 
-// Quantized weights (8, 4, 2 bits, group 32) on the GPU in bf16 compute what the CPU computes in
-// f32 with the same weights.
-inline void expect_quantized_cuda_matches_cpu(const char* name) {
+// Quantized weights (8, 4, 2 bits, group 32) on the GPU in `dtype` compute what the CPU computes
+// in f32 with the same weights.
+inline void expect_quantized_cuda_matches_cpu(const char* name, DType dtype = DType::bf16) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = fixture_dir(name);
   const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
@@ -205,10 +205,10 @@ inline void expect_quantized_cuda_matches_cpu(const char* name) {
     options.group_size = 32;
     const std::vector<float> cpu = load_model(dir, options)->forward(prompt).to_float_vector();
     options.device = Device::cuda(0);
-    options.dtype = DType::bf16;
+    options.dtype = dtype;
     const std::vector<float> gpu = load_model(dir, options)->forward(prompt).to_float_vector();
     const double err = relative_error(gpu, cpu);
-    std::printf("[ %s bits %d ] cuda bf16 vs cpu f32: %.3g\n", name, bits, err);
+    std::printf("[ %s bits %d ] cuda %s vs cpu f32: %.3g\n", name, bits, std::string(dtype_name(dtype)).c_str(), err);
     EXPECT_LT(err, 3e-2) << "bits " << bits;
   }
 }

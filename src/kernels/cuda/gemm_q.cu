@@ -13,13 +13,16 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <mutex>
+#include <string>
 #include <vector>
 
 #include "core/cuda_check.h"
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_codec.cuh"
 #include "kernels/cuda/split_k.cuh"
 #include "marlin/stream.h"
@@ -229,6 +232,20 @@ SplitKBuffers split_k_buffers(int device, int splits, int M, int N, int column_b
   if (!ws.counters.defined() || ws.counters.numel() < column_blocks)
     ws.counters = Tensor::zeros({std::max<int64_t>(column_blocks, 4096)}, DType::u32, Device::cuda(device));
   return {ws.partials.data<float>(), ws.counters.data<unsigned>()};
+}
+
+bool pdl_enabled(int device) {
+  static std::mutex mutex;
+  static std::vector<int> state(64, -1);  // -1 unknown, 0 off, 1 on
+  std::lock_guard<std::mutex> lock(mutex);
+  int& on = state.at(static_cast<size_t>(device));
+  if (on < 0) {
+    int major = 0;
+    MARLIN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "pdl_enabled");
+    const char* env = std::getenv("MARLIN_PDL");
+    on = major >= 9 && !(env && std::string(env) == "0");
+  }
+  return on == 1;
 }
 
 int multiprocessor_count(int device) {

@@ -20,6 +20,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/gemm_q_tile.cuh"
+#include "kernels/cuda/pdl.cuh"
 
 namespace marlin::cuda {
 namespace {
@@ -79,6 +80,9 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   static_assert(kScaleRows * (kScaleRowBytes / 16) <= 32, "one 16-byte scale copy per lane");
   extern __shared__ __align__(16) unsigned char smem[];
 
+  // A dependent launched with PDL (the next GEMM) may be scheduled as soon as SMs free up: its
+  // own weight prologue then overlaps this kernel's tail.
+  pdl_launch_dependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   unsigned char* ring = smem + warp * kStages * SS::kBytes;
   // used_warps <= rounds, so every warp that runs has at least one round: a slab's parts are
@@ -91,30 +95,36 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   const int rows_a = min(M, R);
   const int64_t first_unit = r0 * kUnitsAlign;  // in the whole stream
 
-  // Issue state: the slab-local unit of the next stage to copy.
+  // A stage's copies: its weights and scale rows (which no earlier kernel writes), then its rows
+  // of A (the previous kernel's output). issue_unit: the slab-local unit of the next A copy.
   int issue_unit = static_cast<int>(first_unit % units);
-  auto issue = [&](int s) {
-    if (s < total_stages) {
-      unsigned char* slot = ring + (s % kStages) * SS::kBytes;
-      uint4* dst = reinterpret_cast<uint4*>(slot);
-      const int64_t gu = first_unit + static_cast<int64_t>(s) * kU;
-      const uint4* src = weights + gu * kW * 32 + lane;
+  auto issue_weights = [&](int s) {
+    if (s >= total_stages) return;
+    uint4* dst = reinterpret_cast<uint4*>(ring + (s % kStages) * SS::kBytes);
+    const int64_t gu = first_unit + static_cast<int64_t>(s) * kU;
+    const uint4* src = weights + gu * kW * 32 + lane;
 #pragma unroll
-      for (int i = 0; i < kU * kW; ++i) cp_async16(dst + i * 32 + lane, src + i * 32);
-      if (lane < kScaleRows * (kScaleRowBytes / 16))
-        cp_async16(dst + St::kWeightWords + lane, scale_stream + (gu >> kGroupShift) * (kScaleRowBytes / 16) + lane);
-      unsigned char* a_dst = slot + St::kBytes;
-      const int k0 = issue_unit * kUnitK;
-      for (int i = lane; i < rows_a * kAVecPerRow; i += 32) {
-        const int row = i / kAVecPerRow, v = i % kAVecPerRow;
-        const int k = k0 + v * 8;
-        const bool in = k < K;
-        cp_async16_or_zero(a_dst + (row * SS::kARowHalves + v * 8) * 2,
-                           A + (in ? static_cast<int64_t>(row) * K + k : 0), in);
-      }
-      issue_unit += kU;
-      if (issue_unit == units) issue_unit = 0;
+    for (int i = 0; i < kU * kW; ++i) cp_async16(dst + i * 32 + lane, src + i * 32);
+    if (lane < kScaleRows * (kScaleRowBytes / 16))
+      cp_async16(dst + St::kWeightWords + lane, scale_stream + (gu >> kGroupShift) * (kScaleRowBytes / 16) + lane);
+  };
+  auto issue_a = [&](int s) {
+    if (s >= total_stages) return;
+    unsigned char* a_dst = ring + (s % kStages) * SS::kBytes + St::kBytes;
+    const int k0 = issue_unit * kUnitK;
+    for (int i = lane; i < rows_a * kAVecPerRow; i += 32) {
+      const int row = i / kAVecPerRow, v = i % kAVecPerRow;
+      const int k = k0 + v * 8;
+      const bool in = k < K;
+      cp_async16_or_zero(a_dst + (row * SS::kARowHalves + v * 8) * 2,
+                         A + (in ? static_cast<int64_t>(row) * K + k : 0), in);
     }
+    issue_unit += kU;
+    if (issue_unit == units) issue_unit = 0;
+  };
+  auto issue = [&](int s) {
+    issue_weights(s);
+    issue_a(s);
     cp_async_commit();
   };
 
@@ -194,8 +204,17 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     if (lane == 0) counters[slab] = 0;  // ready for the next launch
   };
 
+  // Prologue: the first stages' weights are requested before waiting for the previous kernel
+  // (pdl.cuh), and all of them join the first commit group, so the wait of stage s (at most
+  // kStages - 2 groups pending) still covers its weights and its A.
 #pragma unroll
-  for (int s = 0; s < kStages - 1; ++s) issue(s);
+  for (int s = 0; s < kStages - 1; ++s) issue_weights(s);
+  pdl_wait();
+#pragma unroll
+  for (int s = 0; s < kStages - 1; ++s) {
+    issue_a(s);
+    cp_async_commit();
+  }
   int64_t slab = first_unit / units;
   int unit_in_slab = static_cast<int>(first_unit % units);
   const int a_row = lane / 4, c = lane % 4;
@@ -332,12 +351,13 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
     counters = ws.counters.data<unsigned>();
   }
   const uint32_t* words = W.tiled.data<uint32_t>();
-  gemm_q_stream_kernel<F, G, R, TA><<<blocks, kThreads, stream_smem_bytes<F, G, R>(), stream>>>(
-      static_cast<const TA*>(A.data_ptr()), reinterpret_cast<const uint4*>(words),
-      reinterpret_cast<const uint4*>(words + weight_words<F>(K, N)),
-      bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
-      static_cast<TA*>(C.data_ptr()), partials, counters, M, N, K, units, rounds, warps, max_parts);
-  MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
+  MARLIN_CUDA_CHECK(
+      launch_maybe_pdl(pdl_enabled(device), gemm_q_stream_kernel<F, G, R, TA>, dim3(blocks), dim3(kThreads),
+                       stream_smem_bytes<F, G, R>(), stream, static_cast<const TA*>(A.data_ptr()),
+                       reinterpret_cast<const uint4*>(words), reinterpret_cast<const uint4*>(words + weight_words<F>(K, N)),
+                       bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
+                       static_cast<TA*>(C.data_ptr()), partials, counters, M, N, K, units, rounds, warps, max_parts),
+      "gemm_q");
 }
 
 template <QuantFormat F, typename TA>

@@ -1,0 +1,50 @@
+// Programmatic dependent launch (Hopper and later). A decode step is a chain of small kernels,
+// each waiting for the one before: without help the GPU drains, then starts the next grid and
+// its first loads from scratch. A kernel launched with the programmatic-serialization attribute
+// may start while its predecessor still runs; it does the work that does not read the
+// predecessor's output (the GEMM streams its weights, which no kernel writes) and then waits in
+// pdl_wait() until the predecessor grid has finished and its writes are visible. A predecessor
+// that calls pdl_launch_dependents() early lets the dependent grid start before it ends.
+// Both instructions are no-ops for a kernel launched without the attribute, and below sm_90.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <utility>
+
+namespace marlin::cuda {
+
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_launch_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
+// Whether kernels on `device` are launched as programmatic dependents: compute capability 9.0
+// or later, unless MARLIN_PDL=0 (to compare, or to rule it out).
+bool pdl_enabled(int device);
+
+// kernel<<<grid, block, smem, stream>>>(args...), as a programmatic dependent when `pdl`.
+template <typename... Params, typename... Args>
+cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                             cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream;
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = pdl ? 1 : 0;
+  return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
+}
+
+}  // namespace marlin::cuda
