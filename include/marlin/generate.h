@@ -28,11 +28,10 @@ struct GenerationConfig {
   // Not in the original: the sampler's seed, so runs can be repeated; nullopt draws one.
   std::optional<uint64_t> seed;
   // Not in the original: on CUDA, decode steps replay one captured CUDA graph (DecodeGraph) and
-  // greedy rows are chosen on the device, so a step brings back only the chosen ids. Off by
-  // default until the graph path has been verified on a GPU (every step then runs eagerly: the
-  // reference path); the environment variable MARLIN_CUDA_GRAPH=1 or 0 overrides this field.
-  // Models whose decode step cannot be captured always run eagerly.
-  bool cuda_graph = false;
+  // greedy rows are chosen on the device, so a step brings back only the chosen ids. false runs
+  // every step eagerly (the reference path); the environment variable MARLIN_CUDA_GRAPH=1 or 0
+  // overrides this field. Models whose decode step cannot be captured always run eagerly.
+  bool cuda_graph = true;
 };
 
 // Called with each generated token id as soon as it is chosen. For a batch, once per step for
