@@ -5,7 +5,7 @@
 // the grid takes an equal contiguous range of rounds, crossing slab boundaries where it falls,
 // so every SM gets the same number of bytes whatever the shape (a grid of whole slabs x K
 // splits leaves up to a quarter of the SMs idle at the end). A warp copies its range with
-// cp.async into a private ring of shared-memory stages (kStages - 1 in flight): the weights, the
+// cp.async into a private ring of shared-memory stages (all but one in flight): the weights, the
 // scale rows, and the rows of A it needs, so no block barrier is ever taken. The mma runs on the
 // unscaled codes; each group's f32 sums are scaled once per group. Where a warp's range ends
 // inside a slab it writes its partial sums; the last warp to finish a slab adds them in warp
@@ -29,7 +29,12 @@ using namespace tile;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-constexpr int kStages = 4;
+// Ring depth: with one row of A (batch-1 decode) a stage is small enough for five per warp at
+// four blocks per SM, so a whole round (8 KB of weights) is in flight at once.
+template <int R>
+constexpr int stages_for() {
+  return R == 1 ? 5 : 4;
+}
 
 // One stage of a warp's ring: weights and scale rows (Stage), then R rows of A for its units
 // (padded so the rows start on different banks).
@@ -42,7 +47,7 @@ struct StreamStage {
 
 template <QuantFormat F, int G, int R>
 constexpr int stream_smem_bytes() {
-  return kWarps * kStages * StreamStage<F, G, R>::kBytes;
+  return kWarps * stages_for<R>() * StreamStage<F, G, R>::kBytes;
 }
 
 // bf16 x2 -> f16 x2 times 2^-4 (kBf16Prescale), saturating: see gemm_q_tile.cuh.
@@ -59,9 +64,9 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
   return ((x + 1) * W + R - 1) / R - 1;
 }
 
-// G: units per scale group (1, 2, 4, 8). R: A rows held (8 when M <= 8, else 16).
+// G: units per scale group (1, 2, 4, 8). R: A rows held (1 when M = 1, 8 when M <= 8, else 16).
 template <QuantFormat F, int G, int R, typename TA>
-__global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
+__global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
     gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
                          const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
                          BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
@@ -72,6 +77,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   using SS = StreamStage<F, G, R>;
   constexpr int kW = Cd::kWords;
   constexpr int kU = St::kUnits;
+  constexpr int kStages = stages_for<R>();
   constexpr int kStagesPerRound = kUnitsAlign / kU;
   constexpr int kStagesPerGroup = G > kU ? G / kU : 1;
   constexpr int kGroupShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
@@ -169,31 +175,42 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     arrived = __shfl_sync(0xffffffffu, arrived, 0);
     if (arrived != static_cast<unsigned>(parts - 1)) return;
     __threadfence();
-    // Four columns per lane and four parts per round trip (in part order: deterministic).
+    // Four columns per float4 and eight parts per round trip, so a slab cut in 30 parts costs
+    // four L2 round trips, not thirty. With one row (16 float4 of the slab) the two half-warps
+    // take the even and the odd parts and add them with a shuffle. The order of the additions
+    // depends only on the shape: deterministic.
     const float4* first = reinterpret_cast<const float4*>(partials + slab * max_parts * (R * kSlabN));
     constexpr int kPartStride = R * kSlabN / 4;
-    for (int idx = lane; idx < M * (kSlabN / 4); idx += 32) {
+    constexpr int kBatch = 8;
+    const int items = M * (kSlabN / 4);
+    const bool halves = items <= 16;
+    const int step = halves ? 2 : 1;
+    for (int base = 0; base < (halves ? 32 : items); base += 32) {
+      const int idx = halves ? lane % 16 : base + lane;
+      const bool live = idx < items;
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      int p = 0;
-      for (; p + 4 <= parts; p += 4) {
-        float4 part[4];
+      for (int p = halves ? lane / 16 : 0; live && p < parts; p += kBatch * step) {
+        float4 part[kBatch];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) part[j] = __ldcg(first + (p + j) * kPartStride + idx);
+        for (int j = 0; j < kBatch; ++j)
+          part[j] = p + j * step < parts ? __ldcg(first + (p + j * step) * kPartStride + idx)
+                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < kBatch; ++j) {
           v.x += part[j].x;
           v.y += part[j].y;
           v.z += part[j].z;
           v.w += part[j].w;
         }
       }
-      for (; p < parts; ++p) {
-        const float4 part = __ldcg(first + p * kPartStride + idx);
-        v.x += part.x;
-        v.y += part.y;
-        v.z += part.z;
-        v.w += part.w;
+      if (halves) {
+        v.x += __shfl_xor_sync(0xffffffffu, v.x, 16);
+        v.y += __shfl_xor_sync(0xffffffffu, v.y, 16);
+        v.z += __shfl_xor_sync(0xffffffffu, v.z, 16);
+        v.w += __shfl_xor_sync(0xffffffffu, v.w, 16);
+        if (lane >= 16) continue;
       }
+      if (!live) continue;
       const int row = idx / (kSlabN / 4), col = col0 + 4 * (idx % (kSlabN / 4));
       const float out[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
@@ -363,9 +380,10 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
 template <QuantFormat F, typename TA>
 void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                      cudaStream_t stream) {
-  const bool rows8 = A.size(0) <= 8;
+  const int64_t M = A.size(0);
 #define MARLIN_STREAM_G(G)                                                  \
-  if (rows8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);            \
+  if (M == 1) launch_stream<F, G, 1, TA>(A, W, bias, C, stream);           \
+  else if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);      \
   else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
   return;
   switch (W.group_size / kUnitK) {
