@@ -2,7 +2,11 @@
 // outputs poisoned so an unwritten element shows as NaN.
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <cmath>
 #include <random>
+#include <string>
+#include <tuple>
 
 #include "marlin/model_config.h"
 #include "marlin/ops_nn.h"
@@ -27,6 +31,36 @@ const DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
 // CPU and CUDA differ only in the order of f32 sums and in FMA use: an ulp of the dtype here
 // and there.
 double tol(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 1e-3 : 6e-3; }
+// Per element, relative to the largest |reference|: two roundings of the dtype may flip by an ulp
+// each. A misplaced or unwritten vector shows as an error of order one.
+double elem_tol(DType t) { return t == DType::f32 ? 1e-5 : t == DType::f16 ? 4e-3 : 2e-2; }
+
+// max |got - ref| / max |ref|; NaN anywhere (an unwritten, poisoned element) gives infinity.
+double max_error(const std::vector<double>& got, const std::vector<double>& ref) {
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < ref.size(); ++i) {
+    if (!std::isfinite(got[i])) return INFINITY;
+    worst = std::max(worst, std::abs(got[i] - ref[i]));
+    scale = std::max(scale, std::abs(ref[i]));
+  }
+  return worst / scale;
+}
+
+// Norm-wise, against float64: the CPU tests' bounds (a couple of roundings to the dtype).
+double ref_tol(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 2e-3 : 1.2e-2; }
+
+// Float64 RMSNorm of rows of n (the CPU test's reference, without the roundings to the dtype).
+std::vector<double> ref_rms_norm(const std::vector<double>& x, const std::vector<double>& w, int64_t n,
+                                 double eps) {
+  std::vector<double> y(x.size());
+  for (size_t r = 0; r < x.size() / n; ++r) {
+    double ss = 0;
+    for (int64_t j = 0; j < n; ++j) ss += x[r * n + j] * x[r * n + j];
+    const double inv = 1.0 / std::sqrt(ss / n + eps);
+    for (int64_t j = 0; j < n; ++j) y[r * n + j] = w[j] * x[r * n + j] * inv;
+  }
+  return y;
+}
 
 TEST_F(NnCuda, NormsMatchCpu) {
   testing::PoisonScope poison;
@@ -52,6 +86,70 @@ TEST_F(NnCuda, NormsMatchCpu) {
   ops::rms_norm(g.narrow(1, 0, 8), w.to(gpu), 1e-6, g.narrow(1, 0, 8));
   ops::rms_norm(qkv.narrow(1, 0, 8), w, 1e-6, qkv.narrow(1, 0, 8));
   EXPECT_LT(relative_error(to_double(g), to_double(qkv)), tol(DType::bf16));
+}
+
+// Decode-sized rows through every variant of the vectorized kernel (1, 2 and 4 vectors a thread,
+// rows of one vector) and the general kernel (n not whole vectors, or too long), one and several
+// rows, weights of the activation dtype and of another one (8- and 32-byte weight vectors).
+TEST_F(NnCuda, NormsDecodeShapesMatchCpuAndFloat64) {
+  testing::PoisonScope poison;
+  const double eps = 1e-5;
+  int seed = 1000;
+  for (DType dt : kDtypes)
+    for (int64_t n : {8, 100, 4096, 4104, 5120, 14336, 16384, 32768, 40000})
+      for (int64_t rows : {1, 3, 17}) {
+        const DType wt = seed % 3 == 0 ? DType::f32 : seed % 3 == 1 ? dt : DType::bf16;
+        const Tensor x = random_tensor({rows, n}, dt, ++seed, 3.0f), w = random_tensor({n}, wt, ++seed);
+        const Tensor res = random_tensor({rows, n}, dt, ++seed);
+        const std::string what = std::string(dtype_name(dt)) + " weight " + std::string(dtype_name(wt)) +
+                                 " rows=" + std::to_string(rows) + " n=" + std::to_string(n);
+        const Tensor wg = w.to(gpu);
+        const auto got = to_double(ops::rms_norm(x.to(gpu), wg, eps));
+        EXPECT_LT(max_error(got, to_double(ops::rms_norm(x, w, eps))), elem_tol(dt)) << what;
+        EXPECT_LT(relative_error(got, ref_rms_norm(to_double(x), to_double(w), n, eps)), ref_tol(dt)) << what;
+        Tensor res_cpu = res.clone(), res_gpu = res.to(gpu);
+        const auto y_gpu = to_double(ops::add_rms_norm(res_gpu, x.to(gpu), wg, eps));
+        const auto y = to_double(ops::add_rms_norm(res_cpu, x, w, eps));
+        EXPECT_EQ(res_gpu.to_float_vector(), res_cpu.to_float_vector()) << what;
+        EXPECT_LT(max_error(y_gpu, y), elem_tol(dt)) << what;
+        EXPECT_LT(relative_error(y_gpu, ref_rms_norm(to_double(res_cpu), to_double(w), n, eps)), ref_tol(dt))
+            << what;
+      }
+}
+
+// Rows inside wider buffers: 16-byte aligned starts and strides keep the vectorized kernel, an
+// odd start falls back, and so does a stride of n + 4 for 16-bit dtypes (half a vector); in place
+// (out == x, and add_rms_norm's out == x) on both.
+TEST_F(NnCuda, NormsStridedAndInPlaceMatchCpu) {
+  testing::PoisonScope poison;
+  const int64_t rows = 5, n = 4096;
+  int seed = 2000;
+  for (DType dt : kDtypes) {
+    const Tensor w = random_tensor({n}, dt, ++seed);
+    const Tensor wg = w.to(gpu);
+    // (buffer width, column start): aligned; odd start; stride of n + 4 elements.
+    for (auto [width, start] : {std::pair<int64_t, int64_t>{n + 16, 8}, {n + 16, 1}, {n + 4, 0}}) {
+      const std::string what = std::string(dtype_name(dt)) + " width=" + std::to_string(width) +
+                               " start=" + std::to_string(start);
+      const Tensor xb = random_tensor({rows, width}, dt, ++seed, 2.0f);
+      const Tensor rb = random_tensor({rows, width}, dt, ++seed);
+      const Tensor xg = xb.to(gpu), rg = rb.to(gpu), xc = xb.clone(), rc = rb.clone();
+      const Tensor xgn = xg.narrow(1, start, n), xcn = xc.narrow(1, start, n);
+      // Out of place from the strided rows, then in place (the columns around stay as they were).
+      EXPECT_LT(max_error(to_double(ops::rms_norm(xgn, wg, 1e-6)), to_double(ops::rms_norm(xcn, w, 1e-6))),
+                elem_tol(dt)) << what;
+      ops::rms_norm(xgn, wg, 1e-6, xgn);
+      ops::rms_norm(xcn, w, 1e-6, xcn);
+      EXPECT_LT(max_error(to_double(xg), to_double(xc)), elem_tol(dt)) << what << " in place";
+      // The residual strided too; the output written over x.
+      const Tensor x2 = random_tensor({rows, n}, dt, ++seed);
+      const Tensor x2g = x2.to(gpu), x2c = x2.clone();
+      ops::add_rms_norm(rg.narrow(1, start, n), x2g, wg, 1e-6, x2g);
+      ops::add_rms_norm(rc.narrow(1, start, n), x2c, w, 1e-6, x2c);
+      EXPECT_EQ(rg.to_float_vector(), rc.to_float_vector()) << what;
+      EXPECT_LT(max_error(to_double(x2g), to_double(x2c)), elem_tol(dt)) << what << " add in place";
+    }
+  }
 }
 
 TEST_F(NnCuda, RopeMatchesCpu) {
@@ -106,6 +204,82 @@ TEST_F(NnCuda, RopeMatchesCpu) {
   EXPECT_LT(relative_error(to_double(qg), to_double(q)), tol(DType::bf16));
 }
 
+// Llama-3.1-8B decode shapes: q and k heads as slices of one fused QKV output [T, 32 + 8 + 8, 128]
+// (the v heads must stay untouched), full and partial rotary, both layouts, one and seven tokens,
+// positions past sincosf's fast range.
+TEST_F(NnCuda, RopeDecodeShapesMatchCpu) {
+  testing::PoisonScope poison;
+  int cases = 0;
+  for (int64_t T : {1, 7})
+    for (int64_t rotary : {128, 64})
+      for (auto layout : {ops::RopeLayout::half_split, ops::RopeLayout::interleaved})
+        for (DType dt : kDtypes) {
+          RopeScaling s;
+          s.type = RopeType::llama3;
+          s.factor = 8;
+          s.original_max_position_embeddings = 8192;
+          const ops::RopeParams p = ops::rope_params(500000, rotary, s, 131072, layout);
+          std::vector<int32_t> pos(static_cast<size_t>(T));
+          for (int64_t t = 0; t < T; ++t)
+            pos[static_cast<size_t>(t)] = static_cast<int32_t>((t * 40009 + cases * 7) % 131072);
+          const Tensor positions = Tensor::from_vector(pos, {T}, DType::i32);
+          const Tensor qkv = random_tensor({T, 48, 128}, dt, 3000 + cases);
+          Tensor cpu = qkv.clone(), g = qkv.to(gpu);
+          ops::rope(cpu.narrow(1, 0, 32), cpu.narrow(1, 32, 8), positions, p);
+          ops::rope(g.narrow(1, 0, 32), g.narrow(1, 32, 8), positions.to(gpu), p.to(gpu));
+          const std::vector<double> got = to_double(g), want = to_double(cpu);
+          EXPECT_LT(max_error(got, want), elem_tol(dt))
+              << "T=" << T << " rotary=" << rotary << " " << dtype_name(dt)
+              << " interleaved=" << (layout == ops::RopeLayout::interleaved);
+          EXPECT_EQ(to_double(g.narrow(1, 40, 8)), to_double(qkv.narrow(1, 40, 8))) << "v heads changed";
+          ++cases;
+        }
+  EXPECT_EQ(cases, 24);
+  // Head counts that leave a block's warps idle, and more (token, head) items than the grid has
+  // warps, so that warps take several items (and reuse their stage).
+  for (auto [T, Hq, Hk] : {std::tuple<int64_t, int64_t, int64_t>{3, 5, 2}, {70000, 4, 0}})
+    for (auto layout : {ops::RopeLayout::half_split, ops::RopeLayout::interleaved}) {
+      const ops::RopeParams p = ops::rope_params(10000, 64, RopeScaling{}, 0, layout);
+      std::vector<int32_t> pos(static_cast<size_t>(T));
+      for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(t);
+      const Tensor positions = Tensor::from_vector(pos, {T}, DType::i32);
+      Tensor q = random_tensor({T, Hq, 64}, DType::bf16, 4000 + T);
+      Tensor k = random_tensor({T, Hk, 64}, DType::bf16, 4001);
+      Tensor qg = q.to(gpu), kg = k.to(gpu);
+      if (Hk) {
+        ops::rope(q, k, positions, p);
+        ops::rope(qg, kg, positions.to(gpu), p.to(gpu));
+        EXPECT_LT(max_error(to_double(kg), to_double(k)), elem_tol(DType::bf16)) << "k T=" << T;
+      } else {
+        ops::rope(q, positions, p);
+        ops::rope(qg, positions.to(gpu), p.to(gpu));
+      }
+      EXPECT_LT(max_error(to_double(qg), to_double(q)), elem_tol(DType::bf16)) << "q T=" << T;
+    }
+}
+
+// SwiGLU at decode sizes: the fused gate_up of Llama-3.1-8B (14336) through the vectorized
+// kernel, intermediate sizes not whole vectors through the general one, and in place (out == gate).
+TEST_F(NnCuda, SiluMulDecodeShapesMatchCpu) {
+  testing::PoisonScope poison;
+  int seed = 5000;
+  for (DType dt : kDtypes)
+    for (int64_t inter : {14336, 4100, 4097, 12})
+      for (int64_t rows : {1, 3, 17}) {
+        const Tensor gu = random_tensor({rows, 2 * inter}, dt, ++seed, 2.0f);
+        const std::string what = std::string(dtype_name(dt)) + " rows=" + std::to_string(rows) +
+                                 " inter=" + std::to_string(inter);
+        EXPECT_LT(max_error(to_double(ops::silu_mul(gu.to(gpu))), to_double(ops::silu_mul(gu))), elem_tol(dt))
+            << what;
+        Tensor g = random_tensor({rows, inter}, dt, ++seed, 2.0f);
+        const Tensor u = random_tensor({rows, inter}, dt, ++seed);
+        Tensor gg = g.to(gpu);
+        ops::silu_mul(gg, u.to(gpu), gg);
+        ops::silu_mul(g, u, g);
+        EXPECT_LT(max_error(to_double(gg), to_double(g)), elem_tol(dt)) << what << " in place";
+      }
+}
+
 TEST_F(NnCuda, ActivationsAddSoftmaxMatchCpu) {
   testing::PoisonScope poison;
   for (DType dt : kDtypes) {
@@ -136,6 +310,18 @@ TEST_F(NnCuda, EmbeddingMatchesCpuAndNamesBadIds) {
     EXPECT_EQ(ops::embedding(id_cpu, tg).to_float_vector(), want) << dtype_name(dt);
     EXPECT_EQ(ops::embedding(id_cpu.to(gpu), tg).to_float_vector(), want) << dtype_name(dt);
   }
+  // Decode: one token of a 4096-wide table (vectorized copy over several blocks), and widths
+  // that are not whole 16-byte vectors for some dtypes (the general kernel).
+  for (DType dt : kDtypes)
+    for (int64_t hidden : {4096, 100, 4100}) {
+      Tensor table = random_tensor({300, hidden}, dt, 52);
+      for (const auto& ids : {std::vector<int32_t>{299}, std::vector<int32_t>{0, 17, 299, 5, 17}}) {
+        const Tensor id = Tensor::from_vector(ids, {static_cast<int64_t>(ids.size())}, DType::i32);
+        EXPECT_EQ(ops::embedding(id.to(gpu), table.to(gpu)).to_float_vector(),
+                  ops::embedding(id, table).to_float_vector())
+            << dtype_name(dt) << " hidden=" << hidden << " tokens=" << ids.size();
+      }
+    }
   const Tensor tg = random_tensor({100, 8}, DType::f16, 51).to(gpu);
   for (bool on_gpu : {false, true}) {
     Tensor ids = Tensor::from_vector(std::vector<int32_t>{1, 2, 100, 3}, {4}, DType::i32);

@@ -1,8 +1,11 @@
-// Shared pieces of the CUDA nn kernels: the activation dtype switch and block reductions.
+// Shared pieces of the CUDA nn kernels: the activation dtype switch, block reductions and the
+// 16-byte vectors of the row kernels' fast paths.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+
+#include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/row_layout.h"
@@ -22,6 +25,52 @@ void dispatch_float(DType dtype, const char* op, Fn&& fn) {
 }
 
 using kernels::rows_of;
+
+// Elements of T in one 16-byte vector: the unit of the vectorized fast paths.
+template <typename T>
+inline constexpr int kVec = 16 / static_cast<int>(sizeof(T));
+
+// N consecutive elements moved as one aligned unit, so that a copy is one 8- or 16-byte load or
+// store (two 16-byte ones for 32 bytes) instead of N scalar ones. The address must be aligned to
+// alignof(Pack): every fast path checks its base pointers and row strides on the host.
+template <typename T, int N>
+struct alignas(N * sizeof(T) < 16 ? N * sizeof(T) : 16) Pack {
+  T v[N];
+};
+
+template <typename T, int N>
+__device__ __forceinline__ Pack<T, N> load_pack(const T* p) {
+  return *reinterpret_cast<const Pack<T, N>*>(p);
+}
+
+template <typename T, int N>
+__device__ __forceinline__ void store_pack(T* p, const Pack<T, N>& v) {
+  *reinterpret_cast<Pack<T, N>*>(p) = v;
+}
+
+// RowLayout::offset with the dims loop unrolled: indexing the layout's arrays by a runtime dim
+// would copy the kernel parameter to local memory (a stack frame and its loads in every kernel).
+__device__ __forceinline__ int64_t row_offset(const kernels::RowLayout& layout, int64_t r) {
+  if (layout.dims <= 1) return layout.dims == 0 ? 0 : r * layout.stride[0];  // the common cases
+  int64_t off = 0;
+#pragma unroll
+  for (int d = kernels::RowLayout::kMaxDims - 1; d >= 0; --d) {
+    if (d >= layout.dims) continue;
+    const int64_t i = r % layout.size[d];
+    r /= layout.size[d];
+    off += i * layout.stride[d];
+  }
+  return off;
+}
+
+// Whether p and every row of `layout` start on a 16-byte boundary: then rows whose length is a
+// multiple of kVec<T> are whole 16-byte vectors.
+inline bool rows_aligned16(const void* p, const kernels::RowLayout& layout, size_t element_size) {
+  if (reinterpret_cast<uintptr_t>(p) % 16 != 0) return false;
+  for (int d = 0; d < layout.dims; ++d)
+    if ((layout.stride[d] * static_cast<int64_t>(element_size)) % 16 != 0) return false;
+  return true;
+}
 
 // The value v takes once stored as T (Transformers' intermediate .to(dtype)).
 template <typename T>

@@ -1,6 +1,6 @@
-// CUDA rotary position embedding, in place: one block per token computes its cos/sin once into
-// shared memory, then rotates every q and k head, a few heads at a time staged through shared
-// memory (the interleaved layout writes positions other threads read).
+// CUDA rotary position embedding, in place: one warp per (token, head), each lane computing the
+// cos/sin of the pairs it rotates. Independent warps with no block barrier: a decode step's
+// 40 heads run side by side in one memory latency instead of in staged rounds of one block.
 #include "core/cuda_check.h"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
@@ -9,8 +9,10 @@
 namespace marlin::cuda {
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kStageFloats = 4096;  // heads staged per round: 16 KB
+constexpr int kWarps = 4;  // (token, head) items per block
+constexpr int64_t kMaxBlocks = 65535;
+// Pairs a lane loads before its first store: 4 covers rotary_dim 256 in one round trip.
+constexpr int kPairs = 4;
 
 struct HeadSet {
   void* data = nullptr;  // nullptr: absent
@@ -18,45 +20,121 @@ struct HeadSet {
   int heads = 0;
 };
 
+// cos and sin of the angle pos * freq: the f32 angle of Transformers, precise sincosf, times
+// attention_factor, rounded to T. Recomputed by every head's warp: a few dozen FMAs against a
+// memory latency, and no barrier to share them.
 template <typename T>
-__global__ void rope_kernel(HeadSet q, HeadSet k, const int32_t* __restrict__ positions,
-                            const float* __restrict__ inv_freq, int half, bool interleaved,
-                            float attention_factor, int stage_heads) {
-  extern __shared__ float smem[];
-  float* cos_t = smem;
-  float* sin_t = smem + half;
-  float* stage = smem + 2 * half;
-  const int64_t t = blockIdx.x;
-  const float pos = static_cast<float>(positions[t]);
-  for (int i = threadIdx.x; i < half; i += blockDim.x) {
-    float s, c;
-    sincosf(pos * inv_freq[i], &s, &c);  // the f32 angle of Transformers, precise sincosf
-    cos_t[i] = nn::round_to<T>(c * attention_factor);
-    sin_t[i] = nn::round_to<T>(s * attention_factor);
+__device__ __forceinline__ void cos_sin(float pos, float freq, float attention_factor, float& c,
+                                        float& s) {
+  float sv, cv;
+  sincosf(pos * freq, &sv, &cv);
+  c = nn::round_to<T>(cv * attention_factor);
+  s = nn::round_to<T>(sv * attention_factor);
+}
+
+// inv_freq of the lane's pairs base + lane + 32u. Loaded ahead in a loop of their own: nvcc
+// would not hoist a load above the previous pair's sincosf (its slow path is a branch), which
+// would chain one latency per pair.
+__device__ __forceinline__ void load_freqs(const float* __restrict__ inv_freq, int half, int base,
+                                           int lane, float (&f)[kPairs]) {
+#pragma unroll
+  for (int u = 0; u < kPairs; ++u) {
+    const int i = base + lane + 32 * u;
+    f[u] = i < half ? inv_freq[i] : 0.0f;
   }
-  const int total = q.heads + k.heads, width = 2 * half;
-  for (int first = 0; first < total; first += stage_heads) {
-    const int count = min(stage_heads, total - first);
-    __syncthreads();  // cos/sin ready; the previous round's stage consumed
-    for (int idx = threadIdx.x; idx < count * width; idx += blockDim.x) {
-      const int h = first + idx / width, j = idx % width;
-      const HeadSet& set = h < q.heads ? q : k;
-      const T* x = static_cast<const T*>(set.data) + t * set.token_stride +
-                   (h < q.heads ? h : h - q.heads) * set.head_stride;
-      stage[idx] = to_float(x[j]);
+}
+
+// Half-split layout: lane owns pairs (i, i + half), so it reads both before writing both and
+// no other lane touches them. All loads come before the first store: x is not __restrict__, so
+// nvcc could not move a later load above a store.
+template <typename T>
+__device__ void rotate_half_split(T* x, float pos, const float* __restrict__ inv_freq, int half,
+                                  float attention_factor, int lane) {
+  for (int base = 0; base < half; base += 32 * kPairs) {
+    float a[kPairs], b[kPairs], f[kPairs];
+    load_freqs(inv_freq, half, base, lane, f);
+#pragma unroll
+    for (int u = 0; u < kPairs; ++u) {
+      const int i = base + lane + 32 * u;
+      if (i < half) {
+        a[u] = to_float(x[i]);
+        b[u] = to_float(x[i + half]);
+      }
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < count * half; idx += blockDim.x) {
-      const int hl = idx / half, i = idx % half, h = first + hl;
-      const HeadSet& set = h < q.heads ? q : k;
-      T* x = static_cast<T*>(set.data) + t * set.token_stride +
-             (h < q.heads ? h : h - q.heads) * set.head_stride;
-      const float* s = stage + hl * width;
-      const float a = interleaved ? s[2 * i] : s[i];
-      const float b = interleaved ? s[2 * i + 1] : s[i + half];
-      x[i] = from_float<T>(a * cos_t[i] - b * sin_t[i]);
-      x[i + half] = from_float<T>(b * cos_t[i] + a * sin_t[i]);
+#pragma unroll
+    for (int u = 0; u < kPairs; ++u) {
+      const int i = base + lane + 32 * u;
+      if (i >= half) continue;
+      float c, s;
+      cos_sin<T>(pos, f[u], attention_factor, c, s);
+      x[i] = from_float<T>(a[u] * c - b[u] * s);
+      x[i + half] = from_float<T>(b[u] * c + a[u] * s);
     }
+  }
+}
+
+// Interleaved layout: pairs (2i, 2i + 1) in, halves (i, i + half) out, so a lane's stores land
+// on other lanes' inputs. The warp stages the head's rotary part in its shared memory first;
+// __syncwarp orders every lane's reads before any lane's writes.
+template <typename T>
+__device__ void rotate_interleaved(T* x, float pos, const float* __restrict__ inv_freq, int half,
+                                   float attention_factor, int lane, float* stage) {
+  const int width = 2 * half;
+  float f[kPairs];
+  load_freqs(inv_freq, half, 0, lane, f);  // in flight with the head's loads
+  for (int base = 0; base < width; base += 32 * kPairs) {
+    float r[kPairs];
+#pragma unroll
+    for (int u = 0; u < kPairs; ++u) {
+      const int j = base + lane + 32 * u;
+      if (j < width) r[u] = to_float(x[j]);
+    }
+#pragma unroll
+    for (int u = 0; u < kPairs; ++u) {
+      const int j = base + lane + 32 * u;
+      if (j < width) stage[j] = r[u];
+    }
+  }
+  __syncwarp();
+  for (int base = 0; base < half; base += 32 * kPairs) {
+    if (base > 0) load_freqs(inv_freq, half, base, lane, f);
+#pragma unroll
+    for (int u = 0; u < kPairs; ++u) {
+      const int i = base + lane + 32 * u;
+      if (i >= half) continue;
+      float c, s;
+      cos_sin<T>(pos, f[u], attention_factor, c, s);
+      const float a = stage[2 * i], b = stage[2 * i + 1];
+      x[i] = from_float<T>(a * c - b * s);
+      x[i + half] = from_float<T>(b * c + a * s);
+    }
+  }
+  __syncwarp();  // the stage is free for the warp's next item
+}
+
+// Items are (token, head) pairs, token-major, heads of q then k; one warp each, grid-strided.
+template <typename T>
+__global__ void __launch_bounds__(kWarps * 32)
+rope_kernel(HeadSet q, HeadSet k, const int32_t* __restrict__ positions,
+            const float* __restrict__ inv_freq, int64_t items, int half, bool interleaved,
+            float attention_factor) {
+  extern __shared__ float stage_all[];  // interleaved only: 2 * half floats a warp
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  float* stage = stage_all + static_cast<int64_t>(warp) * 2 * half;
+  const int total = q.heads + k.heads;
+  for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + warp; item < items;
+       item += static_cast<int64_t>(gridDim.x) * kWarps) {
+    const int64_t t = item / total;
+    const int h = static_cast<int>(item % total);
+    // Field by field: selecting a whole HeadSet by a runtime value would copy it to local memory.
+    const bool is_q = h < q.heads;
+    T* x = static_cast<T*>(is_q ? q.data : k.data) + t * (is_q ? q.token_stride : k.token_stride) +
+           static_cast<int64_t>(is_q ? h : h - q.heads) * (is_q ? q.head_stride : k.head_stride);
+    const float pos = static_cast<float>(positions[t]);
+    if (interleaved)
+      rotate_interleaved<T>(x, pos, inv_freq, half, attention_factor, lane, stage);
+    else
+      rotate_half_split<T>(x, pos, inv_freq, half, attention_factor, lane);
   }
 }
 
@@ -75,17 +153,19 @@ void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tenso
   const HeadSet qs = head_set(q), ks = head_set(k);
   const int total = qs.heads + ks.heads;
   if (total == 0) return;
-  const int stage_heads = std::max(1, std::min(total, kStageFloats / (2 * half)));
-  const size_t smem = sizeof(float) * (2 * static_cast<size_t>(half) * (1 + stage_heads));
+  const size_t smem = interleaved ? sizeof(float) * 2 * static_cast<size_t>(half) * kWarps : 0;
   MARLIN_CHECK(smem <= 48 * 1024, "rope", "rotary_dim=", 2 * half, " needs ", smem,
                " bytes of shared memory per block, over 48 KB");
-  MARLIN_CHECK(tokens < (int64_t{1} << 31), "rope", "too many tokens: ", tokens);
+  const int64_t items = tokens * total;
+  // Capped: a long prefill's warps take several items each (and the tests reach the cap).
+  const unsigned blocks =
+      static_cast<unsigned>(std::min<int64_t>((items + kWarps - 1) / kWarps, kMaxBlocks));
   auto stream = static_cast<cudaStream_t>(current_stream(q.device().index).handle);
   nn::dispatch_float(q.dtype(), "rope", [&](auto tag) {
     using T = decltype(tag);
-    rope_kernel<T><<<static_cast<unsigned>(tokens), kThreads, smem, stream>>>(
-        qs, ks, positions.data<int32_t>(), inv_freq.data<float>(), half, interleaved,
-        attention_factor, stage_heads);
+    rope_kernel<T><<<blocks, kWarps * 32, smem, stream>>>(qs, ks, positions.data<int32_t>(),
+                                                         inv_freq.data<float>(), items, half,
+                                                         interleaved, attention_factor);
   });
   MARLIN_CUDA_CHECK_LAUNCH("rope");
 }
