@@ -11,6 +11,7 @@ void register_bench(CLI::App& app) {
   register_bench_vision(*bench);
   register_bench_tokenize(*bench);
   register_bench_generate(*bench);
+  register_bench_moe(*bench);
 }
 
 }  // namespace marlin::cli

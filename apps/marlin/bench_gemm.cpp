@@ -3,11 +3,11 @@
 // among enough copies that the GPU's L2 cache never holds them.
 #include <algorithm>
 #include <cstdio>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "bench.h"
+#include "bench_common.h"
 #include "marlin/ops.h"
 #include "marlin/timing.h"
 
@@ -24,15 +24,6 @@ struct Options {
   double rotate_mib = 512;  // bytes of weight copies to cycle through per measurement
   std::string dtype = "f16";  // activations (and the dense baseline)
 };
-
-std::vector<std::string> split(const std::string& s, char sep) {
-  std::vector<std::string> out;
-  std::stringstream ss(s);
-  std::string item;
-  while (std::getline(ss, item, sep))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
 
 const char* short_name(QuantFormat f) {
   return f == QuantFormat::fp4_e2m1 ? "fp4" : f == QuantFormat::fp8_e4m3 ? "fp8" : "int2";
@@ -54,15 +45,6 @@ double time_rotating(Device device, int iters, int copies, const std::function<v
 int copies_for(double bytes, double rotate_mib, Device device) {
   if (device.is_cpu()) return 1;
   return static_cast<int>(std::clamp(rotate_mib * 1048576.0 / bytes, 1.0, 64.0) + 0.999);
-}
-
-double measure_copy_bandwidth(Device device) {
-  if (device.is_cpu()) return 0;
-  const int64_t n = int64_t{1} << 28;  // 1 GiB of f32 read and 1 GiB written
-  Tensor a = Tensor::empty({n}, DType::f32, device), b = Tensor::empty({n}, DType::f32, device);
-  a.fill_bytes(1);
-  const double ms = median(time_runs(device, 2, 10, [&] { b.copy_from(a); }));
-  return 2.0 * static_cast<double>(a.nbytes()) / (ms * 1e-3) / 1e9;
 }
 
 void run(const Options& o) {

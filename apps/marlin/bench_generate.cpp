@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "bench.h"
+#include "bench_common.h"
 #include "marlin/allocator.h"
 #include "marlin/generate.h"
 #include "marlin/kv_cache.h"
@@ -62,14 +63,6 @@ double seconds_since(std::chrono::steady_clock::time_point t) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
 
-std::string cpu_model_name() {
-  std::ifstream f("/proc/cpuinfo");
-  std::string line;
-  while (std::getline(f, line))
-    if (line.rfind("model name", 0) == 0) return line.substr(line.find(':') + 2);
-  return "unknown CPU";
-}
-
 int64_t last_level_cache_bytes() {
   int64_t best = 0;
   for (int i = 0; i < 8; ++i) {
@@ -84,27 +77,11 @@ int64_t last_level_cache_bytes() {
   return best;
 }
 
-std::string device_name(Device device) {
-#ifdef MARLIN_WITH_CUDA
-  if (device.is_cuda()) {
-    cudaDeviceProp prop{};
-    if (cudaGetDeviceProperties(&prop, device.index) == cudaSuccess) return prop.name;
-  }
-#endif
-  return device.is_cpu() ? cpu_model_name() : device.str();
-}
-
 // Read bandwidth in GB/s. CUDA: a device-to-device copy (bytes read + written over time, the
 // usual figure). CPU: every pool thread sums its share of a buffer far larger than the
 // last-level cache, as the GEMV kernels read their weights.
 double measure_read_bandwidth(Device device, int64_t bytes) {
-  if (device.is_cuda()) {
-    const int64_t n = bytes / 4;
-    Tensor a = Tensor::empty({n}, DType::f32, device), b = Tensor::empty({n}, DType::f32, device);
-    a.fill_bytes(1);
-    const double ms = median(time_runs(device, 2, 10, [&] { b.copy_from(a); }));
-    return 2.0 * static_cast<double>(a.nbytes()) / (ms * 1e-3) / 1e9;
-  }
+  if (device.is_cuda()) return measure_copy_bandwidth(device, bytes);
   const int64_t words = bytes / 8;
   std::vector<uint64_t> buffer(static_cast<size_t>(words));
   parallel_for(0, words, 1 << 16, [&](int64_t b, int64_t e) {

@@ -69,6 +69,16 @@ std::unique_ptr<CausalLM> load_synthetic_model(const ModelConfig& config,
                                                const ModelLoadOptions& options = {},
                                                uint64_t seed = 0);
 
+class MoE;  // marlin/moe.h
+
+// The MoE feed-forward of `config`'s first MoE layer alone, with the random weights
+// load_synthetic_model(config, options, seed) gives that layer (same names, so the same values),
+// quantized at options.bits on options.device: kernel benchmarks of one layer without the rest
+// of the model. A config without MoE layers is an error.
+std::shared_ptr<const MoE> load_synthetic_moe(const ModelConfig& config,
+                                              const ModelLoadOptions& options = {},
+                                              uint64_t seed = 0);
+
 // Writes `model` to directory `dir` (created if needed) as a Hugging Face checkpoint: the
 // original config.json plus, for 2/4/8 bits, a quantization_config block {"quant_method":
 // "marlin", "bits", "group_size", "format", "scales", "modules_not_converted"}; safetensors

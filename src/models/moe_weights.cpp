@@ -4,6 +4,9 @@
 #include <utility>
 #include <vector>
 
+#include "marlin/model.h"
+#include "models/model_common.h"
+
 namespace marlin {
 
 std::string moe_prefix(const ModelConfig& c, int64_t layer) {
@@ -59,6 +62,25 @@ std::shared_ptr<const MoE> load_moe(const WeightSource& w, const ModelConfig& c,
   if (routing.scoring == RouterScoring::sigmoid) bias = w.get(bias_name, {E});
   return std::make_shared<const MoE>(routing, router, std::move(experts), std::move(shared), bias,
                                      placement);
+}
+
+std::shared_ptr<const MoE> load_synthetic_moe(const ModelConfig& c, const ModelLoadOptions& options,
+                                              uint64_t seed) {
+  int64_t layer = 0;
+  while (layer < c.num_hidden_layers && !c.is_moe_layer(layer)) ++layer;
+  MARLIN_CHECK(c.moe.has_value() && layer < c.num_hidden_layers, "load_synthetic_moe", c.source,
+               " has no MoE layer");
+  const DType dtype = options.dtype.value_or(default_model_dtype(c, options.device));
+  const LayerPlacement placement{options.device, dtype};
+  const SyntheticWeights w(c, options.device, dtype, seed);
+  // As the model classes load their experts (no expert of a supported family has a bias).
+  const auto linear = [&](const std::string& prefix, int64_t in, int64_t out) {
+    return load_model_linear(w, options, placement, /*stored_quantized=*/false, prefix, in, out, false);
+  };
+  const auto from_weight = [&](const Tensor& weight) {
+    return QuantizedLinear(weight, {}, options.bits, options.group_size, placement, options.scales);
+  };
+  return load_moe(w, c, layer, linear, from_weight, placement);
 }
 
 }  // namespace marlin

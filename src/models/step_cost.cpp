@@ -62,29 +62,14 @@ void add_mlp(DecodeStepBytes& out, const MLP& m) {
   add_linear(out, m.down_proj());
 }
 
-// The router (f32) and its score bias, the shared experts, and the expected number of distinct
-// routed experts `batch` uniformly routed rows choose, at the layer's mean expert bytes (exact
-// when every expert has the same width). A step reads no other expert: counting all E would
-// put the roofline many times too low.
+// A step of `batch` rows reads the expected number of distinct experts they choose, never all
+// E: counting all would put the roofline many times too low.
 void add_moe(DecodeStepBytes& out, const MoE& moe, int64_t batch) {
-  out.dense_weights += static_cast<int64_t>(moe.router_weight().nbytes());
-  if (moe.e_score_correction_bias().defined())
-    out.dense_weights += static_cast<int64_t>(moe.e_score_correction_bias().nbytes());
-  if (moe.has_shared_experts()) add_mlp(out, moe.shared_experts());
-  DecodeStepBytes all;  // every expert's bytes, split as quantized / 16-bit
-  for (const MLP& e : moe.experts()) add_mlp(all, e);
-  const double E = static_cast<double>(moe.experts().size());
-  if (E == 0) return;
-  const double k = static_cast<double>(std::min<int64_t>(moe.routing().top_k,
-                                                         static_cast<int64_t>(E)));
-  const double chosen = batch == 1 ? k : E * (1.0 - std::pow(1.0 - k / E, static_cast<double>(batch)));
-  const auto share = [&](int64_t bytes) {
-    return static_cast<int64_t>(std::llround(static_cast<double>(bytes) / E * chosen));
-  };
-  const int64_t q = share(all.quantized_weights), d = share(all.dense_weights);
-  out.quantized_weights += q;
-  out.dense_weights += d;
-  out.routed_experts += q + d;
+  const DecodeStepBytes b = moe_call_bytes(
+      moe, expected_distinct_experts(moe.num_experts(), moe.routing().top_k, batch));
+  out.quantized_weights += b.quantized_weights;
+  out.dense_weights += b.dense_weights;
+  out.routed_experts += b.routed_experts;
 }
 
 void add_embedding_rows(DecodeStepBytes& out, const Embedding& embed, int64_t batch) {
@@ -132,6 +117,33 @@ std::optional<DecodeStepBytes> deepseek_step_bytes(const DeepseekModel& m, int64
 }
 
 }  // namespace
+
+double expected_distinct_experts(int64_t num_experts, int64_t top_k, int64_t tokens) {
+  const double E = static_cast<double>(num_experts);
+  const double k = static_cast<double>(std::min(top_k, num_experts));
+  if (num_experts <= 0 || tokens <= 0) return 0;
+  return tokens == 1 ? k : E * (1.0 - std::pow(1.0 - k / E, static_cast<double>(tokens)));
+}
+
+DecodeStepBytes moe_call_bytes(const MoE& moe, double routed_experts) {
+  DecodeStepBytes out;
+  out.dense_weights += static_cast<int64_t>(moe.router_weight().nbytes());
+  if (moe.e_score_correction_bias().defined())
+    out.dense_weights += static_cast<int64_t>(moe.e_score_correction_bias().nbytes());
+  if (moe.has_shared_experts()) add_mlp(out, moe.shared_experts());
+  DecodeStepBytes all;  // every expert's bytes, split as quantized / 16-bit
+  for (const MLP& e : moe.experts()) add_mlp(all, e);
+  const double E = static_cast<double>(moe.experts().size());
+  if (E == 0) return out;
+  const auto share = [&](int64_t bytes) {
+    return static_cast<int64_t>(std::llround(static_cast<double>(bytes) / E * routed_experts));
+  };
+  const int64_t q = share(all.quantized_weights), d = share(all.dense_weights);
+  out.quantized_weights += q;
+  out.dense_weights += d;
+  out.routed_experts += q + d;
+  return out;
+}
 
 std::optional<DecodeStepBytes> decode_step_bytes(const CausalLM& model, int64_t batch,
                                                  double kv_positions) {

@@ -6,6 +6,7 @@
 #include <optional>
 
 #include "marlin/model.h"
+#include "marlin/moe.h"
 
 namespace marlin {
 
@@ -35,6 +36,16 @@ struct DecodeStepBytes {
 // qk_rope_head_dim values per position and layer).
 std::optional<DecodeStepBytes> decode_step_bytes(const CausalLM& model, int64_t batch,
                                                  double kv_positions);
+
+// Distinct experts `tokens` uniformly routed tokens choose on average: top_k for one token,
+// E * (1 - (1 - top_k / E)^tokens) for more.
+double expected_distinct_experts(int64_t num_experts, int64_t top_k, int64_t tokens);
+
+// Bytes one call of `moe` reads when its tokens choose `routed_experts` distinct experts (may be
+// fractional: an expected or mean count): the router (f32 [E, H]) and its score bias, the shared
+// experts in full, and that many routed experts at the mean bytes of the layer's experts (exact
+// when they share one width). Only quantized_weights, dense_weights and routed_experts are set.
+DecodeStepBytes moe_call_bytes(const MoE& moe, double routed_experts);
 
 // Bytes every weight of the model holds where it lives: all linears (every expert, not only
 // the chosen ones; MLA's kv_b_proj and its absorbed W_UK/W_UV), biases, norms, routers, the

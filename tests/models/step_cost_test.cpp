@@ -1,13 +1,17 @@
 // decode_step_bytes and prefill_flops against hand counts from the configs' shapes, for the
 // layouts that change the count: quantized vs 16-bit layers, biases (qwen2), q/k norms and a
 // tied lm_head (qwen3), and the batch and cache length; MoE layers (the chosen experts only) and
-// MLA layers (absorbed weights, the latent cache).
+// MLA layers (absorbed weights, the latent cache); one MoE layer alone (`marlin bench moe`).
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
 #include "marlin/model.h"
+#include "marlin/moe.h"
+#include "models/deepseek.h"
 #include "models/step_cost.h"
 
 namespace marlin {
@@ -141,6 +145,60 @@ TEST(DecodeStepBytes, QueryWithoutLoraAndLlamaFamilyMoe) {
   ASSERT_TRUE(bq.has_value());
   EXPECT_EQ(bq->routed_experts, 2 * (2 * quantized_bytes(64, 32, 8, 32) + quantized_bytes(32, 64, 8, 32)));
   EXPECT_EQ(bq->kv_cache, 2 * 2 * 2 * 64 * 2 * 2);  // layers * (k, v) * Hkv * D * pos * bf16
+}
+
+TEST(MoeCallBytes, OneLayerAgainstAHandCount) {
+  // `marlin bench moe`'s numerator: glm4_moe_lite's MoE alone (load_synthetic_moe), FP4, group 32.
+  ModelLoadOptions o;
+  o.bits = 4;
+  o.group_size = 32;
+  o.dtype = DType::bf16;
+  const auto moe = load_synthetic_moe(fixture_config("glm4_moe_lite"), o);
+  const int64_t router = 8 * 64 * 4 + 8 * 4;  // f32 gate.weight and e_score_correction_bias
+  const DecodeStepBytes one = moe_call_bytes(*moe, 2);  // one token: its top 2 of 8
+  EXPECT_EQ(one.quantized_weights, kGlmExpert + 2 * kGlmExpert);  // shared + the chosen two
+  EXPECT_EQ(one.dense_weights, router);
+  EXPECT_EQ(one.routed_experts, 2 * kGlmExpert);
+  // A measured mean of 5.5 distinct experts over many calls counts 5.5 experts' bytes.
+  EXPECT_EQ(moe_call_bytes(*moe, 5.5).routed_experts, 11 * kGlmExpert / 2);
+  EXPECT_EQ(moe_call_bytes(*moe, 8).quantized_weights, 9 * kGlmExpert);
+
+  EXPECT_DOUBLE_EQ(expected_distinct_experts(8, 2, 1), 2.0);
+  EXPECT_DOUBLE_EQ(expected_distinct_experts(8, 2, 3), 4.625);  // 8 (1 - (3/4)^3)
+  EXPECT_DOUBLE_EQ(expected_distinct_experts(4, 8, 1), 4.0);    // top_k capped at E
+  EXPECT_NEAR(expected_distinct_experts(64, 4, 64), 64 * (1 - std::pow(60.0 / 64, 64)), 1e-9);
+  EXPECT_LT(expected_distinct_experts(64, 4, 64), 64.0);
+}
+
+TEST(LoadSyntheticMoe, IsTheModelsFirstMoeLayer) {
+  // The benchmark's layer must be the one load_synthetic_model builds (same names, same seed):
+  // layer 1 of glm4_moe_lite (layer 0 is dense).
+  ModelLoadOptions o;
+  o.bits = 8;
+  o.group_size = 32;
+  o.dtype = DType::bf16;
+  const ModelConfig c = fixture_config("glm4_moe_lite");
+  const auto model = load_synthetic_model(c, o, 5);
+  const auto* deepseek = dynamic_cast<const DeepseekModel*>(model.get());
+  ASSERT_NE(deepseek, nullptr);
+  const MoE* layer = deepseek->layers()[1].moe();
+  ASSERT_NE(layer, nullptr);
+  const auto moe = load_synthetic_moe(c, o, 5);
+  const auto same = [](const Tensor& a, const Tensor& b) {
+    const Tensor x = a.contiguous(), y = b.contiguous();
+    return x.nbytes() == y.nbytes() && std::memcmp(x.data_ptr(), y.data_ptr(), x.nbytes()) == 0;
+  };
+  EXPECT_TRUE(same(moe->router_weight(), layer->router_weight()));
+  ASSERT_EQ(moe->experts().size(), 8u);
+  for (size_t e : {size_t{0}, size_t{7}}) {
+    EXPECT_TRUE(same(moe->experts()[e].down_proj().qweight().packed, layer->experts()[e].down_proj().qweight().packed)) << e;
+    EXPECT_TRUE(same(moe->experts()[e].gate_proj().qweight().scales, layer->experts()[e].gate_proj().qweight().scales)) << e;
+  }
+  EXPECT_TRUE(same(moe->shared_experts().up_proj().qweight().packed,
+                   layer->shared_experts().up_proj().qweight().packed));
+  // Another seed: other weights.
+  EXPECT_FALSE(same(load_synthetic_moe(c, o, 6)->router_weight(), layer->router_weight()));
+  EXPECT_THROW(load_synthetic_moe(fixture_config("llama_gqa"), o), Error);
 }
 
 TEST(ResidentBytes, CountEveryExpertAndTheCacheAsAllocated) {

@@ -1,0 +1,23 @@
+// What the `marlin bench` subcommands share: list parsing, the device's name and the
+// device-to-device copy bandwidth their roofline fractions divide by.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "marlin/device.h"
+
+namespace marlin::cli {
+
+// "1,4,16" -> {"1", "4", "16"}; empty items are dropped.
+std::vector<std::string> split(const std::string& s, char sep);
+
+// The GPU's name (cudaGetDeviceProperties), or the CPU's model name from /proc/cpuinfo.
+std::string device_name(Device device);
+
+// GB/s of a device-to-device copy of `bytes` on a CUDA device: bytes read + written over the
+// median time of 10 copies, the usual figure. 0 on the CPU.
+double measure_copy_bandwidth(Device device, int64_t bytes = int64_t{1} << 30);
+
+}  // namespace marlin::cli
