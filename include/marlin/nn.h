@@ -56,6 +56,10 @@ class QuantizedLinear {
   // This 16-bit layer quantized to `bits` (8, 4, 2) with `group_size` along K: the weights it
   // holds (in its activation dtype) are quantized, then placed as the constructor does.
   QuantizedLinear quantized(int bits, int group_size, ScaleMethod scales = ScaleMethod::absmax) const;
+  // This layer without the GPU tile layout of its weights (QuantizedWeight::tiled), for layers
+  // read only by kernels of the canonical layout (MoE experts): their memory counted once.
+  // gemm_q still works on it, through the canonical-layout kernels.
+  QuantizedLinear without_tile_layout() const;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }

@@ -87,6 +87,12 @@ QuantizedLinear QuantizedLinear::from_quantized(const QuantizedWeight& qweight, 
   return layer;
 }
 
+QuantizedLinear QuantizedLinear::without_tile_layout() const {
+  QuantizedLinear layer = *this;
+  layer.qweight_.tiled = Tensor();
+  return layer;
+}
+
 Tensor QuantizedLinear::forward(const Tensor& x) const {
   constexpr const char* op = "QuantizedLinear::forward";
   MARLIN_CHECK(in_features_ > 0, op, "the layer has no weights");

@@ -54,6 +54,13 @@ MoE::MoE(const MoeRouting& routing, const Tensor& router_weight, std::vector<MLP
   if (placement.device.is_cpu()) {
     router_weight_t_ = router_weight_.transpose(0, 1).contiguous();  // [H, E] for cpu::gemm
   } else {
+    // The expert kernels read the canonical layout: a tile layout (made for gemm_q) would hold
+    // every expert's weights a second time. Dropped before the plan copies the layers.
+    const LinearTransform canonical_only = [](const std::string&, const QuantizedLinear& l) {
+      return l.without_tile_layout();
+    };
+    for (MLP& m : experts_) m.transform_linears("", canonical_only);
+    if (has_shared_experts()) shared_.transform_linears("", canonical_only);
     plan_ = make_moe_device_plan(*this);
   }
 }

@@ -161,6 +161,9 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
       SCOPED_TRACE(std::string(dc.name) + " " + std::string(dtype_name(dt)));
       const MoE moe = testing::random_moe(dc.spec, {gpu, dt});
       ASSERT_NE(moe.device_plan(), nullptr);
+      // The expert kernels read the canonical layout: no tile-layout copy of any expert.
+      for (const MLP& m : moe.experts())
+        EXPECT_FALSE(m.gate_proj().qweight().tiled.defined() || m.down_proj().qweight().tiled.defined());
       testing::PoisonScope poison;
       for (int64_t T : {1, 2, 9, 12, 70}) {
         const Tensor x = testing::random_tensor({T, dc.spec.hidden}, dt, 100 + T);

@@ -1,5 +1,6 @@
 // CUDA SwiGLU (silu(gate) * up), residual add, last-dim softmax and float dtype casts.
 #include "core/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
 #include "marlin/stream.h"
@@ -18,6 +19,7 @@ template <typename T>
 __global__ void silu_mul_kernel(const T* __restrict__ gate, RowLayout gl, const T* __restrict__ up,
                                 RowLayout ul, T* __restrict__ out, RowLayout ol, int64_t rows,
                                 int64_t n) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= n) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
@@ -33,6 +35,7 @@ __global__ void silu_mul_kernel(const T* __restrict__ gate, RowLayout gl, const 
 template <typename T>
 __global__ void silu_mul_vector_kernel(const T* gate, RowLayout gl, const T* up, RowLayout ul,
                                        T* out, RowLayout ol, int64_t rows, int64_t vectors) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   constexpr int V = nn::kVec<T>;
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= vectors) return;

@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -31,6 +32,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
                     T* __restrict__ out,
                     float* __restrict__ part_o, float2* __restrict__ part_ml, int T_len, int Hq,
                     int Hkv, int S, float scale, int window, int chunk, int splits) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   constexpr int kPerLane = (D + 31) / 32, kG = group_chunk<D>();
   const int group = Hq / Hkv, head_chunks = (group + kG - 1) / kG;
   const int split = blockIdx.x;
@@ -148,6 +150,7 @@ template <typename T, int D>
 __global__ void decode_merge_kernel(const float* __restrict__ part_o,
                                     const float2* __restrict__ part_ml, T* __restrict__ out,
                                     int splits) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   const int64_t row = blockIdx.x;
   const float2* ml = part_ml + row * splits;
   float M = -INFINITY;

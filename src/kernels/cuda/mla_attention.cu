@@ -7,6 +7,7 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_kernels_cuda.h"
@@ -150,6 +151,7 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
 template <typename T>
 __global__ void mla_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
                                  T* __restrict__ out, int splits, int Dv) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   const int64_t row = blockIdx.x;
   const float2* ml = part_ml + row * splits;
   float M = -INFINITY;
@@ -214,6 +216,7 @@ template <typename T, int MB>
 __global__ void head_matmul_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                                    const T* __restrict__ w, T* __restrict__ out, int M, int H,
                                    int K, int N) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   extern __shared__ float xs[];  // [MB][K]
   const int h = blockIdx.y, m0 = blockIdx.z * MB;
   const int mb = min(MB, M - m0);

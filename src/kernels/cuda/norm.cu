@@ -3,6 +3,7 @@
 // Rows of whole 16-byte vectors (every hidden size of the supported models) take a fast path
 // that keeps the row in registers; any other layout takes the general kernel.
 #include "core/cuda_check.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
 #include "marlin/stream.h"
@@ -23,6 +24,7 @@ template <typename T, typename W>
 __global__ void rms_norm_kernel(const T* __restrict__ x, RowLayout xl, T* residual, RowLayout rl,
                                 const W* __restrict__ weight, T* out, RowLayout ol, int64_t rows,
                                 int64_t n, float eps) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + nn::row_offset(xl, row);
@@ -56,6 +58,7 @@ template <typename T, typename W, int kPer, bool kAdd>
 __global__ void __launch_bounds__(kVectorThreads)
 rms_norm_vector_kernel(const T* x, RowLayout xl, T* residual, RowLayout rl, const W* weight,
                        T* out, RowLayout ol, int64_t rows, int vectors, int n, float eps) {
+  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   constexpr int V = nn::kVec<T>;
   __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
