@@ -174,6 +174,12 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }
 
+// The absorbed MLA decode (latent cache lengths on the device) and the device-planned MoE layers
+// leave a decode step nothing to do on the host.
+bool DeepseekModel::decode_graph_capturable() const {
+  return decode_step_capturable(placement_.device, layers_);
+}
+
 KVCache DeepseekModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {
   KVCacheConfig kc;
   kc.num_layers = config_.num_hidden_layers;

@@ -53,6 +53,7 @@ class DeepseekModel final : public CausalLM {
   KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const override;
   const ModelConfig& config() const override { return config_; }
   Device device() const override { return placement_.device; }
+  bool decode_graph_capturable() const override;
   DType dtype() const override { return placement_.dtype; }
 
   const std::vector<DeepseekBlock>& layers() const { return layers_; }

@@ -131,11 +131,7 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
 }
 
 bool LlamaModel::decode_graph_capturable() const {
-  if (!placement_.device.is_cuda()) return false;
-  // An MoE layer without the device plan (16-bit experts) routes through the host.
-  for (const TransformerBlock& layer : layers_)
-    if (layer.moe() != nullptr && layer.moe()->device_plan() == nullptr) return false;
-  return true;
+  return decode_step_capturable(placement_.device, layers_);
 }
 
 KVCache LlamaModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {

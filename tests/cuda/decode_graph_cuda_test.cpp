@@ -103,6 +103,16 @@ TEST_F(DecodeGraphCuda, GenerateWithGraphsGivesTheEagerTokensQuantizedAndMoe) {
   EXPECT_FALSE(DecodeGraph::supported(*load_on_gpu("qwen3_moe")));
 }
 
+// The MLA models: absorbed attention over the latent cache, MoE layers (group-limited routing in
+// deepseek_v3), the dense first layers, and deepseek_v2's plain q_proj, in a graph.
+TEST_F(DecodeGraphCuda, GenerateWithGraphsGivesTheEagerTokensMla) {
+  for (const char* name : {"glm4_moe_lite", "deepseek_v3", "deepseek_v2"}) {
+    const auto model = load_on_gpu(name, 4);
+    ASSERT_TRUE(DecodeGraph::supported(*model)) << name;
+    expect_graph_matches_eager(*model, name, std::string(name) + " at 4 bits");
+  }
+}
+
 // DecodeGraph against eager steps through a second cache: every step's logits (the first is
 // eager, the second captures, the rest replay) and the cache's lengths.
 TEST_F(DecodeGraphCuda, ReplaysGiveTheEagerStepsLogits) {

@@ -1,8 +1,8 @@
 // CUDA SwiGLU (silu(gate) * up), residual add, last-dim softmax and float dtype casts.
 #include "core/cuda_check.h"
-#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {

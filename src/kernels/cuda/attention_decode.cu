@@ -7,10 +7,10 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
-#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {

@@ -6,11 +6,13 @@
 // valid as the sequences grow.
 #include <algorithm>
 
+#include <type_traits>
+
 #include "core/cuda_check.h"
-#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/mla_kernels_cuda.h"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -246,6 +248,78 @@ __global__ void head_matmul_kernel(const T* __restrict__ x, int64_t x_m_stride, 
   }
 }
 
+// Decode rows (M <= kVecRowsMax): each lane owns 8 adjacent columns (one 16-byte load of a
+// weight row), a warp 256 columns, and the block's 8 warps split K; their sums meet in shared
+// memory. The absorbed W_UK / W_UV are read once per step at close to the copy bandwidth, where
+// the kernel above (2 columns a thread, K loads in a chain) took 80 us a matrix on GLM shapes.
+constexpr int kVecWarps = 8, kVecCols = 256, kVecRows = 4, kVecRowsMax = 16;
+
+template <typename T>
+__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+  else return __uint_as_float(bits << 16);  // bf16: the high half of an f32
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kVecWarps * 32)
+head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
+                          const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N) {
+  pdl_launch_dependents();
+  extern __shared__ float smem_f[];
+  float* xs = smem_f;                            // [kVecRows][K]
+  float* partial = smem_f + kVecRows * K;         // [kVecWarps][kVecRows][kVecCols]
+  const int h = blockIdx.y, m0 = blockIdx.z * kVecRows, mb = min(kVecRows, M - m0);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
+    const int r = i / K, k = i % K;
+    xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
+  }
+  __syncthreads();
+  const int n0 = blockIdx.x * kVecCols + lane * 8;
+  float acc[kVecRows][8] = {};
+  if (n0 < N) {
+    const T* wh = w + static_cast<int64_t>(h) * K * N + n0;
+    constexpr int kUnroll = 4;  // four weight rows requested before the first product
+    for (int k = warp; k < K; k += kVecWarps * kUnroll) {
+      uint4 v[kUnroll];
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int kk = k + u * kVecWarps;
+        v[u] = kk < K ? __ldg(reinterpret_cast<const uint4*>(wh + static_cast<int64_t>(kk) * N))
+                      : make_uint4(0, 0, 0, 0);
+      }
+#pragma unroll
+      for (int u = 0; u < kUnroll; ++u) {
+        const int kk = min(k + u * kVecWarps, K - 1);  // rows past K loaded as zeros
+        // The 8 weights from the registers (a pointer into v would put it in local memory).
+        const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+        float e[8];
+#pragma unroll
+        for (int j = 0; j < 8; ++j) e[j] = half_bits_to_float<T>((words[j / 2] >> (16 * (j % 2))) & 0xffffu);
+#pragma unroll
+        for (int r = 0; r < kVecRows; ++r) {
+          const float xv = xs[r * K + kk];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) acc[r][j] = fmaf(xv, e[j], acc[r][j]);
+        }
+      }
+    }
+  }
+#pragma unroll
+  for (int r = 0; r < kVecRows; ++r)
+#pragma unroll
+    for (int j = 0; j < 8; ++j) partial[(warp * kVecRows + r) * kVecCols + lane * 8 + j] = acc[r][j];
+  __syncthreads();
+  const int c = threadIdx.x, n = blockIdx.x * kVecCols + c;  // one column per thread
+  if (n >= N) return;
+  for (int r = 0; r < mb; ++r) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < kVecWarps; ++wi) sum += partial[(wi * kVecRows + r) * kVecCols + c];
+    out[(static_cast<int64_t>(m0 + r) * H + h) * N + n] = from_float<T>(sum);
+  }
+}
+
 }  // namespace
 
 void set_mla_attention_splits(int splits) { g_forced_splits = splits; }
@@ -265,6 +339,18 @@ void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
   const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
   const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
   auto stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
+  const size_t vec_smem = sizeof(float) * (kVecRows * K + kVecWarps * kVecRows * kVecCols);
+  if (M <= kVecRowsMax && N % 8 == 0 && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0 &&
+      vec_smem <= 48 * 1024) {
+    const dim3 vgrid((N + kVecCols - 1) / kVecCols, H, (M + kVecRows - 1) / kVecRows);
+    MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
+      head_matmul_vector_kernel<T><<<vgrid, kVecWarps * 32, vec_smem, stream>>>(
+          static_cast<const T*>(x.data_ptr()), x.strides()[0], x.strides()[1],
+          static_cast<const T*>(w.data_ptr()), static_cast<T*>(out.data_ptr()), M, H, K, N);
+    });
+    MARLIN_CUDA_CHECK_LAUNCH("mla_head_matmul");
+    return;
+  }
   const dim3 grid((N + 2 * kThreads - 1) / (2 * kThreads), H, (M + kRows - 1) / kRows);
   const size_t smem = sizeof(float) * kRows * K;
   MARLIN_CHECK(smem <= 48 * 1024, "mla_head_matmul", "K=", K, " is too large (at most ",

@@ -3,9 +3,9 @@
 // Rows of whole 16-byte vectors (every hidden size of the supported models) take a fast path
 // that keeps the row in registers; any other layout takes the general kernel.
 #include "core/cuda_check.h"
-#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
