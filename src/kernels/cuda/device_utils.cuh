@@ -6,6 +6,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <type_traits>
 
 #include "marlin/dtype.h"
 #include "marlin/error.h"
@@ -24,6 +25,15 @@ template <>
 __device__ __forceinline__ __half from_float<__half>(float v) { return __float2half_rn(v); }
 template <>
 __device__ __forceinline__ __nv_bfloat16 from_float<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+
+// One 16-bit value (the low 16 bits of `bits`, T = __half or __nv_bfloat16) as float: for
+// values unpacked from a wider register load without taking its address (which would put the
+// register in local memory).
+template <typename T>
+__device__ __forceinline__ float bits16_to_float(uint32_t bits) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
+  else return __uint_as_float(bits << 16);  // bf16: the high half of an f32
+}
 
 // Bias of any float dtype, read as float; kind 0 means no bias.
 enum class BiasKind : int { none = 0, f16 = 1, bf16 = 2, f32 = 3 };

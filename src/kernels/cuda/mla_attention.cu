@@ -6,8 +6,6 @@
 // valid as the sequences grow.
 #include <algorithm>
 
-#include <type_traits>
-
 #include "core/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -255,12 +253,6 @@ __global__ void head_matmul_kernel(const T* __restrict__ x, int64_t x_m_stride, 
 constexpr int kVecWarps = 8, kVecCols = 256, kVecRows = 4, kVecRowsMax = 16;
 
 template <typename T>
-__device__ __forceinline__ float half_bits_to_float(uint32_t bits) {
-  if constexpr (std::is_same_v<T, __half>) return __half2float(__ushort_as_half(static_cast<unsigned short>(bits)));
-  else return __uint_as_float(bits << 16);  // bf16: the high half of an f32
-}
-
-template <typename T>
 __global__ void __launch_bounds__(kVecWarps * 32)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                           const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N) {
@@ -295,7 +287,7 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
         const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
         float e[8];
 #pragma unroll
-        for (int j = 0; j < 8; ++j) e[j] = half_bits_to_float<T>((words[j / 2] >> (16 * (j % 2))) & 0xffffu);
+        for (int j = 0; j < 8; ++j) e[j] = bits16_to_float<T>((words[j / 2] >> (16 * (j % 2))) & 0xffffu);
 #pragma unroll
         for (int r = 0; r < kVecRows; ++r) {
           const float xv = xs[r * K + kk];
