@@ -1,9 +1,10 @@
 // CUDA flash-decoding over the KV cache: the sequence is split into chunks, one block per (chunk,
 // kv head, query token) scores the chunk's keys for every query head of its GQA group (so each
 // key and value is read once per group), and a second pass merges the chunks' partial softmax
-// states. The chunk count depends only on the cache's size (S_max), never on seq_lens: blocks
-// whose chunk lies past a row's length find no key and exit at once, so the launches are the
-// same at every step and a captured CUDA graph stays valid as the sequences grow.
+// states. The split count depends only on the cache's size (S_max), never on seq_lens, so the
+// launches are the same at every step and a captured CUDA graph stays valid as the sequences
+// grow; each row's keys (those its query sees) are cut into that many equal chunks on the
+// device, so a short row in a long cache still spreads over every split.
 #include <algorithm>
 
 #include "core/cuda_check.h"
@@ -31,7 +32,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
                     const int* __restrict__ seq_lens, const int* __restrict__ new_tokens,
                     T* __restrict__ out,
                     float* __restrict__ part_o, float2* __restrict__ part_ml, int T_len, int Hq,
-                    int Hkv, int S, float scale, int window, int chunk, int splits) {
+                    int Hkv, int S, float scale, int window, int splits) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   constexpr int kPerLane = (D + 31) / 32, kG = group_chunk<D>();
   const int group = Hq / Hkv, head_chunks = (group + kG - 1) / kG;
@@ -46,8 +47,9 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
   const int fresh = new_tokens != nullptr ? min(max(new_tokens[b], 0), T_len) : T_len;
   const int len = min(max(seq_lens[b], fresh), S);
   const int pos = min(len - fresh + t, len - 1);
-  const int lo = max(window > 0 ? max(0, pos - window + 1) : 0, split * chunk);
-  const int hi = min(pos, split * chunk + chunk - 1);
+  const int first = window > 0 ? max(0, pos - window + 1) : 0;
+  const int chunk = (pos - first + splits) / splits;  // ceil(keys / splits)
+  const int lo = first + split * chunk, hi = min(pos, lo + chunk - 1);
   const int64_t q_row0 = (static_cast<int64_t>(b) * T_len + t) * Hq + kvh * group + g0;
   if (lo > hi) {
     // No key of this row in this chunk (past the row's length, or before its window): exit with
@@ -199,7 +201,7 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
       new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr, static_cast<T*>(out.data_ptr()),
       splits > 1 ? part_o.data<float>() : nullptr,
       splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, T_len, Hq, Hkv, S,
-      scale, window, chunk, splits);
+      scale, window, splits);
   MARLIN_CUDA_CHECK_LAUNCH("attention_decode");
   if (splits > 1) {
     decode_merge_kernel<T, D><<<static_cast<unsigned>(rows), std::min(D, 128), 0, stream>>>(

@@ -2,8 +2,9 @@
 // block per (chunk, group of kG query heads, query token) scores the chunk's keys with an online
 // softmax, and a second pass merges the chunks' partial states (flash-decoding). In the
 // absorbed form every head reads the same latent row, so a block loads each row once for its kG
-// heads. The chunk count depends only on S, never on seq_lens, so a captured CUDA graph stays
-// valid as the sequences grow.
+// heads. The split count depends only on S, never on seq_lens, so a captured CUDA graph stays
+// valid as the sequences grow; each row's keys are cut into that many chunks on the device, so a
+// short row in a long cache (a 32k-token cache at its first steps) still spreads over them all.
 #include <algorithm>
 
 #include "core/cuda_check.h"
@@ -47,7 +48,7 @@ __device__ __forceinline__ void load_lanes(const T* p, int D, int lane, float (&
 template <typename T, int NL, int VL, bool kShared>
 __global__ void __launch_bounds__(kWarps * 32)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
-                 int chunk, int splits) {
+                 int splits) {
   const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
   const int ng = min(kHeads, a.H - h0);
   const int b = blockIdx.z / a.T, t = blockIdx.z % a.T;
@@ -59,6 +60,7 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
                                           : min(max(a.seq_lens[b], a.T), a.S);
   const int real = a.new_tokens != nullptr ? min(max(a.new_tokens[b], 0), min(a.T, len)) : a.T;
   const int pos = min(len - real + t, len - 1);
+  const int chunk = (pos + splits) / splits;  // ceil((pos + 1) / splits)
   const int lo = split * chunk, hi = min(pos, lo + chunk - 1);
 
   float qn[kHeads][NL], qr[kHeads][kRopeLane], acc[kHeads][VL], m[kHeads], l[kHeads];
@@ -190,7 +192,7 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
   const dim3 grid(splits, head_chunks, a.B * a.T);
   mla_split_kernel<T, NL, VL, kShared><<<grid, kWarps * 32, 0, stream>>>(
       a, splits > 1 ? part_o.data<float>() : nullptr,
-      splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, chunk, splits);
+      splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits);
   MARLIN_CUDA_CHECK_LAUNCH("mla_attention");
   if (splits > 1) {
     mla_merge_kernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
