@@ -248,43 +248,45 @@ __global__ void head_matmul_kernel(const T* __restrict__ x, int64_t x_m_stride, 
   }
 }
 
-// Decode rows (M <= kVecRowsMax): each lane owns 8 adjacent columns (one 16-byte load of a
-// weight row), a warp 256 columns, and the block's 8 warps split K; their sums meet in shared
-// memory. The absorbed W_UK / W_UV are read once per step at close to the copy bandwidth, where
-// the kernel above (2 columns a thread, K loads in a chain) took 80 us a matrix on GLM shapes.
-constexpr int kVecWarps = 8, kVecCols = 256, kVecRows = 4, kVecRowsMax = 16;
+// Decode rows (M <= kVecRowsMax): a block takes 64 columns of one head; each thread owns 8
+// adjacent columns (one 16-byte load of a weight row) at one of 32 k offsets, with four rows'
+// loads in flight, and the 32 partial sums meet in shared memory. 64-column blocks put GLM's
+// absorbed W_UK / W_UV (20 heads x 512 or 256 columns) on 80-160 SMs; the kernel above (2
+// columns a thread, K loads in a chain) took 80 us a matrix on those shapes.
+constexpr int kVecThreads = 256, kVecCols = 64, kVecKOffsets = kVecThreads / (kVecCols / 8);
+constexpr int kVecRows = 4, kVecRowsMax = 16;
 
 template <typename T>
-__global__ void __launch_bounds__(kVecWarps * 32)
+__global__ void __launch_bounds__(kVecThreads)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                           const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N) {
   pdl_launch_dependents();
   extern __shared__ float smem_f[];
-  float* xs = smem_f;                            // [kVecRows][K]
-  float* partial = smem_f + kVecRows * K;         // [kVecWarps][kVecRows][kVecCols]
+  float* xs = smem_f;                       // [kVecRows][K]
+  float* partial = smem_f + kVecRows * K;    // [kVecKOffsets][kVecRows][kVecCols]
   const int h = blockIdx.y, m0 = blockIdx.z * kVecRows, mb = min(kVecRows, M - m0);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
     const int r = i / K, k = i % K;
     xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
   }
   __syncthreads();
-  const int n0 = blockIdx.x * kVecCols + lane * 8;
+  const int col8 = threadIdx.x % (kVecCols / 8), k0 = threadIdx.x / (kVecCols / 8);
+  const int n0 = blockIdx.x * kVecCols + col8 * 8;
   float acc[kVecRows][8] = {};
   if (n0 < N) {
     const T* wh = w + static_cast<int64_t>(h) * K * N + n0;
-    constexpr int kUnroll = 4;  // four weight rows requested before the first product
-    for (int k = warp; k < K; k += kVecWarps * kUnroll) {
+    constexpr int kUnroll = 4;
+    for (int k = k0; k < K; k += kVecKOffsets * kUnroll) {
       uint4 v[kUnroll];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int kk = k + u * kVecWarps;
+        const int kk = k + u * kVecKOffsets;
         v[u] = kk < K ? __ldg(reinterpret_cast<const uint4*>(wh + static_cast<int64_t>(kk) * N))
                       : make_uint4(0, 0, 0, 0);
       }
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
-        const int kk = min(k + u * kVecWarps, K - 1);  // rows past K loaded as zeros
+        const int kk = min(k + u * kVecKOffsets, K - 1);  // rows past K were loaded as zeros
         // The 8 weights from the registers (a pointer into v would put it in local memory).
         const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
         float e[8];
@@ -302,16 +304,15 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
 #pragma unroll
   for (int r = 0; r < kVecRows; ++r)
 #pragma unroll
-    for (int j = 0; j < 8; ++j) partial[(warp * kVecRows + r) * kVecCols + lane * 8 + j] = acc[r][j];
+    for (int j = 0; j < 8; ++j) partial[(k0 * kVecRows + r) * kVecCols + col8 * 8 + j] = acc[r][j];
   __syncthreads();
-  const int c = threadIdx.x, n = blockIdx.x * kVecCols + c;  // one column per thread
-  if (n >= N) return;
-  for (int r = 0; r < mb; ++r) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int wi = 0; wi < kVecWarps; ++wi) sum += partial[(wi * kVecRows + r) * kVecCols + c];
-    out[(static_cast<int64_t>(m0 + r) * H + h) * N + n] = from_float<T>(sum);
-  }
+  // One (row, column) per thread: kVecRows x kVecCols = the block's 256 threads.
+  const int r = threadIdx.x / kVecCols, c = threadIdx.x % kVecCols, n = blockIdx.x * kVecCols + c;
+  if (r >= mb || n >= N) return;
+  float sum = 0.0f;
+#pragma unroll 8
+  for (int ko = 0; ko < kVecKOffsets; ++ko) sum += partial[(ko * kVecRows + r) * kVecCols + c];
+  out[(static_cast<int64_t>(m0 + r) * H + h) * N + n] = from_float<T>(sum);
 }
 
 }  // namespace
@@ -333,12 +334,12 @@ void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
   const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
   const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
   auto stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
-  const size_t vec_smem = sizeof(float) * (kVecRows * K + kVecWarps * kVecRows * kVecCols);
+  const size_t vec_smem = sizeof(float) * (kVecRows * K + kVecKOffsets * kVecRows * kVecCols);
   if (M <= kVecRowsMax && N % 8 == 0 && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0 &&
       vec_smem <= 48 * 1024) {
     const dim3 vgrid((N + kVecCols - 1) / kVecCols, H, (M + kVecRows - 1) / kVecRows);
     MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
-      head_matmul_vector_kernel<T><<<vgrid, kVecWarps * 32, vec_smem, stream>>>(
+      head_matmul_vector_kernel<T><<<vgrid, kVecThreads, vec_smem, stream>>>(
           static_cast<const T*>(x.data_ptr()), x.strides()[0], x.strides()[1],
           static_cast<const T*>(w.data_ptr()), static_cast<T*>(out.data_ptr()), M, H, K, N);
     });
