@@ -31,7 +31,7 @@ TEST_F(AttentionCuda, PrefillMatchesCpu) {
   int seed = 0;
   for (int64_t D : {64, 80, 96, 128, 256})
     for (int64_t group : {1, 2, 4, 8})
-      for (int64_t T : {1, 17, 100})
+      for (int64_t T : {1, 17, 100, 300})
         for (int64_t window : {0, 33}) {
           const DType dt = dtypes[seed % 3];
           ++seed;
@@ -46,6 +46,24 @@ TEST_F(AttentionCuda, PrefillMatchesCpu) {
               << "D=" << D << " group=" << group << " T=" << T << " window=" << window << " "
               << dtype_name(dt);
         }
+}
+
+// Long prompts on the cuBLAS path, cut into several query chunks (64 heads x 1500 tokens needs
+// more than the workspace), GQA, with and without a sliding window.
+TEST_F(AttentionCuda, LongPrefillInChunksMatchesCpu) {
+  testing::PoisonScope poison;
+  int seed = 900;
+  for (int64_t window : {0, 700})
+    for (DType dt : {DType::bf16, DType::f16}) {
+      const int64_t T = 1500, Hkv = 8, Hq = 64, D = 64;
+      Tensor q = random_tensor({T, Hq, D}, dt, ++seed);
+      Tensor k = random_tensor({T, Hkv, D}, dt, ++seed);
+      Tensor v = random_tensor({T, Hkv, D}, dt, ++seed);
+      const float scale = 0.125f;
+      const auto want = to_double(ops::attention_prefill(q, k, v, scale, window));
+      const auto got = to_double(ops::attention_prefill(q.to(gpu), k.to(gpu), v.to(gpu), scale, window));
+      EXPECT_LT(relative_error(got, want), tolerance(dt)) << "window=" << window << " " << dtype_name(dt);
+    }
 }
 
 TEST_F(AttentionCuda, DecodeMatchesCpuOnLongCaches) {

@@ -195,6 +195,7 @@ void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float 
                        int64_t sliding_window, Tensor& out) {
   auto stream = static_cast<cudaStream_t>(current_stream(q.device().index).handle);
   const int window = static_cast<int>(std::min<int64_t>(sliding_window, INT32_MAX));
+  if (attention_prefill_gemm(q, k, v, scale, window, out)) return;
   switch (q.dtype()) {
     case DType::f32: return dispatch_head_dim<float>(q, k, v, scale, window, out, stream);
     case DType::f16: return dispatch_head_dim<__half>(q, k, v, scale, window, out, stream);

@@ -1,4 +1,5 @@
-// CUDA attention kernels: a tiled causal prefill kernel (attention.cu) and flash-decoding over
+// CUDA attention kernels: causal prefill (attention.cu; cuBLAS for long prompts,
+// attention_prefill_gemm.cu) and flash-decoding over
 // the cache, split along the sequence with a reduce pass (attention_decode.cu). Arguments are
 // checked by ops/attention_ops.cpp; the launchers run on the device's current stream.
 #pragma once
@@ -9,6 +10,11 @@ namespace marlin::cuda {
 
 void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
                        int64_t sliding_window, Tensor& out);
+// The tensor-core path of attention_prefill (attention_prefill_gemm.cu): prompts of at least
+// kPrefillGemmMinTokens tokens in f16 or bf16; returns false, doing nothing, for the others.
+constexpr int64_t kPrefillGemmMinTokens = 64;
+bool attention_prefill_gemm(const Tensor& q, const Tensor& k, const Tensor& v, float scale,
+                            int window, Tensor& out);
 // new_tokens: i32 [B] or undefined (every row has T new tokens).
 void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const Tensor& seq_lens, const Tensor& new_tokens, float scale,

@@ -28,6 +28,20 @@
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
+
+// One cuBLAS handle per device, made on first use (the GEMMs here, attention_prefill_gemm.cu).
+cublasHandle_t cublas_handle(int device) {
+  static std::mutex mutex;
+  static std::vector<cublasHandle_t> handles(64, nullptr);
+  std::lock_guard<std::mutex> lock(mutex);
+  cublasHandle_t& h = handles.at(static_cast<size_t>(device));
+  if (!h) {
+    MARLIN_CUDA_CHECK(cudaSetDevice(device), "cublas");
+    MARLIN_CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublas", "cublasCreate failed on cuda:", device);
+  }
+  return h;
+}
+
 namespace {
 
 constexpr int kWarps = 8;
@@ -137,17 +151,6 @@ __global__ void add_bias_kernel(T* __restrict__ C, const void* __restrict__ bias
     C[i] = from_float<T>(to_float(C[i]) + load_bias(bias, kind, i % N));
 }
 
-cublasHandle_t cublas_handle(int device) {
-  static std::mutex mutex;
-  static std::vector<cublasHandle_t> handles(64, nullptr);
-  std::lock_guard<std::mutex> lock(mutex);
-  cublasHandle_t& h = handles.at(static_cast<size_t>(device));
-  if (!h) {
-    MARLIN_CUDA_CHECK(cudaSetDevice(device), "cublas");
-    MARLIN_CHECK(cublasCreate(&h) == CUBLAS_STATUS_SUCCESS, "cublas", "cublasCreate failed on cuda:", device);
-  }
-  return h;
-}
 
 template <QuantFormat F, int MT, int CPT, typename TA>
 void launch_skinny(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
