@@ -61,6 +61,7 @@ class MoE {
 
  private:
   Tensor forward_experts_loop(const Tensor& x2d, const ops::MoeRoute& route) const;
+  void pack_expert_storage();
 
   MoeRouting routing_;
   Tensor router_weight_;

@@ -56,10 +56,11 @@ class QuantizedLinear {
   // This 16-bit layer quantized to `bits` (8, 4, 2) with `group_size` along K: the weights it
   // holds (in its activation dtype) are quantized, then placed as the constructor does.
   QuantizedLinear quantized(int bits, int group_size, ScaleMethod scales = ScaleMethod::absmax) const;
-  // This layer without the GPU tile layout of its weights (QuantizedWeight::tiled), for layers
-  // read only by kernels of the canonical layout (MoE experts): their memory counted once.
-  // gemm_q still works on it, through the canonical-layout kernels.
-  QuantizedLinear without_tile_layout() const;
+  // This quantized layer reading its packed weights and scales from `packed` and `scales` (the
+  // same shapes and values, e.g. slices of one allocation that many layers share), without the
+  // GPU tile layout (QuantizedWeight::tiled): for layers read only by kernels of the canonical
+  // layout (MoE experts). gemm_q still works on it, through the canonical-layout kernels.
+  QuantizedLinear with_weight_storage(const Tensor& packed, const Tensor& scales) const;
 
   int64_t in_features() const { return in_features_; }
   int64_t out_features() const { return out_features_; }

@@ -87,8 +87,19 @@ QuantizedLinear QuantizedLinear::from_quantized(const QuantizedWeight& qweight, 
   return layer;
 }
 
-QuantizedLinear QuantizedLinear::without_tile_layout() const {
+QuantizedLinear QuantizedLinear::with_weight_storage(const Tensor& packed, const Tensor& scales) const {
+  constexpr const char* op = "QuantizedLinear::with_weight_storage";
+  MARLIN_CHECK(bits_ != 16, op, "a 16-bit layer has no packed weights");
+  const QuantizedWeight& q = qweight_;
+  MARLIN_CHECK(packed.shape() == q.packed.shape() && packed.dtype() == q.packed.dtype() &&
+                   packed.device() == q.packed.device() && packed.is_contiguous(),
+               op, "packed must be like ", q.packed.describe(), ", got ", packed.describe());
+  MARLIN_CHECK(scales.shape() == q.scales.shape() && scales.dtype() == q.scales.dtype() &&
+                   scales.device() == q.scales.device() && scales.is_contiguous(),
+               op, "scales must be like ", q.scales.describe(), ", got ", scales.describe());
   QuantizedLinear layer = *this;
+  layer.qweight_.packed = packed;
+  layer.qweight_.scales = scales;
   layer.qweight_.tiled = Tensor();
   return layer;
 }

@@ -161,9 +161,12 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
       SCOPED_TRACE(std::string(dc.name) + " " + std::string(dtype_name(dt)));
       const MoE moe = testing::random_moe(dc.spec, {gpu, dt});
       ASSERT_NE(moe.device_plan(), nullptr);
-      // The expert kernels read the canonical layout: no tile-layout copy of any expert.
-      for (const MLP& m : moe.experts())
+      // The expert kernels read the canonical layout: no tile-layout copy of any expert, and
+      // every expert's weights in one shared allocation (pack_expert_storage).
+      for (const MLP& m : moe.experts()) {
         EXPECT_FALSE(m.gate_proj().qweight().tiled.defined() || m.down_proj().qweight().tiled.defined());
+        EXPECT_EQ(m.down_proj().qweight().packed.storage(), moe.experts()[0].gate_proj().qweight().packed.storage());
+      }
       testing::PoisonScope poison;
       for (int64_t T : {1, 2, 9, 12, 70}) {
         const Tensor x = testing::random_tensor({T, dc.spec.hidden}, dt, 100 + T);
