@@ -29,12 +29,7 @@ using namespace tile;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
-// Ring depth: with one row of A (batch-1 decode) a stage is small enough for five per warp at
-// four blocks per SM, so a whole round (8 KB of weights) is in flight at once.
-template <int R>
-constexpr int stages_for() {
-  return R == 1 ? 5 : 4;
-}
+constexpr int kStages = 4;
 
 // One stage of a warp's ring: weights and scale rows (Stage), then R rows of A for its units
 // (padded so the rows start on different banks).
@@ -47,7 +42,7 @@ struct StreamStage {
 
 template <QuantFormat F, int G, int R>
 constexpr int stream_smem_bytes() {
-  return kWarps * stages_for<R>() * StreamStage<F, G, R>::kBytes;
+  return kWarps * kStages * StreamStage<F, G, R>::kBytes;
 }
 
 // bf16 x2 -> f16 x2 times 2^-4 (kBf16Prescale), saturating: see gemm_q_tile.cuh.
@@ -64,9 +59,10 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
   return ((x + 1) * W + R - 1) / R - 1;
 }
 
-// G: units per scale group (1, 2, 4, 8). R: A rows held (1 when M = 1, 8 when M <= 8, else 16).
+// G: units per scale group (1, 2, 4, 8). R: A rows held (8 when M <= 8, else 16). (A one-row
+// variant with a five-deep ring measured no faster at M = 1 on an H200.)
 template <QuantFormat F, int G, int R, typename TA>
-__global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
+__global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
                          const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
                          BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
@@ -77,7 +73,6 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
   using SS = StreamStage<F, G, R>;
   constexpr int kW = Cd::kWords;
   constexpr int kU = St::kUnits;
-  constexpr int kStages = stages_for<R>();
   constexpr int kStagesPerRound = kUnitsAlign / kU;
   constexpr int kStagesPerGroup = G > kU ? G / kU : 1;
   constexpr int kGroupShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
@@ -382,8 +377,7 @@ void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bi
                      cudaStream_t stream) {
   const int64_t M = A.size(0);
 #define MARLIN_STREAM_G(G)                                                  \
-  if (M == 1) launch_stream<F, G, 1, TA>(A, W, bias, C, stream);           \
-  else if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);      \
+  if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);           \
   else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
   return;
   switch (W.group_size / kUnitK) {
