@@ -61,6 +61,19 @@ inline double relative_error(const std::vector<double>& got, const std::vector<d
   return std::sqrt(num / den);
 }
 
+// Float64 RMSNorm of the rows of n values of x with weight w (no rounding to a dtype).
+inline std::vector<double> reference_rms_norm(const std::vector<double>& x, const std::vector<double>& w,
+                                              int64_t n, double eps) {
+  std::vector<double> y(x.size());
+  for (size_t r = 0; r < x.size() / static_cast<size_t>(n); ++r) {
+    double ss = 0;
+    for (int64_t j = 0; j < n; ++j) ss += x[r * n + j] * x[r * n + j];
+    const double inv = 1.0 / std::sqrt(ss / static_cast<double>(n) + eps);
+    for (int64_t j = 0; j < n; ++j) y[r * n + j] = w[j] * x[r * n + j] * inv;
+  }
+  return y;
+}
+
 // The message of the marlin::Error that fn throws, or "" when it throws none.
 inline std::string error_message(const std::function<void()>& fn) {
   try {

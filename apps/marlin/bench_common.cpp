@@ -1,6 +1,7 @@
-// split, device_name and measure_copy_bandwidth for the bench subcommands.
+// split, device_name, measure_copy_bandwidth and print_report for the bench subcommands.
 #include "bench_common.h"
 
+#include <cstdio>
 #include <fstream>
 #include <sstream>
 
@@ -43,6 +44,13 @@ double measure_copy_bandwidth(Device device, int64_t bytes) {
   a.fill_bytes(1);
   const double ms = median(time_runs(device, 2, 10, [&] { b.copy_from(a); }));
   return 2.0 * static_cast<double>(a.nbytes()) / (ms * 1e-3) / 1e9;
+}
+
+void print_report(const nlohmann::json& report, bool as_json,
+                  const std::function<void(const nlohmann::json&)>& print_text) {
+  if (as_json) std::printf("%s\n", report.dump(2).c_str());
+  else print_text(report);
+  std::fflush(stdout);
 }
 
 }  // namespace marlin::cli

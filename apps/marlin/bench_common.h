@@ -3,8 +3,11 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
+
+#include <nlohmann/json.hpp>
 
 #include "marlin/device.h"
 
@@ -19,5 +22,9 @@ std::string device_name(Device device);
 // GB/s of a device-to-device copy of `bytes` on a CUDA device: bytes read + written over the
 // median time of 10 copies, the usual figure. 0 on the CPU.
 double measure_copy_bandwidth(Device device, int64_t bytes = int64_t{1} << 30);
+
+// A benchmark's report on stdout: the JSON object (indented) with --json, else as text.
+void print_report(const nlohmann::json& report, bool as_json,
+                  const std::function<void(const nlohmann::json&)>& print_text);
 
 }  // namespace marlin::cli

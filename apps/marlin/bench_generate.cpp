@@ -378,15 +378,7 @@ void register_bench_generate(CLI::App& bench) {
   cmd->add_option("--cache-len", o->cache_len,
                   "KV cache positions per row (default: prompt + new tokens); e.g. 32768 to measure "
                   "the memory of a 32k-token cache with a short prompt");
-  cmd->callback([o] {
-    const json r = run_benchmark(*o);
-    if (o->json_output) {
-      std::printf("%s\n", r.dump(2).c_str());
-    } else {
-      print_text(r);
-    }
-    std::fflush(stdout);
-  });
+  cmd->callback([o] { print_report(run_benchmark(*o), o->json_output, print_text); });
 }
 
 }  // namespace marlin::cli

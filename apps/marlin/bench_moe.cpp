@@ -299,15 +299,7 @@ void register_bench_moe(CLI::App& bench) {
                   "MiB one token's calls read before reusing a layer copy (defeats L2)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the synthetic weights and inputs")->capture_default_str();
   cmd->add_flag("--json", o->json_output, "print one JSON object instead of text");
-  cmd->callback([o] {
-    const json r = run_benchmark(*o);
-    if (o->json_output) {
-      std::printf("%s\n", r.dump(2).c_str());
-    } else {
-      print_text(r);
-    }
-    std::fflush(stdout);
-  });
+  cmd->callback([o] { print_report(run_benchmark(*o), o->json_output, print_text); });
 }
 
 }  // namespace marlin::cli

@@ -49,19 +49,6 @@ double max_error(const std::vector<double>& got, const std::vector<double>& ref)
 // Norm-wise, against float64: the CPU tests' bounds (a couple of roundings to the dtype).
 double ref_tol(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 2e-3 : 1.2e-2; }
 
-// Float64 RMSNorm of rows of n (the CPU test's reference, without the roundings to the dtype).
-std::vector<double> ref_rms_norm(const std::vector<double>& x, const std::vector<double>& w, int64_t n,
-                                 double eps) {
-  std::vector<double> y(x.size());
-  for (size_t r = 0; r < x.size() / n; ++r) {
-    double ss = 0;
-    for (int64_t j = 0; j < n; ++j) ss += x[r * n + j] * x[r * n + j];
-    const double inv = 1.0 / std::sqrt(ss / n + eps);
-    for (int64_t j = 0; j < n; ++j) y[r * n + j] = w[j] * x[r * n + j] * inv;
-  }
-  return y;
-}
-
 TEST_F(NnCuda, NormsMatchCpu) {
   testing::PoisonScope poison;
   const Shape shapes[] = {{1, 64}, {3, 7}, {5, 4096}, {17, 1000}, {2, 3, 128}, {1, 1}, {300, 257}, {4, 8192}};
@@ -106,13 +93,13 @@ TEST_F(NnCuda, NormsDecodeShapesMatchCpuAndFloat64) {
         const Tensor wg = w.to(gpu);
         const auto got = to_double(ops::rms_norm(x.to(gpu), wg, eps));
         EXPECT_LT(max_error(got, to_double(ops::rms_norm(x, w, eps))), elem_tol(dt)) << what;
-        EXPECT_LT(relative_error(got, ref_rms_norm(to_double(x), to_double(w), n, eps)), ref_tol(dt)) << what;
+        EXPECT_LT(relative_error(got, testing::reference_rms_norm(to_double(x), to_double(w), n, eps)), ref_tol(dt)) << what;
         Tensor res_cpu = res.clone(), res_gpu = res.to(gpu);
         const auto y_gpu = to_double(ops::add_rms_norm(res_gpu, x.to(gpu), wg, eps));
         const auto y = to_double(ops::add_rms_norm(res_cpu, x, w, eps));
         EXPECT_EQ(res_gpu.to_float_vector(), res_cpu.to_float_vector()) << what;
         EXPECT_LT(max_error(y_gpu, y), elem_tol(dt)) << what;
-        EXPECT_LT(relative_error(y_gpu, ref_rms_norm(to_double(res_cpu), to_double(w), n, eps)), ref_tol(dt))
+        EXPECT_LT(relative_error(y_gpu, testing::reference_rms_norm(to_double(res_cpu), to_double(w), n, eps)), ref_tol(dt))
             << what;
       }
 }

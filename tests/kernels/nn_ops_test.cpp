@@ -21,18 +21,6 @@ const DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
 // Norm-wise tolerance of one op with a couple of roundings to the dtype.
 double tol(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 2e-3 : 1.2e-2; }
 
-std::vector<double> ref_rms_norm(const std::vector<double>& x, const std::vector<double>& w, int64_t n,
-                                 double eps) {
-  std::vector<double> y(x.size());
-  for (size_t r = 0; r < x.size() / n; ++r) {
-    double ss = 0;
-    for (int64_t j = 0; j < n; ++j) ss += x[r * n + j] * x[r * n + j];
-    const double inv = 1.0 / std::sqrt(ss / n + eps);
-    for (int64_t j = 0; j < n; ++j) y[r * n + j] = w[j] * x[r * n + j] * inv;
-  }
-  return y;
-}
-
 template <typename F>
 void expect_error(F&& f, const std::vector<std::string>& parts) {
   try {
@@ -53,7 +41,7 @@ TEST(NnNorm, RmsNormMatchesFloat64) {
       const Tensor y = ops::rms_norm(x, w, 1e-6);
       EXPECT_EQ(y.shape(), s);
       EXPECT_EQ(y.dtype(), dt);
-      EXPECT_LT(relative_error(to_double(y), ref_rms_norm(to_double(x), to_double(w), s.back(), 1e-6)), tol(dt))
+      EXPECT_LT(relative_error(to_double(y), testing::reference_rms_norm(to_double(x), to_double(w), s.back(), 1e-6)), tol(dt))
           << dtype_name(dt) << shape_str(s);
     }
 }
