@@ -77,7 +77,7 @@ void DeepseekBlock::transform_linears(const std::string& prefix, const LinearTra
 }
 
 DeepseekModel::DeepseekModel(ModelConfig config, const WeightSource& w, const ModelLoadOptions& options)
-    : config_(std::move(config)), options_(options) {
+    : DecoderModel(std::move(config), options) {
   const ModelConfig& c = config_;
   MARLIN_CHECK(c.mla.has_value(), kOp, model_type_name(c.model_type), " in ", c.source,
                " has no MLA block (kv_lora_rank, qk_rope_head_dim, ...)");
@@ -174,12 +174,6 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }
 
-// The absorbed MLA decode (latent cache lengths on the device) and the device-planned MoE layers
-// leave a decode step nothing to do on the host.
-bool DeepseekModel::decode_graph_capturable() const {
-  return decode_step_capturable(placement_.device, layers_);
-}
-
 KVCache DeepseekModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {
   KVCacheConfig kc;
   kc.num_layers = config_.num_hidden_layers;
@@ -189,18 +183,6 @@ KVCache DeepseekModel::make_cache(int64_t max_seq_len, int64_t batch_size) const
   kc.dtype = placement_.dtype;
   kc.keys_only = true;
   return KVCache(kc, batch_size, placement_.device);
-}
-
-void DeepseekModel::for_each_linear(const LinearVisitor& visit) const {
-  for (size_t i = 0; i < layers_.size(); ++i)
-    layers_[i].for_each_linear("model.layers." + std::to_string(i) + ".", visit);
-  visit("lm_head", lm_head_);
-}
-
-void DeepseekModel::transform_linears(const LinearTransform& transform) {
-  for (size_t i = 0; i < layers_.size(); ++i)
-    layers_[i].transform_linears("model.layers." + std::to_string(i) + ".", transform);
-  lm_head_ = transform("lm_head", lm_head_);
 }
 
 std::unique_ptr<CausalLM> make_deepseek_model(const ModelConfig& config, const WeightSource& weights,

@@ -11,6 +11,7 @@
 #include "marlin/model.h"
 #include "marlin/moe.h"
 #include "marlin/nn.h"
+#include "models/decoder_model.h"
 #include "models/weight_source.h"
 
 namespace marlin {
@@ -44,37 +45,15 @@ class DeepseekBlock {
   std::shared_ptr<const MoE> moe_;
 };
 
-class DeepseekModel final : public CausalLM {
+class DeepseekModel final : public DecoderModel<DeepseekBlock> {
  public:
   DeepseekModel(ModelConfig config, const WeightSource& weights, const ModelLoadOptions& options);
 
   Tensor forward(const Tensor& ids, KVCache* cache = nullptr) const override;
   // A latent cache: keys_only, one "head" of kv_lora_rank + qk_rope_head_dim values per token.
   KVCache make_cache(int64_t max_seq_len, int64_t batch_size = 1) const override;
-  const ModelConfig& config() const override { return config_; }
-  Device device() const override { return placement_.device; }
-  bool decode_graph_capturable() const override;
-  DType dtype() const override { return placement_.dtype; }
-
-  const std::vector<DeepseekBlock>& layers() const { return layers_; }
-  const Embedding& embed_tokens() const { return embed_tokens_; }
-  const RMSNorm& norm() const { return norm_; }
-  const QuantizedLinear& lm_head() const { return lm_head_; }
-  const ModelLoadOptions& load_options() const { return options_; }
-
-  // Every linear layer by its Hugging Face module path, decoder layers first, lm_head last.
-  void for_each_linear(const LinearVisitor& visit) const;
-  void transform_linears(const LinearTransform& transform);
-  void set_scale_method(ScaleMethod scales) { options_.scales = scales; }
-
- private:
-  ModelConfig config_;
-  ModelLoadOptions options_;
-  LayerPlacement placement_;
-  Embedding embed_tokens_;
-  std::vector<DeepseekBlock> layers_;
-  RMSNorm norm_;
-  QuantizedLinear lm_head_;
+  // MoE layers included: their experts are rebuilt from the transformed layers.
+  void transform_linears(const LinearTransform& transform) { transform_all_linears(transform); }
 };
 
 std::unique_ptr<CausalLM> make_deepseek_model(const ModelConfig& config, const WeightSource& weights,

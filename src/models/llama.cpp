@@ -14,7 +14,7 @@
 namespace marlin {
 
 LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoadOptions& options)
-    : config_(std::move(config)), options_(options) {
+    : DecoderModel(std::move(config), options) {
   const ModelConfig& c = config_;
   const std::string type(model_type_name(c.model_type));
   MARLIN_CHECK(!c.mla, "load_model", type, " models with MLA layers are not supported by "
@@ -88,21 +88,13 @@ LlamaModel::LlamaModel(ModelConfig config, const WeightSource& w, const ModelLoa
   }
 }
 
-void LlamaModel::for_each_linear(const LinearVisitor& visit) const {
-  for (size_t i = 0; i < layers_.size(); ++i)
-    layers_[i].for_each_linear("model.layers." + std::to_string(i) + ".", visit);
-  visit("lm_head", lm_head_);
-}
-
 void LlamaModel::transform_linears(const LinearTransform& transform) {
   // Checked before anything is replaced, so a refusal leaves the model as it was.
   for (size_t i = 0; i < layers_.size(); ++i)
     MARLIN_CHECK(layers_[i].moe() == nullptr, "LlamaModel::transform_linears", "model.layers.", i,
                  " is an MoE layer: its experts cannot be replaced in place (load the model with "
                  "ModelLoadOptions::bits instead)");
-  for (size_t i = 0; i < layers_.size(); ++i)
-    layers_[i].transform_linears("model.layers." + std::to_string(i) + ".", transform);
-  lm_head_ = transform("lm_head", lm_head_);
+  transform_all_linears(transform);
 }
 
 Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
@@ -128,10 +120,6 @@ Tensor LlamaModel::forward(const Tensor& ids, KVCache* cache) const {
   Tensor logits = ops::cast(lm_head_.forward(normed), DType::f32);
   if (cache != nullptr) cache->end_step();
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
-}
-
-bool LlamaModel::decode_graph_capturable() const {
-  return decode_step_capturable(placement_.device, layers_);
 }
 
 KVCache LlamaModel::make_cache(int64_t max_seq_len, int64_t batch_size) const {

@@ -32,17 +32,6 @@ inline QuantizedLinear load_model_linear(const WeightSource& w, const ModelLoadO
                          placement, options.scales);
 }
 
-// Whether a model on `device` with these layers (each with moe(), null in a dense layer) can run
-// its decode step as one captured CUDA graph: every op of the step stays on the device, except
-// an MoE layer without its device plan (16-bit experts), which routes through the host.
-template <typename Layers>
-bool decode_step_capturable(const Device& device, const Layers& layers) {
-  if (!device.is_cuda()) return false;
-  for (const auto& layer : layers)
-    if (layer.moe() != nullptr && layer.moe()->device_plan() == nullptr) return false;
-  return true;
-}
-
 // ids [T] or [B, T] as [B, T], checked to hold at least one token.
 inline Tensor ids_as_batch(const Tensor& ids, const char* op) {
   MARLIN_CHECK(ids.defined() && (ids.dim() == 1 || ids.dim() == 2), op,

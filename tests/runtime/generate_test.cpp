@@ -178,7 +178,9 @@ TEST_P(GenerateFixtureTest, PromptsOfDifferentLengthsMatchSingleRuns) {
   std::vector<std::vector<int64_t>> by_row(3);
   for (size_t i = 0; i < streamed.size(); ++i) {
     by_row[streamed[i].first].push_back(streamed[i].second);
-    if (i > 0 && i < 3) EXPECT_EQ(streamed[i].first, streamed[i - 1].first + 1);  // step 0
+    if (i > 0 && i < 3) {
+      EXPECT_EQ(streamed[i].first, streamed[i - 1].first + 1);  // step 0
+    }
   }
   EXPECT_EQ(by_row, expected);
 
