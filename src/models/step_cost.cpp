@@ -238,24 +238,76 @@ int64_t kv_cache_bytes(const CausalLM& model, int64_t max_seq_len, int64_t batch
          static_cast<int64_t>(dtype_size(model.dtype()));
 }
 
+namespace {
+
+double params(const QuantizedLinear& l) {
+  return static_cast<double>(l.in_features()) * static_cast<double>(l.out_features());
+}
+
+// A fused q/k/v or gate+up counts its parts' weights, fused or not.
+double params(const FusedLinear& f) {
+  double p = 0;
+  for (size_t i = 0; i < f.size(); ++i)
+    p += static_cast<double>(f.in_features()) * static_cast<double>(f.out_features(i));
+  return p;
+}
+
+double mlp_params(const MLP& m) { return params(m.gate_up_proj()) + params(m.down_proj()); }
+
+// The weights one token multiplies in an MoE layer: the router, top_k experts (of the layer's
+// mean expert size) and the shared experts.
+double moe_params_per_token(const MoE& moe) {
+  double p = static_cast<double>(moe.num_experts()) * static_cast<double>(moe.hidden_size());
+  if (!moe.experts().empty()) {
+    double experts = 0;
+    for (const MLP& e : moe.experts()) experts += mlp_params(e);
+    p += static_cast<double>(moe.routing().top_k) * experts / static_cast<double>(moe.experts().size());
+  }
+  if (moe.has_shared_experts()) p += mlp_params(moe.shared_experts());
+  return p;
+}
+
+// Query-key pairs of a causal prompt: query t sees min(t + 1, window) keys (window 0: all).
+double causal_pairs(int64_t prompt_len, int64_t window) {
+  double pairs = 0;
+  for (int64_t t = 0; t < prompt_len; ++t)
+    pairs += static_cast<double>(window > 0 ? std::min(t + 1, window) : t + 1);
+  return pairs;
+}
+
+}  // namespace
+
 std::optional<double> prefill_flops(const CausalLM& model, int64_t batch, int64_t prompt_len) {
-  const auto* llama = dynamic_cast<const LlamaModel*>(&model);
-  if (llama == nullptr || model.config().moe || model.config().mla) return std::nullopt;
   const ModelConfig& c = model.config();
   const double tokens = static_cast<double>(batch * prompt_len);
-  double flops = 0;
-  for_each_llama_linear(*llama, [&](const QuantizedLinear& l) {
-    flops += 2.0 * tokens * static_cast<double>(l.in_features() * l.out_features());
-  });
-  for (int64_t i = 0; i < c.num_hidden_layers; ++i) {
-    // Query t attends to min(t + 1, window) keys.
-    const int64_t window = c.uses_sliding_window(i) ? c.sliding_window.value_or(0) : 0;
-    double pairs = 0;
-    for (int64_t t = 0; t < prompt_len; ++t)
-      pairs += static_cast<double>(window > 0 ? std::min(t + 1, window) : t + 1);
-    flops += 4.0 * static_cast<double>(batch * c.num_attention_heads * c.head_dim) * pairs;
+  double per_token = 0, attention = 0;  // weights a token multiplies; score and value FLOPs
+  if (const auto* llama = dynamic_cast<const LlamaModel*>(&model)) {
+    for (size_t i = 0; i < llama->layers().size(); ++i) {
+      const TransformerBlock& b = llama->layers()[i];
+      per_token += params(b.self_attn().qkv_proj()) + params(b.self_attn().o_proj());
+      per_token += b.moe() != nullptr ? moe_params_per_token(*b.moe()) : mlp_params(b.mlp());
+      const int64_t window = c.uses_sliding_window(static_cast<int64_t>(i)) ? c.sliding_window.value_or(0) : 0;
+      attention += 4.0 * static_cast<double>(batch * c.num_attention_heads * c.head_dim) *
+                   causal_pairs(prompt_len, window);
+    }
+    per_token += params(llama->lm_head());
+  } else if (const auto* deepseek = dynamic_cast<const DeepseekModel*>(&model)) {
+    // The prompt runs the expanded form: kv_b_proj on every token, then scores over
+    // qk_nope + qk_rope dims and values of v_head_dim per head.
+    const MlaConfig& mla = *c.mla;
+    for (const DeepseekBlock& b : deepseek->layers()) {
+      const MLAProjections& p = b.self_attn().projections();
+      per_token += params(p.q_proj) + params(p.q_a_proj) + params(p.q_b_proj) +
+                   params(p.kv_a_proj_with_mqa) + params(p.kv_b_proj) + params(p.o_proj);
+      per_token += b.moe() != nullptr ? moe_params_per_token(*b.moe()) : mlp_params(b.mlp());
+      attention += 2.0 * static_cast<double>(batch * c.num_attention_heads) *
+                   static_cast<double>(mla.qk_head_dim() + mla.v_head_dim) * causal_pairs(prompt_len, 0);
+    }
+    per_token += params(deepseek->lm_head());
+  } else {
+    return std::nullopt;
   }
-  return flops;
+  return 2.0 * tokens * per_token + attention;
 }
 
 }  // namespace marlin

@@ -56,10 +56,11 @@ std::optional<int64_t> resident_weight_bytes(const CausalLM& model);
 // Bytes of the KV cache model.make_cache(max_seq_len, batch) allocates (MLA: the latent rows).
 int64_t kv_cache_bytes(const CausalLM& model, int64_t max_seq_len, int64_t batch);
 
-// Model FLOPs of one prefill of `batch` prompts of `prompt_len` tokens: 2 per weight of every
-// linear (lm_head included, as forward computes logits at every position) per token, plus the
-// causal attention's QK^T and PV (4 * head_dim * heads per query-key pair, key <= query).
-// std::nullopt for MoE and MLA models (not counted yet).
+// Model FLOPs of one prefill of `batch` prompts of `prompt_len` tokens: 2 per weight a token
+// multiplies per token (every linear, lm_head included as forward computes logits at every
+// position; in an MoE layer the router, top_k experts and the shared experts; in an MLA layer
+// the expanded form's kv_b_proj too), plus the causal attention's QK^T and PV (2 * heads *
+// (qk dims + v dims) per query-key pair, key <= query). std::nullopt for other model classes.
 std::optional<double> prefill_flops(const CausalLM& model, int64_t batch, int64_t prompt_len);
 
 }  // namespace marlin

@@ -112,7 +112,16 @@ TEST(DecodeStepBytes, MatchesAHandCountOfAnMlaMoeModel) {
   ASSERT_TRUE(b3.has_value());
   EXPECT_EQ(b3->routed_experts, 2 * kGlmExpert * 4625 / 1000);
   EXPECT_EQ(b3->kv_cache, 3 * b->kv_cache);
-  EXPECT_FALSE(prefill_flops(*model, 1, 4).has_value());  // not counted for MoE/MLA yet
+  // Prefill: q_a [64 -> 32], q_b [32 -> 4 x 40], kv_a [64 -> 80], kv_b [64 -> 4 x 56] (the
+  // expanded form), o [128 -> 64] per layer; the dense layer's MLP (64 -> 96 -> 64); per MoE
+  // layer the router (8 x 64), 2 chosen experts and the shared one (3 x 64 x 32 each); lm_head.
+  const double attention_params = 64 * 32 + 32 * 160 + 64 * 80 + 64 * 224 + 128 * 64;
+  const double per_token = 3 * attention_params + 3 * 64 * 96 + 2 * (8 * 64 + 3 * (3 * 64 * 32)) + 64 * 256;
+  EXPECT_EQ(per_token, 177152);
+  const double scores = 3 * 2.0 * 4 * (40 + 32) * (4 * 5 / 2);  // layers x 2 x heads x dims x pairs
+  const auto flops = prefill_flops(*model, 1, 4);
+  ASSERT_TRUE(flops.has_value());
+  EXPECT_DOUBLE_EQ(*flops, 2.0 * 4 * per_token + scores);
 }
 
 TEST(DecodeStepBytes, ExpertsCountAtTheirOwnWidths) {
