@@ -2,6 +2,7 @@
 // (flash-decoding, forced and automatic split counts, caches of 4096), outputs poisoned.
 #include <gtest/gtest.h>
 
+#include "cuda/cuda_test.h"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "marlin/attention.h"
 #include "marlin/kv_cache.h"
@@ -14,16 +15,12 @@ using testing::random_tensor;
 using testing::relative_error;
 using testing::to_double;
 
-class AttentionCuda : public ::testing::Test {
+class AttentionCuda : public testing::CudaTest {
  protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
   void TearDown() override { cuda::set_attention_decode_splits(0); }
-  const Device gpu = Device::cuda(0);
 };
 
-double tolerance(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 1e-3 : 8e-3; }
+const auto tolerance = testing::attention_tolerance;
 
 TEST_F(AttentionCuda, PrefillMatchesCpu) {
   testing::PoisonScope poison;

@@ -7,6 +7,7 @@
 
 #include "batched_rows_check.h"
 #include "core/cuda_graph.h"
+#include "cuda/cuda_test.h"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "marlin/attention.h"
 #include "marlin/kv_cache.h"
@@ -26,16 +27,12 @@ Tensor i32(const std::vector<int32_t>& v) {
   return Tensor::from_vector(v, {static_cast<int64_t>(v.size())}, DType::i32);
 }
 
-class BatchedLengthsCuda : public ::testing::Test {
+class BatchedLengthsCuda : public testing::CudaTest {
  protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
   void TearDown() override { cuda::set_attention_decode_splits(0); }
-  const Device gpu = Device::cuda(0);
 };
 
-double tolerance(DType t) { return t == DType::f32 ? 2e-6 : t == DType::f16 ? 1e-3 : 8e-3; }
+const auto tolerance = testing::attention_tolerance;
 
 TEST_F(BatchedLengthsCuda, PaddedExtendMatchesCpu) {
   testing::PoisonScope poison;

@@ -2,6 +2,7 @@
 // outputs poisoned before each run. Run on a machine with a GPU (ctest -L cuda).
 #include <gtest/gtest.h>
 
+#include "cuda/cuda_test.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "marlin/allocator.h"
 #include "marlin/gemm.h"
@@ -17,13 +18,7 @@ using testing::reference_gemm;
 using testing::relative_error;
 using testing::to_double;
 
-class Cuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class Cuda : public testing::CudaTest {};
 
 const QuantFormat kFormats[] = {QuantFormat::fp4_e2m1, QuantFormat::fp8_e4m3, QuantFormat::int2};
 

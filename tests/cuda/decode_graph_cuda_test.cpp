@@ -9,6 +9,7 @@
 #include <limits>
 
 #include "core/cuda_graph.h"
+#include "cuda/cuda_test.h"
 #include "marlin/allocator.h"
 #include "marlin/decode_graph.h"
 #include "marlin/generate.h"
@@ -27,13 +28,7 @@ using testing::random_tensor;
 using testing::relative_error;
 using testing::to_double;
 
-class DecodeGraphCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class DecodeGraphCuda : public testing::CudaTest {};
 
 const char* const kDense[] = {"llama_gqa", "llama_tied", "mistral", "qwen2", "qwen2_bf16", "qwen3"};
 

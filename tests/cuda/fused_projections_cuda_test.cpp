@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "core/cuda_graph.h"
+#include "cuda/cuda_test.h"
 #include "marlin/allocator.h"
 #include "marlin/model.h"
 #include "marlin/npy.h"
@@ -30,13 +31,7 @@ using testing::random_tensor;
 using testing::relative_error;
 using testing::to_double;
 
-class FusedCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class FusedCuda : public testing::CudaTest {};
 
 bool same_bytes(const Tensor& a, const Tensor& b) {
   const Tensor x = a.to(Device::cpu()).contiguous(), y = b.to(Device::cpu()).contiguous();

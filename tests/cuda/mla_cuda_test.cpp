@@ -3,6 +3,7 @@
 // automatic split counts, long caches; outputs poisoned.
 #include <gtest/gtest.h>
 
+#include "cuda/cuda_test.h"
 #include "kernels/cuda/mla_kernels_cuda.h"
 #include "marlin/mla_ops.h"
 #include "mla_reference.h"
@@ -16,13 +17,9 @@ using testing::random_tensor;
 using testing::relative_error;
 using testing::to_double;
 
-class MlaCuda : public ::testing::Test {
+class MlaCuda : public testing::CudaTest {
  protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
   void TearDown() override { cuda::set_mla_attention_splits(0); }
-  const Device gpu = Device::cuda(0);
 };
 
 // Both sides read the same 16-bit inputs and accumulate in f32; only the output rounding and

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 #include <random>
 
+#include "cuda/cuda_test.h"
 #include "marlin/moe.h"
 #include "marlin/npy.h"
 #include "moe_reference.h"
@@ -18,13 +19,7 @@ namespace {
 
 using testing::RandomMoeSpec;
 
-class MoeCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class MoeCuda : public testing::CudaTest {};
 
 void expect_same_route(const ops::MoeRoute& got, const ops::MoeRoute& want, const std::string& what) {
   const Tensor gi = got.ids.to(Device::cpu()), wi = want.ids.to(Device::cpu());

@@ -8,6 +8,7 @@
 #include <string>
 #include <tuple>
 
+#include "cuda/cuda_test.h"
 #include "marlin/model_config.h"
 #include "marlin/ops_nn.h"
 #include "test_util.h"
@@ -19,13 +20,7 @@ using testing::random_tensor;
 using testing::relative_error;
 using testing::to_double;
 
-class NnCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class NnCuda : public testing::CudaTest {};
 
 const DType kDtypes[] = {DType::f32, DType::f16, DType::bf16};
 // CPU and CUDA differ only in the order of f32 sums and in FMA use: an ulp of the dtype here

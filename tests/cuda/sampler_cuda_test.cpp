@@ -3,6 +3,7 @@
 // repetition penalty identical.
 #include <gtest/gtest.h>
 
+#include "cuda/cuda_test.h"
 #include "marlin/sampler.h"
 #include "sampler_reference.h"
 #include "test_util.h"
@@ -14,13 +15,7 @@ using testing::chi_square_p_value;
 using testing::filtered_distribution;
 using testing::random_tensor;
 
-class SamplerCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class SamplerCuda : public testing::CudaTest {};
 
 TEST_F(SamplerCuda, SameTokensAsCpuForTheSameSeed) {
   const int64_t V = 32000;

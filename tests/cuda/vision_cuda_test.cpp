@@ -9,19 +9,14 @@
 #include <string>
 #include <vector>
 
+#include "cuda/cuda_test.h"
 #include "marlin/vision.h"
 #include "test_util.h"
 
 namespace marlin {
 namespace {
 
-class VisionCuda : public ::testing::Test {
- protected:
-  void SetUp() override {
-    if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
-  }
-  const Device gpu = Device::cuda(0);
-};
+class VisionCuda : public testing::CudaTest {};
 
 // A seeded image: gradients, edges and noise (never flat), u8 or f32 in [0, 1].
 Tensor random_image(const Shape& shape, DType dtype, uint64_t seed) {
