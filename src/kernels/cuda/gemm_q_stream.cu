@@ -170,42 +170,31 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     arrived = __shfl_sync(0xffffffffu, arrived, 0);
     if (arrived != static_cast<unsigned>(parts - 1)) return;
     __threadfence();
-    // Four columns per float4 and eight parts per round trip, so a slab cut in 30 parts costs
-    // four L2 round trips, not thirty. With one row (16 float4 of the slab) the two half-warps
-    // take the even and the odd parts and add them with a shuffle. The order of the additions
-    // depends only on the shape: deterministic.
+    // Four columns per lane and four parts per round trip (in part order: deterministic).
     const float4* first = reinterpret_cast<const float4*>(partials + slab * max_parts * (R * kSlabN));
     constexpr int kPartStride = R * kSlabN / 4;
-    constexpr int kBatch = 8;
-    const int items = M * (kSlabN / 4);
-    const bool halves = items <= 16;
-    const int step = halves ? 2 : 1;
-    for (int base = 0; base < (halves ? 32 : items); base += 32) {
-      const int idx = halves ? lane % 16 : base + lane;
-      const bool live = idx < items;
+    for (int idx = lane; idx < M * (kSlabN / 4); idx += 32) {
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      for (int p = halves ? lane / 16 : 0; live && p < parts; p += kBatch * step) {
-        float4 part[kBatch];
+      int p = 0;
+      for (; p + 4 <= parts; p += 4) {
+        float4 part[4];
 #pragma unroll
-        for (int j = 0; j < kBatch; ++j)
-          part[j] = p + j * step < parts ? __ldcg(first + (p + j * step) * kPartStride + idx)
-                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int j = 0; j < 4; ++j) part[j] = __ldcg(first + (p + j) * kPartStride + idx);
 #pragma unroll
-        for (int j = 0; j < kBatch; ++j) {
+        for (int j = 0; j < 4; ++j) {
           v.x += part[j].x;
           v.y += part[j].y;
           v.z += part[j].z;
           v.w += part[j].w;
         }
       }
-      if (halves) {
-        v.x += __shfl_xor_sync(0xffffffffu, v.x, 16);
-        v.y += __shfl_xor_sync(0xffffffffu, v.y, 16);
-        v.z += __shfl_xor_sync(0xffffffffu, v.z, 16);
-        v.w += __shfl_xor_sync(0xffffffffu, v.w, 16);
-        if (lane >= 16) continue;
+      for (; p < parts; ++p) {
+        const float4 part = __ldcg(first + p * kPartStride + idx);
+        v.x += part.x;
+        v.y += part.y;
+        v.z += part.z;
+        v.w += part.w;
       }
-      if (!live) continue;
       const int row = idx / (kSlabN / 4), col = col0 + 4 * (idx % (kSlabN / 4));
       const float out[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
