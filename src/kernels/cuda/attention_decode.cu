@@ -11,6 +11,7 @@
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/flash_decode.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
@@ -92,17 +93,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
       for (int i = 0; i < kPerLane; ++i) s += qr[g][i] * kr[i];
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (s > m[g]) {  // warp-uniform: s is the same in every lane
-        const float c = __expf(m[g] - s);
-        l[g] *= c;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i) acc[g][i] *= c;
-        m[g] = s;
-      }
-      const float p = __expf(s - m[g]);
-      l[g] += p;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) acc[g][i] += p * vr[i];
+      online_softmax_update(s, m[g], l[g], acc[g], vr);
     }
   }
 
@@ -122,51 +113,8 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
     }
   }
   __syncthreads();
-  const int64_t row0 = q_row0;  // output rows [row0, row0 + ng)
-  for (int idx = threadIdx.x; idx < ng * D; idx += blockDim.x) {
-    const int g = idx / D, d = idx % D;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][g]);
-    float L = 0.0f, O = 0.0f;
-    if (M != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float c = __expf(s_m[w][g] - M);
-        L += s_l[w][g] * c;
-        O += s_acc[w][g][d] * c;
-      }
-    }
-    if (splits == 1) {
-      out[(row0 + g) * D + d] = from_float<T>(O / L);
-    } else {
-      const int64_t part = (row0 + g) * splits + split;
-      part_o[part * D + d] = O;
-      if (d == 0) part_ml[part] = make_float2(M, L);
-    }
-  }
-}
-
-// out[row] = the merge of the row's split states (splits with no visible key have M = -inf).
-template <typename T, int D>
-__global__ void decode_merge_kernel(const float* __restrict__ part_o,
-                                    const float2* __restrict__ part_ml, T* __restrict__ out,
-                                    int splits) {
-  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
-  const int64_t row = blockIdx.x;
-  const float2* ml = part_ml + row * splits;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, ml[s].x);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float L = 0.0f, O = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      if (ml[s].x == -INFINITY) continue;
-      const float c = __expf(ml[s].x - M);
-      L += ml[s].y * c;
-      O += part_o[(row * splits + s) * D + d] * c;
-    }
-    out[row * D + d] = from_float<T>(L > 0.0f ? O / L : 0.0f);
-  }
+  write_block_state<kWarps, kG>(s_m, s_l, &s_acc[0][0][0], D, ng, D, q_row0, splits, split, out, part_o,
+                                part_ml);
 }
 
 template <typename T, int D>
@@ -204,9 +152,9 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
       scale, window, splits);
   MARLIN_CUDA_CHECK_LAUNCH("attention_decode");
   if (splits > 1) {
-    decode_merge_kernel<T, D><<<static_cast<unsigned>(rows), std::min(D, 128), 0, stream>>>(
+    flash_merge_kernel<T><<<static_cast<unsigned>(rows), std::min(D, 128), 0, stream>>>(
         part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
-        static_cast<T*>(out.data_ptr()), splits);
+        static_cast<T*>(out.data_ptr()), splits, D);
     MARLIN_CUDA_CHECK_LAUNCH("attention_decode (merge)");
   }
 }

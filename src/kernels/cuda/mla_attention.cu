@@ -10,6 +10,7 @@
 #include "core/cuda_check.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/flash_decode.cuh"
 #include "kernels/cuda/mla_kernels_cuda.h"
 #include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
@@ -97,17 +98,7 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
       for (int i = 0; i < kRopeLane; ++i) s += qr[g][i] * kr[i];
 #pragma unroll
       for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-      if (s > m[g]) {  // warp-uniform: s is the same in every lane
-        const float c = __expf(m[g] - s);
-        l[g] *= c;
-#pragma unroll
-        for (int i = 0; i < VL; ++i) acc[g][i] *= c;
-        m[g] = s;
-      }
-      const float p = __expf(s - m[g]);
-      l[g] += p;
-#pragma unroll
-      for (int i = 0; i < VL; ++i) acc[g][i] += p * vv[i];
+      online_softmax_update(s, m[g], l[g], acc[g], vv);
     }
   }
 
@@ -125,49 +116,8 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
   }
   __syncthreads();
   const int64_t row0 = (static_cast<int64_t>(b) * a.T + t) * a.H + h0;
-  for (int idx = threadIdx.x; idx < ng * a.Dv; idx += blockDim.x) {
-    const int g = idx / a.Dv, d = idx % a.Dv;
-    float M = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) M = fmaxf(M, s_m[w][g]);
-    float L = 0.0f, O = 0.0f;
-    if (M != -INFINITY) {
-#pragma unroll
-      for (int w = 0; w < kWarps; ++w) {
-        const float c = __expf(s_m[w][g] - M);
-        L += s_l[w][g] * c;
-        O += s_acc[w][g][d] * c;
-      }
-    }
-    if (splits == 1) {
-      static_cast<T*>(a.out)[(row0 + g) * a.Dv + d] = from_float<T>(O / L);
-    } else {
-      const int64_t part = (row0 + g) * splits + split;
-      part_o[part * a.Dv + d] = O;
-      if (d == 0) part_ml[part] = make_float2(M, L);
-    }
-  }
-}
-
-// out[row] = the merge of the row's split states (splits with no visible key have M = -inf).
-template <typename T>
-__global__ void mla_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
-                                 T* __restrict__ out, int splits, int Dv) {
-  pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
-  const int64_t row = blockIdx.x;
-  const float2* ml = part_ml + row * splits;
-  float M = -INFINITY;
-  for (int s = 0; s < splits; ++s) M = fmaxf(M, ml[s].x);
-  for (int d = threadIdx.x; d < Dv; d += blockDim.x) {
-    float L = 0.0f, O = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      if (ml[s].x == -INFINITY) continue;
-      const float c = __expf(ml[s].x - M);
-      L += ml[s].y * c;
-      O += part_o[(row * splits + s) * Dv + d] * c;
-    }
-    out[row * Dv + d] = from_float<T>(O / L);
-  }
+  write_block_state<kWarps, kHeads>(s_m, s_l, &s_acc[0][0][0], VL * 32, ng, a.Dv, row0, splits, split,
+                                    static_cast<T*>(a.out), part_o, part_ml);
 }
 
 template <typename T, int NL, int VL, bool kShared>
@@ -195,7 +145,7 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
       splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits);
   MARLIN_CUDA_CHECK_LAUNCH("mla_attention");
   if (splits > 1) {
-    mla_merge_kernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
+    flash_merge_kernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
         part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
         static_cast<T*>(a.out), splits, a.Dv);
     MARLIN_CUDA_CHECK_LAUNCH("mla_attention (merge)");
