@@ -43,6 +43,9 @@ void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t star
 // write out of bounds).
 void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor& starts,
                            const Tensor& counts = {});
+// Keys and values of one step at once (one launch on CUDA); the same checks as above.
+void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_cache,
+                              const Tensor& v_new, const Tensor& starts, const Tensor& counts = {});
 
 // ---- Per-sequence lengths on the device (KVCache bookkeeping) ----------------------------------
 // Kernels rather than host values, so that a captured decode step reads its positions and

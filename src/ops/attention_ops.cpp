@@ -159,14 +159,17 @@ void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t star
 #endif
 }
 
-void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor& starts,
-                           const Tensor& counts) {
-  constexpr const char* op = "attention_cache_write";
+namespace {
+
+// Checks one cache write at device positions; on the CPU also the host-side bounds, and writes.
+// Returns true when the write is left to the caller's CUDA launch.
+bool check_cache_write_at(const char* op, Tensor& cache, const Tensor& new_values, const Tensor& starts,
+                          const Tensor& counts) {
   check_cache_write(op, cache, new_values);
   const int64_t B = cache.size(0), T = new_values.size(2), S = cache.size(2);
   check_lengths(op, "starts", starts, B, cache.device());
   if (counts.defined()) check_lengths(op, "counts", counts, B, cache.device());
-  if (new_values.numel() == 0) return;
+  if (new_values.numel() == 0) return false;
   if (cache.device().is_cpu()) {
     const int32_t* st = starts.data<int32_t>();
     const int32_t* n = counts.defined() ? counts.data<int32_t>() : nullptr;
@@ -178,12 +181,40 @@ void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor
                    st[b] + count, ") exceed the cache's S_max=", S);
     }
     cpu::attention_cache_write(cache, new_values, st, n);
-    return;
+    return false;
   }
+#ifndef MARLIN_WITH_CUDA
+  fail(op, "tensors are on ", cache.device().str(), " but this build has no CUDA backend");
+#endif
+  return true;
+}
+
+}  // namespace
+
+void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor& starts,
+                           const Tensor& counts) {
+  if (!check_cache_write_at("attention_cache_write", cache, new_values, starts, counts)) return;
 #ifdef MARLIN_WITH_CUDA
   cuda::attention_cache_write(cache, new_values, starts, counts);
+#endif
+}
+
+void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_cache,
+                              const Tensor& v_new, const Tensor& starts, const Tensor& counts) {
+  constexpr const char* op = "attention_cache_write_kv";
+  MARLIN_CHECK(k_new.defined() && v_new.defined() && k_new.shape() == v_new.shape() &&
+                   k_cache.shape() == v_cache.shape() && k_cache.dtype() == v_cache.dtype() &&
+                   k_cache.device() == v_cache.device(),
+               op, "keys and values (and their caches) must have the same shapes, dtype and device, got ",
+               k_new.defined() ? k_new.describe() : "undefined", " and ",
+               v_new.defined() ? v_new.describe() : "undefined");
+  const bool k_cuda = check_cache_write_at(op, k_cache, k_new, starts, counts);
+  const bool v_cuda = check_cache_write_at(op, v_cache, v_new, starts, counts);
+#ifdef MARLIN_WITH_CUDA
+  if (k_cuda && v_cuda) cuda::attention_cache_write_kv(k_cache, k_new, v_cache, v_new, starts, counts);
 #else
-  fail(op, "tensors are on ", cache.device().str(), " but this build has no CUDA backend");
+  (void)k_cuda;
+  (void)v_cuda;
 #endif
 }
 

@@ -149,10 +149,12 @@ std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new
   MARLIN_CHECK(T == step_tokens_, op, "writing T=", T, " tokens in a step of ", step_tokens_,
                " (advance or end_step first)");
   Tensor& k = keys_[static_cast<size_t>(layer_idx)];
-  ops::attention_cache_write(k, k_new, lengths_, step_new_tokens());
-  if (config_.keys_only) return {k.narrow(2, 0, step_longest_), Tensor()};
+  if (config_.keys_only) {
+    ops::attention_cache_write(k, k_new, lengths_, step_new_tokens());
+    return {k.narrow(2, 0, step_longest_), Tensor()};
+  }
   Tensor& v = values_[static_cast<size_t>(layer_idx)];
-  ops::attention_cache_write(v, v_new, lengths_, step_new_tokens());
+  ops::attention_cache_write_kv(k, k_new, v, v_new, lengths_, step_new_tokens());
   return {k.narrow(2, 0, step_longest_), v.narrow(2, 0, step_longest_)};
 }
 

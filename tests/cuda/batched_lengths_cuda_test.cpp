@@ -86,31 +86,36 @@ TEST_F(BatchedLengthsCuda, KVCacheStepsLikeTheCpu) {
   const KVCacheConfig config{.num_layers = 2, .num_kv_heads = 2, .head_dim = 64, .max_seq_len = 16, .dtype = DType::f16};
   KVCache host(config, 3), device(config, 3, gpu);
   for (KVCache* c : {&host, &device}) c->begin_step(5, {5, 1, 3});
-  Tensor k = random_tensor({3, 5, 2, 64}, DType::f16, 3);
+  // Distinct keys and values: the one-launch write of both must not swap or mix them.
+  Tensor k = random_tensor({3, 5, 2, 64}, DType::f16, 3), v = random_tensor({3, 5, 2, 64}, DType::f16, 4);
   for (int64_t layer = 0; layer < 2; ++layer) {
-    host.update(layer, k.transpose(1, 2), k.transpose(1, 2));
-    device.update(layer, k.to(gpu).transpose(1, 2), k.to(gpu).transpose(1, 2));
+    host.update(layer, k.transpose(1, 2), v.transpose(1, 2));
+    device.update(layer, k.to(gpu).transpose(1, 2), v.to(gpu).transpose(1, 2));
   }
   EXPECT_EQ(device.step_lengths().to_float_vector(), host.step_lengths().to_float_vector());
   host.end_step();
   device.end_step();
   for (int step = 0; step < 3; ++step) {
     Tensor one = random_tensor({3, 2, 1, 64}, DType::f16, 10 + step);
-    host.update(1, one, one);
-    device.update(1, one.to(gpu), one.to(gpu));
+    Tensor other = random_tensor({3, 2, 1, 64}, DType::f16, 20 + step);
+    host.update(1, one, other);
+    device.update(1, one.to(gpu), other.to(gpu));
     host.advance();
     device.advance();
   }
   EXPECT_EQ(device.lengths().to_float_vector(), (std::vector<float>{8, 4, 6}));
   EXPECT_EQ(device.row_lengths(), host.row_lengths());
   // Only what was written is compared (the rest of the buffers is uninitialized memory).
-  const std::vector<float> h = host.keys(1).to_float_vector(), d = device.keys(1).to_float_vector();
-  for (int64_t b = 0; b < 3; ++b)
-    for (int64_t i = 0; i < 2 * 16 * 64; ++i) {
-      const int64_t s = (i / 64) % 16;
-      if (s >= host.seq_len(b)) continue;
-      ASSERT_EQ(d[b * 2 * 16 * 64 + i], h[b * 2 * 16 * 64 + i]) << "b=" << b << " s=" << s;
-    }
+  for (const bool keys : {true, false}) {
+    const std::vector<float> h = (keys ? host.keys(1) : host.values(1)).to_float_vector();
+    const std::vector<float> d = (keys ? device.keys(1) : device.values(1)).to_float_vector();
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t i = 0; i < 2 * 16 * 64; ++i) {
+        const int64_t s = (i / 64) % 16;
+        if (s >= host.seq_len(b)) continue;
+        ASSERT_EQ(d[b * 2 * 16 * 64 + i], h[b * 2 * 16 * 64 + i]) << "keys=" << keys << " b=" << b << " s=" << s;
+      }
+  }
   ops::add_lengths(device.lengths(), 2, {}, device.lengths());  // as a replayed graph would
   device.refresh_host_lengths();
   EXPECT_EQ(device.row_lengths(), (std::vector<int64_t>{10, 6, 8}));

@@ -124,6 +124,26 @@ TEST(AttentionLengthsCpu, CacheWriteAtRowPositionsSkipsPadding) {
   }
 }
 
+// The keys-and-values write equals two single writes, and rejects mismatched pairs.
+TEST(AttentionLengthsCpu, CacheWriteOfKeysAndValuesEqualsTwoWrites) {
+  const int64_t B = 2, H = 2, T = 3, D = 64, S = 8;
+  Tensor k_cache = random_tensor({B, H, S, D}, DType::f16, 1), v_cache = random_tensor({B, H, S, D}, DType::f16, 2);
+  Tensor k_want = k_cache.clone(), v_want = v_cache.clone();
+  Tensor k = random_tensor({B, T, H, D}, DType::f16, 3), v = random_tensor({B, T, H, D}, DType::f16, 4);
+  const Tensor starts = i32({1, 4}), counts = i32({3, 2});
+  ops::attention_cache_write_kv(k_cache, k.transpose(1, 2), v_cache, v.transpose(1, 2), starts, counts);
+  ops::attention_cache_write(k_want, k.transpose(1, 2), starts, counts);
+  ops::attention_cache_write(v_want, v.transpose(1, 2), starts, counts);
+  EXPECT_EQ(k_cache.to_float_vector(), k_want.to_float_vector());
+  EXPECT_EQ(v_cache.to_float_vector(), v_want.to_float_vector());
+  EXPECT_NE(k_cache.to_float_vector(), v_cache.to_float_vector());
+  Tensor short_v = random_tensor({B, H, T - 1, D}, DType::f16, 5);
+  EXPECT_NE(testing::error_message([&] {
+              ops::attention_cache_write_kv(k_cache, k.transpose(1, 2), v_cache, short_v, starts);
+            }).find("same shapes"),
+            std::string::npos);
+}
+
 TEST(AttentionLengthsCpu, AddLengthsAndPositions) {
   const Tensor lens = i32({0, 7, 3});
   Tensor out = Tensor::empty({3}, DType::i32);

@@ -154,11 +154,19 @@ void dispatch_head_dim(const Tensor& q, const Tensor& k, const Tensor& v, float 
 // cache[b, h, start + t, d] = src[b, h, t, d] for a source of any strides; raw element copies.
 // With starts (device i32 [B]) each row starts at its own position, and with counts only its
 // first counts[b] tokens are written (right padding is not). Positions past S are dropped.
+// blockIdx.y picks the job: a step's keys and values are written by one launch.
 template <typename E>
-__global__ void cache_write_kernel(E* __restrict__ cache, const E* __restrict__ src, int64_t n,
+struct CacheWriteJob {
+  E* cache = nullptr;
+  const E* src = nullptr;
+  int64_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+};
+
+template <typename E>
+__global__ void cache_write_kernel(CacheWriteJob<E> job0, CacheWriteJob<E> job1, int64_t n,
                                    int H, int T_len, int D, int S, int start,
-                                   const int* __restrict__ starts, const int* __restrict__ counts,
-                                   int64_t s0, int64_t s1, int64_t s2, int64_t s3) {
+                                   const int* __restrict__ starts, const int* __restrict__ counts) {
+  const CacheWriteJob<E> job = blockIdx.y == 0 ? job0 : job1;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int d = static_cast<int>(i % D);
@@ -168,7 +176,7 @@ __global__ void cache_write_kernel(E* __restrict__ cache, const E* __restrict__ 
     if (counts != nullptr && t >= counts[b]) continue;
     const int pos = (starts != nullptr ? starts[b] : start) + t;
     if (pos < 0 || pos >= S) continue;
-    cache[(bh * S + pos) * D + d] = src[b * s0 + h * s1 + t * s2 + d * s3];
+    job.cache[(bh * S + pos) * D + d] = job.src[b * job.s0 + h * job.s1 + t * job.s2 + d * job.s3];
   }
 }
 
@@ -205,34 +213,46 @@ void attention_prefill(const Tensor& q, const Tensor& k, const Tensor& v, float 
 
 namespace {
 
-void launch_cache_write(Tensor& cache, const Tensor& src, int start, const int* starts,
-                        const int* counts) {
+template <typename E>
+CacheWriteJob<E> cache_write_job(Tensor& cache, const Tensor& src) {
+  const Shape& st = src.strides();
+  return {static_cast<E*>(cache.data_ptr()), static_cast<const E*>(src.data_ptr()), st[0], st[1], st[2], st[3]};
+}
+
+// Writes src into cache, and src2 into cache2 in the same launch when given (same shapes).
+void launch_cache_write(Tensor& cache, const Tensor& src, Tensor* cache2, const Tensor* src2, int start,
+                        const int* starts, const int* counts) {
   auto stream = static_cast<cudaStream_t>(current_stream(cache.device().index).handle);
   const int64_t n = src.numel();
-  const unsigned blocks = grid_for(n);
-  const Shape& st = src.strides();
+  const dim3 grid(grid_for(n), cache2 != nullptr ? 2 : 1);
   const int H = static_cast<int>(src.size(1)), T_len = static_cast<int>(src.size(2));
   const int D = static_cast<int>(src.size(3)), S = static_cast<int>(cache.size(2));
-  if (cache.element_size() == 4)
-    cache_write_kernel<<<blocks, 256, 0, stream>>>(
-        static_cast<uint32_t*>(cache.data_ptr()), static_cast<const uint32_t*>(src.data_ptr()), n,
-        H, T_len, D, S, start, starts, counts, st[0], st[1], st[2], st[3]);
-  else
-    cache_write_kernel<<<blocks, 256, 0, stream>>>(
-        static_cast<uint16_t*>(cache.data_ptr()), static_cast<const uint16_t*>(src.data_ptr()), n,
-        H, T_len, D, S, start, starts, counts, st[0], st[1], st[2], st[3]);
+  auto launch = [&](auto element) {
+    using E = decltype(element);
+    const CacheWriteJob<E> first = cache_write_job<E>(cache, src);
+    const CacheWriteJob<E> second = cache2 != nullptr ? cache_write_job<E>(*cache2, *src2) : first;
+    cache_write_kernel<<<grid, 256, 0, stream>>>(first, second, n, H, T_len, D, S, start, starts, counts);
+  };
+  if (cache.element_size() == 4) launch(uint32_t{});
+  else launch(uint16_t{});
   MARLIN_CUDA_CHECK_LAUNCH("attention_cache_write");
 }
 
 }  // namespace
 
 void attention_cache_write(Tensor& cache, const Tensor& src, int64_t start) {
-  launch_cache_write(cache, src, static_cast<int>(start), nullptr, nullptr);
+  launch_cache_write(cache, src, nullptr, nullptr, static_cast<int>(start), nullptr, nullptr);
 }
 
 void attention_cache_write(Tensor& cache, const Tensor& src, const Tensor& starts,
                            const Tensor& counts) {
-  launch_cache_write(cache, src, 0, starts.data<int32_t>(),
+  launch_cache_write(cache, src, nullptr, nullptr, 0, starts.data<int32_t>(),
+                     counts.defined() ? counts.data<int32_t>() : nullptr);
+}
+
+void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_cache, const Tensor& v_new,
+                              const Tensor& starts, const Tensor& counts) {
+  launch_cache_write(k_cache, k_new, &v_cache, &v_new, 0, starts.data<int32_t>(),
                      counts.defined() ? counts.data<int32_t>() : nullptr);
 }
 

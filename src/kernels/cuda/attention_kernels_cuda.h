@@ -22,6 +22,9 @@ void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_ca
 void attention_cache_write(Tensor& cache, const Tensor& new_values, int64_t start);
 void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor& starts,
                            const Tensor& counts);
+// Keys and values (same shapes) in one launch.
+void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_cache, const Tensor& v_new,
+                              const Tensor& starts, const Tensor& counts);
 void add_lengths(const Tensor& lengths, int64_t n, const Tensor& counts, const Tensor& out);
 void sequence_positions(const Tensor& lengths, int64_t T, const Tensor& out);
 // Tests: force the number of sequence splits of the decode kernel (0 = automatic).

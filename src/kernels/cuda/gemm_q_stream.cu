@@ -129,11 +129,21 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     cp_async_commit();
   };
 
-  float acc[8][4], gacc[8][4];
+  // R == 8 swaps the operands: the weights are the mma's A (two 8-column tiles, 16 rows) and
+  // the activations its B (8 columns = 8 rows of A), so one mma covers 16 columns, half as many
+  // mma and accumulators as with A's 16-row fragment of which at most 8 rows are used.
+  constexpr bool kSwap = R == 8;
+  constexpr int kAccTiles = kSwap ? 4 : 8;
+  float acc[kAccTiles][4], gacc[kAccTiles][4];
 #pragma unroll
-  for (int t = 0; t < 8; ++t)
+  for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
     for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+  // Row of C (token) and slab column of accumulator acc[t][i] of this lane.
+  auto acc_row = [&](int t, int i) { return kSwap ? 2 * (lane % 4) + i % 2 : lane / 4 + 8 * (i / 2); };
+  auto acc_col = [&](int t, int i) {
+    return kSwap ? 16 * t + lane / 4 + 8 * (i / 2) : t * 8 + 2 * (lane % 4) + (i % 2);
+  };
 
   // Writes this warp's sums for `slab` (C, or a partial that the slab's last warp adds up).
   constexpr float kUnscale = Cd::kGroupScale * (std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale);
@@ -145,10 +155,10 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     const int col0 = static_cast<int>(slab) * kSlabN;
     if (parts == 1) {
 #pragma unroll
-      for (int t = 0; t < 8; ++t)
+      for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int row = lane / 4 + 8 * (i / 2), col = col0 + t * 8 + 2 * (lane % 4) + (i % 2);
+          const int row = acc_row(t, i), col = col0 + acc_col(t, i);
           if (row < M && col < N)
             C[static_cast<int64_t>(row) * N + col] = from_float<TA>(acc[t][i] * kUnscale + load_bias(bias, bias_kind, col));
         }
@@ -157,11 +167,11 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     const int part = static_cast<int>(wg - w_first);
     float* mine = partials + (slab * max_parts + part) * (R * kSlabN);
 #pragma unroll
-    for (int t = 0; t < 8; ++t)
+    for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const int row = lane / 4 + 8 * (i / 2);
-        if (row < M) mine[row * kSlabN + t * 8 + 2 * (lane % 4) + (i % 2)] = acc[t][i];
+        const int row = acc_row(t, i);
+        if (row < M) mine[row * kSlabN + acc_col(t, i)] = acc[t][i];
       }
     __threadfence();
     __syncwarp();
@@ -232,8 +242,8 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
       const uint32_t* a_slot = reinterpret_cast<const uint32_t*>(slot + St::kBytes);
 #pragma unroll
       for (int a = 0; a < kU; ++a) {
-        // A: lane holds rows a_row and a_row + 8, weight rows 8c..8c+7 of the unit: one
-        // 16-byte read per row (the layout's k order), zeros for rows past M.
+        // A: lane holds rows a_row (and a_row + 8 when R == 16), weight rows 8c..8c+7 of the
+        // unit: one 16-byte read per row (the layout's k order), zeros for rows past M.
         uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
         if (a_row < rows_a)
           lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
@@ -246,7 +256,6 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
             hi = make_uint4(bf16x2_as_scaled_f16x2(hi.x), bf16x2_as_scaled_f16x2(hi.y),
                             bf16x2_as_scaled_f16x2(hi.z), bf16x2_as_scaled_f16x2(hi.w));
         }
-        const uint32_t afrag[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
         uint32_t w[kW * 4];
 #pragma unroll
         for (int j = 0; j < kW; ++j) {
@@ -261,25 +270,47 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
         const bool group_end = G <= kU ? a % G == G - 1 : (ss == kStagesPerGroup - 1 && a == kU - 1);
         if (group_start) {
 #pragma unroll
-          for (int t = 0; t < 8; ++t)
+          for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
             for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
         }
+        // Register (step, tile, h) of the layout: the B fragment of 8-column tile `tile`.
+        auto wreg = [&](int step, int tile, int h) { return b_register<F, false>(w, (step * 8 + tile) * 2 + h, __half2()); };
+        if constexpr (kSwap) {
+          const uint32_t x[2][2] = {{lo.x, lo.y}, {lo.z, lo.w}};
 #pragma unroll
-        for (int step = 0; step < 2; ++step)
+          for (int step = 0; step < 2; ++step)
 #pragma unroll
-          for (int t = 0; t < 8; ++t)
-            mma_16816(gacc[t], afrag[step], b_register<F, false>(w, (step * 8 + t) * 2, __half2()),
-                      b_register<F, false>(w, (step * 8 + t) * 2 + 1, __half2()));
+            for (int t = 0; t < kAccTiles; ++t) {
+              const uint32_t wfrag[4] = {wreg(step, 2 * t, 0), wreg(step, 2 * t + 1, 0), wreg(step, 2 * t, 1),
+                                         wreg(step, 2 * t + 1, 1)};
+              mma_16816(gacc[t], wfrag, x[step][0], x[step][1]);
+            }
+        } else {
+          const uint32_t afrag[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
+#pragma unroll
+          for (int step = 0; step < 2; ++step)
+#pragma unroll
+            for (int t = 0; t < kAccTiles; ++t) mma_16816(gacc[t], afrag[step], wreg(step, t, 0), wreg(step, t, 1));
+        }
         if (group_end) {
           const __half* srow = srows + (G <= kU ? (a / G) * kSlabN : 0);
 #pragma unroll
-          for (int t = 0; t < 8; ++t) {
-            const float2 sc = __half22float2(*reinterpret_cast<const __half2*>(srow + t * 8 + 2 * c));
-            acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
-            acc[t][1] = fmaf(gacc[t][1], sc.y, acc[t][1]);
-            acc[t][2] = fmaf(gacc[t][2], sc.x, acc[t][2]);
-            acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+          for (int t = 0; t < kAccTiles; ++t) {
+            float2 sc;
+            if constexpr (kSwap) {  // columns 16t + a_row (i < 2) and 16t + 8 + a_row (i >= 2)
+              sc = make_float2(__half2float(srow[16 * t + a_row]), __half2float(srow[16 * t + 8 + a_row]));
+              acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
+              acc[t][1] = fmaf(gacc[t][1], sc.x, acc[t][1]);
+              acc[t][2] = fmaf(gacc[t][2], sc.y, acc[t][2]);
+              acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+            } else {  // columns 8t + 2c and 8t + 2c + 1
+              sc = __half22float2(*reinterpret_cast<const __half2*>(srow + t * 8 + 2 * c));
+              acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
+              acc[t][1] = fmaf(gacc[t][1], sc.y, acc[t][1]);
+              acc[t][2] = fmaf(gacc[t][2], sc.x, acc[t][2]);
+              acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+            }
           }
         }
       }
@@ -289,7 +320,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     if (unit_in_slab == units) {
       flush(slab);
 #pragma unroll
-      for (int t = 0; t < 8; ++t)
+      for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
         for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
       ++slab;
