@@ -10,6 +10,8 @@
 #include <random>
 
 #include "cuda/cuda_test.h"
+#include "kernels/cuda/moe_kernels_cuda.h"
+#include "nn/moe_plan.h"
 #include "marlin/moe.h"
 #include "marlin/npy.h"
 #include "moe_reference.h"
@@ -168,8 +170,14 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
         const std::vector<double> ref = testing::reference_moe(moe, x);
         const Tensor xg = x.to(gpu);
         if (T == 1) {
-          const Tensor y = dispatch_moe_decode(default_library(), xg, moe);
-          EXPECT_LT(testing::relative_error(testing::to_double(y), ref), kTolerance) << "decode";
+          EXPECT_TRUE(moe.device_plan()->kernel.tensor_cores);
+          for (const bool cuda_cores : {false, true}) {  // the mma kernels, then the fallback
+            cuda::set_force_cuda_core_moe_decode(cuda_cores);
+            const Tensor y = dispatch_moe_decode(default_library(), xg, moe);
+            EXPECT_LT(testing::relative_error(testing::to_double(y), ref), kTolerance)
+                << "decode, cuda cores " << cuda_cores;
+          }
+          cuda::set_force_cuda_core_moe_decode(false);
         }
         const Tensor yo = dispatch_moe_optimized(default_library(), xg, moe);
         EXPECT_LT(testing::relative_error(testing::to_double(yo), ref), kTolerance)

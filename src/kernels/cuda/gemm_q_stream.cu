@@ -11,6 +11,8 @@
 // inside a slab it writes its partial sums; the last warp to finish a slab adds them in warp
 // order (deterministic) and writes C.
 #include <algorithm>
+#include <cstdlib>
+#include <string>
 #include <mutex>
 #include <type_traits>
 #include <vector>
@@ -61,7 +63,7 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
 
 // G: units per scale group (1, 2, 4, 8). R: A rows held (8 when M <= 8, else 16). (A one-row
 // variant with a five-deep ring measured no faster at M = 1 on an H200.)
-template <QuantFormat F, int G, int R, typename TA>
+template <QuantFormat F, int G, int R, typename TA, bool kSwap>
 __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
                          const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
@@ -132,7 +134,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   // R == 8 swaps the operands: the weights are the mma's A (two 8-column tiles, 16 rows) and
   // the activations its B (8 columns = 8 rows of A), so one mma covers 16 columns, half as many
   // mma and accumulators as with A's 16-row fragment of which at most 8 rows are used.
-  constexpr bool kSwap = R == 8;
+  static_assert(!kSwap || R == 8, "swapped operands hold 8 rows of A");
   constexpr int kAccTiles = kSwap ? 4 : 8;
   float acc[kAccTiles][4], gacc[kAccTiles][4];
 #pragma unroll
@@ -335,22 +337,22 @@ struct StreamScratch {
   Tensor partials, counters;
 };
 
-template <QuantFormat F, int G, int R, typename TA>
+template <QuantFormat F, int G, int R, typename TA, bool kSwap>
 int stream_resident_blocks() {
   static const int blocks = [] {
     constexpr int bytes = stream_smem_bytes<F, G, R>();
-    MARLIN_CUDA_CHECK(cudaFuncSetAttribute(gemm_q_stream_kernel<F, G, R, TA>,
+    MARLIN_CUDA_CHECK(cudaFuncSetAttribute(gemm_q_stream_kernel<F, G, R, TA, kSwap>,
                                            cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
                       "gemm_q");
     int n = 0;
-    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemm_q_stream_kernel<F, G, R, TA>, kThreads, bytes),
+    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemm_q_stream_kernel<F, G, R, TA, kSwap>, kThreads, bytes),
                       "gemm_q");
     return std::max(n, 1);
   }();
   return blocks;
 }
 
-template <QuantFormat F, int G, int R, typename TA>
+template <QuantFormat F, int G, int R, typename TA, bool kSwap = R == 8>
 void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
@@ -360,7 +362,7 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   const int64_t rounds = static_cast<int64_t>(slabs) * (units / kUnitsAlign);
   // As many warps as fit (bytes in flight), at least a round each. The partials (at most two
   // per warp, M x 64 floats, written and soon read back) mostly stay in L2.
-  const int64_t capacity = static_cast<int64_t>(stream_resident_blocks<F, G, R, TA>()) *
+  const int64_t capacity = static_cast<int64_t>(stream_resident_blocks<F, G, R, TA, kSwap>()) *
                            multiprocessor_count(device) * kWarps;
   const int64_t warps = std::max<int64_t>(1, std::min(capacity, rounds));
   const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
@@ -384,7 +386,7 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   }
   const uint32_t* words = W.tiled.data<uint32_t>();
   MARLIN_CUDA_CHECK(
-      launch_maybe_pdl(pdl_enabled(device), gemm_q_stream_kernel<F, G, R, TA>, dim3(blocks), dim3(kThreads),
+      launch_maybe_pdl(pdl_enabled(device), gemm_q_stream_kernel<F, G, R, TA, kSwap>, dim3(blocks), dim3(kThreads),
                        stream_smem_bytes<F, G, R>(), stream, static_cast<const TA*>(A.data_ptr()),
                        reinterpret_cast<const uint4*>(words), reinterpret_cast<const uint4*>(words + weight_words<F>(K, N)),
                        bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
@@ -400,6 +402,12 @@ void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bi
   if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);           \
   else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
   return;
+  // MARLIN_STREAM_SWAP=0: the unswapped M <= 8 kernel at group 128, to measure the swap against.
+  static const bool unswapped = [] {
+    const char* v = std::getenv("MARLIN_STREAM_SWAP");
+    return v != nullptr && std::string(v) == "0";
+  }();
+  if (unswapped && M <= 8 && W.group_size == 4 * kUnitK) return launch_stream<F, 4, 8, TA, false>(A, W, bias, C, stream);
   switch (W.group_size / kUnitK) {
     case 1: MARLIN_STREAM_G(1)
     case 2: MARLIN_STREAM_G(2)
@@ -423,9 +431,9 @@ void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
 }
 
 void append_gemm_stream_kernels(std::vector<BuiltinKernel>& out) {
-  out.push_back({"gemm_stream_fp4_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp4_e2m1, 4, 8, __half>)});
-  out.push_back({"gemm_stream_fp8_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp8_e4m3, 4, 8, __half>)});
-  out.push_back({"gemm_stream_int2_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::int2, 4, 8, __half>)});
+  out.push_back({"gemm_stream_fp4_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp4_e2m1, 4, 8, __half, true>)});
+  out.push_back({"gemm_stream_fp8_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp8_e4m3, 4, 8, __half, true>)});
+  out.push_back({"gemm_stream_int2_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::int2, 4, 8, __half, true>)});
 }
 
 }  // namespace marlin::cuda

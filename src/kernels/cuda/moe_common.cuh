@@ -40,4 +40,42 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
+// True in every thread of the block that arrives last of `arrivals` at counter (reset for the
+// next launch).
+__device__ inline bool arrive_last(unsigned* counter, unsigned arrivals) {
+  __shared__ bool last;
+  __threadfence();
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    last = atomicAdd(counter, 1u) == arrivals - 1;
+    if (last) *counter = 0;
+  }
+  __syncthreads();
+  if (last) __threadfence();
+  return last;
+}
+
+template <typename TA>
+__device__ __forceinline__ TA swiglu(float gate, float up) {
+  // Transformers: gate and up rounded to the dtype, silu rounded, product rounded.
+  const float g = round_to<TA>(gate);
+  return from_float<TA>(round_to<TA>(g / (1.0f + expf(-g))) * round_to<TA>(up));
+}
+
+// Decode scratch on `device`, grown on demand (moe_decode.cu): split partials, arrival counters
+// (left zero by every kernel), and the SwiGLU activations between the two launches.
+struct DecodeScratch {
+  float* partials;
+  unsigned* counters;
+  void* act;
+};
+DecodeScratch decode_scratch(int device, int64_t floats, int64_t counters, int64_t act_bytes);
+
 }  // namespace marlin::cuda::moe_detail
+
+namespace marlin::cuda {
+// One token's experts on the tensor cores (moe_decode_mma.cu); needs plan.vector4.
+template <typename TA>
+void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                       const MoeKernelPlan& plan, const Tensor& out, cudaStream_t stream);
+}  // namespace marlin::cuda

@@ -6,8 +6,10 @@
 //   launch 2: down over I for every slot, times the slot's routing weight, summed over slots and
 //             K splits in a fixed order by the last block of each column tile -> out [H].
 // A warp covers 32 * CPT columns with one 16-byte load of packed words per thread per row; the
-// 8 warps of a block split the block's K range (as gemm_q.cu's skinny kernel).
+// 8 warps of a block split the block's K range (as gemm_q.cu's skinny kernel). These CUDA-core
+// kernels serve the tables the tensor-core ones (moe_decode_mma.cu) cannot take.
 #include <algorithm>
+#include <atomic>
 #include <mutex>
 #include <vector>
 
@@ -17,6 +19,30 @@
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
+
+namespace moe_detail {
+
+// Per-device scratch, grown on demand; counters are left zero by every kernel.
+DecodeScratch decode_scratch(int device, int64_t floats, int64_t counters, int64_t act_bytes) {
+  struct Buffers {
+    Tensor partials, counters, act;
+  };
+  static std::mutex mutex;
+  static std::vector<Buffers> per_device(64);
+  std::lock_guard<std::mutex> lock(mutex);
+  Buffers& b = per_device.at(static_cast<size_t>(device));
+  const Device d = Device::cuda(device);
+  if (!b.partials.defined() || b.partials.numel() < floats)
+    b.partials = Tensor::empty({std::max<int64_t>(floats, 1 << 16)}, DType::f32, d);
+  if (!b.counters.defined() || b.counters.numel() < counters)
+    b.counters = Tensor::zeros({std::max<int64_t>(counters, 1024)}, DType::u32, d);
+  if (!b.act.defined() || b.act.numel() < act_bytes)
+    b.act = Tensor::empty({std::max<int64_t>(act_bytes, 1 << 16)}, DType::u8, d);
+  return {b.partials.data<float>(), b.counters.data<unsigned>(), b.act.data_ptr()};
+}
+
+}  // namespace moe_detail
+
 namespace {
 
 using namespace moe_detail;
@@ -98,28 +124,6 @@ __device__ void reduce_warps(float (&acc)[NMAT][CPT], float* red) {
     red[i] = v;
   }
   __syncthreads();
-}
-
-// True in every thread of the block that arrives last of `arrivals` at counter (reset for the
-// next launch).
-__device__ bool arrive_last(unsigned* counter, unsigned arrivals) {
-  __shared__ bool last;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    last = atomicAdd(counter, 1u) == arrivals - 1;
-    if (last) *counter = 0;
-  }
-  __syncthreads();
-  if (last) __threadfence();
-  return last;
-}
-
-template <typename TA>
-__device__ __forceinline__ TA swiglu(float gate, float up) {
-  // Transformers: gate and up rounded to the dtype, silu rounded, product rounded.
-  const float g = round_to<TA>(gate);
-  return from_float<TA>(round_to<TA>(g / (1.0f + expf(-g))) * round_to<TA>(up));
 }
 
 // grid (column tiles of I, K splits of H, slots). partials [splits][slots][2][Imax].
@@ -212,31 +216,6 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-struct DecodeScratch {
-  float* partials;
-  unsigned* counters;
-  void* act;
-};
-
-// Per-device scratch, grown on demand; counters are left zero by every kernel.
-DecodeScratch decode_scratch(int device, int64_t floats, int64_t counters, int64_t act_bytes) {
-  struct Buffers {
-    Tensor partials, counters, act;
-  };
-  static std::mutex mutex;
-  static std::vector<Buffers> per_device(64);
-  std::lock_guard<std::mutex> lock(mutex);
-  Buffers& b = per_device.at(static_cast<size_t>(device));
-  const Device d = Device::cuda(device);
-  if (!b.partials.defined() || b.partials.numel() < floats)
-    b.partials = Tensor::empty({std::max<int64_t>(floats, 1 << 16)}, DType::f32, d);
-  if (!b.counters.defined() || b.counters.numel() < counters)
-    b.counters = Tensor::zeros({std::max<int64_t>(counters, 1024)}, DType::u32, d);
-  if (!b.act.defined() || b.act.numel() < act_bytes)
-    b.act = Tensor::empty({std::max<int64_t>(act_bytes, 1 << 16)}, DType::u8, d);
-  return {b.partials.data<float>(), b.counters.data<unsigned>(), b.act.data_ptr()};
-}
-
 // Splits of a K range so that about four blocks per SM run, each at least one stage long.
 int choose_splits(int sms, int64_t blocks_without_split, int K, int& k_per_split) {
   int splits = static_cast<int>(std::max<int64_t>(
@@ -276,13 +255,20 @@ void launch_decode(const Tensor& x, const Tensor& ids, const Tensor& weights,
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
 }
 
+std::atomic<bool> g_force_cuda_cores{false};
+
+bool force_cuda_core_moe_decode() { return g_force_cuda_cores.load(std::memory_order_relaxed); }
+
 }  // namespace
+
+void set_force_cuda_core_moe_decode(bool on) { g_force_cuda_cores.store(on); }
 
 void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                         const MoeKernelPlan& plan, const Tensor& out) {
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TA, "dispatch_moe_decode", {
-    if (plan.vector4) launch_decode<4, TA>(x, ids, weights, plan, out, stream);
+    if (plan.tensor_cores && !force_cuda_core_moe_decode()) launch_decode_mma<TA>(x, ids, weights, plan, out, stream);
+    else if (plan.vector4) launch_decode<4, TA>(x, ids, weights, plan, out, stream);
     else launch_decode<1, TA>(x, ids, weights, plan, out, stream);
   });
 }

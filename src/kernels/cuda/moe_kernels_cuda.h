@@ -32,6 +32,8 @@ struct MoeKernelPlan {
   int hidden = 0;            // H
   int max_intermediate = 0;  // largest I over the table
   bool vector4 = false;      // every N % 4 == 0 and packed rows 16-byte aligned: 16-byte loads
+  bool tensor_cores = false; // every N % 8 == 0, packed and scales 16-byte aligned: mma decode
+  int min_group_size = 128;  // smallest group size of the table
 };
 
 // ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; bias f32 [E] or undefined.
@@ -46,9 +48,12 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
                 const Tensor& ids, const Tensor& weights);
 
 // One token: out [1, H] = sum_j weights[j] * expert_{ids[j]}(x) + shared(x), with ids/weights
-// [1, k] on the device (from moe_router). Two launches (gate/up + SwiGLU, down + combine).
+// [1, k] on the device (from moe_router). Two launches (gate/up + SwiGLU, down + combine), on
+// the tensor cores when plan.tensor_cores (moe_decode_mma.cu), else on the CUDA cores.
 void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                         const MoeKernelPlan& plan, const Tensor& out);
+// Tests: take the CUDA-core decode kernels even where the tensor-core ones apply.
+void set_force_cuda_core_moe_decode(bool on);
 
 // T tokens: rows grouped by expert on the device, one grouped GEMM launch for gate/up + SwiGLU
 // over all experts (and the shared experts), one for down, then the weighted combine.

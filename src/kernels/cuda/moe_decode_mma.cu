@@ -1,0 +1,358 @@
+// One-token MoE experts on the tensor cores, over the canonical layout (DESIGN.md) that the
+// experts keep (no tile-layout copy: the GLM-4.7-Flash experts are most of the model's bytes).
+//
+// A warp task is one 64-column tile of a matrix (gate and up together, or down) over one scale
+// span of K (min(group, 128) rows): lane (g, c) loads, for its 8 adjacent columns 8g..8g+7, the
+// packed words of rows k0 + 8c .. k0 + 8c + 7 of every 32-row unit (two 16-byte loads per unit
+// for FP4/INT2, four for FP8), so a warp reads 1 KB of FP4 per unit, fully coalesced, with no
+// repacking. The mma runs with swapped operands: the weights are A (16 columns x 16 k: columns
+// 8g + 2t and 8g + 2t + 1 of lane g) and the token is column 0 of B. Inside a unit the mma's k
+// order is permuted (k = 8c + 2 step + h + 4e, the same for weights and activations), so that a
+// register pair is nibbles (u, u + 4) of one word: a few shifts and masks, no conversions.
+// The span's f32 sums are scaled once, summed over the block's warps in shared memory, and over
+// the K-split blocks by the last block to arrive (fixed order: deterministic).
+#include <algorithm>
+
+#include "core/cuda_check.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemm_q_tile.cuh"
+#include "kernels/cuda/moe_common.cuh"
+#include "marlin/stream.h"
+
+namespace marlin::cuda {
+namespace {
+
+using namespace moe_detail;
+using tile::kBf16Prescale;
+using tile::mma_16816;
+
+constexpr int kWarps = 4;
+constexpr int kThreads = kWarps * 32;
+constexpr int kTileN = 64;
+constexpr int kMaxSpanUnits = 4;  // a task covers at most 128 rows of K
+constexpr int kUnitK = 32;
+constexpr int kChunksPerWarp = 1;
+
+// The canonical layout seen by one lane of a 32-row unit: packed rows per unit, the row of the
+// lane's first word, the words per column it loads, and the decode of register pair u (values
+// k = 8c + u and 8c + u + 4) into an f16x2 of the value times 1 / kScale.
+template <QuantFormat F>
+struct Canon;
+
+template <>
+struct Canon<QuantFormat::fp4_e2m1> {
+  static constexpr int kRowsPerUnit = 4, kWords = 1;
+  static constexpr float kScale = 16384.0f;  // the placed bits are the value times 2^-14
+  __device__ static int row(int c) { return c; }
+  __device__ static uint32_t prepare(uint32_t q, int) { return q; }
+  // Nibble u (bits 4u..4u+3) to the low half, nibble u + 4 to the high half: sign to bit 15/31,
+  // magnitude (e1 e0 m) to bits 11..9 / 27..25.
+  template <int U>
+  __device__ static uint32_t pair(const uint32_t* w) {
+    const uint32_t q = w[0];
+    constexpr int mag = 9 - 4 * U, sign = 12 - 4 * U;
+    const uint32_t m = mag >= 0 ? q << mag : q >> -mag;
+    return ((q << sign) & 0x80008000u) | (m & 0x0e000e00u);
+  }
+};
+
+template <>
+struct Canon<QuantFormat::fp8_e4m3> {
+  static constexpr int kRowsPerUnit = 8, kWords = 2;
+  static constexpr float kScale = 1.0f;  // hardware conversion: exact values
+  __device__ static int row(int c) { return 2 * c; }
+  __device__ static uint32_t prepare(uint32_t q, int) { return q; }
+  // Byte u of the row-2c word (k = 8c + u) and of the row-2c+1 word (k = 8c + u + 4).
+  template <int U>
+  __device__ static uint32_t pair(const uint32_t* w) {
+    const uint32_t two = __byte_perm(w[0], w[1], U | ((U + 4) << 4));
+    uint32_t out;
+    asm("{ .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}" : "=r"(out) : "r"(two));
+    return out;
+  }
+};
+
+template <>
+struct Canon<QuantFormat::int2> {
+  static constexpr int kRowsPerUnit = 2, kWords = 1;
+  static constexpr float kScale = 2.0f;  // 2 (c - 1.5) is decoded
+  __device__ static int row(int c) { return c / 2; }
+  // Lanes c = 2, 3 (odd halves of the word) take its upper 16 bits.
+  __device__ static uint32_t prepare(uint32_t q, int c) { return q >> (16 * (c % 2)); }
+  // Codes u and u + 4 (bits 2u, 2u + 8) as 2c + 1 in the mantissa of 256 (ulp 1/4):
+  // 256 + (2c + 1) / 4 - 257 = (c - 1.5) / 2, exact.
+  template <int U>
+  __device__ static uint32_t pair(const uint32_t* w) {
+    const uint32_t t = (((w[0] >> (2 * U)) << 1) & 0x0606u) | 0x0101u;
+    const uint32_t h = __byte_perm(t, 0x5c5c5c5cu, 0x5140);  // bytes: t0, 0x5c, t1, 0x5c
+    const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&h), __float2half2_rn(257.0f));
+    return *reinterpret_cast<const uint32_t*>(&v);
+  }
+};
+
+// One warp task: sums[t][i] (swapped mma accumulators) = x[k0 .. k0 + units * 32) times the
+// NMAT matrices' columns col0 .. col0 + 63, unscaled. x_s: the block's activations in f16.
+template <QuantFormat F, int NMAT>
+__device__ __forceinline__ void task_sums(const MoeMatrix (&W)[NMAT], const __half* x_s, int k0,
+                                          int units, int col0, float (&sums)[NMAT][4][4]) {
+  using Cd = Canon<F>;
+  constexpr int kWordsPerUnit = 8 * Cd::kWords;
+  // Units loaded at once: 64 words per lane in flight for every format.
+  constexpr int kBatch = kMaxSpanUnits / Cd::kWords;
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int col = col0 + 8 * g;
+#pragma unroll
+  for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+    for (int t = 0; t < 4; ++t)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sums[m][t][i] = 0.0f;
+#pragma unroll
+  for (int u0 = 0; u0 < kMaxSpanUnits; u0 += kBatch) {
+    if (u0 >= units) break;
+    // Every load of the batch first.
+    uint32_t w[NMAT][kBatch][kWordsPerUnit];
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+      for (int b = 0; b < kBatch; ++b)
+#pragma unroll
+        for (int r = 0; r < Cd::kWords; ++r) {
+          const int u = u0 + b;
+          const int64_t prow = static_cast<int64_t>(k0 / kUnitK + u) * Cd::kRowsPerUnit + Cd::row(c) + r;
+          const uint32_t* src = W[m].packed + prow * W[m].N + col;
+          const bool in = u < units && col < W[m].N;  // N % 8 == 0: all 8 columns or none
+          const uint4 lo = in ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
+          const uint4 hi = in ? __ldg(reinterpret_cast<const uint4*>(src + 4)) : make_uint4(0, 0, 0, 0);
+          // Word of column 8g + j, row r: w[...][j * kWords + r].
+          const uint32_t v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+#pragma unroll
+          for (int j = 0; j < 8; ++j) w[m][b][j * Cd::kWords + r] = v[j];
+        }
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b) {
+      const int u = u0 + b;
+      if (u >= units) break;
+      // B: the token is column 0, held by lanes g == 0; pairs (x[8c + p], x[8c + p + 4]).
+      uint4 xv = make_uint4(0, 0, 0, 0);
+      if (g == 0) xv = *reinterpret_cast<const uint4*>(x_s + u * kUnitK + 8 * c);
+      const uint32_t xp[4] = {__byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632),
+                              __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632)};
+#pragma unroll
+      for (int m = 0; m < NMAT; ++m) {
+        uint32_t q[kWordsPerUnit];
+#pragma unroll
+        for (int j = 0; j < kWordsPerUnit; ++j) q[j] = Cd::prepare(w[m][b][j], c);
+#pragma unroll
+        for (int step = 0; step < 2; ++step)
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            // Rows g and g + 8 of A: columns 8g + 2t and 8g + 2t + 1.
+            const uint32_t* lo = q + (2 * t) * Cd::kWords;
+            const uint32_t* hi = q + (2 * t + 1) * Cd::kWords;
+            uint32_t a[4];
+            if (step == 0) {
+              a[0] = Cd::template pair<0>(lo);
+              a[1] = Cd::template pair<0>(hi);
+              a[2] = Cd::template pair<1>(lo);
+              a[3] = Cd::template pair<1>(hi);
+            } else {
+              a[0] = Cd::template pair<2>(lo);
+              a[1] = Cd::template pair<2>(hi);
+              a[2] = Cd::template pair<3>(lo);
+              a[3] = Cd::template pair<3>(hi);
+            }
+            mma_16816(sums[m][t], a, xp[2 * step], xp[2 * step + 1]);
+          }
+      }
+    }
+  }
+}
+
+// Stages x[k_begin, k_end) (zeros past K) as f16 (bf16 times kBf16Prescale) in x_s.
+template <typename TA>
+__device__ void stage_x(const TA* __restrict__ x, int k_begin, int k_end, int K, __half* x_s) {
+  for (int i = threadIdx.x; i < k_end - k_begin; i += kThreads) {
+    const int k = k_begin + i;
+    const float v = k < K ? to_float(x[k]) : 0.0f;
+    x_s[i] = __float2half_rn(std::is_same_v<TA, __half> ? v : fminf(fmaxf(v * kBf16Prescale, -65504.0f), 65504.0f));
+  }
+  __syncthreads();
+}
+
+template <typename TA>
+constexpr float activation_unscale() {
+  return std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale;
+}
+
+// The block's sums of NMAT matrices over its K range for columns col0..col0+63: each warp's
+// tasks, scaled per span, then summed over the warps in order into red[NMAT][64].
+template <QuantFormat F, int NMAT, typename TA>
+__device__ void block_sums(const MoeMatrix (&W)[NMAT], const __half* x_s, int k_begin, int k_end,
+                           int span_k, int col0, float* red) {
+  using Cd = Canon<F>;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  float acc[NMAT][8] = {};
+  for (int k0 = k_begin + warp * span_k; k0 < k_end; k0 += kWarps * span_k) {
+    float sums[NMAT][4][4];
+    task_sums<F, NMAT>(W, x_s + (k0 - k_begin), k0, min(span_k, k_end - k0) / kUnitK, col0, sums);
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m) {
+      // Lane (g, 0) holds token 0 of columns 8g + 2t (i = 0) and 8g + 2t + 1 (i = 2).
+      const int col = col0 + 8 * g;
+      uint4 s0 = make_uint4(0, 0, 0, 0);
+      if (c == 0 && col < W[m].N)
+        s0 = __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(W[m].scales) +
+                                                  static_cast<int64_t>(k0 / W[m].group_size) * W[m].N + col));
+      const __half* s = reinterpret_cast<const __half*>(&s0);
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        acc[m][2 * t] = fmaf(sums[m][t][0], __half2float(s[2 * t]), acc[m][2 * t]);
+        acc[m][2 * t + 1] = fmaf(sums[m][t][2], __half2float(s[2 * t + 1]), acc[m][2 * t + 1]);
+      }
+    }
+  }
+  __shared__ float per_warp[kWarps][2][kTileN];
+  if (c == 0)
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+#pragma unroll
+      for (int j = 0; j < 8; ++j) per_warp[warp][m][8 * g + j] = acc[m][j] * Cd::kScale * activation_unscale<TA>();
+  __syncthreads();
+  for (int i = threadIdx.x; i < NMAT * kTileN; i += kThreads) {
+    float v = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) v += per_warp[w][i / kTileN][i % kTileN];
+    red[i] = v;
+  }
+  __syncthreads();
+}
+
+// K range of block y: kWarps * kChunksPerWarp spans.
+__device__ __forceinline__ void block_range(int K, int span_k, int& k_begin, int& k_end) {
+  k_begin = blockIdx.y * kWarps * kChunksPerWarp * span_k;
+  k_end = min(K, k_begin + kWarps * kChunksPerWarp * span_k);
+}
+
+__device__ __forceinline__ int span_of(const MoeMatrix& m) { return min(m.group_size, kMaxSpanUnits * kUnitK); }
+
+// grid (column tiles of I, K splits of H, slots). partials [splits][slots][2][Imax].
+template <typename TA>
+__global__ void __launch_bounds__(kThreads, 4)
+    moe_mma_gate_up_kernel(const TA* __restrict__ x, const int32_t* __restrict__ ids,
+                           const MoeExpertMatrices* __restrict__ table, int num_experts, int top_k,
+                           int H, int Imax, float* __restrict__ partials, unsigned* __restrict__ counters,
+                           TA* __restrict__ act) {
+  __shared__ __align__(16) __half x_s[kWarps * kChunksPerWarp * kMaxSpanUnits * kUnitK];
+  __shared__ float red[2 * kTileN];
+  const int slot = blockIdx.z, slots = gridDim.z;
+  const int expert = slot < top_k ? ids[slot] : num_experts;
+  const MoeMatrix W[2] = {table[expert].gate, table[expert].up};
+  const int N = W[0].N, col0 = blockIdx.x * kTileN;
+  const int span_k = span_of(W[0]);
+  int k_begin = 0, k_end = 0;
+  block_range(H, span_k, k_begin, k_end);
+  if (col0 >= N || k_begin >= H) return;  // a narrower expert, or fewer spans than the widest
+  stage_x(x, k_begin, k_end, H, x_s);
+  dispatch_format(W[0].bits, [&](auto tag) { block_sums<decltype(tag)::value, 2, TA>(W, x_s, k_begin, k_end, span_k, col0, red); });
+  const int splits = (H + kWarps * kChunksPerWarp * span_k - 1) / (kWarps * kChunksPerWarp * span_k);
+  if (splits > 1) {
+    for (int i = threadIdx.x; i < 2 * kTileN; i += kThreads) {
+      const int mat = i / kTileN, col = col0 + i % kTileN;
+      if (col < N) partials[((static_cast<int64_t>(blockIdx.y) * slots + slot) * 2 + mat) * Imax + col] = red[i];
+    }
+    if (!arrive_last(&counters[slot * gridDim.x + blockIdx.x], splits)) return;
+  }
+  for (int i = threadIdx.x; i < kTileN; i += kThreads) {
+    const int col = col0 + i;
+    if (col >= N) continue;
+    float gsum = 0.0f, usum = 0.0f;
+    if (splits > 1) {
+      for (int s = 0; s < splits; ++s) {
+        gsum += __ldcg(partials + ((static_cast<int64_t>(s) * slots + slot) * 2 + 0) * Imax + col);
+        usum += __ldcg(partials + ((static_cast<int64_t>(s) * slots + slot) * 2 + 1) * Imax + col);
+      }
+    } else {
+      gsum = red[i];
+      usum = red[kTileN + i];
+    }
+    act[static_cast<int64_t>(slot) * Imax + col] = swiglu<TA>(gsum, usum);
+  }
+}
+
+// grid (column tiles of H, K splits of Imax, slots). partials [slots][splits][H].
+template <typename TA>
+__global__ void __launch_bounds__(kThreads)
+    moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
+                        const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
+                        int num_experts, int top_k, int H, int Imax, float* __restrict__ partials,
+                        unsigned* __restrict__ counters, TA* __restrict__ out) {
+  __shared__ __align__(16) __half x_s[kWarps * kChunksPerWarp * kMaxSpanUnits * kUnitK];
+  __shared__ float red[2 * kTileN];
+  const int slot = blockIdx.z;
+  const int expert = slot < top_k ? ids[slot] : num_experts;
+  const float weight = slot < top_k ? weights[slot] : 1.0f;
+  const MoeMatrix W[1] = {table[expert].down};
+  const int col0 = blockIdx.x * kTileN;
+  int k_begin = 0, k_end = 0;
+  block_range(W[0].K, span_of(W[0]), k_begin, k_end);
+  // Every block of the grid arrives (a slot's K may be shorter than Imax): empty ranges add 0.
+  if (k_begin < W[0].K) {
+    stage_x(act + static_cast<int64_t>(slot) * Imax, k_begin, k_end, W[0].K, x_s);
+    dispatch_format(W[0].bits, [&](auto tag) {
+      block_sums<decltype(tag)::value, 1, TA>(W, x_s, k_begin, k_end, span_of(W[0]), col0, red);
+    });
+  } else {
+    for (int i = threadIdx.x; i < kTileN; i += kThreads) red[i] = 0.0f;
+    __syncthreads();
+  }
+  const int64_t part = static_cast<int64_t>(slot) * gridDim.y + blockIdx.y;
+  for (int i = threadIdx.x; i < kTileN; i += kThreads)
+    if (col0 + i < H) partials[part * H + col0 + i] = red[i] * weight;
+  if (!arrive_last(&counters[blockIdx.x], gridDim.y * gridDim.z)) return;
+  const int64_t parts = static_cast<int64_t>(gridDim.y) * gridDim.z;
+  for (int i = threadIdx.x; i < kTileN; i += kThreads) {
+    const int col = col0 + i;
+    if (col >= H) continue;
+    float v = 0.0f;
+    for (int64_t p = 0; p < parts; ++p) v += __ldcg(partials + p * H + col);
+    out[col] = from_float<TA>(v);
+  }
+}
+
+}  // namespace
+
+template <typename TA>
+void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights,
+                       const MoeKernelPlan& plan, const Tensor& out, cudaStream_t stream) {
+  const int device = x.device().index;
+  const int H = plan.hidden, Imax = plan.max_intermediate, E = plan.num_experts;
+  const int k = static_cast<int>(ids.size(1));
+  const int slots = k + (plan.has_shared ? 1 : 0);
+  // The grid is sized for the smallest span (group size 32): blocks past a matrix's K return.
+  // (The kernels size their own ranges from each matrix's group size.)
+  const int min_span = std::min(plan.min_group_size, kMaxSpanUnits * kUnitK);
+  const int per_block = kWarps * kChunksPerWarp * min_span;
+  const int splits_gu = (H + per_block - 1) / per_block, splits_down = (Imax + per_block - 1) / per_block;
+  const int tiles_i = (Imax + kTileN - 1) / kTileN, tiles_h = (H + kTileN - 1) / kTileN;
+  const int64_t floats = std::max<int64_t>(static_cast<int64_t>(splits_gu) * slots * 2 * Imax,
+                                           static_cast<int64_t>(slots) * splits_down * H);
+  const DecodeScratch s = decode_scratch(device, floats, std::max(slots * tiles_i, tiles_h),
+                                         static_cast<int64_t>(slots) * Imax * sizeof(TA));
+  const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
+  TA* act = static_cast<TA*>(s.act);
+  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, splits_gu, slots), kThreads, 0, stream>>>(
+      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, H, Imax, s.partials, s.counters, act);
+  MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
+  moe_mma_down_kernel<TA><<<dim3(tiles_h, splits_down, slots), kThreads, 0, stream>>>(
+      act, ids.data<int32_t>(), weights.data<float>(), table, E, k, H, Imax, s.partials, s.counters,
+      static_cast<TA*>(out.data_ptr()));
+  MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
+}
+
+template void launch_decode_mma<__half>(const Tensor&, const Tensor&, const Tensor&, const MoeKernelPlan&,
+                                        const Tensor&, cudaStream_t);
+template void launch_decode_mma<__nv_bfloat16>(const Tensor&, const Tensor&, const Tensor&,
+                                               const MoeKernelPlan&, const Tensor&, cudaStream_t);
+
+}  // namespace marlin::cuda
