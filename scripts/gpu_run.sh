@@ -11,6 +11,7 @@ mkdir -p "$out"
 export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 start=$(date +%s)
+test_rc=0
 if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/configure.log" 2>&1; then
   tail -30 "$out/configure.log"; exit 1
 fi
