@@ -75,14 +75,12 @@ std::shared_ptr<const MoeDevicePlan> make_moe_device_plan(const MoE& moe) {
   k.hidden = static_cast<int>(moe.hidden_size());
   k.vector4 = true;
   k.tensor_cores = true;
-  k.min_group_size = 1 << 30;
   for (const auto& e : table) {
     MARLIN_CHECK(e.gate.bits == e.up.bits && e.gate.group_size == e.up.group_size, "MoE",
                  "an expert's gate and up projections must share bits and group size");
     k.max_intermediate = std::max(k.max_intermediate, e.gate.N);
     k.vector4 = k.vector4 && aligned16(e.gate) && aligned16(e.up) && aligned16(e.down);
     k.tensor_cores = k.tensor_cores && tensor_core_ready(e.gate) && tensor_core_ready(e.up) && tensor_core_ready(e.down);
-    k.min_group_size = std::min({k.min_group_size, e.gate.group_size, e.down.group_size});
   }
   const size_t bytes = table.size() * sizeof(cuda::MoeExpertMatrices);
   Tensor host = Tensor::empty({static_cast<int64_t>(bytes)}, DType::u8);

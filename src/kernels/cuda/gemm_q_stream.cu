@@ -47,15 +47,6 @@ constexpr int stream_smem_bytes() {
   return kWarps * kStages * StreamStage<F, G, R>::kBytes;
 }
 
-// bf16 x2 -> f16 x2 times 2^-4 (kBf16Prescale), saturating: see gemm_q_tile.cuh.
-__device__ __forceinline__ uint32_t bf16x2_as_scaled_f16x2(uint32_t v) {
-  const float lo = __uint_as_float(v << 16) * kBf16Prescale;
-  const float hi = __uint_as_float(v & 0xffff0000u) * kBf16Prescale;
-  uint32_t out;
-  asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(hi), "f"(lo));
-  return out;
-}
-
 // First warp whose range holds round x (ranges: [w R / W, (w + 1) R / W)).
 __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R) {
   return ((x + 1) * W + R - 1) / R - 1;

@@ -26,12 +26,14 @@ using namespace moe_detail;
 using tile::kBf16Prescale;
 using tile::mma_16816;
 
-constexpr int kWarps = 4;
+// A block covers one 64-column tile of one slot over all of K (a GLM-4.7-Flash gate/up tile is
+// 16 spans: one per warp), so no K split crosses blocks: one memory latency for the ids, one
+// for the weights, scales and x together.
+constexpr int kWarps = 16;
 constexpr int kThreads = kWarps * 32;
 constexpr int kTileN = 64;
 constexpr int kMaxSpanUnits = 4;  // a task covers at most 128 rows of K
 constexpr int kUnitK = 32;
-constexpr int kChunksPerWarp = 1;
 
 // The canonical layout seen by one lane of a 32-row unit: packed rows per unit, the row of the
 // lane's first word, the words per column it loads, and the decode of register pair u (values
@@ -90,27 +92,44 @@ struct Canon<QuantFormat::int2> {
   }
 };
 
-// One warp task: sums[t][i] (swapped mma accumulators) = x[k0 .. k0 + units * 32) times the
-// NMAT matrices' columns col0 .. col0 + 63, unscaled. x_s: the block's activations in f16.
-template <QuantFormat F, int NMAT>
-__device__ __forceinline__ void task_sums(const MoeMatrix (&W)[NMAT], const __half* x_s, int k0,
-                                          int units, int col0, float (&sums)[NMAT][4][4]) {
+// 8 activations as f16 (bf16 times kBf16Prescale, saturating).
+template <typename TA>
+__device__ __forceinline__ uint4 activations_as_f16(uint4 v) {
+  if constexpr (std::is_same_v<TA, __half>) {
+    return v;
+  } else {
+    return make_uint4(tile::bf16x2_as_scaled_f16x2(v.x), tile::bf16x2_as_scaled_f16x2(v.y),
+                      tile::bf16x2_as_scaled_f16x2(v.z), tile::bf16x2_as_scaled_f16x2(v.w));
+  }
+}
+
+// One warp task, a scale span: acc[m][j] += (x[k0 .. k0 + units * 32) . column 8g + j of matrix
+// m) * its scale, in lanes (g, 0); the others add zeros. The batch's loads (weights, x where the
+// lane holds the token, the scales) are all issued before its first mma; the matrices are then
+// summed one after the other, so only one's accumulators are live.
+template <QuantFormat F, int NMAT, typename TA>
+__device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int k0,
+                                                int units, int col0, float (&acc)[NMAT][8]) {
   using Cd = Canon<F>;
   constexpr int kWordsPerUnit = 8 * Cd::kWords;
-  // Units loaded at once: 64 words per lane in flight for every format.
-  constexpr int kBatch = kMaxSpanUnits / Cd::kWords;
+  constexpr int kBatch = kMaxSpanUnits / Cd::kWords;  // 64 words per lane and matrix in flight
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int col = col0 + 8 * g;
 #pragma unroll
-  for (int m = 0; m < NMAT; ++m)
-#pragma unroll
-    for (int t = 0; t < 4; ++t)
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sums[m][t][i] = 0.0f;
-#pragma unroll
   for (int u0 = 0; u0 < kMaxSpanUnits; u0 += kBatch) {
     if (u0 >= units) break;
-    // Every load of the batch first.
+    uint4 scale_words[NMAT];
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+      scale_words[m] = c == 0 && col < W[m].N
+                           ? __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(W[m].scales) +
+                                                                  static_cast<int64_t>(k0 / W[m].group_size) * W[m].N + col))
+                           : make_uint4(0, 0, 0, 0);
+    uint4 xv[kBatch];
+#pragma unroll
+    for (int b = 0; b < kBatch; ++b)
+      xv[b] = g == 0 && u0 + b < units ? *reinterpret_cast<const uint4*>(x + k0 + (u0 + b) * kUnitK + 8 * c)
+                                       : make_uint4(0, 0, 0, 0);
     uint32_t w[NMAT][kBatch][kWordsPerUnit];
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
@@ -130,16 +149,15 @@ __device__ __forceinline__ void task_sums(const MoeMatrix (&W)[NMAT], const __ha
           for (int j = 0; j < 8; ++j) w[m][b][j * Cd::kWords + r] = v[j];
         }
 #pragma unroll
-    for (int b = 0; b < kBatch; ++b) {
-      const int u = u0 + b;
-      if (u >= units) break;
-      // B: the token is column 0, held by lanes g == 0; pairs (x[8c + p], x[8c + p + 4]).
-      uint4 xv = make_uint4(0, 0, 0, 0);
-      if (g == 0) xv = *reinterpret_cast<const uint4*>(x_s + u * kUnitK + 8 * c);
-      const uint32_t xp[4] = {__byte_perm(xv.x, xv.z, 0x5410), __byte_perm(xv.x, xv.z, 0x7632),
-                              __byte_perm(xv.y, xv.w, 0x5410), __byte_perm(xv.y, xv.w, 0x7632)};
+    for (int m = 0; m < NMAT; ++m) {
+      float sums[4][4] = {};
 #pragma unroll
-      for (int m = 0; m < NMAT; ++m) {
+      for (int b = 0; b < kBatch; ++b) {
+        if (u0 + b >= units) break;
+        // B: the token is column 0, held by lanes g == 0; pairs (x[8c + p], x[8c + p + 4]).
+        const uint4 xh = activations_as_f16<TA>(xv[b]);
+        const uint32_t xp[4] = {__byte_perm(xh.x, xh.z, 0x5410), __byte_perm(xh.x, xh.z, 0x7632),
+                                __byte_perm(xh.y, xh.w, 0x5410), __byte_perm(xh.y, xh.w, 0x7632)};
         uint32_t q[kWordsPerUnit];
 #pragma unroll
         for (int j = 0; j < kWordsPerUnit; ++j) q[j] = Cd::prepare(w[m][b][j], c);
@@ -162,22 +180,18 @@ __device__ __forceinline__ void task_sums(const MoeMatrix (&W)[NMAT], const __ha
               a[2] = Cd::template pair<3>(lo);
               a[3] = Cd::template pair<3>(hi);
             }
-            mma_16816(sums[m][t], a, xp[2 * step], xp[2 * step + 1]);
+            mma_16816(sums[t], a, xp[2 * step], xp[2 * step + 1]);
           }
+      }
+      // Lane (g, 0) holds token 0 of columns 8g + 2t (i = 0) and 8g + 2t + 1 (i = 2).
+      const __half* sc = reinterpret_cast<const __half*>(&scale_words[m]);
+#pragma unroll
+      for (int t = 0; t < 4; ++t) {
+        acc[m][2 * t] = fmaf(sums[t][0], __half2float(sc[2 * t]), acc[m][2 * t]);
+        acc[m][2 * t + 1] = fmaf(sums[t][2], __half2float(sc[2 * t + 1]), acc[m][2 * t + 1]);
       }
     }
   }
-}
-
-// Stages x[k_begin, k_end) (zeros past K) as f16 (bf16 times kBf16Prescale) in x_s.
-template <typename TA>
-__device__ void stage_x(const TA* __restrict__ x, int k_begin, int k_end, int K, __half* x_s) {
-  for (int i = threadIdx.x; i < k_end - k_begin; i += kThreads) {
-    const int k = k_begin + i;
-    const float v = k < K ? to_float(x[k]) : 0.0f;
-    x_s[i] = __float2half_rn(std::is_same_v<TA, __half> ? v : fminf(fmaxf(v * kBf16Prescale, -65504.0f), 65504.0f));
-  }
-  __syncthreads();
 }
 
 template <typename TA>
@@ -185,33 +199,17 @@ constexpr float activation_unscale() {
   return std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale;
 }
 
-// The block's sums of NMAT matrices over its K range for columns col0..col0+63: each warp's
-// tasks, scaled per span, then summed over the warps in order into red[NMAT][64].
+// The block's sums of NMAT matrices over all of K for columns col0..col0+63: each warp's spans
+// (warp w takes spans w, w + kWarps, ...), scaled, then summed over the warps in order into
+// red[NMAT][64].
 template <QuantFormat F, int NMAT, typename TA>
-__device__ void block_sums(const MoeMatrix (&W)[NMAT], const __half* x_s, int k_begin, int k_end,
-                           int span_k, int col0, float* red) {
+__device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int col0, float* red) {
   using Cd = Canon<F>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int K = W[0].K, span_k = min(W[0].group_size, kMaxSpanUnits * kUnitK);
   float acc[NMAT][8] = {};
-  for (int k0 = k_begin + warp * span_k; k0 < k_end; k0 += kWarps * span_k) {
-    float sums[NMAT][4][4];
-    task_sums<F, NMAT>(W, x_s + (k0 - k_begin), k0, min(span_k, k_end - k0) / kUnitK, col0, sums);
-#pragma unroll
-    for (int m = 0; m < NMAT; ++m) {
-      // Lane (g, 0) holds token 0 of columns 8g + 2t (i = 0) and 8g + 2t + 1 (i = 2).
-      const int col = col0 + 8 * g;
-      uint4 s0 = make_uint4(0, 0, 0, 0);
-      if (c == 0 && col < W[m].N)
-        s0 = __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(W[m].scales) +
-                                                  static_cast<int64_t>(k0 / W[m].group_size) * W[m].N + col));
-      const __half* s = reinterpret_cast<const __half*>(&s0);
-#pragma unroll
-      for (int t = 0; t < 4; ++t) {
-        acc[m][2 * t] = fmaf(sums[m][t][0], __half2float(s[2 * t]), acc[m][2 * t]);
-        acc[m][2 * t + 1] = fmaf(sums[m][t][2], __half2float(s[2 * t + 1]), acc[m][2 * t + 1]);
-      }
-    }
-  }
+  for (int k0 = warp * span_k; k0 < K; k0 += kWarps * span_k)
+    task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, K - k0) / kUnitK, col0, acc);
   __shared__ float per_warp[kWarps][2][kTileN];
   if (c == 0)
 #pragma unroll
@@ -228,94 +226,48 @@ __device__ void block_sums(const MoeMatrix (&W)[NMAT], const __half* x_s, int k_
   __syncthreads();
 }
 
-// K range of block y: kWarps * kChunksPerWarp spans.
-__device__ __forceinline__ void block_range(int K, int span_k, int& k_begin, int& k_end) {
-  k_begin = blockIdx.y * kWarps * kChunksPerWarp * span_k;
-  k_end = min(K, k_begin + kWarps * kChunksPerWarp * span_k);
-}
-
-__device__ __forceinline__ int span_of(const MoeMatrix& m) { return min(m.group_size, kMaxSpanUnits * kUnitK); }
-
-// grid (column tiles of I, K splits of H, slots). partials [splits][slots][2][Imax].
+// grid (column tiles of I, 1, slots): act [slots, Imax] = SwiGLU(x gate, x up).
 template <typename TA>
-__global__ void __launch_bounds__(kThreads, 4)
+__global__ void __launch_bounds__(kThreads, 1)
     moe_mma_gate_up_kernel(const TA* __restrict__ x, const int32_t* __restrict__ ids,
                            const MoeExpertMatrices* __restrict__ table, int num_experts, int top_k,
-                           int H, int Imax, float* __restrict__ partials, unsigned* __restrict__ counters,
-                           TA* __restrict__ act) {
-  __shared__ __align__(16) __half x_s[kWarps * kChunksPerWarp * kMaxSpanUnits * kUnitK];
+                           int Imax, TA* __restrict__ act) {
   __shared__ float red[2 * kTileN];
-  const int slot = blockIdx.z, slots = gridDim.z;
+  const int slot = blockIdx.z;
   const int expert = slot < top_k ? ids[slot] : num_experts;
   const MoeMatrix W[2] = {table[expert].gate, table[expert].up};
   const int N = W[0].N, col0 = blockIdx.x * kTileN;
-  const int span_k = span_of(W[0]);
-  int k_begin = 0, k_end = 0;
-  block_range(H, span_k, k_begin, k_end);
-  if (col0 >= N || k_begin >= H) return;  // a narrower expert, or fewer spans than the widest
-  stage_x(x, k_begin, k_end, H, x_s);
-  dispatch_format(W[0].bits, [&](auto tag) { block_sums<decltype(tag)::value, 2, TA>(W, x_s, k_begin, k_end, span_k, col0, red); });
-  const int splits = (H + kWarps * kChunksPerWarp * span_k - 1) / (kWarps * kChunksPerWarp * span_k);
-  if (splits > 1) {
-    for (int i = threadIdx.x; i < 2 * kTileN; i += kThreads) {
-      const int mat = i / kTileN, col = col0 + i % kTileN;
-      if (col < N) partials[((static_cast<int64_t>(blockIdx.y) * slots + slot) * 2 + mat) * Imax + col] = red[i];
-    }
-    if (!arrive_last(&counters[slot * gridDim.x + blockIdx.x], splits)) return;
-  }
-  for (int i = threadIdx.x; i < kTileN; i += kThreads) {
-    const int col = col0 + i;
-    if (col >= N) continue;
-    float gsum = 0.0f, usum = 0.0f;
-    if (splits > 1) {
-      for (int s = 0; s < splits; ++s) {
-        gsum += __ldcg(partials + ((static_cast<int64_t>(s) * slots + slot) * 2 + 0) * Imax + col);
-        usum += __ldcg(partials + ((static_cast<int64_t>(s) * slots + slot) * 2 + 1) * Imax + col);
-      }
-    } else {
-      gsum = red[i];
-      usum = red[kTileN + i];
-    }
-    act[static_cast<int64_t>(slot) * Imax + col] = swiglu<TA>(gsum, usum);
-  }
+  if (col0 >= N) return;  // this expert is narrower than the widest one
+  dispatch_format(W[0].bits, [&](auto tag) { block_sums<decltype(tag)::value, 2, TA>(W, x, col0, red); });
+  for (int i = threadIdx.x; i < kTileN; i += kThreads)
+    if (col0 + i < N) act[static_cast<int64_t>(slot) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
 }
 
-// grid (column tiles of H, K splits of Imax, slots). partials [slots][splits][H].
+// grid (column tiles of H, 1, slots). partials [slots][H], summed over the slots in order by
+// the last block of each column tile.
 template <typename TA>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kThreads, 1)
     moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int H, int Imax, float* __restrict__ partials,
                         unsigned* __restrict__ counters, TA* __restrict__ out) {
-  __shared__ __align__(16) __half x_s[kWarps * kChunksPerWarp * kMaxSpanUnits * kUnitK];
   __shared__ float red[2 * kTileN];
   const int slot = blockIdx.z;
   const int expert = slot < top_k ? ids[slot] : num_experts;
   const float weight = slot < top_k ? weights[slot] : 1.0f;
   const MoeMatrix W[1] = {table[expert].down};
   const int col0 = blockIdx.x * kTileN;
-  int k_begin = 0, k_end = 0;
-  block_range(W[0].K, span_of(W[0]), k_begin, k_end);
-  // Every block of the grid arrives (a slot's K may be shorter than Imax): empty ranges add 0.
-  if (k_begin < W[0].K) {
-    stage_x(act + static_cast<int64_t>(slot) * Imax, k_begin, k_end, W[0].K, x_s);
-    dispatch_format(W[0].bits, [&](auto tag) {
-      block_sums<decltype(tag)::value, 1, TA>(W, x_s, k_begin, k_end, span_of(W[0]), col0, red);
-    });
-  } else {
-    for (int i = threadIdx.x; i < kTileN; i += kThreads) red[i] = 0.0f;
-    __syncthreads();
-  }
-  const int64_t part = static_cast<int64_t>(slot) * gridDim.y + blockIdx.y;
+  dispatch_format(W[0].bits, [&](auto tag) {
+    block_sums<decltype(tag)::value, 1, TA>(W, act + static_cast<int64_t>(slot) * Imax, col0, red);
+  });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
-    if (col0 + i < H) partials[part * H + col0 + i] = red[i] * weight;
-  if (!arrive_last(&counters[blockIdx.x], gridDim.y * gridDim.z)) return;
-  const int64_t parts = static_cast<int64_t>(gridDim.y) * gridDim.z;
+    if (col0 + i < H) partials[static_cast<int64_t>(slot) * H + col0 + i] = red[i] * weight;
+  if (!arrive_last(&counters[blockIdx.x], gridDim.z)) return;
   for (int i = threadIdx.x; i < kTileN; i += kThreads) {
     const int col = col0 + i;
     if (col >= H) continue;
     float v = 0.0f;
-    for (int64_t p = 0; p < parts; ++p) v += __ldcg(partials + p * H + col);
+    for (int p = 0; p < static_cast<int>(gridDim.z); ++p) v += __ldcg(partials + static_cast<int64_t>(p) * H + col);
     out[col] = from_float<TA>(v);
   }
 }
@@ -329,22 +281,15 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   const int H = plan.hidden, Imax = plan.max_intermediate, E = plan.num_experts;
   const int k = static_cast<int>(ids.size(1));
   const int slots = k + (plan.has_shared ? 1 : 0);
-  // The grid is sized for the smallest span (group size 32): blocks past a matrix's K return.
-  // (The kernels size their own ranges from each matrix's group size.)
-  const int min_span = std::min(plan.min_group_size, kMaxSpanUnits * kUnitK);
-  const int per_block = kWarps * kChunksPerWarp * min_span;
-  const int splits_gu = (H + per_block - 1) / per_block, splits_down = (Imax + per_block - 1) / per_block;
   const int tiles_i = (Imax + kTileN - 1) / kTileN, tiles_h = (H + kTileN - 1) / kTileN;
-  const int64_t floats = std::max<int64_t>(static_cast<int64_t>(splits_gu) * slots * 2 * Imax,
-                                           static_cast<int64_t>(slots) * splits_down * H);
-  const DecodeScratch s = decode_scratch(device, floats, std::max(slots * tiles_i, tiles_h),
+  const DecodeScratch s = decode_scratch(device, static_cast<int64_t>(slots) * H, tiles_h,
                                          static_cast<int64_t>(slots) * Imax * sizeof(TA));
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
   TA* act = static_cast<TA*>(s.act);
-  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, splits_gu, slots), kThreads, 0, stream>>>(
-      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, H, Imax, s.partials, s.counters, act);
+  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, slots), kThreads, 0, stream>>>(
+      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, Imax, act);
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
-  moe_mma_down_kernel<TA><<<dim3(tiles_h, splits_down, slots), kThreads, 0, stream>>>(
+  moe_mma_down_kernel<TA><<<dim3(tiles_h, 1, slots), kThreads, 0, stream>>>(
       act, ids.data<int32_t>(), weights.data<float>(), table, E, k, H, Imax, s.partials, s.counters,
       static_cast<TA*>(out.data_ptr()));
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");

@@ -33,7 +33,6 @@ struct MoeKernelPlan {
   int max_intermediate = 0;  // largest I over the table
   bool vector4 = false;      // every N % 4 == 0 and packed rows 16-byte aligned: 16-byte loads
   bool tensor_cores = false; // every N % 8 == 0, packed and scales 16-byte aligned: mma decode
-  int min_group_size = 128;  // smallest group size of the table
 };
 
 // ids i32 [T, k], weights f32 [T, k] from logits f32 [T, E]; bias f32 [E] or undefined.
