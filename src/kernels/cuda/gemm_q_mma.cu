@@ -12,8 +12,9 @@
 // stream that warps can split anywhere on round boundaries. Each u32 holds 16/bits pairs, one
 // code of a pair in each half, with the sign bits apart from the rest so that pair 0 is one AND
 // and the others two shifts (which the compiler issues on the FMA pipe) and two logic ops:
-//   FP4 pair p: sign at bit 15-p, exponent+mantissa at bits 11-3p..9-3p of each half
-//               -> ((q << p) & 0x80008000) | ((q << 3p) & 0x0e000e00) = value * 2^-14
+//   FP4 pair p: sign at bit 15, 12, 14, 13 (p = 0..3), exponent+mantissa at bits 11-3p..9-3p of
+//               each half -> q & 0x8e008e00 (p = 0), (q << 3) & 0x8e008e00 (p = 1), else
+//               ((q << (15 - sign bit)) & 0x80008000) | ((q << 3p) & 0x0e000e00) = value * 2^-14
 //   FP8 pair p: sign at bit 15-p, exponent+mantissa at bits 13-7p..7-7p of each half
 //               -> ((q << p) & 0x80008000) | ((q << 7p) & 0x3f803f80) = value * 2^-8
 //   INT2 pair p: the code c is stored as a sign bit (c < 2) at bit 8+p and a magnitude bit
@@ -246,7 +247,7 @@ __global__ void repack_tiled_kernel(const uint32_t* __restrict__ packed, int64_t
       }
       if constexpr (F == QuantFormat::fp4_e2m1) {
         for (int e = 0; e < 2; ++e)
-          out |= ((codes[e] >> 3) << (15 - p) | (codes[e] & 7u) << (9 - 3 * p)) << (16 * e);
+          out |= ((codes[e] >> 3) << Cd::sign_bit(p) | (codes[e] & 7u) << Cd::mag_bit(p)) << (16 * e);
       } else if constexpr (F == QuantFormat::fp8_e4m3) {
         for (int e = 0; e < 2; ++e)
           out |= ((codes[e] >> 7) << (15 - p) | (codes[e] & 0x7fu) << (7 - 7 * p)) << (16 * e);

@@ -102,16 +102,29 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     if (lane < kScaleRows * (kScaleRowBytes / 16))
       cp_async16(dst + St::kWeightWords + lane, scale_stream + (gu >> kGroupShift) * (kScaleRowBytes / 16) + lane);
   };
+  // A copies: a lane's pieces (row, 16-byte column v) are the same every stage, only the unit
+  // moves, so their rows, offsets and predicates are computed once (fully unrolled: no loop).
+  constexpr int kACopies = (R * kAVecPerRow + 31) / 32;
+  const TA* a_src[kACopies];
+  int a_off[kACopies], a_col[kACopies];
+  bool a_row_in[kACopies];
+#pragma unroll
+  for (int j = 0; j < kACopies; ++j) {
+    const int i = lane + 32 * j, row = i / kAVecPerRow, v = i % kAVecPerRow;
+    a_row_in[j] = row < rows_a;
+    a_src[j] = A + static_cast<int64_t>(a_row_in[j] ? row : 0) * K;
+    a_off[j] = (row * SS::kARowHalves + v * 8) * 2;
+    a_col[j] = v * 8;
+  }
   auto issue_a = [&](int s) {
     if (s >= total_stages) return;
     unsigned char* a_dst = ring + (s % kStages) * SS::kBytes + St::kBytes;
     const int k0 = issue_unit * kUnitK;
-    for (int i = lane; i < rows_a * kAVecPerRow; i += 32) {
-      const int row = i / kAVecPerRow, v = i % kAVecPerRow;
-      const int k = k0 + v * 8;
+#pragma unroll
+    for (int j = 0; j < kACopies; ++j) {
+      const int k = k0 + a_col[j];
       const bool in = k < K;
-      cp_async16_or_zero(a_dst + (row * SS::kARowHalves + v * 8) * 2,
-                         A + (in ? static_cast<int64_t>(row) * K + k : 0), in);
+      if (a_row_in[j]) cp_async16_or_zero(a_dst + a_off[j], a_src[j] + (in ? k : 0), in);
     }
     issue_unit += kU;
     if (issue_unit == units) issue_unit = 0;

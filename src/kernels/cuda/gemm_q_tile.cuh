@@ -38,9 +38,15 @@ struct MmaCodec<QuantFormat::fp4_e2m1> {
   static constexpr int kPairsPerU32 = 4;
   static constexpr float kGroupScale = 16384.0f;  // undoes the decode's 2^-14 (f32 path)
   static constexpr float kHalfScale = 16384.0f;   // the same, folded into the fp16 scale
+  // Pair p's code in each 16-bit half: sign at bit sign_bit(p), magnitude (e1 e0 m) at bits
+  // mag_bit(p)..+2. Pair 0 sits where an f16 wants it (sign 15, magnitude 11..9) and pair 1 three
+  // bits lower, so those two decode with one mask (and one shift); pairs 2 and 3 take two shifts.
+  __host__ __device__ static constexpr int sign_bit(int p) { return p == 0 ? 15 : p == 1 ? 12 : p == 2 ? 14 : 13; }
+  __host__ __device__ static constexpr int mag_bit(int p) { return 9 - 3 * p; }
   __device__ __forceinline__ static uint32_t pair(uint32_t q, int p) {
     if (p == 0) return q & 0x8e008e00u;
-    return ((q << p) & 0x80008000u) | ((q << (3 * p)) & 0x0e000e00u);
+    if (p == 1) return (q << 3) & 0x8e008e00u;
+    return ((q << (15 - sign_bit(p))) & 0x80008000u) | ((q << (9 - mag_bit(p))) & 0x0e000e00u);
   }
 };
 
