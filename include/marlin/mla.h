@@ -76,10 +76,13 @@ class MLAAttention {
   // W_UK [H, nope, R] and W_UV [H, R, v] in the activation dtype, from kv_b_proj's weights
   // (dequantized: the absorbed form computes what the expanded one does with the same weights).
   void derive_absorbed_weights();
-  Tensor query(const Tensor& x) const;
+  // input_proj_: the two projections of x (q_a_proj or q_proj, and kv_a_proj_with_mqa) as one
+  // GEMM where their bits and group sizes agree: a decode step launches one kernel, not two.
+  void fuse_input_projections();
 
   MLAAttentionConfig config_;
   MLAProjections proj_;
+  FusedLinear input_proj_;
   ops::RopeParams rope_;
   Tensor w_uk_, w_uv_;
   float scale_ = 1.0f;

@@ -45,6 +45,7 @@ MLAAttention::MLAAttention(const MLAAttentionConfig& config, MLAProjections proj
   MARLIN_CHECK(rope_.rotary_dim() == c.qk_rope_head_dim, kOp, "rope rotates ", rope_.rotary_dim(),
                " dims but qk_rope_head_dim is ", c.qk_rope_head_dim);
   check_projections();
+  fuse_input_projections();
   scale_ = static_cast<float>(rope_.softmax_scale_factor /
                               std::sqrt(static_cast<double>(c.qk_head_dim())));
   derive_absorbed_weights();
@@ -84,9 +85,9 @@ void MLAAttention::derive_absorbed_weights() {
   w_uv_ = Tensor::from_vector(uv, {heads, R, Dv}, DType::f32).to(p.dtype).to(p.device);
 }
 
-Tensor MLAAttention::query(const Tensor& x) const {
-  if (config_.q_lora_rank == 0) return proj_.q_proj.forward(x);
-  return proj_.q_b_proj.forward(proj_.q_a_layernorm.forward(proj_.q_a_proj.forward(x)));
+void MLAAttention::fuse_input_projections() {
+  const QuantizedLinear& q_in = config_.q_lora_rank > 0 ? proj_.q_a_proj : proj_.q_proj;
+  input_proj_ = FusedLinear({q_in, proj_.kv_a_proj_with_mqa});
 }
 
 Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* cache) const {
@@ -107,9 +108,12 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
                  kc.keys_only ? " (keys only)" : " with values");
   }
 
-  // q [B, T, heads, nope | rope] and the compressed kv [B, T, 1, latent | k_rope].
-  const Tensor q = query(x).view({B, T, heads, Dn + Dr});
-  const Tensor ckv = proj_.kv_a_proj_with_mqa.forward(x).view({B, T, 1, L});
+  // q [B, T, heads, nope | rope] and the compressed kv [B, T, 1, latent | k_rope]: views of one
+  // GEMM's output when the input projections are fused (rows strided, last dim contiguous).
+  const std::vector<Tensor> in = input_proj_.forward(x);
+  const Tensor q = (c.q_lora_rank == 0 ? in[0] : proj_.q_b_proj.forward(proj_.q_a_layernorm.forward(in[0])))
+                       .view({B, T, heads, Dn + Dr});
+  const Tensor ckv = in[1].view({B, T, 1, L});
   const Tensor ckv_rows = ckv.view({B * T, L});
   const bool expand = cache == nullptr || cache->seq_len() == 0;
   // kv_b_proj reads a contiguous latent (prefill); the cache keeps it normalized in place.
@@ -180,6 +184,7 @@ void MLAAttention::transform_linears(const std::string& prefix, const LinearTran
   proj_.kv_b_proj = transform(prefix + "kv_b_proj", proj_.kv_b_proj);
   proj_.o_proj = transform(prefix + "o_proj", proj_.o_proj);
   check_projections();
+  fuse_input_projections();
   derive_absorbed_weights();  // from the new kv_b_proj
 }
 

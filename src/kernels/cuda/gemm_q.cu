@@ -263,7 +263,13 @@ int multiprocessor_count(int device) {
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   // Small weights at decode sizes: the canonical-layout split-K kernel has less fixed cost
   // (measured on H200: 2048x1536 and 1536x2048 at M = 1).
-  const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced();
+  // MARLIN_SMALL_DECODE_TILED=1 sends them to the tile-layout kernel instead (to measure both).
+  static const bool small_tiled = [] {
+    const char* v = std::getenv("MARLIN_SMALL_DECODE_TILED");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() &&
+                            !small_tiled;
   if (!small_decode && gemm_q_tiled(A, W, bias, C)) return;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   if (A.size(0) <= kMaxSkinnyM) {
