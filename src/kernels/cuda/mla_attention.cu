@@ -199,12 +199,15 @@ __global__ void head_matmul_kernel(const T* __restrict__ x, int64_t x_m_stride, 
 }
 
 // Decode rows (M <= kVecRowsMax): a block takes 64 columns of one head; each thread owns 8
-// adjacent columns (one 16-byte load of a weight row) at one of 32 k offsets, with four rows'
-// loads in flight, and the 32 partial sums meet in shared memory. 64-column blocks put GLM's
-// absorbed W_UK / W_UV (20 heads x 512 or 256 columns) on 80-160 SMs; the kernel above (2
-// columns a thread, K loads in a chain) took 80 us a matrix on those shapes.
+// adjacent columns (one 16-byte load of a weight row) at one of 32 k offsets, and the 32 partial
+// sums meet in shared memory. 64-column blocks put GLM's absorbed W_UK / W_UV (20 heads x 512 or
+// 256 columns) on 80-160 SMs; the kernel above (2 columns a thread, K loads in a chain) took
+// 80 us a matrix on those shapes. A thread's rows of the first kVecChunk k (all of them for
+// GLM and DeepSeek) are requested at once, before waiting for the kernel that wrote x (launched
+// as a programmatic dependent: pdl.cuh), so the weights stream while that kernel drains.
 constexpr int kVecThreads = 256, kVecCols = 64, kVecKOffsets = kVecThreads / (kVecCols / 8);
 constexpr int kVecRows = 4, kVecRowsMax = 16;
+constexpr int kVecLoads = 16, kVecChunk = kVecLoads * kVecKOffsets;  // 512 rows of k
 
 template <typename T>
 __global__ void __launch_bounds__(kVecThreads)
@@ -215,39 +218,41 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
   float* xs = smem_f;                       // [kVecRows][K]
   float* partial = smem_f + kVecRows * K;    // [kVecKOffsets][kVecRows][kVecCols]
   const int h = blockIdx.y, m0 = blockIdx.z * kVecRows, mb = min(kVecRows, M - m0);
+  const int col8 = threadIdx.x % (kVecCols / 8), k0 = threadIdx.x / (kVecCols / 8);
+  const int n0 = blockIdx.x * kVecCols + col8 * 8;
+  const T* wh = w + static_cast<int64_t>(h) * K * N + n0;
+  uint4 v[kVecLoads];
+  auto load_chunk = [&](int kb) {
+#pragma unroll
+    for (int u = 0; u < kVecLoads; ++u) {
+      const int kk = kb + k0 + u * kVecKOffsets;
+      v[u] = n0 < N && kk < K ? __ldg(reinterpret_cast<const uint4*>(wh + static_cast<int64_t>(kk) * N))
+                              : make_uint4(0, 0, 0, 0);
+    }
+  };
+  load_chunk(0);
+  pdl_wait();  // x is the previous kernel's output
   for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
     const int r = i / K, k = i % K;
     xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
   }
   __syncthreads();
-  const int col8 = threadIdx.x % (kVecCols / 8), k0 = threadIdx.x / (kVecCols / 8);
-  const int n0 = blockIdx.x * kVecCols + col8 * 8;
   float acc[kVecRows][8] = {};
-  if (n0 < N) {
-    const T* wh = w + static_cast<int64_t>(h) * K * N + n0;
-    constexpr int kUnroll = 4;
-    for (int k = k0; k < K; k += kVecKOffsets * kUnroll) {
-      uint4 v[kUnroll];
+  for (int kb = 0; kb < K; kb += kVecChunk) {
+    if (kb > 0) load_chunk(kb);
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int kk = k + u * kVecKOffsets;
-        v[u] = kk < K ? __ldg(reinterpret_cast<const uint4*>(wh + static_cast<int64_t>(kk) * N))
-                      : make_uint4(0, 0, 0, 0);
-      }
+    for (int u = 0; u < kVecLoads; ++u) {
+      const int kk = min(kb + k0 + u * kVecKOffsets, K - 1);  // rows past K were loaded as zeros
+      // The 8 weights from the registers (a pointer into v would put it in local memory).
+      const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
+      float e[8];
 #pragma unroll
-      for (int u = 0; u < kUnroll; ++u) {
-        const int kk = min(k + u * kVecKOffsets, K - 1);  // rows past K were loaded as zeros
-        // The 8 weights from the registers (a pointer into v would put it in local memory).
-        const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
-        float e[8];
+      for (int j = 0; j < 8; ++j) e[j] = bits16_to_float<T>((words[j / 2] >> (16 * (j % 2))) & 0xffffu);
 #pragma unroll
-        for (int j = 0; j < 8; ++j) e[j] = bits16_to_float<T>((words[j / 2] >> (16 * (j % 2))) & 0xffffu);
+      for (int r = 0; r < kVecRows; ++r) {
+        const float xv = xs[r * K + kk];
 #pragma unroll
-        for (int r = 0; r < kVecRows; ++r) {
-          const float xv = xs[r * K + kk];
-#pragma unroll
-          for (int j = 0; j < 8; ++j) acc[r][j] = fmaf(xv, e[j], acc[r][j]);
-        }
+        for (int j = 0; j < 8; ++j) acc[r][j] = fmaf(xv, e[j], acc[r][j]);
       }
     }
   }
@@ -289,11 +294,12 @@ void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
       vec_smem <= 48 * 1024) {
     const dim3 vgrid((N + kVecCols - 1) / kVecCols, H, (M + kVecRows - 1) / kVecRows);
     MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
-      head_matmul_vector_kernel<T><<<vgrid, kVecThreads, vec_smem, stream>>>(
-          static_cast<const T*>(x.data_ptr()), x.strides()[0], x.strides()[1],
-          static_cast<const T*>(w.data_ptr()), static_cast<T*>(out.data_ptr()), M, H, K, N);
+      MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(x.device().index), head_matmul_vector_kernel<T>, vgrid,
+                                         dim3(kVecThreads), vec_smem, stream, static_cast<const T*>(x.data_ptr()),
+                                         x.strides()[0], x.strides()[1], static_cast<const T*>(w.data_ptr()),
+                                         static_cast<T*>(out.data_ptr()), M, H, K, N),
+                        "mla_head_matmul");
     });
-    MARLIN_CUDA_CHECK_LAUNCH("mla_head_matmul");
     return;
   }
   const dim3 grid((N + 2 * kThreads - 1) / (2 * kThreads), H, (M + kRows - 1) / kRows);
