@@ -10,6 +10,8 @@
 // kernels serve the tables the tensor-core ones (moe_decode_mma.cu) cannot take.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
+#include <string>
 #include <mutex>
 #include <vector>
 
@@ -257,7 +259,14 @@ void launch_decode(const Tensor& x, const Tensor& ids, const Tensor& weights,
 
 std::atomic<bool> g_force_cuda_cores{false};
 
-bool force_cuda_core_moe_decode() { return g_force_cuda_cores.load(std::memory_order_relaxed); }
+// Tests (set_force_cuda_core_moe_decode) and MARLIN_MOE_CUDA_CORES=1 (to measure both paths).
+bool force_cuda_core_moe_decode() {
+  static const bool from_env = [] {
+    const char* v = std::getenv("MARLIN_MOE_CUDA_CORES");
+    return v != nullptr && std::string(v) == "1";
+  }();
+  return from_env || g_force_cuda_cores.load(std::memory_order_relaxed);
+}
 
 }  // namespace
 
