@@ -163,9 +163,7 @@ __global__ void __launch_bounds__(kThreads)
     for (int c = 0; c < 4; ++c) {
       const int col = n0 + tc * 4 + c;
       if (col >= gate.N) continue;
-      const float g = round_to<TA>(acc[0][r][c]);
-      act[static_cast<int64_t>(row) * Imax + col] =
-          from_float<TA>(round_to<TA>(g / (1.0f + expf(-g))) * round_to<TA>(acc[1][r][c]));
+      act[static_cast<int64_t>(row) * Imax + col] = swiglu<TA>(acc[0][r][c], acc[1][r][c]);
     }
   }
 }
