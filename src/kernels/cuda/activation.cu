@@ -36,6 +36,7 @@ template <typename T>
 __global__ void silu_mul_vector_kernel(const T* gate, RowLayout gl, const T* up, RowLayout ul,
                                        T* out, RowLayout ol, int64_t rows, int64_t vectors) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
+  pdl_wait();               // launched as a programmatic dependent: gate and up are the GEMM's
   constexpr int V = nn::kVec<T>;
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= vectors) return;
@@ -56,6 +57,8 @@ __global__ void silu_mul_vector_kernel(const T* gate, RowLayout gl, const T* up,
 template <typename T>
 __global__ void add_kernel(const T* __restrict__ a, const T* __restrict__ b, T* __restrict__ out,
                            int64_t n) {
+  pdl_launch_dependents();
+  pdl_wait();  // launched as a programmatic dependent: a and b are earlier kernels' outputs
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x)
     out[i] = from_float<T>(to_float(a[i]) + to_float(b[i]));
@@ -112,8 +115,9 @@ void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out) {
     const T* upp = static_cast<const T*>(up.data_ptr());
     T* yp = static_cast<T*>(out.data_ptr());
     if (vector_ok)
-      silu_mul_vector_kernel<T><<<grid, threads, 0, stream_of(gate)>>>(gp, gl, upp, ul, yp, ol, rows,
-                                                                       per_row);
+      MARLIN_CUDA_CHECK(launch_pdl(silu_mul_vector_kernel<T>, grid, dim3(threads), 0, stream_of(gate), gp, gl,
+                                   upp, ul, yp, ol, rows, per_row),
+                        "silu_mul");
     else
       silu_mul_kernel<T><<<grid, threads, 0, stream_of(gate)>>>(gp, gl, upp, ul, yp, ol, rows, n);
   });
@@ -126,11 +130,11 @@ void add(const Tensor& a, const Tensor& b, const Tensor& out) {
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 8192));
   nn::dispatch_float(a.dtype(), "add", [&](auto tag) {
     using T = decltype(tag);
-    add_kernel<T><<<blocks, 256, 0, stream_of(a)>>>(static_cast<const T*>(a.data_ptr()),
-                                                   static_cast<const T*>(b.data_ptr()),
-                                                   static_cast<T*>(out.data_ptr()), n);
+    MARLIN_CUDA_CHECK(launch_pdl(add_kernel<T>, dim3(blocks), dim3(256), 0, stream_of(a),
+                                 static_cast<const T*>(a.data_ptr()), static_cast<const T*>(b.data_ptr()),
+                                 static_cast<T*>(out.data_ptr()), n),
+                      "add");
   });
-  MARLIN_CUDA_CHECK_LAUNCH("add");
 }
 
 void cast(const Tensor& x, const Tensor& out) {

@@ -7,6 +7,7 @@
 #include "core/cuda_check.h"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -166,6 +167,8 @@ template <typename E>
 __global__ void cache_write_kernel(CacheWriteJob<E> job0, CacheWriteJob<E> job1, int64_t n,
                                    int H, int T_len, int D, int S, int start,
                                    const int* __restrict__ starts, const int* __restrict__ counts) {
+  pdl_launch_dependents();
+  pdl_wait();  // launched as a programmatic dependent: the new keys and values are RoPE's output
   const CacheWriteJob<E> job = blockIdx.y == 0 ? job0 : job1;
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -231,11 +234,12 @@ void launch_cache_write(Tensor& cache, const Tensor& src, Tensor* cache2, const 
     using E = decltype(element);
     const CacheWriteJob<E> first = cache_write_job<E>(cache, src);
     const CacheWriteJob<E> second = cache2 != nullptr ? cache_write_job<E>(*cache2, *src2) : first;
-    cache_write_kernel<<<grid, 256, 0, stream>>>(first, second, n, H, T_len, D, S, start, starts, counts);
+    MARLIN_CUDA_CHECK(launch_pdl(cache_write_kernel<E>, grid, dim3(256), 0, stream, first, second, n, H, T_len, D,
+                                 S, start, starts, counts),
+                      "attention_cache_write");
   };
   if (cache.element_size() == 4) launch(uint32_t{});
   else launch(uint16_t{});
-  MARLIN_CUDA_CHECK_LAUNCH("attention_cache_write");
 }
 
 }  // namespace

@@ -35,6 +35,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
                     float* __restrict__ part_o, float2* __restrict__ part_ml, int T_len, int Hq,
                     int Hkv, int S, float scale, int window, int splits) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
+  pdl_wait();               // launched as a programmatic dependent: q and the cache rows are new
   constexpr int kPerLane = (D + 31) / 32, kG = group_chunk<D>();
   const int group = Hq / Hkv, head_chunks = (group + kG - 1) / kG;
   const int split = blockIdx.x;
@@ -143,20 +144,20 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
     part_ml = Tensor::empty({rows * splits * 2}, DType::f32, q.device());
   }
   const dim3 grid(splits, Hkv * head_chunks, B * T_len);
-  decode_split_kernel<T, D><<<grid, kWarps * 32, 0, stream>>>(
-      static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kc.data_ptr()),
-      static_cast<const T*>(vc.data_ptr()), seq_lens.data<int32_t>(),
-      new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr, static_cast<T*>(out.data_ptr()),
-      splits > 1 ? part_o.data<float>() : nullptr,
-      splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, T_len, Hq, Hkv, S,
-      scale, window, splits);
-  MARLIN_CUDA_CHECK_LAUNCH("attention_decode");
-  if (splits > 1) {
-    flash_merge_kernel<T><<<static_cast<unsigned>(rows), std::min(D, 128), 0, stream>>>(
-        part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
-        static_cast<T*>(out.data_ptr()), splits, D);
-    MARLIN_CUDA_CHECK_LAUNCH("attention_decode (merge)");
-  }
+  MARLIN_CUDA_CHECK(launch_pdl(decode_split_kernel<T, D>, grid, dim3(kWarps * 32), 0, stream,
+                               static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kc.data_ptr()),
+                               static_cast<const T*>(vc.data_ptr()), seq_lens.data<int32_t>(),
+                               new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr,
+                               static_cast<T*>(out.data_ptr()), splits > 1 ? part_o.data<float>() : nullptr,
+                               splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr,
+                               T_len, Hq, Hkv, S, scale, window, splits),
+                    "attention_decode");
+  if (splits > 1)
+    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(std::min(D, 128)),
+                                 0, stream, part_o.data<float>(),
+                                 reinterpret_cast<const float2*>(part_ml.data<float>()),
+                                 static_cast<T*>(out.data_ptr()), splits, D),
+                      "attention_decode (merge)");
 }
 
 template <typename T>

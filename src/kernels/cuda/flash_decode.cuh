@@ -68,6 +68,7 @@ template <typename T>
 __global__ void flash_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
                                    T* __restrict__ out, int splits, int D) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
+  pdl_wait();               // when launched as a programmatic dependent: the split kernel's parts
   const int64_t row = blockIdx.x;
   const float2* ml = part_ml + row * splits;
   float M = -INFINITY;

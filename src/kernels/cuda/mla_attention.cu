@@ -50,6 +50,8 @@ template <typename T, int NL, int VL, bool kShared>
 __global__ void __launch_bounds__(kWarps * 32)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
                  int splits) {
+  pdl_launch_dependents();
+  pdl_wait();  // launched as a programmatic dependent: q and the latent rows are new
   const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
   const int ng = min(kHeads, a.H - h0);
   const int b = blockIdx.z / a.T, t = blockIdx.z % a.T;
@@ -140,16 +142,15 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
     part_ml = Tensor::empty({rows * splits * 2}, DType::f32, Device::cuda(device));
   }
   const dim3 grid(splits, head_chunks, a.B * a.T);
-  mla_split_kernel<T, NL, VL, kShared><<<grid, kWarps * 32, 0, stream>>>(
-      a, splits > 1 ? part_o.data<float>() : nullptr,
-      splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits);
-  MARLIN_CUDA_CHECK_LAUNCH("mla_attention");
-  if (splits > 1) {
-    flash_merge_kernel<T><<<static_cast<unsigned>(rows), 128, 0, stream>>>(
-        part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
-        static_cast<T*>(a.out), splits, a.Dv);
-    MARLIN_CUDA_CHECK_LAUNCH("mla_attention (merge)");
-  }
+  MARLIN_CUDA_CHECK(launch_pdl(mla_split_kernel<T, NL, VL, kShared>, grid, dim3(kWarps * 32), 0, stream, a,
+                               splits > 1 ? part_o.data<float>() : nullptr,
+                               splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits),
+                    "mla_attention");
+  if (splits > 1)
+    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(128), 0, stream,
+                                 part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
+                                 static_cast<T*>(a.out), splits, a.Dv),
+                      "mla_attention (merge)");
 }
 
 template <typename T, bool kShared>

@@ -59,6 +59,7 @@ __global__ void __launch_bounds__(kVectorThreads)
 rms_norm_vector_kernel(const T* x, RowLayout xl, T* residual, RowLayout rl, const W* weight,
                        T* out, RowLayout ol, int64_t rows, int vectors, int n, float eps) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
+  pdl_wait();               // launched as a programmatic dependent: x is the previous output
   constexpr int V = nn::kVec<T>;
   __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
@@ -113,8 +114,9 @@ void launch_vector(int per, int threads, unsigned blocks, cudaStream_t stream, c
   switch (per) {
 #define MARLIN_RMS_NORM_CASE(P)                                                                  \
   case P:                                                                                        \
-    rms_norm_vector_kernel<T, W, P, kAdd><<<blocks, threads, 0, stream>>>(                       \
-        x, xl, residual, rl, weight, out, ol, rows, vectors, n, eps);                            \
+    MARLIN_CUDA_CHECK(launch_pdl(rms_norm_vector_kernel<T, W, P, kAdd>, dim3(blocks), dim3(threads), 0, \
+                                 stream, x, xl, residual, rl, weight, out, ol, rows, vectors, n, eps), \
+                      "rms_norm");                                                               \
     break;
     MARLIN_RMS_NORM_CASE(1)
     MARLIN_RMS_NORM_CASE(2)

@@ -47,4 +47,15 @@ cudaError_t launch_maybe_pdl(bool pdl, void (*kernel)(Params...), dim3 grid, dim
   return cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...);
 }
 
+// launch_maybe_pdl on the current device (the one a <<<>>> launch would use). Every kernel
+// launched this way calls pdl_wait() before its first global memory access: with the attribute
+// it may start before its predecessor ends, and the wait is what orders it after it.
+template <typename... Params, typename... Args>
+cudaError_t launch_pdl(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, cudaStream_t stream,
+                       Args&&... args) {
+  int device = 0;
+  if (const cudaError_t e = cudaGetDevice(&device); e != cudaSuccess) return e;
+  return launch_maybe_pdl(pdl_enabled(device), kernel, grid, block, smem, stream, std::forward<Args>(args)...);
+}
+
 }  // namespace marlin::cuda

@@ -4,6 +4,7 @@
 #include "core/cuda_check.h"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -118,6 +119,8 @@ __global__ void __launch_bounds__(kWarps * 32)
 rope_kernel(HeadSet q, HeadSet k, const int32_t* __restrict__ positions,
             const float* __restrict__ inv_freq, int64_t items, int half, bool interleaved,
             float attention_factor) {
+  pdl_launch_dependents();
+  pdl_wait();  // launched as a programmatic dependent (pdl.cuh): q and k are the previous output
   extern __shared__ float stage_all[];  // interleaved only: 2 * half floats a warp
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* stage = stage_all + static_cast<int64_t>(warp) * 2 * half;
@@ -163,11 +166,11 @@ void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tenso
   auto stream = static_cast<cudaStream_t>(current_stream(q.device().index).handle);
   nn::dispatch_float(q.dtype(), "rope", [&](auto tag) {
     using T = decltype(tag);
-    rope_kernel<T><<<blocks, kWarps * 32, smem, stream>>>(qs, ks, positions.data<int32_t>(),
-                                                         inv_freq.data<float>(), items, half,
-                                                         interleaved, attention_factor);
+    MARLIN_CUDA_CHECK(launch_pdl(rope_kernel<T>, dim3(blocks), dim3(kWarps * 32), smem, stream, qs, ks,
+                                 positions.data<int32_t>(), inv_freq.data<float>(), items, half,
+                                 interleaved, attention_factor),
+                      "rope");
   });
-  MARLIN_CUDA_CHECK_LAUNCH("rope");
 }
 
 }  // namespace marlin::cuda
