@@ -60,8 +60,6 @@ __global__ void __launch_bounds__(kThreads)
                          BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
                          unsigned* __restrict__ counters, int M, int N, int K, int group_size,
                          int k_per_split) {
-  pdl_launch_dependents();
-  pdl_wait();  // launched as a programmatic dependent: A is the previous kernel's output
   using Cd = Codec<F>;
   constexpr int P = Cd::P;
   constexpr int kRowsPerStep = kStageK / P;
@@ -167,13 +165,12 @@ void launch_skinny(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   k_per_split = (k_per_split + kStageK - 1) / kStageK * kStageK;
   splits = (K + k_per_split - 1) / k_per_split;
   const SplitKBuffers buffers = split_k_buffers(device, splits, M, N, tiles);
-  MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(device), gemm_q_skinny_kernel<F, MT, CPT, TA>, dim3(tiles, splits),
-                                     dim3(kThreads), 0, stream, static_cast<const TA*>(A.data_ptr()),
-                                     W.packed.data<uint32_t>(), static_cast<const __half*>(W.scales.data_ptr()),
-                                     bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
-                                     static_cast<TA*>(C.data_ptr()), buffers.partials, buffers.counters, M, N, K,
-                                     W.group_size, k_per_split),
-                    "gemm_q");
+  gemm_q_skinny_kernel<F, MT, CPT, TA><<<dim3(tiles, splits), kThreads, 0, stream>>>(
+      static_cast<const TA*>(A.data_ptr()), W.packed.data<uint32_t>(),
+      static_cast<const __half*>(W.scales.data_ptr()), bias.defined() ? bias.data_ptr() : nullptr,
+      bias_kind(bias.dtype(), bias.defined()), static_cast<TA*>(C.data_ptr()), buffers.partials,
+      buffers.counters, M, N, K, W.group_size, k_per_split);
+  MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
 }
 
 template <QuantFormat F, typename TA>

@@ -17,7 +17,6 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_q_tile.cuh"
 #include "kernels/cuda/moe_common.cuh"
-#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -233,8 +232,6 @@ __global__ void __launch_bounds__(kThreads, 1)
     moe_mma_gate_up_kernel(const TA* __restrict__ x, const int32_t* __restrict__ ids,
                            const MoeExpertMatrices* __restrict__ table, int num_experts, int top_k,
                            int Imax, TA* __restrict__ act) {
-  pdl_launch_dependents();
-  pdl_wait();  // launched as a programmatic dependent: the router's ids and x
   __shared__ float red[2 * kTileN];
   const int slot = blockIdx.z;
   const int expert = slot < top_k ? ids[slot] : num_experts;
@@ -254,8 +251,6 @@ __global__ void __launch_bounds__(kThreads, 1)
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int H, int Imax, float* __restrict__ partials,
                         unsigned* __restrict__ counters, TA* __restrict__ out) {
-  pdl_launch_dependents();
-  pdl_wait();  // launched as a programmatic dependent: the gate/up kernel's activations
   __shared__ float red[2 * kTileN];
   const int slot = blockIdx.z;
   const int expert = slot < top_k ? ids[slot] : num_experts;
@@ -291,16 +286,13 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
                                          static_cast<int64_t>(slots) * Imax * sizeof(TA));
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
   TA* act = static_cast<TA*>(s.act);
-  const bool pdl = pdl_enabled(device);
-  MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, moe_mma_gate_up_kernel<TA>, dim3(tiles_i, 1, slots), dim3(kThreads), 0,
-                                     stream, static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E,
-                                     k, Imax, act),
-                    "dispatch_moe_decode");
-  MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, moe_mma_down_kernel<TA>, dim3(tiles_h, 1, slots), dim3(kThreads), 0,
-                                     stream, static_cast<const TA*>(act), ids.data<int32_t>(),
-                                     weights.data<float>(), table, E, k, H, Imax, s.partials, s.counters,
-                                     static_cast<TA*>(out.data_ptr())),
-                    "dispatch_moe_decode");
+  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, slots), kThreads, 0, stream>>>(
+      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, Imax, act);
+  MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
+  moe_mma_down_kernel<TA><<<dim3(tiles_h, 1, slots), kThreads, 0, stream>>>(
+      act, ids.data<int32_t>(), weights.data<float>(), table, E, k, H, Imax, s.partials, s.counters,
+      static_cast<TA*>(out.data_ptr()));
+  MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
 }
 
 template void launch_decode_mma<__half>(const Tensor&, const Tensor&, const Tensor&, const MoeKernelPlan&,

@@ -11,7 +11,6 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/moe_common.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
-#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -176,8 +175,6 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
                       int round_logits, float* __restrict__ logits, unsigned* __restrict__ counters,
                       int route, const float* __restrict__ bias, RouteParams p,
                       int32_t* __restrict__ ids, float* __restrict__ weights, bool vector8) {
-  pdl_launch_dependents();
-  pdl_wait();  // launched as a programmatic dependent: x is the previous kernel's output
   extern __shared__ __align__(16) char smem[];
   __shared__ bool is_last;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -269,15 +266,13 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
   const bool vector8 = H % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(router_weight.data_ptr()) % 16 == 0;
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
-    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(device), moe_router_kernel<TX>, grid, dim3(kRouterWarps * 32),
-                                       smem, stream, static_cast<const TX*>(x.data_ptr()),
-                                       router_weight.data<float>(), H, E, round_logits ? 1 : 0,
-                                       logits.data<float>(), counters, route ? 1 : 0,
-                                       bias.defined() ? bias.data<float>() : nullptr, params,
-                                       route ? ids.data<int32_t>() : nullptr,
-                                       route ? weights.data<float>() : nullptr, vector8),
-                      "moe_router");
+    moe_router_kernel<TX><<<grid, kRouterWarps * 32, smem, stream>>>(
+        static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, E,
+        round_logits ? 1 : 0, logits.data<float>(), counters, route ? 1 : 0,
+        bias.defined() ? bias.data<float>() : nullptr, params,
+        route ? ids.data<int32_t>() : nullptr, route ? weights.data<float>() : nullptr, vector8);
   });
+  MARLIN_CUDA_CHECK_LAUNCH("moe_router");
 }
 
 }  // namespace marlin::cuda
