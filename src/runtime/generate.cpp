@@ -5,10 +5,9 @@
 #include <algorithm>
 #include <chrono>
 #include <cmath>
-#include <cstdlib>
-#include <cstring>
 #include <optional>
 
+#include "core/env.h"
 #include "marlin/decode_graph.h"
 #include "marlin/error.h"
 #include "marlin/sampler.h"
@@ -87,9 +86,8 @@ std::vector<int64_t> choose_greedy_on_device(const Tensor& logits, const Generat
 
 // GenerationConfig::cuda_graph, unless MARLIN_CUDA_GRAPH=1 or 0 decides for the process.
 bool graphs_wanted(const GenerationConfig& c) {
-  const char* env = std::getenv("MARLIN_CUDA_GRAPH");
-  if (env != nullptr && std::strcmp(env, "1") == 0) return true;
-  if (env != nullptr && std::strcmp(env, "0") == 0) return false;
+  if (env_is("MARLIN_CUDA_GRAPH", "1")) return true;
+  if (env_is("MARLIN_CUDA_GRAPH", "0")) return false;
   return c.cuda_graph;
 }
 

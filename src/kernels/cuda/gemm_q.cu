@@ -13,12 +13,11 @@
 #include <cublas_v2.h>
 
 #include <algorithm>
-#include <cstdlib>
 #include <mutex>
-#include <string>
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -245,8 +244,7 @@ bool pdl_enabled(int device) {
   if (on < 0) {
     int major = 0;
     MARLIN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "pdl_enabled");
-    const char* env = std::getenv("MARLIN_PDL");
-    on = major >= 9 && !(env && std::string(env) == "0");
+    on = major >= 9 && !env_is("MARLIN_PDL", "0");
   }
   return on == 1;
 }
@@ -264,10 +262,7 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
   // Small weights at decode sizes: the canonical-layout split-K kernel has less fixed cost
   // (measured on H200: 2048x1536 and 1536x2048 at M = 1).
   // MARLIN_SMALL_DECODE_TILED=1 sends them to the tile-layout kernel instead (to measure both).
-  static const bool small_tiled = [] {
-    const char* v = std::getenv("MARLIN_SMALL_DECODE_TILED");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool small_tiled = env_is("MARLIN_SMALL_DECODE_TILED", "1");
   const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() &&
                             !small_tiled;
   if (!small_decode && gemm_q_tiled(A, W, bias, C)) return;

@@ -11,13 +11,12 @@
 // inside a slab it writes its partial sums; the last warp to finish a slab adds them in warp
 // order (deterministic) and writes C.
 #include <algorithm>
-#include <cstdlib>
-#include <string>
 #include <mutex>
 #include <type_traits>
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -407,10 +406,7 @@ void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bi
   else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
   return;
   // MARLIN_STREAM_SWAP=0: the unswapped M <= 8 kernel at group 128, to measure the swap against.
-  static const bool unswapped = [] {
-    const char* v = std::getenv("MARLIN_STREAM_SWAP");
-    return v != nullptr && std::string(v) == "0";
-  }();
+  static const bool unswapped = env_is("MARLIN_STREAM_SWAP", "0");
   if (unswapped && M <= 8 && W.group_size == 4 * kUnitK) return launch_stream<F, 4, 8, TA, false>(A, W, bias, C, stream);
   switch (W.group_size / kUnitK) {
     case 1: MARLIN_STREAM_G(1)

@@ -10,12 +10,11 @@
 // kernels serve the tables the tensor-core ones (moe_decode_mma.cu) cannot take.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
-#include <string>
 #include <mutex>
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/moe_common.cuh"
 #include "marlin/stream.h"
@@ -261,10 +260,7 @@ std::atomic<bool> g_force_cuda_cores{false};
 
 // Tests (set_force_cuda_core_moe_decode) and MARLIN_MOE_CUDA_CORES=1 (to measure both paths).
 bool force_cuda_core_moe_decode() {
-  static const bool from_env = [] {
-    const char* v = std::getenv("MARLIN_MOE_CUDA_CORES");
-    return v != nullptr && std::string(v) == "1";
-  }();
+  static const bool from_env = env_is("MARLIN_MOE_CUDA_CORES", "1");
   return from_env || g_force_cuda_cores.load(std::memory_order_relaxed);
 }
 
