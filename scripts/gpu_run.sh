@@ -60,9 +60,11 @@ echo "tests exit code: $test_rc"
 if [ "${1:-}" = "decode-profile" ]; then
   # Every kernel of a few decode steps of a 4-layer model of CONFIG's shapes, timed by ncu one
   # launch at a time (eager steps: ncu times kernels, not graph replays), summed by name.
+  # NCU_CACHE=none keeps L2 as the previous kernel left it (ncu flushes it before each launch
+  # by default, which inflates the small kernels' times).
   python3 -c "import json,sys; c=json.load(open(sys.argv[1])); c['num_hidden_layers']=4; json.dump(c,open(sys.argv[2],'w'))" \
       "bench/configs/${PROFILE_CONFIG:-llama-3.1-8b}.json" "$out/profile_config.json"
-  timeout 300 ncu --clock-control none --metrics gpu__time_duration.sum --csv \
+  timeout 300 ncu --clock-control none --cache-control "${NCU_CACHE:-all}" --metrics gpu__time_duration.sum --csv \
       ./build-gpu/marlin bench generate --config "$out/profile_config.json" --synthetic \
       --bits "${PROFILE_BITS:-4}" --prompt-len 4 --gen-len 4 --warmup 0 --runs 1 --no-graph >"$out/ncu.csv" 2>&1
   python3 tools/ncu_kernel_summary.py "$out/ncu.csv" | tee "$out/ncu_summary.txt"

@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -19,9 +20,13 @@ namespace marlin::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kMinKeysPerSplit = 256;  // below this a split's setup outweighs its keys
 constexpr int kMaxSplits = 64;
-int g_forced_splits = 0;
+// A split of fewer keys costs more in setup and merge than it saves. At 256 (before), a
+// 640-position cache got 3 splits: 24 blocks of Llama-3.1-8B's decode each scored ~200 keys
+// serially while the other SMs idled.
+constexpr int kMinKeysPerSplit = 32;
+// set_*_splits (tests) or MARLIN_DECODE_SPLITS=n (a measurement switch) forces the split count.
+int g_forced_splits = static_cast<int>(env_int("MARLIN_DECODE_SPLITS", 0));
 
 // Query heads handled together per block; fewer at head_dim 256 to bound registers.
 template <int D>

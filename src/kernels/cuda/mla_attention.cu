@@ -8,6 +8,7 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/flash_decode.cuh"
@@ -24,9 +25,13 @@ using kernels::MlaOperand;
 constexpr int kWarps = 4;
 constexpr int kHeads = 4;      // query heads per block
 constexpr int kRopeLane = 2;   // Dr <= 64
-constexpr int kMinKeysPerSplit = 256;
 constexpr int kMaxSplits = 64;
-int g_forced_splits = 0;
+// A split of fewer keys costs more in setup and merge than it saves. At 256 (before), a
+// 640-position cache got 3 splits: GLM-4.7-Flash's decode ran 15 blocks, each scoring ~200
+// latent rows serially while the other SMs idled.
+constexpr int kMinKeysPerSplit = 32;
+// set_*_splits (tests) or MARLIN_MLA_SPLITS=n (a measurement switch) forces the split count.
+int g_forced_splits = static_cast<int>(env_int("MARLIN_MLA_SPLITS", 0));
 
 template <typename T>
 __device__ __forceinline__ const T* row_ptr(const MlaOperand& o, int b, int r, int h) {
