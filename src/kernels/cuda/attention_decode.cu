@@ -158,7 +158,7 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
                                T_len, Hq, Hkv, S, scale, window, splits),
                     "attention_decode");
   if (splits > 1)
-    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(std::min(D, 128)),
+    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, D), flash_merge_block(D),
                                  0, stream, part_o.data<float>(),
                                  reinterpret_cast<const float2*>(part_ml.data<float>()),
                                  static_cast<T*>(out.data_ptr()), splits, D),

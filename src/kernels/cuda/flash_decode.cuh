@@ -62,27 +62,41 @@ __device__ __forceinline__ void write_block_state(const float (*s_m)[kG], const 
   }
 }
 
-// out[row] = the merge of the row's split states (one block per row of D values); a row whose
-// splits all saw no key is zero.
+// out[row] = the merge of the row's split states; a row whose splits all saw no key is zero.
+// Block (row, chunk) merges dims chunk * blockDim.x + threadIdx.x: a latent row of 512 values
+// over 53 splits (GLM-4.7-Flash with a 32k cache) is 4 blocks' work, not one's. The loads of
+// the splits have no branch between them (a split with no key is selected out, its unwritten
+// sums never used), so they are in flight together.
 template <typename T>
 __global__ void flash_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
                                    T* __restrict__ out, int splits, int D) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   pdl_wait();               // when launched as a programmatic dependent: the split kernel's parts
   const int64_t row = blockIdx.x;
+  const int d = blockIdx.y * blockDim.x + threadIdx.x;
   const float2* ml = part_ml + row * splits;
   float M = -INFINITY;
+#pragma unroll 8
   for (int s = 0; s < splits; ++s) M = fmaxf(M, ml[s].x);
-  for (int d = threadIdx.x; d < D; d += blockDim.x) {
-    float L = 0.0f, O = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      if (ml[s].x == -INFINITY) continue;
-      const float c = __expf(ml[s].x - M);
-      L += ml[s].y * c;
-      O += part_o[(row * splits + s) * D + d] * c;
-    }
-    out[row * D + d] = from_float<T>(L > 0.0f ? O / L : 0.0f);
+  if (d >= D) return;
+  float L = 0.0f, O = 0.0f;
+#pragma unroll 8
+  for (int s = 0; s < splits; ++s) {
+    const float2 state = ml[s];
+    const float o = part_o[(row * splits + s) * D + d];
+    const bool seen = state.x != -INFINITY;
+    const float c = seen ? __expf(state.x - M) : 0.0f;
+    L += seen ? state.y * c : 0.0f;
+    O += seen ? o * c : 0.0f;
   }
+  out[row * D + d] = from_float<T>(L > 0.0f ? O / L : 0.0f);
+}
+
+// The merge's launch shape for rows of D values.
+inline dim3 flash_merge_block(int D) { return dim3(D < 128 ? D : 128); }
+inline dim3 flash_merge_grid(int64_t rows, int D) {
+  const unsigned block = flash_merge_block(D).x;
+  return dim3(static_cast<unsigned>(rows), (static_cast<unsigned>(D) + block - 1) / block);
 }
 
 }  // namespace marlin::cuda

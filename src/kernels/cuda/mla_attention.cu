@@ -152,8 +152,8 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
                                splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits),
                     "mla_attention");
   if (splits > 1)
-    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, dim3(static_cast<unsigned>(rows)), dim3(128), 0, stream,
-                                 part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
+    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, a.Dv), flash_merge_block(a.Dv), 0,
+                                 stream, part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
                                  static_cast<T*>(a.out), splits, a.Dv),
                       "mla_attention (merge)");
 }
