@@ -58,7 +58,8 @@ if [ "${1:-}" = "" ] || [ "${1:-}" = "generate" ]; then
 fi
 echo "tests exit code: $test_rc"
 if [ "${1:-}" = "decode-profile" ]; then
-  # Every kernel of a few decode steps of a 4-layer model of CONFIG's shapes, timed by ncu one
+  # Every kernel of a few decode steps (after a PROFILE_PROMPT-token prompt, default 4) of a
+  # 4-layer model of CONFIG's shapes, timed by ncu one
   # launch at a time (eager steps: ncu times kernels, not graph replays), summed by name.
   # NCU_CACHE=none keeps L2 as the previous kernel left it (ncu flushes it before each launch
   # by default, which inflates the small kernels' times).
@@ -66,8 +67,8 @@ if [ "${1:-}" = "decode-profile" ]; then
       "bench/configs/${PROFILE_CONFIG:-llama-3.1-8b}.json" "$out/profile_config.json"
   timeout 300 ncu --clock-control none --cache-control "${NCU_CACHE:-all}" --metrics gpu__time_duration.sum --csv \
       ./build-gpu/marlin bench generate --config "$out/profile_config.json" --synthetic \
-      --bits "${PROFILE_BITS:-4}" --prompt-len 4 --gen-len 4 --warmup 0 --runs 1 --no-graph >"$out/ncu.csv" 2>&1
-  python3 tools/ncu_kernel_summary.py "$out/ncu.csv" | tee "$out/ncu_summary.txt"
+      --bits "${PROFILE_BITS:-4}" --prompt-len "${PROFILE_PROMPT:-4}" --gen-len 4 --warmup 0 --runs 1 --no-graph >"$out/ncu.csv" 2>&1
+  python3 tools/ncu_kernel_summary.py "$out/ncu.csv" --after "${PROFILE_AFTER:-}" | tee "$out/ncu_summary.txt"
 fi
 if [ "${1:-}" = "profile" ] && command -v ncu >/dev/null 2>&1; then
   ncu --launch-skip 4 --launch-count 1 -k regex:"${PROFILE_KERNEL:-mma}" \

@@ -65,6 +65,29 @@ TEST_F(MlaCuda, AttentionMatchesCpu) {
       }
 }
 
+// One latent row for every head but values apart from it (not the absorbed form's k_nope == v):
+// the kernel that reads k_nope and v separately, two keys a batch.
+TEST_F(MlaCuda, SharedKeysWithSeparateValuesMatchCpu) {
+  testing::PoisonScope poison;
+  int seed = 301;
+  for (int64_t D : {512, 96})
+    for (int splits : {0, 1, 5}) {
+      seed += 3;
+      cuda::set_mla_attention_splits(splits);
+      auto cpu = make_mla_case(true, 2, 1, 20, 300, D, 64, D, {300, 77}, DType::bf16, seed);
+      auto dev = make_mla_case(true, 2, 1, 20, 300, D, 64, D, {300, 77}, DType::bf16, seed, gpu);
+      cpu.v = random_tensor(cpu.k_nope.shape(), DType::bf16, seed + 100);
+      dev.v = cpu.v.to(gpu);
+      const float scale = 1.0f / std::sqrt(static_cast<float>(D + 64));
+      const Tensor ref =
+          ops::mla_attention(cpu.q_nope, cpu.q_rope, cpu.k_nope, cpu.k_rope, cpu.v, cpu.seq_lens, scale);
+      const Tensor got =
+          ops::mla_attention(dev.q_nope, dev.q_rope, dev.k_nope, dev.k_rope, dev.v, dev.seq_lens, scale);
+      EXPECT_LT(relative_error(to_double(got), to_double(ref)), tolerance(DType::bf16))
+          << "D=" << D << " splits=" << splits;
+    }
+}
+
 // Right-padded rows (prompts of different lengths): the GPU places each row's real queries and
 // its padding queries as the CPU does, latent and expanded, with forced and automatic splits.
 TEST_F(MlaCuda, RightPaddedRowsMatchCpu) {

@@ -21,10 +21,11 @@ namespace {
 
 constexpr int kWarps = 4;
 constexpr int kMaxSplits = 64;
-// A split of fewer keys costs more in setup and merge than it saves. At 256 (before), a
+// A split of fewer keys costs more in setup and merge than it saves (forcing 40 splits on a
+// 640-position cache measured faster than 20, for Llama and GLM alike). At 256 (before), a
 // 640-position cache got 3 splits: 24 blocks of Llama-3.1-8B's decode each scored ~200 keys
 // serially while the other SMs idled.
-constexpr int kMinKeysPerSplit = 32;
+constexpr int kMinKeysPerSplit = 16;
 // set_*_splits (tests) or MARLIN_DECODE_SPLITS=n (a measurement switch) forces the split count.
 int g_forced_splits = static_cast<int>(env_int("MARLIN_DECODE_SPLITS", 0));
 
@@ -33,7 +34,7 @@ template <int D>
 constexpr int group_chunk() { return D >= 256 ? 4 : 8; }
 
 template <typename T, int D>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, 1)
 decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* __restrict__ vc,
                     const int* __restrict__ seq_lens, const int* __restrict__ new_tokens,
                     T* __restrict__ out,
@@ -83,23 +84,35 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
     }
   }
   const int64_t cache_base = (static_cast<int64_t>(b) * Hkv + kvh) * S * D;
-  for (int j = lo + warp; j <= hi; j += kWarps) {
-    float kr[kPerLane], vr[kPerLane];
+  // A warp requests kBatch keys and values before scoring the first: its keys then cost about
+  // one memory latency per batch, not one each (Llama-3.1-8B at 20 splits: ~7 keys a warp, and
+  // 13 us a layer when they were read one by one). Fewer at head_dim 256 to bound registers.
+  constexpr int kBatch = D >= 256 ? 2 : 4;
+  for (int j0 = lo + warp; j0 <= hi; j0 += kWarps * kBatch) {
+    float kr[kBatch][kPerLane], vr[kBatch][kPerLane];
 #pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int d = lane + 32 * i;
-      kr[i] = d < D ? to_float(kc[cache_base + static_cast<int64_t>(j) * D + d]) : 0.0f;
-      vr[i] = d < D ? to_float(vc[cache_base + static_cast<int64_t>(j) * D + d]) : 0.0f;
+    for (int u = 0; u < kBatch; ++u) {
+      const int64_t row = cache_base + static_cast<int64_t>(min(j0 + u * kWarps, hi)) * D;  // past hi: loaded, unused
+#pragma unroll
+      for (int i = 0; i < kPerLane; ++i) {
+        const int d = lane + 32 * i;
+        kr[u][i] = d < D ? to_float(kc[row + d]) : 0.0f;
+        vr[u][i] = d < D ? to_float(vc[row + d]) : 0.0f;
+      }
     }
 #pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
-      float s = 0.0f;
+    for (int u = 0; u < kBatch; ++u) {
+      if (j0 + u * kWarps > hi) continue;  // not break: the arrays stay in registers
 #pragma unroll
-      for (int i = 0; i < kPerLane; ++i) s += qr[g][i] * kr[i];
+      for (int g = 0; g < kG; ++g) {
+        if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
+        float s = 0.0f;
 #pragma unroll
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-      online_softmax_update(s, m[g], l[g], acc[g], vr);
+        for (int i = 0; i < kPerLane; ++i) s += qr[g][i] * kr[u][i];
+#pragma unroll
+        for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+        online_softmax_update(s, m[g], l[g], acc[g], vr[u]);
+      }
     }
   }
 

@@ -26,10 +26,11 @@ constexpr int kWarps = 4;
 constexpr int kHeads = 4;      // query heads per block
 constexpr int kRopeLane = 2;   // Dr <= 64
 constexpr int kMaxSplits = 64;
-// A split of fewer keys costs more in setup and merge than it saves. At 256 (before), a
+// A split of fewer keys costs more in setup and merge than it saves (forcing 40 splits on a
+// 640-position cache measured faster than 20, for Llama and GLM alike). At 256 (before), a
 // 640-position cache got 3 splits: GLM-4.7-Flash's decode ran 15 blocks, each scoring ~200
 // latent rows serially while the other SMs idled.
-constexpr int kMinKeysPerSplit = 32;
+constexpr int kMinKeysPerSplit = 16;
 // set_*_splits (tests) or MARLIN_MLA_SPLITS=n (a measurement switch) forces the split count.
 int g_forced_splits = static_cast<int>(env_int("MARLIN_MLA_SPLITS", 0));
 
@@ -50,11 +51,20 @@ __device__ __forceinline__ void load_lanes(const T* p, int D, int lane, float (&
 }
 
 // NL / VL: k_nope and v dims per lane (Dn <= 32 NL, Dv <= 32 VL). kShared: k_nope, k_rope and
-// v have one head for all (the latent cache), loaded once per key for the block's heads.
-template <typename T, int NL, int VL, bool kShared>
+// v have one head for all (the latent cache), loaded once per key for the block's heads; a warp
+// then requests kKeyBatch keys before scoring the first, so its keys cost about one memory
+// latency per batch instead of one each (GLM-4.7-Flash: ~7 keys a warp per step, 24 us a layer
+// when they were read one by one). kVIsK: v is k_nope itself (the absorbed form's latent), read
+// once.
+constexpr int kKeyBatch = 4;
+
+template <typename T, int NL, int VL, bool kShared, bool kVIsK>
 __global__ void __launch_bounds__(kWarps * 32)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
                  int splits) {
+  static_assert(!kVIsK || (kShared && NL == VL), "v read as k_nope needs one latent row of both");
+  // Rows of separate k_nope and v (16 + 16 lanes' worth) hold half as many keys in registers.
+  constexpr int kBatch = kVIsK || NL + VL <= 16 ? kKeyBatch : kKeyBatch / 2;
   pdl_launch_dependents();
   pdl_wait();  // launched as a programmatic dependent: q and the latent rows are new
   const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
@@ -83,29 +93,49 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
     for (int i = 0; i < VL; ++i) acc[g][i] = 0.0f;
   }
 
-  for (int j = lo + warp; j <= hi; j += kWarps) {
-    float kn[NL], kr[kRopeLane], vv[VL];
-    if constexpr (kShared) {
-      load_lanes<T, NL>(row_ptr<T>(a.k_nope, b, j, 0), a.Dn, lane, kn);
-      load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, 0), a.Dr, lane, kr);
-      load_lanes<T, VL>(row_ptr<T>(a.v, b, j, 0), a.Dv, lane, vv);
-    }
+  // Key j's score and value into head g's state.
+  auto score = [&](int g, const float (&kn)[NL], const float (&kr)[kRopeLane], const float (&vv)[VL]) {
+    float s = 0.0f;
 #pragma unroll
-    for (int g = 0; g < kHeads; ++g) {
-      if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
-      if constexpr (!kShared) {
+    for (int i = 0; i < NL; ++i) s += qn[g][i] * kn[i];
+#pragma unroll
+    for (int i = 0; i < kRopeLane; ++i) s += qr[g][i] * kr[i];
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
+    online_softmax_update(s, m[g], l[g], acc[g], vv);
+  };
+  if constexpr (kShared) {
+    for (int j0 = lo + warp; j0 <= hi; j0 += kWarps * kBatch) {
+      float kn[kBatch][NL], kr[kBatch][kRopeLane], vv[kVIsK ? 1 : kBatch][VL];
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        const int j = min(j0 + u * kWarps, hi);  // past hi: a valid row loaded, never scored
+        load_lanes<T, NL>(row_ptr<T>(a.k_nope, b, j, 0), a.Dn, lane, kn[u]);
+        load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, 0), a.Dr, lane, kr[u]);
+        if constexpr (!kVIsK) load_lanes<T, VL>(row_ptr<T>(a.v, b, j, 0), a.Dv, lane, vv[u]);
+      }
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u) {
+        if (j0 + u * kWarps > hi) continue;  // not break: the arrays stay in registers
+#pragma unroll
+        for (int g = 0; g < kHeads; ++g) {
+          if (g >= ng) continue;
+          if constexpr (kVIsK) score(g, kn[u], kr[u], kn[u]);
+          else score(g, kn[u], kr[u], vv[u]);
+        }
+      }
+    }
+  } else {
+    for (int j = lo + warp; j <= hi; j += kWarps) {
+      float kn[NL], kr[kRopeLane], vv[VL];
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) {
+        if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
         load_lanes<T, NL>(row_ptr<T>(a.k_nope, b, j, h0 + g), a.Dn, lane, kn);
         load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, h0 + g), a.Dr, lane, kr);
         load_lanes<T, VL>(row_ptr<T>(a.v, b, j, h0 + g), a.Dv, lane, vv);
+        score(g, kn, kr, vv);
       }
-      float s = 0.0f;
-#pragma unroll
-      for (int i = 0; i < NL; ++i) s += qn[g][i] * kn[i];
-#pragma unroll
-      for (int i = 0; i < kRopeLane; ++i) s += qr[g][i] * kr[i];
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-      online_softmax_update(s, m[g], l[g], acc[g], vv);
     }
   }
 
@@ -129,6 +159,12 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
 
 template <typename T, int NL, int VL, bool kShared>
 void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+  // The absorbed form passes the cached latent as both k_nope and v: read it once a key.
+  const bool v_is_k = kShared && NL == VL && a.v.data == a.k_nope.data && a.Dv == a.Dn &&
+                      a.v.batch_stride == a.k_nope.batch_stride && a.v.row_stride == a.k_nope.row_stride;
+  auto kernel = mla_split_kernel<T, NL, VL, kShared, false>;
+  if constexpr (kShared && NL == VL)
+    if (v_is_k) kernel = mla_split_kernel<T, NL, VL, kShared, true>;
   const int head_chunks = (a.H + kHeads - 1) / kHeads;
   const int base_blocks = head_chunks * a.B * a.T;
   int splits = g_forced_splits;
@@ -147,7 +183,7 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
     part_ml = Tensor::empty({rows * splits * 2}, DType::f32, Device::cuda(device));
   }
   const dim3 grid(splits, head_chunks, a.B * a.T);
-  MARLIN_CUDA_CHECK(launch_pdl(mla_split_kernel<T, NL, VL, kShared>, grid, dim3(kWarps * 32), 0, stream, a,
+  MARLIN_CUDA_CHECK(launch_pdl(kernel, grid, dim3(kWarps * 32), 0, stream, a,
                                splits > 1 ? part_o.data<float>() : nullptr,
                                splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits),
                     "mla_attention");
