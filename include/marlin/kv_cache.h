@@ -9,6 +9,7 @@
 #include <utility>
 #include <vector>
 
+#include "marlin/ops_nn.h"
 #include "marlin/tensor.h"
 
 namespace marlin {
@@ -48,6 +49,12 @@ class KVCache {
   // values so far, L = the longest row once the step is written (a shorter row's entries past
   // its own length are stale). Writing past max_seq_len in any row is an error naming the row.
   std::pair<Tensor, Tensor> update(int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
+  // The same for k_new and v_new [B x T, Hkv, D] (token b T + t is row b's t-th), after rotating
+  // q and k_new in place by `rope` at `positions` (ops::rope): on CUDA the rotation and the write
+  // are one launch (ops::rope_cache_write). Not for a keys-only cache.
+  std::pair<Tensor, Tensor> update_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new,
+                                           const Tensor& v_new, const Tensor& positions,
+                                           const ops::RopeParams& rope);
   // Moves every row by num_tokens (>= 0) after every layer has written them; ends the step in
   // flight, if any. A device kernel: no copy from the host.
   void advance(int64_t num_tokens = 1);
@@ -96,6 +103,9 @@ class KVCache {
 
  private:
   void check_layer(const char* op, int64_t layer_idx) const;
+  // update()'s checks of k_new and v_new [B, Hkv, T, D], and the step they belong to (begun if
+  // none is).
+  void check_new_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
   void check_room(const char* op, const std::vector<int64_t>* added, int64_t uniform) const;
   // Adds to the host mirror (added[b], or uniform when added is null) and ends any step.
   void add_to_host_lengths(const std::vector<int64_t>* added, int64_t uniform);

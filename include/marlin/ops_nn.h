@@ -62,6 +62,13 @@ RopeParams rope_params(double rope_theta, int64_t rotary_dim, const RopeScaling&
 // rotates q and k (k may have another head count, or be undefined) in one launch.
 void rope(const Tensor& x, const Tensor& positions, const RopeParams& params);
 void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const RopeParams& params);
+// rope(q, k), then the step's keys and values written to a KV cache as
+// attention_cache_write_kv(k_cache, k, v_cache, v, starts, counts) writes them, k and v being
+// [tokens = B x T, heads, head_dim] (token b T + t is row b's t-th) and the caches
+// [B, heads, S_max, head_dim]. On CUDA it is one launch: a decode step's RoPE and cache append.
+void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                      const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
+                      const Tensor& counts = {});
 
 // ---- Activations, embedding, elementwise --------------------------------------------------------
 

@@ -68,16 +68,15 @@ Tensor Attention::forward(const Tensor& x, const Tensor& positions, KVCache* cac
     q = q_norm_.forward(q);
     k = k_norm_.forward(k);
   }
-  ops::rope(q, k, positions, rope_);
-
   Tensor out;
   const int64_t window = config_.sliding_window;
+  if (cache == nullptr) ops::rope(q, k, positions, rope_);
   if (cache != nullptr) {
     // Each row writes at its own length and attends up to it, both read on the device
     // (step_lengths() is a buffer of the cache): a decode step launches the same kernels
     // whatever the lengths are. Right padding (step_new_tokens()) is neither written nor read.
-    cache->update(config_.layer_idx, k.view({B, T, Hkv, D}).transpose(1, 2),
-                  v.view({B, T, Hkv, D}).transpose(1, 2));
+    // q and k are rotated in the launch that writes k and v (ops::rope_cache_write).
+    cache->update_rotated(config_.layer_idx, q, k, v, positions, rope_);
     const Tensor& keys = cache->keys(config_.layer_idx);
     const Tensor& values = cache->values(config_.layer_idx);
     const Tensor& seq_lens = cache->step_lengths();

@@ -3,8 +3,11 @@
 
 #include "kernels/cpu/attention_kernels.h"
 #include "marlin/attention.h"
+#include "marlin/ops_nn.h"
+#include "ops/nn_internal.h"
 #ifdef MARLIN_WITH_CUDA
 #include "kernels/cuda/attention_kernels_cuda.h"
+#include "kernels/cuda/nn_kernels_cuda.h"
 #endif
 
 namespace marlin::ops {
@@ -212,6 +215,45 @@ void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_ca
   const bool v_cuda = check_cache_write_at(op, v_cache, v_new, starts, counts);
 #ifdef MARLIN_WITH_CUDA
   if (k_cuda && v_cuda) cuda::attention_cache_write_kv(k_cache, k_new, v_cache, v_new, starts, counts);
+#else
+  (void)k_cuda;
+  (void)v_cuda;
+#endif
+}
+
+void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                      const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
+                      const Tensor& counts) {
+  constexpr const char* op = "rope_cache_write";
+  check_rope(op, q, k, positions, params);
+  MARLIN_CHECK(k.defined() && v.defined() && v.dim() == 3 && v.shape() == k.shape() && v.dtype() == k.dtype() &&
+                   v.device() == k.device() && (v.strides()[2] == 1 || v.size(2) == 1),
+               op, "k and v must be [tokens, heads, head_dim] of one shape, dtype and device, head_dim "
+               "contiguous, got ", k.defined() ? k.describe() : "undefined", " and ",
+               v.defined() ? v.describe() : "undefined");
+  MARLIN_CHECK(k_cache.dim() == 4 && k_cache.size(0) >= 1 && k.size(0) % k_cache.size(0) == 0, op,
+               "the caches must be [B, heads, S_max, head_dim] with B dividing the ", k.size(0),
+               " tokens, got ", k_cache.describe());
+  const int64_t B = k_cache.size(0), T = k.size(0) / B, H = k.size(1), D = k.size(2);
+  // The [B, heads, T, head_dim] views attention_cache_write_kv takes (no copy).
+  const Tensor k4 = k.view({B, T, H, D}).transpose(1, 2);
+  const Tensor v4 = v.view({B, T, H, D}).transpose(1, 2);
+  if (q.device().is_cpu()) {
+    rope(q, k, positions, params);
+    attention_cache_write_kv(k_cache, k4, v_cache, v4, starts, counts);
+    return;
+  }
+  // The checks of attention_cache_write_kv (on CUDA they write nothing).
+  MARLIN_CHECK(k_cache.shape() == v_cache.shape() && k_cache.dtype() == v_cache.dtype() &&
+                   k_cache.device() == v_cache.device() && k_cache.dtype() == k.dtype(),
+               op, "the key and value caches must match each other and k, got ", k_cache.describe(), ", ",
+               v_cache.describe(), " and k ", k.describe());
+  const bool k_cuda = check_cache_write_at(op, k_cache, k4, starts, counts);
+  const bool v_cuda = check_cache_write_at(op, v_cache, v4, starts, counts);
+#ifdef MARLIN_WITH_CUDA
+  if (k_cuda && v_cuda)
+    cuda::rope_cache_write(q, k, v, positions, params.inv_freq, params.layout == RopeLayout::interleaved,
+                           params.attention_factor, k_cache, v_cache, starts, counts);
 #else
   (void)k_cuda;
   (void)v_cuda;

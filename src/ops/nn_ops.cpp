@@ -5,6 +5,7 @@
 #include "kernels/cpu/nn_kernels.h"
 #include "kernels/row_layout.h"
 #include "marlin/ops_nn.h"
+#include "ops/nn_internal.h"
 #ifdef MARLIN_WITH_CUDA
 #include "kernels/cuda/nn_kernels_cuda.h"
 #endif
@@ -103,8 +104,8 @@ void rope(const Tensor& x, const Tensor& positions, const RopeParams& params) {
   rope(x, Tensor(), positions, params);
 }
 
-void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const RopeParams& params) {
-  constexpr const char* op = "rope";
+void check_rope(const char* op, const Tensor& q, const Tensor& k, const Tensor& positions,
+                const RopeParams& params) {
   const Tensor& inv = params.inv_freq;
   MARLIN_CHECK(inv.defined() && inv.dim() == 1 && inv.dtype() == DType::f32 && inv.is_contiguous() &&
                    inv.numel() >= 1,
@@ -129,6 +130,12 @@ void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const RopeP
   if (k.defined())
     MARLIN_CHECK(k.dtype() == q.dtype(), op, "q and k must have one dtype, got q ", q.describe(), " and k ",
                  k.describe());
+}
+
+void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const RopeParams& params) {
+  constexpr const char* op = "rope";
+  check_rope(op, q, k, positions, params);
+  const Tensor& inv = params.inv_freq;
   const bool interleaved = params.layout == RopeLayout::interleaved;
   if (q.device().is_cpu()) {
     cpu::rope(q, k, positions, inv, interleaved, params.attention_factor);

@@ -123,9 +123,7 @@ void KVCache::end_step() {
   add_to_host_lengths(step_padded_ ? &host_new_tokens_ : nullptr, step_tokens_);
 }
 
-std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new,
-                                          const Tensor& v_new) {
-  constexpr const char* op = "KVCache::update";
+void KVCache::check_new_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new) {
   check_layer(op, layer_idx);
   MARLIN_CHECK(config_.keys_only != v_new.defined(), op,
                config_.keys_only ? "a keys-only (latent) cache takes no values"
@@ -148,6 +146,11 @@ std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new
   if (step_tokens_ == 0) begin_step(T);
   MARLIN_CHECK(T == step_tokens_, op, "writing T=", T, " tokens in a step of ", step_tokens_,
                " (advance or end_step first)");
+}
+
+std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new,
+                                          const Tensor& v_new) {
+  check_new_entries("KVCache::update", layer_idx, k_new, v_new);
   Tensor& k = keys_[static_cast<size_t>(layer_idx)];
   if (config_.keys_only) {
     ops::attention_cache_write(k, k_new, lengths_, step_new_tokens());
@@ -155,6 +158,24 @@ std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new
   }
   Tensor& v = values_[static_cast<size_t>(layer_idx)];
   ops::attention_cache_write_kv(k, k_new, v, v_new, lengths_, step_new_tokens());
+  return {k.narrow(2, 0, step_longest_), v.narrow(2, 0, step_longest_)};
+}
+
+std::pair<Tensor, Tensor> KVCache::update_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new,
+                                                  const Tensor& v_new, const Tensor& positions,
+                                                  const ops::RopeParams& rope) {
+  constexpr const char* op = "KVCache::update_rotated";
+  MARLIN_CHECK(!config_.keys_only, op, "a keys-only (latent) cache takes no values: use update()");
+  for (const Tensor* t : {&k_new, &v_new})
+    MARLIN_CHECK(t->defined() && t->dim() == 3 && t->size(0) % batch_size_ == 0, op,
+                 "new keys and values must be [B x T, Hkv, D] with B=", batch_size_, ", got ",
+                 t->defined() ? t->describe() : "an undefined tensor");
+  const int64_t T = k_new.size(0) / batch_size_;
+  auto rows = [&](const Tensor& t) { return t.view({batch_size_, T, t.size(1), t.size(2)}).transpose(1, 2); };
+  check_new_entries(op, layer_idx, rows(k_new), rows(v_new));
+  Tensor& k = keys_[static_cast<size_t>(layer_idx)];
+  Tensor& v = values_[static_cast<size_t>(layer_idx)];
+  ops::rope_cache_write(q, k_new, v_new, positions, rope, k, v, lengths_, step_new_tokens());
   return {k.narrow(2, 0, step_longest_), v.narrow(2, 0, step_longest_)};
 }
 

@@ -6,6 +6,8 @@
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "marlin/attention.h"
 #include "marlin/kv_cache.h"
+#include "marlin/model_config.h"
+#include "marlin/ops_nn.h"
 #include "test_util.h"
 
 namespace marlin {
@@ -122,6 +124,49 @@ TEST_F(AttentionCuda, KVCacheWritesLikeTheCpu) {
     device.advance(n);
   }
   EXPECT_EQ(device.seq_lens().to_float_vector(), (std::vector<float>{11, 11}));
+}
+
+// ops::rope_cache_write (one launch on CUDA) against the CPU's rope then cache write: q, k and
+// v as head slices of one fused QKV output (v must stay as it was), full and partial rotary,
+// both layouts, rows with and without per-row counts (a row writing nothing); the caches start
+// random, so a stray write or a missed one shows.
+TEST_F(AttentionCuda, RopeCacheWriteMatchesCpu) {
+  const int64_t B = 3, Hq = 8, Hkv = 2, S = 12;
+  const std::vector<int32_t> starts{0, 7, 3};
+  int seed = 900;
+  for (int64_t T : {1, 5})
+    for (int64_t D : {64, 128})
+      for (int64_t rotary : {D, D / 2})
+        for (auto layout : {ops::RopeLayout::half_split, ops::RopeLayout::interleaved})
+          for (bool with_counts : {false, true}) {
+            ++seed;
+            const DType dt = seed % 2 ? DType::bf16 : DType::f16;
+            const ops::RopeParams p = ops::rope_params(500000, rotary, RopeScaling{}, 131072, layout);
+            std::vector<int32_t> pos, counts{static_cast<int32_t>(T), static_cast<int32_t>(T > 1 ? 2 : 1), 0};
+            for (int64_t b = 0; b < B; ++b)
+              for (int64_t t = 0; t < T; ++t) pos.push_back(starts[b] + static_cast<int32_t>(t));
+            const Tensor positions = Tensor::from_vector(pos, {B * T}, DType::i32);
+            const Tensor cnt = with_counts ? Tensor::from_vector(counts, {B}, DType::i32) : Tensor();
+            const Tensor st = Tensor::from_vector(starts, {B}, DType::i32);
+            Tensor qkv = random_tensor({B * T, Hq + 2 * Hkv, D}, dt, seed);
+            Tensor kc = random_tensor({B, Hkv, S, D}, dt, seed + 1), vc = random_tensor({B, Hkv, S, D}, dt, seed + 2);
+            Tensor qkv_g = qkv.to(gpu), kc_g = kc.to(gpu), vc_g = vc.to(gpu);
+            auto run = [&](Tensor& x, Tensor& k_cache, Tensor& v_cache, Device d) {
+              ops::rope_cache_write(x.narrow(1, 0, Hq), x.narrow(1, Hq, Hkv), x.narrow(1, Hq + Hkv, Hkv),
+                                    positions.to(d), p.to(d), k_cache, v_cache, st.to(d),
+                                    cnt.defined() ? cnt.to(d) : Tensor());
+            };
+            run(qkv, kc, vc, Device::cpu());
+            run(qkv_g, kc_g, vc_g, gpu);
+            const std::string what = "T=" + std::to_string(T) + " D=" + std::to_string(D) + " rotary=" +
+                                     std::to_string(rotary) + " counts=" + std::to_string(with_counts);
+            // cos/sin of the same f32 angles: CUDA's sincosf and glibc's agree to an ulp or two.
+            EXPECT_LT(relative_error(to_double(qkv_g), to_double(qkv)), 1e-2) << what;
+            EXPECT_LT(relative_error(to_double(kc_g), to_double(kc)), 1e-2) << what;
+            EXPECT_EQ(vc_g.to_float_vector(), vc.to_float_vector()) << what;  // values: copied bits
+            EXPECT_EQ(qkv_g.narrow(1, Hq + Hkv, Hkv).contiguous().to_float_vector(),
+                      qkv.narrow(1, Hq + Hkv, Hkv).contiguous().to_float_vector()) << what;
+          }
 }
 
 }  // namespace

@@ -20,7 +20,7 @@ namespace marlin::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kMaxSplits = 64;
+constexpr int kMaxSplits = kMaxDecodeSplits;
 // A split of fewer keys costs more in setup and merge than it saves (forcing 40 splits on a
 // 640-position cache measured faster than 20, for Llama and GLM alike). At 256 (before), a
 // 640-position cache got 3 splits: 24 blocks of Llama-3.1-8B's decode each scored ~200 keys
@@ -152,7 +152,7 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
     const int want = (2 * multiprocessor_count(q.device().index) + base_blocks - 1) / base_blocks;
     splits = std::clamp(std::min(want, (S + kMinKeysPerSplit - 1) / kMinKeysPerSplit), 1, kMaxSplits);
   }
-  splits = std::min(splits, S);
+  splits = std::min({splits, S, kMaxSplits});  // a forced count too: the merge holds kMaxSplits
   const int chunk = (S + splits - 1) / splits;
   splits = (S + chunk - 1) / chunk;  // no empty trailing split
   const int64_t rows = static_cast<int64_t>(B) * T_len * Hq;
@@ -171,7 +171,7 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
                                T_len, Hq, Hkv, S, scale, window, splits),
                     "attention_decode");
   if (splits > 1)
-    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, D), flash_merge_block(D),
+    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, D), flash_merge_block(),
                                  0, stream, part_o.data<float>(),
                                  reinterpret_cast<const float2*>(part_ml.data<float>()),
                                  static_cast<T*>(out.data_ptr()), splits, D),

@@ -51,6 +51,16 @@ inline BiasKind bias_kind(DType t, bool defined) {
   return t == DType::f16 ? BiasKind::f16 : t == DType::bf16 ? BiasKind::bf16 : BiasKind::f32;
 }
 
+// The max and the sum of v over the warp's 32 lanes, in every lane (a fixed butterfly order).
+__device__ __forceinline__ float warp_max(float v) {
+  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+__device__ __forceinline__ float warp_sum(float v) {
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
 }  // namespace marlin::cuda
 
 // DISPATCH_FLOAT16(dtype, T, ...): runs the body with T = __half or __nv_bfloat16.

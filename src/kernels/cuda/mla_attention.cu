@@ -25,7 +25,7 @@ using kernels::MlaOperand;
 constexpr int kWarps = 4;
 constexpr int kHeads = 4;      // query heads per block
 constexpr int kRopeLane = 2;   // Dr <= 64
-constexpr int kMaxSplits = 64;
+constexpr int kMaxSplits = kMaxDecodeSplits;
 // A split of fewer keys costs more in setup and merge than it saves (forcing 40 splits on a
 // 640-position cache measured faster than 20, for Llama and GLM alike). At 256 (before), a
 // 640-position cache got 3 splits: GLM-4.7-Flash's decode ran 15 blocks, each scoring ~200
@@ -64,7 +64,7 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
                  int splits) {
   static_assert(!kVIsK || (kShared && NL == VL), "v read as k_nope needs one latent row of both");
   // Rows of separate k_nope and v (16 + 16 lanes' worth) hold half as many keys in registers.
-  constexpr int kBatch = kVIsK || NL + VL <= 16 ? kKeyBatch : kKeyBatch / 2;
+  constexpr int kBatch = kVIsK ? kKeyBatch : kKeyBatch / 2;
   pdl_launch_dependents();
   pdl_wait();  // launched as a programmatic dependent: q and the latent rows are new
   const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
@@ -173,7 +173,7 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
     const int want = (2 * multiprocessor_count(device) + base_blocks - 1) / base_blocks;
     splits = std::clamp(std::min(want, (a.S + kMinKeysPerSplit - 1) / kMinKeysPerSplit), 1, kMaxSplits);
   }
-  splits = std::min(splits, a.S);
+  splits = std::min({splits, a.S, kMaxSplits});  // a forced count too: the merge holds kMaxSplits
   const int chunk = (a.S + splits - 1) / splits;
   splits = (a.S + chunk - 1) / chunk;  // no empty trailing split
   const int64_t rows = static_cast<int64_t>(a.B) * a.T * a.H;
@@ -188,7 +188,7 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
                                splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits),
                     "mla_attention");
   if (splits > 1)
-    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, a.Dv), flash_merge_block(a.Dv), 0,
+    MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, a.Dv), flash_merge_block(), 0,
                                  stream, part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
                                  static_cast<T*>(a.out), splits, a.Dv),
                       "mla_attention (merge)");

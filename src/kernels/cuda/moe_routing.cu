@@ -48,15 +48,6 @@ __device__ RouteScratch route_scratch(char* base, int E) {
   return s;
 }
 
-__device__ __forceinline__ float warp_max(float v) {
-  for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ __forceinline__ float warp_sum(float v) {
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 // torch.topk's selection (torch_topk.h), run by one lane. Out of line: it is taken on ties and
 // for the group choice only, and inlined it made the warp's common path miss the instruction
 // cache (ncu: 40% of the routing warp's stalls were instruction fetches).

@@ -14,6 +14,11 @@ void add_rms_norm(const Tensor& residual, const Tensor& x, const Tensor& weight,
                   const Tensor& out);
 void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
           bool interleaved, float attention_factor);
+// rope(q, k), then k and v [tokens = B x T, heads, dim] written to the caches [B, heads, S, dim]
+// (any strides) as attention_cache_write_kv writes them, in one launch.
+void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                      const Tensor& inv_freq, bool interleaved, float attention_factor, Tensor& k_cache,
+                      Tensor& v_cache, const Tensor& starts, const Tensor& counts);
 void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out);
 // Rows of ids outside [0, V) become NaN. With `check` (and no graph capture in progress) it
 // waits for the kernel and returns the first such position, else -1.

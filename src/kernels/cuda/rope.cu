@@ -1,6 +1,8 @@
 // CUDA rotary position embedding, in place: one warp per (token, head), each lane computing the
-// cos/sin of the pairs it rotates. Independent warps with no block barrier: a decode step's
-// 40 heads run side by side in one memory latency instead of in staged rounds of one block.
+// cos/sin of the pairs it rotates; optionally writing the rotated keys and the values to the KV
+// cache in the same launch (rope_cache_write). Independent warps with no block barrier: a
+// decode step's 40 heads run side by side in one memory latency instead of in staged rounds of
+// one block.
 #include "core/cuda_check.h"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
@@ -45,11 +47,24 @@ __device__ __forceinline__ void load_freqs(const float* __restrict__ inv_freq, i
   }
 }
 
+// Rotated pair (a, b) by (c, s) into x[i], x[i + half], and the same values into y (a cache row)
+// when given.
+template <typename T>
+__device__ __forceinline__ void store_rotated(T* x, T* y, int i, int half, float a, float b, float c, float s) {
+  const T lo = from_float<T>(a * c - b * s), hi = from_float<T>(b * c + a * s);
+  x[i] = lo;
+  x[i + half] = hi;
+  if (y != nullptr) {
+    y[i] = lo;
+    y[i + half] = hi;
+  }
+}
+
 // Half-split layout: lane owns pairs (i, i + half), so it reads both before writing both and
 // no other lane touches them. All loads come before the first store: x is not __restrict__, so
 // nvcc could not move a later load above a store.
 template <typename T>
-__device__ void rotate_half_split(T* x, float pos, const float* __restrict__ inv_freq, int half,
+__device__ void rotate_half_split(T* x, T* y, float pos, const float* __restrict__ inv_freq, int half,
                                   float attention_factor, int lane) {
   for (int base = 0; base < half; base += 32 * kPairs) {
     float a[kPairs], b[kPairs], f[kPairs];
@@ -68,8 +83,7 @@ __device__ void rotate_half_split(T* x, float pos, const float* __restrict__ inv
       if (i >= half) continue;
       float c, s;
       cos_sin<T>(pos, f[u], attention_factor, c, s);
-      x[i] = from_float<T>(a[u] * c - b[u] * s);
-      x[i + half] = from_float<T>(b[u] * c + a[u] * s);
+      store_rotated(x, y, i, half, a[u], b[u], c, s);
     }
   }
 }
@@ -78,7 +92,7 @@ __device__ void rotate_half_split(T* x, float pos, const float* __restrict__ inv
 // on other lanes' inputs. The warp stages the head's rotary part in its shared memory first;
 // __syncwarp orders every lane's reads before any lane's writes.
 template <typename T>
-__device__ void rotate_interleaved(T* x, float pos, const float* __restrict__ inv_freq, int half,
+__device__ void rotate_interleaved(T* x, T* y, float pos, const float* __restrict__ inv_freq, int half,
                                    float attention_factor, int lane, float* stage) {
   const int width = 2 * half;
   float f[kPairs];
@@ -105,18 +119,32 @@ __device__ void rotate_interleaved(T* x, float pos, const float* __restrict__ in
       if (i >= half) continue;
       float c, s;
       cos_sin<T>(pos, f[u], attention_factor, c, s);
-      const float a = stage[2 * i], b = stage[2 * i + 1];
-      x[i] = from_float<T>(a * c - b * s);
-      x[i + half] = from_float<T>(b * c + a * s);
+      store_rotated(x, y, i, half, stage[2 * i], stage[2 * i + 1], c, s);
     }
   }
   __syncwarp();  // the stage is free for the warp's next item
 }
 
-// Items are (token, head) pairs, token-major, heads of q then k; one warp each, grid-strided.
+// Where a step's rotated keys and its values go in a KV cache [B, heads, S, dim] (any strides):
+// token t of row b at position starts[b] + t, for its first counts[b] tokens (all without
+// counts); positions outside [0, S) are dropped, as by attention_cache_write.
+struct CacheDst {
+  void* k = nullptr;  // nullptr: no cache write
+  void* v = nullptr;
+  int64_t k_strides[3] = {}, v_strides[3] = {};  // batch, head, position (elements)
+  const int* starts = nullptr;
+  const int* counts = nullptr;
+  int T_len = 1, S = 0, dim = 0;  // tokens per row, cache positions, values per head
+};
+
+// Items are (token, head) pairs, token-major, heads of q, then k, then v; one warp each,
+// grid-strided. q and k heads are rotated in place. With a cache, a k head's warp also writes
+// its rotated values (and the head's unrotated dims past the rotary ones) to the key cache, and
+// a v head's warp copies the head to the value cache: the step's RoPE and cache write are one
+// launch (a decode step's kernel fewer per layer).
 template <typename T>
 __global__ void __launch_bounds__(kWarps * 32)
-rope_kernel(HeadSet q, HeadSet k, const int32_t* __restrict__ positions,
+rope_kernel(HeadSet q, HeadSet k, HeadSet v, CacheDst cache, const int32_t* __restrict__ positions,
             const float* __restrict__ inv_freq, int64_t items, int half, bool interleaved,
             float attention_factor) {
   pdl_launch_dependents();
@@ -124,20 +152,37 @@ rope_kernel(HeadSet q, HeadSet k, const int32_t* __restrict__ positions,
   extern __shared__ float stage_all[];  // interleaved only: 2 * half floats a warp
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   float* stage = stage_all + static_cast<int64_t>(warp) * 2 * half;
-  const int total = q.heads + k.heads;
+  const int total = q.heads + k.heads + v.heads;
   for (int64_t item = static_cast<int64_t>(blockIdx.x) * kWarps + warp; item < items;
        item += static_cast<int64_t>(gridDim.x) * kWarps) {
     const int64_t t = item / total;
     const int h = static_cast<int>(item % total);
     // Field by field: selecting a whole HeadSet by a runtime value would copy it to local memory.
-    const bool is_q = h < q.heads;
-    T* x = static_cast<T*>(is_q ? q.data : k.data) + t * (is_q ? q.token_stride : k.token_stride) +
-           static_cast<int64_t>(is_q ? h : h - q.heads) * (is_q ? q.head_stride : k.head_stride);
-    const float pos = static_cast<float>(positions[t]);
-    if (interleaved)
-      rotate_interleaved<T>(x, pos, inv_freq, half, attention_factor, lane, stage);
-    else
-      rotate_half_split<T>(x, pos, inv_freq, half, attention_factor, lane);
+    const bool is_q = h < q.heads, is_k = !is_q && h < q.heads + k.heads;
+    const int hh = is_q ? h : is_k ? h - q.heads : h - q.heads - k.heads;
+    T* x = static_cast<T*>(is_q ? q.data : is_k ? k.data : v.data) +
+           t * (is_q ? q.token_stride : is_k ? k.token_stride : v.token_stride) +
+           static_cast<int64_t>(hh) * (is_q ? q.head_stride : is_k ? k.head_stride : v.head_stride);
+    // This head's cache row, if it is written.
+    T* y = nullptr;
+    if (!is_q && cache.k != nullptr) {
+      const int64_t b = t / cache.T_len;
+      const int tt = static_cast<int>(t % cache.T_len);
+      const int pos = cache.starts[b] + tt;
+      if ((cache.counts == nullptr || tt < cache.counts[b]) && pos >= 0 && pos < cache.S) {
+        const int64_t* st = is_k ? cache.k_strides : cache.v_strides;
+        y = static_cast<T*>(is_k ? cache.k : cache.v) + b * st[0] + hh * st[1] + pos * st[2];
+      }
+    }
+    if (is_q || is_k) {
+      const float pos = static_cast<float>(positions[t]);
+      if (interleaved)
+        rotate_interleaved<T>(x, y, pos, inv_freq, half, attention_factor, lane, stage);
+      else
+        rotate_half_split<T>(x, y, pos, inv_freq, half, attention_factor, lane);
+    }
+    if (y != nullptr)  // the dims no rotation wrote: a k head's past the rotary ones, all of v's
+      for (int d = (is_k ? 2 * half : 0) + lane; d < cache.dim; d += 32) y[d] = x[d];
   }
 }
 
@@ -146,15 +191,13 @@ HeadSet head_set(const Tensor& x) {
   return {x.data_ptr(), x.strides()[0], x.strides()[1], static_cast<int>(x.size(1))};
 }
 
-}  // namespace
-
-void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
-          bool interleaved, float attention_factor) {
+void launch_rope(const Tensor& q, const Tensor& k, const Tensor& v, const CacheDst& cache,
+                 const Tensor& positions, const Tensor& inv_freq, bool interleaved, float attention_factor) {
   const int64_t tokens = q.size(0);
   const int half = static_cast<int>(inv_freq.numel());
   if (tokens == 0 || half == 0) return;
-  const HeadSet qs = head_set(q), ks = head_set(k);
-  const int total = qs.heads + ks.heads;
+  const HeadSet qs = head_set(q), ks = head_set(k), vs = head_set(v);
+  const int total = qs.heads + ks.heads + vs.heads;
   if (total == 0) return;
   const size_t smem = interleaved ? sizeof(float) * 2 * static_cast<size_t>(half) * kWarps : 0;
   MARLIN_CHECK(smem <= 48 * 1024, "rope", "rotary_dim=", 2 * half, " needs ", smem,
@@ -166,11 +209,36 @@ void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tenso
   auto stream = static_cast<cudaStream_t>(current_stream(q.device().index).handle);
   nn::dispatch_float(q.dtype(), "rope", [&](auto tag) {
     using T = decltype(tag);
-    MARLIN_CUDA_CHECK(launch_pdl(rope_kernel<T>, dim3(blocks), dim3(kWarps * 32), smem, stream, qs, ks,
+    MARLIN_CUDA_CHECK(launch_pdl(rope_kernel<T>, dim3(blocks), dim3(kWarps * 32), smem, stream, qs, ks, vs, cache,
                                  positions.data<int32_t>(), inv_freq.data<float>(), items, half,
                                  interleaved, attention_factor),
                       "rope");
   });
+}
+
+}  // namespace
+
+void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tensor& inv_freq,
+          bool interleaved, float attention_factor) {
+  launch_rope(q, k, Tensor(), CacheDst{}, positions, inv_freq, interleaved, attention_factor);
+}
+
+void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                      const Tensor& inv_freq, bool interleaved, float attention_factor, Tensor& k_cache,
+                      Tensor& v_cache, const Tensor& starts, const Tensor& counts) {
+  CacheDst cache;
+  cache.k = k_cache.data_ptr();
+  cache.v = v_cache.data_ptr();
+  for (int i = 0; i < 3; ++i) {
+    cache.k_strides[i] = k_cache.strides()[i];
+    cache.v_strides[i] = v_cache.strides()[i];
+  }
+  cache.starts = starts.data<int32_t>();
+  cache.counts = counts.defined() ? counts.data<int32_t>() : nullptr;
+  cache.T_len = static_cast<int>(q.size(0) / k_cache.size(0));
+  cache.S = static_cast<int>(k_cache.size(2));
+  cache.dim = static_cast<int>(k_cache.size(3));
+  launch_rope(q, k, v, cache, positions, inv_freq, interleaved, attention_factor);
 }
 
 }  // namespace marlin::cuda
