@@ -20,12 +20,6 @@ namespace marlin::cuda {
 namespace {
 
 constexpr int kWarps = 4;
-constexpr int kMaxSplits = kMaxDecodeSplits;
-// A split of fewer keys costs more in setup and merge than it saves (forcing 40 splits on a
-// 640-position cache measured faster than 20, for Llama and GLM alike). At 256 (before), a
-// 640-position cache got 3 splits: 24 blocks of Llama-3.1-8B's decode each scored ~200 keys
-// serially while the other SMs idled.
-constexpr int kMinKeysPerSplit = 16;
 // set_*_splits (tests) or MARLIN_DECODE_SPLITS=n (a measurement switch) forces the split count.
 int g_forced_splits = static_cast<int>(env_int("MARLIN_DECODE_SPLITS", 0));
 
@@ -92,7 +86,8 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
     float kr[kBatch][kPerLane], vr[kBatch][kPerLane];
 #pragma unroll
     for (int u = 0; u < kBatch; ++u) {
-      const int64_t row = cache_base + static_cast<int64_t>(min(j0 + u * kWarps, hi)) * D;  // past hi: loaded, unused
+      // Past hi: a valid row loaded, never scored.
+      const int64_t row = cache_base + static_cast<int64_t>(min(j0 + u * kWarps, hi)) * D;
 #pragma unroll
       for (int i = 0; i < kPerLane; ++i) {
         const int d = lane + 32 * i;
@@ -146,15 +141,8 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
   const int S = static_cast<int>(kc.size(2));
   const int head_chunks = (Hq / Hkv + kG - 1) / kG;
   const int base_blocks = Hkv * head_chunks * B * T_len;
-  int splits = g_forced_splits;
-  if (splits <= 0) {
-    // Enough blocks for two waves, each split still long enough to pay for itself.
-    const int want = (2 * multiprocessor_count(q.device().index) + base_blocks - 1) / base_blocks;
-    splits = std::clamp(std::min(want, (S + kMinKeysPerSplit - 1) / kMinKeysPerSplit), 1, kMaxSplits);
-  }
-  splits = std::min({splits, S, kMaxSplits});  // a forced count too: the merge holds kMaxSplits
-  const int chunk = (S + splits - 1) / splits;
-  splits = (S + chunk - 1) / chunk;  // no empty trailing split
+  const int splits =
+      decode_split_count(g_forced_splits, base_blocks, S, multiprocessor_count(q.device().index));
   const int64_t rows = static_cast<int64_t>(B) * T_len * Hq;
   Tensor part_o, part_ml;
   if (splits > 1) {

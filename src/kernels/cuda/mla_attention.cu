@@ -25,12 +25,6 @@ using kernels::MlaOperand;
 constexpr int kWarps = 4;
 constexpr int kHeads = 4;      // query heads per block
 constexpr int kRopeLane = 2;   // Dr <= 64
-constexpr int kMaxSplits = kMaxDecodeSplits;
-// A split of fewer keys costs more in setup and merge than it saves (forcing 40 splits on a
-// 640-position cache measured faster than 20, for Llama and GLM alike). At 256 (before), a
-// 640-position cache got 3 splits: GLM-4.7-Flash's decode ran 15 blocks, each scoring ~200
-// latent rows serially while the other SMs idled.
-constexpr int kMinKeysPerSplit = 16;
 // set_*_splits (tests) or MARLIN_MLA_SPLITS=n (a measurement switch) forces the split count.
 int g_forced_splits = static_cast<int>(env_int("MARLIN_MLA_SPLITS", 0));
 
@@ -59,7 +53,7 @@ __device__ __forceinline__ void load_lanes(const T* p, int D, int lane, float (&
 constexpr int kKeyBatch = 4;
 
 template <typename T, int NL, int VL, bool kShared, bool kVIsK>
-__global__ void __launch_bounds__(kWarps * 32)
+__global__ void __launch_bounds__(kWarps * 32, 1)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
                  int splits) {
   static_assert(!kVIsK || (kShared && NL == VL), "v read as k_nope needs one latent row of both");
@@ -167,15 +161,7 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
     if (v_is_k) kernel = mla_split_kernel<T, NL, VL, kShared, true>;
   const int head_chunks = (a.H + kHeads - 1) / kHeads;
   const int base_blocks = head_chunks * a.B * a.T;
-  int splits = g_forced_splits;
-  if (splits <= 0) {
-    // Enough blocks for two waves, each split still long enough to pay for itself.
-    const int want = (2 * multiprocessor_count(device) + base_blocks - 1) / base_blocks;
-    splits = std::clamp(std::min(want, (a.S + kMinKeysPerSplit - 1) / kMinKeysPerSplit), 1, kMaxSplits);
-  }
-  splits = std::min({splits, a.S, kMaxSplits});  // a forced count too: the merge holds kMaxSplits
-  const int chunk = (a.S + splits - 1) / splits;
-  splits = (a.S + chunk - 1) / chunk;  // no empty trailing split
+  const int splits = decode_split_count(g_forced_splits, base_blocks, a.S, multiprocessor_count(device));
   const int64_t rows = static_cast<int64_t>(a.B) * a.T * a.H;
   Tensor part_o, part_ml;
   if (splits > 1) {
