@@ -202,9 +202,12 @@ void attention_cache_write(Tensor& cache, const Tensor& new_values, const Tensor
 #endif
 }
 
-void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_cache,
-                              const Tensor& v_new, const Tensor& starts, const Tensor& counts) {
-  constexpr const char* op = "attention_cache_write_kv";
+namespace {
+
+// attention_cache_write_kv's checks (and on the CPU its writes); true when the CUDA launch that
+// writes both is left to the caller.
+bool check_cache_write_kv(const char* op, Tensor& k_cache, const Tensor& k_new, Tensor& v_cache,
+                          const Tensor& v_new, const Tensor& starts, const Tensor& counts) {
   MARLIN_CHECK(k_new.defined() && v_new.defined() && k_new.shape() == v_new.shape() &&
                    k_cache.shape() == v_cache.shape() && k_cache.dtype() == v_cache.dtype() &&
                    k_cache.device() == v_cache.device(),
@@ -213,11 +216,16 @@ void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_ca
                v_new.defined() ? v_new.describe() : "undefined");
   const bool k_cuda = check_cache_write_at(op, k_cache, k_new, starts, counts);
   const bool v_cuda = check_cache_write_at(op, v_cache, v_new, starts, counts);
+  return k_cuda && v_cuda;
+}
+
+}  // namespace
+
+void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_cache,
+                              const Tensor& v_new, const Tensor& starts, const Tensor& counts) {
+  if (!check_cache_write_kv("attention_cache_write_kv", k_cache, k_new, v_cache, v_new, starts, counts)) return;
 #ifdef MARLIN_WITH_CUDA
-  if (k_cuda && v_cuda) cuda::attention_cache_write_kv(k_cache, k_new, v_cache, v_new, starts, counts);
-#else
-  (void)k_cuda;
-  (void)v_cuda;
+  cuda::attention_cache_write_kv(k_cache, k_new, v_cache, v_new, starts, counts);
 #endif
 }
 
@@ -238,25 +246,11 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
   // The [B, heads, T, head_dim] views attention_cache_write_kv takes (no copy).
   const Tensor k4 = k.view({B, T, H, D}).transpose(1, 2);
   const Tensor v4 = v.view({B, T, H, D}).transpose(1, 2);
-  if (q.device().is_cpu()) {
-    rope(q, k, positions, params);
-    attention_cache_write_kv(k_cache, k4, v_cache, v4, starts, counts);
-    return;
-  }
-  // The checks of attention_cache_write_kv (on CUDA they write nothing).
-  MARLIN_CHECK(k_cache.shape() == v_cache.shape() && k_cache.dtype() == v_cache.dtype() &&
-                   k_cache.device() == v_cache.device() && k_cache.dtype() == k.dtype(),
-               op, "the key and value caches must match each other and k, got ", k_cache.describe(), ", ",
-               v_cache.describe(), " and k ", k.describe());
-  const bool k_cuda = check_cache_write_at(op, k_cache, k4, starts, counts);
-  const bool v_cuda = check_cache_write_at(op, v_cache, v4, starts, counts);
+  if (q.device().is_cpu()) rope(q, k, positions, params);  // the CPU writes the keys in the check
+  if (!check_cache_write_kv(op, k_cache, k4, v_cache, v4, starts, counts)) return;
 #ifdef MARLIN_WITH_CUDA
-  if (k_cuda && v_cuda)
-    cuda::rope_cache_write(q, k, v, positions, params.inv_freq, params.layout == RopeLayout::interleaved,
-                           params.attention_factor, k_cache, v_cache, starts, counts);
-#else
-  (void)k_cuda;
-  (void)v_cuda;
+  cuda::rope_cache_write(q, k, v, positions, params.inv_freq, params.layout == RopeLayout::interleaved,
+                         params.attention_factor, k_cache, v_cache, starts, counts);
 #endif
 }
 

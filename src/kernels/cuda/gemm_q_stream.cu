@@ -254,13 +254,8 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
           lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
         if (R == 16 && a_row + 8 < rows_a)
           hi = *reinterpret_cast<const uint4*>(a_slot + ((a_row + 8) * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
-        if constexpr (!std::is_same_v<TA, __half>) {
-          lo = make_uint4(bf16x2_as_scaled_f16x2(lo.x), bf16x2_as_scaled_f16x2(lo.y),
-                          bf16x2_as_scaled_f16x2(lo.z), bf16x2_as_scaled_f16x2(lo.w));
-          if (R == 16)
-            hi = make_uint4(bf16x2_as_scaled_f16x2(hi.x), bf16x2_as_scaled_f16x2(hi.y),
-                            bf16x2_as_scaled_f16x2(hi.z), bf16x2_as_scaled_f16x2(hi.w));
-        }
+        lo = activations_as_f16<TA>(lo);
+        if (R == 16) hi = activations_as_f16<TA>(hi);
         uint32_t w[kW * 4];
 #pragma unroll
         for (int j = 0; j < kW; ++j) {

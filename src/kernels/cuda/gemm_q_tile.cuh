@@ -139,13 +139,24 @@ __device__ __forceinline__ void cp_async_wait() {
 // the accumulators are multiplied back before the store.
 constexpr float kBf16Prescale = 0.0625f;
 
-// bf16 x2 -> f16 x2 times 2^-4 (kBf16Prescale), saturating: see gemm_q_tile.cuh.
+// bf16 x2 -> f16 x2 times 2^-4 (kBf16Prescale), saturating (NaN stays NaN).
 __device__ __forceinline__ uint32_t bf16x2_as_scaled_f16x2(uint32_t v) {
   const float lo = __uint_as_float(v << 16) * kBf16Prescale;
   const float hi = __uint_as_float(v & 0xffff0000u) * kBf16Prescale;
   uint32_t out;
   asm("cvt.rn.satfinite.f16x2.f32 %0, %1, %2;" : "=r"(out) : "f"(hi), "f"(lo));
   return out;
+}
+
+// Eight activations as the mma's f16 operand: f16 as they are, bf16 by bf16x2_as_scaled_f16x2.
+template <typename TA>
+__device__ __forceinline__ uint4 activations_as_f16(uint4 v) {
+  if constexpr (std::is_same_v<TA, __half>) {
+    return v;
+  } else {
+    return make_uint4(bf16x2_as_scaled_f16x2(v.x), bf16x2_as_scaled_f16x2(v.y), bf16x2_as_scaled_f16x2(v.z),
+                      bf16x2_as_scaled_f16x2(v.w));
+  }
 }
 
 template <typename TA>

@@ -74,7 +74,7 @@ DecodeScratch decode_scratch(int device, int64_t floats, int64_t counters, int64
 }  // namespace marlin::cuda::moe_detail
 
 namespace marlin::cuda {
-// One token's experts on the tensor cores (moe_decode_mma.cu); needs plan.vector4.
+// One token's experts on the tensor cores (moe_decode_mma.cu); needs plan.tensor_cores.
 template <typename TA>
 void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights,
                        const MoeKernelPlan& plan, const Tensor& out, cudaStream_t stream);

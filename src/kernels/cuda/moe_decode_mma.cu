@@ -92,17 +92,6 @@ struct Canon<QuantFormat::int2> {
   }
 };
 
-// 8 activations as f16 (bf16 times kBf16Prescale, saturating).
-template <typename TA>
-__device__ __forceinline__ uint4 activations_as_f16(uint4 v) {
-  if constexpr (std::is_same_v<TA, __half>) {
-    return v;
-  } else {
-    return make_uint4(tile::bf16x2_as_scaled_f16x2(v.x), tile::bf16x2_as_scaled_f16x2(v.y),
-                      tile::bf16x2_as_scaled_f16x2(v.z), tile::bf16x2_as_scaled_f16x2(v.w));
-  }
-}
-
 // One warp task, a scale span: acc[m][j] += (x[k0 .. k0 + units * 32) . column 8g + j of matrix
 // m) * its scale, in lanes (g, 0); the others add zeros. The batch's loads (weights, x where the
 // lane holds the token, the scales) are all issued before its first mma; the matrices are then
@@ -155,7 +144,7 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
       for (int b = 0; b < kBatch; ++b) {
         if (u0 + b >= units) break;
         // B: the token is column 0, held by lanes g == 0; pairs (x[8c + p], x[8c + p + 4]).
-        const uint4 xh = activations_as_f16<TA>(xv[b]);
+        const uint4 xh = tile::activations_as_f16<TA>(xv[b]);
         const uint32_t xp[4] = {__byte_perm(xh.x, xh.z, 0x5410), __byte_perm(xh.x, xh.z, 0x7632),
                                 __byte_perm(xh.y, xh.w, 0x5410), __byte_perm(xh.y, xh.w, 0x7632)};
         uint32_t q[kWordsPerUnit];
