@@ -23,6 +23,7 @@ struct Options {
   int iters = 50;
   double rotate_mib = 512;  // bytes of weight copies to cycle through per measurement
   std::string dtype = "f16";  // activations (and the dense baseline)
+  bool eager = false;  // time each launch between two events instead of graph replays
 };
 
 const char* short_name(QuantFormat f) {
@@ -36,8 +37,11 @@ QuantFormat parse_format(const std::string& name) {
   fail("bench gemm", "unknown format '", name, "' (fp4, fp8, int2)");
 }
 
-// Median milliseconds of fn(copy) with the copy index cycling over `copies`.
-double time_rotating(Device device, int iters, int copies, const std::function<void(int)>& fn) {
+// Milliseconds of one fn(copy), the copy index cycling over `copies`: on CUDA, per launch of a
+// captured graph of max(iters, copies) launches (median of 5 replays), as a decode step runs its
+// GEMMs; eager (and on the CPU), the median of `iters` runs timed one at a time.
+double time_rotating(Device device, int iters, int copies, bool eager, const std::function<void(int)>& fn) {
+  if (device.is_cuda() && !eager) return time_graph(device, std::max(iters, copies), 5, [&](int i) { fn(i % copies); });
   int i = 0;
   return median(time_runs(device, 3, iters, [&] { fn(i++ % copies); }));
 }
@@ -58,8 +62,10 @@ void run(const Options& o) {
                o.dtype, "'");
   const DType act = o.dtype == "f16" ? DType::f16 : DType::bf16;
   const double copy_bw = measure_copy_bandwidth(device);
-  std::printf("marlin bench gemm on %s, %s activations, group_size %d, %d timed runs (median)\n",
-              device.str().c_str(), o.dtype.c_str(), o.group_size, o.iters);
+  std::printf("marlin bench gemm on %s, %s activations, group_size %d, %s\n", device.str().c_str(),
+              o.dtype.c_str(), o.group_size,
+              device.is_cuda() && !o.eager ? "time per launch in a replayed CUDA graph (median of 5 replays)"
+                                           : "median of the timed runs");
   if (copy_bw > 0) std::printf("device-to-device copy bandwidth: %.0f GB/s (read + write)\n", copy_bw);
   std::printf("%-12s %6s %-5s %10s %10s %10s %9s\n", "K x N", "M", "fmt", "time_us", "GB/s", "fp16_us",
               "speedup");
@@ -90,12 +96,12 @@ void run(const Options& o) {
     }
     for (int64_t M : ms) {
       const Tensor A = ops::random_normal({M, K}, act, device, 3);
-      const double dense_ms = time_rotating(device, o.iters, dense_copies, [&](int c) { ops::gemm(A, dense[static_cast<size_t>(c)]); });
+      const double dense_ms = time_rotating(device, o.iters, dense_copies, o.eager, [&](int c) { ops::gemm(A, dense[static_cast<size_t>(c)]); });
       std::printf("%-12s %6lld %-5s %10.1f %10.0f %10.1f %9s\n", shape.c_str(), static_cast<long long>(M),
                   o.dtype == "f16" ? "fp16" : "bf16", dense_ms * 1e3, dense_bytes / (dense_ms * 1e-3) / 1e9, dense_ms * 1e3, "1.00x");
       for (size_t fi = 0; fi < formats.size(); ++fi) {
         const auto& copies = quantized[fi];
-        const double q_ms = time_rotating(device, o.iters, static_cast<int>(copies.size()),
+        const double q_ms = time_rotating(device, o.iters, static_cast<int>(copies.size()), o.eager,
                                           [&](int c) { ops::gemm_q(A, copies[static_cast<size_t>(c)]); });
         const double bytes = static_cast<double>(copies[0].nbytes());
         char speedup[32];
@@ -122,6 +128,8 @@ void register_bench_gemm(CLI::App& bench) {
   cmd->add_option("--iters", opts->iters, "timed runs per measurement")->capture_default_str();
   cmd->add_option("--dtype", opts->dtype, "activation dtype: f16 or bf16")->capture_default_str();
   cmd->add_option("--rotate-mib", opts->rotate_mib, "MiB of weight copies to rotate through (defeats L2)")->capture_default_str();
+  cmd->add_flag("--eager", opts->eager,
+                 "CUDA: time each launch between two events (counts the host's launch overhead) instead of graph replays");
   cmd->callback([opts] { run(*opts); });
 }
 

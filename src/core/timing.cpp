@@ -5,6 +5,8 @@
 #include <chrono>
 
 #include "core/cuda_check.h"
+#include "core/cuda_graph.h"
+#include "marlin/error.h"
 #include "marlin/stream.h"
 
 namespace marlin {
@@ -48,6 +50,39 @@ std::vector<double> time_runs(Device device, int warmup, int iters, const std::f
   return times;
 #else
   fail_no_cuda("time_runs");
+#endif
+}
+
+double time_graph(Device device, int launches, int replays, const std::function<void(int)>& fn) {
+  MARLIN_CHECK(device.is_cuda(), "time_graph", "graph timing needs a CUDA device, got ", device.str());
+  MARLIN_CHECK(launches > 0 && replays > 0, "time_graph", "launches and replays must be positive, got ", launches,
+               " and ", replays);
+#ifdef MARLIN_WITH_CUDA
+  // A fresh stream: the legacy default stream cannot be captured. Work queued before on the
+  // current stream is done first (the new stream does not wait for it).
+  current_stream(device.index).synchronize();
+  const Stream stream = Stream::create(device.index);
+  std::vector<double> times;
+  try {
+    StreamGuard guard(stream);
+    fn(0);  // untimed: warms the allocator, so the capture finds every buffer cached
+    stream.synchronize();
+    const auto handle = static_cast<cudaStream_t>(stream.handle);
+    CapturedGraph graph = CapturedGraph::capture(handle, device.index, [&] {
+      for (int i = 0; i < launches; ++i) fn(i);
+    }, "time_graph");
+    graph.launch("time_graph");
+    times = time_runs(device, 0, replays, [&] { graph.launch("time_graph"); });
+    stream.synchronize();
+  } catch (...) {
+    Stream(stream).destroy();
+    throw;
+  }
+  Stream(stream).destroy();
+  return median(times) / launches;
+#else
+  (void)fn;
+  fail_no_cuda("time_graph");
 #endif
 }
 
