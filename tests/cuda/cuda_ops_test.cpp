@@ -179,6 +179,30 @@ TEST_F(Cuda, StreamKernelMatchesFloat64) {
   EXPECT_EQ(cases, 48);
 }
 
+// Slabs summed from many warps' partials (up to 56 parts, more than one batch of loads), at
+// M = 1 (two lanes share each column quad and split the parts) and at M = 2 and 3.
+TEST_F(Cuda, StreamKernelSumsManyPartsPerSlab) {
+  testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);
+  const std::pair<int64_t, int64_t> shapes[] = {{8192, 96}, {14336, 64}, {4096, 130}, {2944, 200}};
+  int cases = 0;
+  for (const auto& [K, N] : shapes)
+    for (int64_t M : {1, 2, 3})
+      for (DType dt : {DType::f16, DType::bf16}) {
+        const QuantFormat f = kFormats[cases % 3];
+        QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1200 + cases, 0.05f).to(gpu), f, {.group_size = 128});
+        ops::prepare_for_gemm(q);
+        Tensor A = random_tensor({M, K}, dt, 1300 + cases);
+        Tensor C = ops::gemm_q(A.to(gpu), q);
+        const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N);
+        EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
+            << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " " << dtype_name(dt);
+        ++cases;
+      }
+  cuda::set_force_tiled_gemm(false);
+  EXPECT_EQ(cases, 24);
+}
+
 // The tile layout on the small weights of tiny models (K of one to nine 32-wide units, so less
 // than one 8-unit round, N far below a 64-column slab) at every M the tiled kernels take.
 TEST_F(Cuda, TiledKernelsMatchFloat64OnSmallWeights) {

@@ -83,6 +83,9 @@ INSTANTIATE_TEST_SUITE_P(Models, BackendTest,
 
 // Quantized weights on the GPU compute what the CPU computes in f32 with the same weights.
 TEST(QuantizedModelCuda, MatchesCpuFp32Run) { testing::expect_quantized_cuda_matches_cpu("llama_gqa"); }
+// Bias in the fused QKV (qwen2), per-head q/k norms after it (qwen3).
+TEST(QuantizedModelCuda, WithQkvBiasMatchesCpuFp32Run) { testing::expect_quantized_cuda_matches_cpu("qwen2"); }
+TEST(QuantizedModelCuda, WithQkNormsMatchesCpuFp32Run) { testing::expect_quantized_cuda_matches_cpu("qwen3"); }
 
 }  // namespace
 }  // namespace marlin

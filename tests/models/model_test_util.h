@@ -194,22 +194,37 @@ inline TeacherForcedDecode teacher_forced_decode(const CausalLM& model, KVCache&
 }
 
 // Quantized weights (8, 4, 2 bits, group 32) on the GPU in `dtype` compute what the CPU computes
-// in f32 with the same weights.
+// in f32 with the same weights: the prompt's logits, then those of one-token decode steps over
+// the cache (on CUDA, the GEMM chain that runs each RMSNorm inside the GEMMs), teacher-forced
+// with the fixture's greedy tokens.
 inline void expect_quantized_cuda_matches_cpu(const char* name, DType dtype = DType::bf16) {
   if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
   const std::string dir = fixture_dir(name);
-  const Tensor prompt = load_npy(dir + "/prompt_ids.npy");
+  const std::vector<int32_t> prompt = load_ids(dir + "/prompt_ids.npy");
+  const std::vector<int32_t> greedy = load_ids(dir + "/greedy_ids.npy");
+  const size_t steps = std::min<size_t>(greedy.size(), 4);
+  auto run = [&](const CausalLM& model, std::vector<float>& prefill, std::vector<float>& decode) {
+    KVCache cache = model.make_cache(32);
+    prefill = model.forward(ids_tensor(prompt), &cache).to_float_vector();
+    for (size_t s = 0; s < steps; ++s) {
+      const std::vector<float> v = model.forward(ids_tensor({greedy[s]}), &cache).to_float_vector();
+      decode.insert(decode.end(), v.begin(), v.end());
+    }
+  };
   for (int bits : {8, 4, 2}) {
     ModelLoadOptions options;
     options.bits = bits;
     options.group_size = 32;
-    const std::vector<float> cpu = load_model(dir, options)->forward(prompt).to_float_vector();
+    std::vector<float> cpu, cpu_decode, gpu, gpu_decode;
+    run(*load_model(dir, options), cpu, cpu_decode);
     options.device = Device::cuda(0);
     options.dtype = dtype;
-    const std::vector<float> gpu = load_model(dir, options)->forward(prompt).to_float_vector();
-    const double err = relative_error(gpu, cpu);
-    std::printf("[ %s bits %d ] cuda %s vs cpu f32: %.3g\n", name, bits, std::string(dtype_name(dtype)).c_str(), err);
+    run(*load_model(dir, options), gpu, gpu_decode);
+    const double err = relative_error(gpu, cpu), decode_err = relative_error(gpu_decode, cpu_decode);
+    std::printf("[ %s bits %d ] cuda %s vs cpu f32: prompt %.3g, %zu decode steps %.3g\n", name, bits,
+                std::string(dtype_name(dtype)).c_str(), err, steps, decode_err);
     EXPECT_LT(err, 3e-2) << "bits " << bits;
+    EXPECT_LT(decode_err, 3e-2) << "bits " << bits << " decode";
   }
 }
 

@@ -61,6 +61,17 @@ __device__ __forceinline__ float warp_sum(float v) {
   return v;
 }
 
+// One arrival at *counter (gpu scope), returning the count before it. The atomic releases the
+// calling thread's earlier writes, and those of its warp or block ordered before it by a barrier
+// (__syncwarp / __syncthreads); the thread that gets the last count acquires every earlier
+// arrival's writes. __threadfence() + atomicAdd costs more: its fence is sequentially
+// consistent (MEMBAR.SC.GPU), this one is a release/acquire pair (MEMBAR.ALL.GPU).
+__device__ __forceinline__ unsigned arrive_acq_rel(unsigned* counter) {
+  unsigned old;
+  asm volatile("atom.add.acq_rel.gpu.u32 %0, [%1], 1;" : "=r"(old) : "l"(counter) : "memory");
+  return old;
+}
+
 }  // namespace marlin::cuda
 
 // DISPATCH_FLOAT16(dtype, T, ...): runs the body with T = __half or __nv_bfloat16.

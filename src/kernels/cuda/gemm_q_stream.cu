@@ -8,8 +8,8 @@
 // cp.async into a private ring of shared-memory stages (all but one in flight): the weights, the
 // scale rows, and the rows of A it needs, so no block barrier is ever taken. The mma runs on the
 // unscaled codes; each group's f32 sums are scaled once per group. Where a warp's range ends
-// inside a slab it writes its partial sums; the last warp to finish a slab adds them in warp
-// order (deterministic) and writes C.
+// inside a slab it writes its partial sums; the last warp to finish a slab (a release/acquire
+// arrival count) adds them in a fixed order (deterministic) and writes C.
 #include <algorithm>
 #include <mutex>
 #include <type_traits>
@@ -178,39 +178,43 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
         const int row = acc_row(t, i);
         if (row < M) mine[row * kSlabN + acc_col(t, i)] = acc[t][i];
       }
-    __threadfence();
-    __syncwarp();
+    __syncwarp();  // the lanes' partials, released by lane 0's arrival
     unsigned arrived = 0;
-    if (lane == 0) arrived = atomicAdd(&counters[slab], 1u);
+    if (lane == 0) arrived = arrive_acq_rel(&counters[slab]);
     arrived = __shfl_sync(0xffffffffu, arrived, 0);
     if (arrived != static_cast<unsigned>(parts - 1)) return;
-    __threadfence();
-    // Four columns per lane and four parts per round trip (in part order: deterministic).
+    __syncwarp();  // lane 0 acquired the other parts' partials
+    // Four columns per lane, eight parts' loads in flight (four for 16 rows, which have fewer
+    // registers to spare): one L2 round trip for up to 8 parts, 16 at M = 1, where two lanes
+    // share a column quad and split its parts. A fixed order: the sums are deterministic.
     const float4* first = reinterpret_cast<const float4*>(partials + slab * max_parts * (R * kSlabN));
-    constexpr int kPartStride = R * kSlabN / 4;
-    for (int idx = lane; idx < M * (kSlabN / 4); idx += 32) {
+    constexpr int kPartStride = R * kSlabN / 4, kQuads = kSlabN / 4, kBatch = kSwap ? 8 : 4;
+    const int items = M * kQuads, split = items < 32 ? 2 : 1;
+    for (int base = 0; base < items * split; base += 32) {
+      const int slot = base + lane, idx = slot / split, half = slot % split;
+      const bool active = slot < items * split;
       float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-      int p = 0;
-      for (; p + 4 <= parts; p += 4) {
-        float4 part[4];
+      for (int p0 = half * kBatch; active && p0 < parts; p0 += kBatch * split) {
+        float4 part[kBatch];
 #pragma unroll
-        for (int j = 0; j < 4; ++j) part[j] = __ldcg(first + (p + j) * kPartStride + idx);
+        for (int j = 0; j < kBatch; ++j)
+          part[j] = p0 + j < parts ? __ldcg(first + (p0 + j) * kPartStride + idx) : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < kBatch; ++j) {
           v.x += part[j].x;
           v.y += part[j].y;
           v.z += part[j].z;
           v.w += part[j].w;
         }
       }
-      for (; p < parts; ++p) {
-        const float4 part = __ldcg(first + p * kPartStride + idx);
-        v.x += part.x;
-        v.y += part.y;
-        v.z += part.z;
-        v.w += part.w;
+      if (split == 2) {
+        v.x += __shfl_xor_sync(0xffffffffu, v.x, 1);
+        v.y += __shfl_xor_sync(0xffffffffu, v.y, 1);
+        v.z += __shfl_xor_sync(0xffffffffu, v.z, 1);
+        v.w += __shfl_xor_sync(0xffffffffu, v.w, 1);
       }
-      const int row = idx / (kSlabN / 4), col = col0 + 4 * (idx % (kSlabN / 4));
+      if (!active || half != 0) continue;
+      const int row = idx / kQuads, col = col0 + 4 * (idx % kQuads);
       const float out[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
       for (int j = 0; j < 4; ++j)

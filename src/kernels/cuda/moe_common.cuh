@@ -44,14 +44,12 @@ __device__ __forceinline__ float round_to(float v) {
 // next launch).
 __device__ inline bool arrive_last(unsigned* counter, unsigned arrivals) {
   __shared__ bool last;
-  __threadfence();
-  __syncthreads();
+  __syncthreads();  // the block's writes, released by thread 0's arrival (arrive_acq_rel)
   if (threadIdx.x == 0) {
-    last = atomicAdd(counter, 1u) == arrivals - 1;
+    last = arrive_acq_rel(counter) == arrivals - 1;
     if (last) *counter = 0;
   }
-  __syncthreads();
-  if (last) __threadfence();
+  __syncthreads();  // the last block's thread 0 acquired the others' writes
   return last;
 }
 

@@ -199,12 +199,10 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     if (lane == 0) logits[static_cast<int64_t>(t) * E + e] = acc;
   }
   if (!route) return;
-  __threadfence();
-  __syncthreads();
-  if (threadIdx.x == 0) is_last = atomicAdd(&counters[t], 1u) == gridDim.x - 1;
-  __syncthreads();
+  __syncthreads();  // the block's logits, released by thread 0's arrival
+  if (threadIdx.x == 0) is_last = arrive_acq_rel(&counters[t]) == gridDim.x - 1;
+  __syncthreads();  // thread 0 acquired the other blocks' logits
   if (!is_last || warp != 0) return;
-  __threadfence();
   const RouteScratch s = route_scratch(smem, E);
   // The logits of the other blocks: read through L2 into the scratch's ids area (E floats).
   float* row = reinterpret_cast<float*>(s.ids);

@@ -37,12 +37,10 @@ struct SplitKEpilogue {
   // sums the partials of columns [col_begin, col_end) and rows [0, min(rows, M)).
   __device__ void reduce_if_last(int col_begin, int col_end, int rows) const {
     __shared__ bool is_last_block;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) is_last_block = atomicAdd(&counters[blockIdx.x], 1u) == gridDim.y - 1;
-    __syncthreads();
+    __syncthreads();  // the block's partials, released by thread 0's arrival
+    if (threadIdx.x == 0) is_last_block = arrive_acq_rel(&counters[blockIdx.x]) == gridDim.y - 1;
+    __syncthreads();  // thread 0 acquired the other splits' partials
     if (!is_last_block) return;
-    __threadfence();
     rows = min(rows, M);
     const int width = col_end - col_begin;
     // Eight splits' loads in flight at a time (an L2 round trip each): a serial chain of
