@@ -8,6 +8,7 @@
 #include "marlin/gemm.h"
 #include "marlin/kernel_library.h"
 #include "marlin/ops.h"
+#include "marlin/timing.h"
 #include "test_util.h"
 
 namespace marlin {
@@ -39,6 +40,21 @@ TEST_F(Cuda, AllocatorReusesFreedBlocks) {
   for (int i = 0; i < 10; ++i) Tensor t = Tensor::empty({1 << 20}, DType::f32, gpu);
   EXPECT_EQ(alloc.stats(0).device_malloc_calls, calls);
   EXPECT_GE(alloc.stats(0).peak_allocated_bytes, size_t{4} << 20);
+}
+
+// time_graph captures fn(0 .. launches - 1) once (after one untimed fn(0)) and replays it: the
+// work runs on every replay (the output below is the last replay's), and the time is per launch.
+TEST_F(Cuda, GraphTimingCapturesEveryLaunchOnce) {
+  const Tensor a = random_tensor({64, 256}, DType::f16, 1).to(gpu);
+  Tensor out = Tensor::empty({64, 256}, DType::f32, gpu);
+  std::vector<int> seen;
+  const double ms = time_graph(gpu, 6, 3, [&](int i) {
+    seen.push_back(i);
+    out.copy_from(a.to(DType::f32));
+  });
+  EXPECT_EQ(seen, (std::vector<int>{0, 0, 1, 2, 3, 4, 5}));
+  EXPECT_TRUE(std::isfinite(ms) && ms > 0.0) << ms;
+  EXPECT_EQ(out.to(Device::cpu()).to_float_vector(), a.to(DType::f32).to(Device::cpu()).to_float_vector());
 }
 
 TEST_F(Cuda, QuantizeMatchesCpuBitForBit) {
