@@ -72,6 +72,19 @@ __device__ __forceinline__ unsigned arrive_acq_rel(unsigned* counter) {
   return old;
 }
 
+// True in every thread of the block that arrives last of `arrivals` at counter (reset for the
+// next launch).
+__device__ inline bool arrive_last(unsigned* counter, unsigned arrivals) {
+  __shared__ bool last;
+  __syncthreads();  // the block's writes, released by thread 0's arrival (arrive_acq_rel)
+  if (threadIdx.x == 0) {
+    last = arrive_acq_rel(counter) == arrivals - 1;
+    if (last) *counter = 0;
+  }
+  __syncthreads();  // the last block's thread 0 acquired the others' writes
+  return last;
+}
+
 }  // namespace marlin::cuda
 
 // DISPATCH_FLOAT16(dtype, T, ...): runs the body with T = __half or __nv_bfloat16.

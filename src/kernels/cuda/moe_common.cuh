@@ -40,19 +40,6 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
-// True in every thread of the block that arrives last of `arrivals` at counter (reset for the
-// next launch).
-__device__ inline bool arrive_last(unsigned* counter, unsigned arrivals) {
-  __shared__ bool last;
-  __syncthreads();  // the block's writes, released by thread 0's arrival (arrive_acq_rel)
-  if (threadIdx.x == 0) {
-    last = arrive_acq_rel(counter) == arrivals - 1;
-    if (last) *counter = 0;
-  }
-  __syncthreads();  // the last block's thread 0 acquired the others' writes
-  return last;
-}
-
 template <typename TA>
 __device__ __forceinline__ TA swiglu(float gate, float up) {
   // Transformers: gate and up rounded to the dtype, silu rounded, product rounded.

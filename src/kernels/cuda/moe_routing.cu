@@ -167,7 +167,6 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
                       int route, const float* __restrict__ bias, RouteParams p,
                       int32_t* __restrict__ ids, float* __restrict__ weights, bool vector8) {
   extern __shared__ __align__(16) char smem[];
-  __shared__ bool is_last;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.y, e = blockIdx.x * kRouterWarps + warp;
   if (e < E) {
@@ -199,10 +198,7 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     if (lane == 0) logits[static_cast<int64_t>(t) * E + e] = acc;
   }
   if (!route) return;
-  __syncthreads();  // the block's logits, released by thread 0's arrival
-  if (threadIdx.x == 0) is_last = arrive_acq_rel(&counters[t]) == gridDim.x - 1;
-  __syncthreads();  // thread 0 acquired the other blocks' logits
-  if (!is_last || warp != 0) return;
+  if (!arrive_last(&counters[t], gridDim.x) || warp != 0) return;
   const RouteScratch s = route_scratch(smem, E);
   // The logits of the other blocks: read through L2 into the scratch's ids area (E floats).
   float* row = reinterpret_cast<float*>(s.ids);
@@ -210,7 +206,6 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   __syncwarp();
   route_token_warp(row, bias, p, s, ids + static_cast<int64_t>(t) * p.top_k,
                    weights + static_cast<int64_t>(t) * p.top_k);
-  if (lane == 0) counters[t] = 0;  // ready for the next launch
 }
 
 // Zeroed arrival counters per device, grown on demand (every kernel leaves them zero).

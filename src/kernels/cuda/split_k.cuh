@@ -36,11 +36,7 @@ struct SplitKEpilogue {
   // Called by every thread of the block after its stores: the last block of this blockIdx.x
   // sums the partials of columns [col_begin, col_end) and rows [0, min(rows, M)).
   __device__ void reduce_if_last(int col_begin, int col_end, int rows) const {
-    __shared__ bool is_last_block;
-    __syncthreads();  // the block's partials, released by thread 0's arrival
-    if (threadIdx.x == 0) is_last_block = arrive_acq_rel(&counters[blockIdx.x]) == gridDim.y - 1;
-    __syncthreads();  // thread 0 acquired the other splits' partials
-    if (!is_last_block) return;
+    if (!arrive_last(&counters[blockIdx.x], gridDim.y)) return;
     rows = min(rows, M);
     const int width = col_end - col_begin;
     // Eight splits' loads in flight at a time (an L2 round trip each): a serial chain of
@@ -78,7 +74,6 @@ struct SplitKEpilogue {
         T* c = C + static_cast<int64_t>(row) * N + col;
         for (int j = 0; j < 4 && col + j < col_end; ++j) c[j] = from_float<T>(out[j] + load_bias(bias, bias_kind, col + j));
       }
-      if (threadIdx.x == 0) counters[blockIdx.x] = 0;
       return;
     }
     for (int i = threadIdx.x; i < rows * width; i += blockDim.x) {
@@ -96,7 +91,6 @@ struct SplitKEpilogue {
       for (; s < splits; ++s) v += __ldcg(p + s * split_stride);
       C[static_cast<int64_t>(row) * N + col] = from_float<T>(v + load_bias(bias, bias_kind, col));
     }
-    if (threadIdx.x == 0) counters[blockIdx.x] = 0;  // ready for the next launch
   }
 };
 
