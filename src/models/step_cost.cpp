@@ -3,7 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <functional>
 #include <string>
 
 #include "marlin/moe.h"
@@ -24,26 +23,6 @@ int64_t bias_bytes(const QuantizedLinear& l) {
 
 int64_t norm_bytes(const RMSNorm& n) {
   return n.defined() ? static_cast<int64_t>(n.weight().nbytes()) : 0;
-}
-
-// Every linear layer of a llama-family model, lm_head last.
-void for_each_llama_linear(const LlamaModel& m, const std::function<void(const QuantizedLinear&)>& fn) {
-  // A fused q/k/v or gate+up is visited as the one layer it is (its bytes and FLOPs are the
-  // parts' sums), not split into copies of its parts.
-  auto fused = [&](const FusedLinear& f) {
-    if (f.fused()) {
-      fn(f.fused_layer());
-    } else {
-      for (size_t i = 0; i < f.size(); ++i) fn(f.part(i));
-    }
-  };
-  for (const TransformerBlock& b : m.layers()) {
-    fused(b.self_attn().qkv_proj());
-    fn(b.self_attn().o_proj());
-    fused(b.mlp().gate_up_proj());
-    fn(b.mlp().down_proj());
-  }
-  fn(m.lm_head());
 }
 
 void add_linear(DecodeStepBytes& out, const QuantizedLinear& l) {

@@ -220,6 +220,35 @@ TEST_F(Cuda, StreamKernelSumsManyPartsPerSlab) {
   EXPECT_EQ(cases, 24);
 }
 
+// Launches of different shapes share the stream kernel's scratch (the partials, laid out by
+// each launch's slab and part counts, and the per-slab arrival counts that the last warp resets):
+// shapes interleaved, every launch equals the first of its shape, bit for bit, so no launch
+// reads a count or a partial that an earlier one left.
+TEST_F(Cuda, StreamKernelLeavesNoStalePartials) {
+  cuda::set_force_tiled_gemm(true);
+  struct Case {
+    int64_t K, N, M;
+  };
+  const Case cases[] = {{8192, 96, 1}, {4096, 130, 3}, {14336, 64, 2}, {2944, 200, 1}};
+  std::vector<QuantizedWeight> weights;
+  std::vector<Tensor> inputs;
+  std::vector<std::vector<float>> first;
+  for (size_t i = 0; i < std::size(cases); ++i) {
+    const Case& c = cases[i];
+    weights.push_back(ops::quantize(random_tensor({c.K, c.N}, DType::f32, 1400 + i, 0.05f).to(gpu), QuantFormat::fp4_e2m1));
+    ops::prepare_for_gemm(weights.back());
+    Tensor A = random_tensor({c.M, c.K}, DType::bf16, 1500 + i);
+    inputs.push_back(A.to(gpu));
+    first.push_back(ops::gemm_q(inputs.back(), weights.back()).to_float_vector());
+    const auto ref = reference_gemm(A, to_double(dequantize_cpu(weights.back().to(Device::cpu()))), c.K, c.N);
+    EXPECT_LT(relative_error(std::vector<double>(first.back().begin(), first.back().end()), ref), 6e-3) << "K=" << c.K;
+  }
+  for (int round = 0; round < 3; ++round)
+    for (size_t i = 0; i < std::size(cases); ++i)
+      EXPECT_EQ(ops::gemm_q(inputs[i], weights[i]).to_float_vector(), first[i]) << "round " << round << " K=" << cases[i].K;
+  cuda::set_force_tiled_gemm(false);
+}
+
 // The tile layout on the small weights of tiny models (K of one to nine 32-wide units, so less
 // than one 8-unit round, N far below a 64-column slab) at every M the tiled kernels take.
 TEST_F(Cuda, TiledKernelsMatchFloat64OnSmallWeights) {
