@@ -95,19 +95,31 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
         vr[u][i] = d < D ? to_float(vc[row + d]) : 0.0f;
       }
     }
+    // Every head's scores of the batch, their warp sums interleaved, then one update a head.
+    float s[kG][kBatch];
 #pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      if (j0 + u * kWarps > hi) continue;  // not break: the arrays stay in registers
+    for (int g = 0; g < kG; ++g)
 #pragma unroll
-      for (int g = 0; g < kG; ++g) {
-        if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
-        float s = 0.0f;
+      for (int u = 0; u < kBatch; ++u) {
+        s[g][u] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < kPerLane; ++i) s += qr[g][i] * kr[u][i];
-#pragma unroll
-        for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
-        online_softmax_update(s, m[g], l[g], acc[g], vr[u]);
+        for (int i = 0; i < kPerLane; ++i)
+          if (g < ng) s[g][u] += qr[g][i] * kr[u][i];
       }
+#pragma unroll
+    for (int o = 16; o > 0; o /= 2)
+#pragma unroll
+      for (int g = 0; g < kG; ++g)
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+          if (g < ng) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
+#pragma unroll
+    for (int g = 0; g < kG; ++g) {
+      if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
+#pragma unroll
+      for (int u = 0; u < kBatch; ++u)
+        if (j0 + u * kWarps > hi) s[g][u] = -INFINITY;  // past hi: loaded, never scored
+      online_softmax_update_batch(s[g], m[g], l[g], acc[g], vr);
     }
   }
 

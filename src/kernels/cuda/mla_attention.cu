@@ -87,13 +87,18 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
     for (int i = 0; i < VL; ++i) acc[g][i] = 0.0f;
   }
 
-  // Key j's score and value into head g's state.
-  auto score = [&](int g, const float (&kn)[NL], const float (&kr)[kRopeLane], const float (&vv)[VL]) {
+  // Head g's score of a key (this lane's part; the warp sum is taken by the caller).
+  auto partial_score = [&](int g, const float (&kn)[NL], const float (&kr)[kRopeLane]) {
     float s = 0.0f;
 #pragma unroll
     for (int i = 0; i < NL; ++i) s += qn[g][i] * kn[i];
 #pragma unroll
     for (int i = 0; i < kRopeLane; ++i) s += qr[g][i] * kr[i];
+    return s;
+  };
+  // Key j's score and value into head g's state.
+  auto score = [&](int g, const float (&kn)[NL], const float (&kr)[kRopeLane], const float (&vv)[VL]) {
+    float s = partial_score(g, kn, kr);
 #pragma unroll
     for (int o = 16; o > 0; o /= 2) s += __shfl_xor_sync(0xffffffffu, s, o);
     online_softmax_update(s, m[g], l[g], acc[g], vv);
@@ -108,15 +113,28 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
         load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, 0), a.Dr, lane, kr[u]);
         if constexpr (!kVIsK) load_lanes<T, VL>(row_ptr<T>(a.v, b, j, 0), a.Dv, lane, vv[u]);
       }
+      // Every head's scores of the batch, their warp sums interleaved, then one update a head
+      // (online_softmax_update_batch).
+      float s[kHeads][kBatch];
 #pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        if (j0 + u * kWarps > hi) continue;  // not break: the arrays stay in registers
+      for (int g = 0; g < kHeads; ++g)
 #pragma unroll
-        for (int g = 0; g < kHeads; ++g) {
-          if (g >= ng) continue;
-          if constexpr (kVIsK) score(g, kn[u], kr[u], kn[u]);
-          else score(g, kn[u], kr[u], vv[u]);
-        }
+        for (int u = 0; u < kBatch; ++u) s[g][u] = g < ng ? partial_score(g, kn[u], kr[u]) : 0.0f;
+#pragma unroll
+      for (int o = 16; o > 0; o /= 2)
+#pragma unroll
+        for (int g = 0; g < kHeads; ++g)
+#pragma unroll
+          for (int u = 0; u < kBatch; ++u)
+            if (g < ng) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
+#pragma unroll
+      for (int g = 0; g < kHeads; ++g) {
+        if (g >= ng) continue;  // not break: the arrays stay in registers
+#pragma unroll
+        for (int u = 0; u < kBatch; ++u)
+          if (j0 + u * kWarps > hi) s[g][u] = -INFINITY;  // past hi: loaded, never scored
+        if constexpr (kVIsK) online_softmax_update_batch(s[g], m[g], l[g], acc[g], kn);
+        else online_softmax_update_batch(s[g], m[g], l[g], acc[g], vv);
       }
     }
   } else {
