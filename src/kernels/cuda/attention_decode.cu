@@ -95,7 +95,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
         vr[u][i] = d < D ? to_float(vc[row + d]) : 0.0f;
       }
     }
-    // Every head's scores of the batch, their warp sums interleaved, then one update a head.
+    // Every head's partial scores of the batch, then one update a head (update_heads_batch).
     float s[kG][kBatch];
 #pragma unroll
     for (int g = 0; g < kG; ++g)
@@ -106,21 +106,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
         for (int i = 0; i < kPerLane; ++i)
           if (g < ng) s[g][u] += qr[g][i] * kr[u][i];
       }
-#pragma unroll
-    for (int o = 16; o > 0; o /= 2)
-#pragma unroll
-      for (int g = 0; g < kG; ++g)
-#pragma unroll
-        for (int u = 0; u < kBatch; ++u)
-          if (g < ng) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
-#pragma unroll
-    for (int g = 0; g < kG; ++g) {
-      if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u)
-        if (j0 + u * kWarps > hi) s[g][u] = -INFINITY;  // past hi: loaded, never scored
-      online_softmax_update_batch(s[g], m[g], l[g], acc[g], vr);
-    }
+    update_heads_batch(s, ng, (hi - j0) / kWarps + 1, m, l, acc, vr);
   }
 
   // Merge the warps' states in shared memory.

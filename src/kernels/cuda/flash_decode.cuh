@@ -57,6 +57,30 @@ __device__ __forceinline__ void online_softmax_update_batch(const float (&s)[kB]
   m = m_new;
 }
 
+// A batch of kB keys into the states of kH heads: s[g][u] holds this lane's part of head g's
+// score of key u (heads g < ng, a warp-uniform count). The warp sums of every head and key are
+// taken together (independent shuffles, not one chain a key), keys u >= scored are masked, then
+// each head takes online_softmax_update_batch with the batch's values v.
+template <int kH, int kB, int N>
+__device__ __forceinline__ void update_heads_batch(float (&s)[kH][kB], int ng, int scored, float (&m)[kH],
+                                                   float (&l)[kH], float (&acc)[kH][N], const float (&v)[kB][N]) {
+#pragma unroll
+  for (int o = 16; o > 0; o /= 2)
+#pragma unroll
+    for (int g = 0; g < kH; ++g)
+#pragma unroll
+      for (int u = 0; u < kB; ++u)
+        if (g < ng) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
+#pragma unroll
+  for (int g = 0; g < kH; ++g) {
+    if (g >= ng) continue;  // not break: a fully unrolled loop keeps its arrays in registers
+#pragma unroll
+    for (int u = 0; u < kB; ++u)
+      if (u >= scored) s[g][u] = -INFINITY;  // loaded (a valid row), never scored
+    online_softmax_update_batch(s[g], m[g], l[g], acc[g], v);
+  }
+}
+
 // The kWarps warp states of a block in shared memory (s_m, s_l [kWarps][kG]; s_acc
 // [kWarps][kG][acc_stride]) merged for heads g < ng and dims d < D, then written: the output rows
 // row0 + g when the block is the row's only split, else the split's partial state.

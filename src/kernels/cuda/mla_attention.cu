@@ -113,29 +113,14 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
         load_lanes<T, kRopeLane>(row_ptr<T>(a.k_rope, b, j, 0), a.Dr, lane, kr[u]);
         if constexpr (!kVIsK) load_lanes<T, VL>(row_ptr<T>(a.v, b, j, 0), a.Dv, lane, vv[u]);
       }
-      // Every head's scores of the batch, their warp sums interleaved, then one update a head
-      // (online_softmax_update_batch).
+      // Every head's partial scores of the batch, then one update a head (update_heads_batch).
       float s[kHeads][kBatch];
 #pragma unroll
       for (int g = 0; g < kHeads; ++g)
 #pragma unroll
         for (int u = 0; u < kBatch; ++u) s[g][u] = g < ng ? partial_score(g, kn[u], kr[u]) : 0.0f;
-#pragma unroll
-      for (int o = 16; o > 0; o /= 2)
-#pragma unroll
-        for (int g = 0; g < kHeads; ++g)
-#pragma unroll
-          for (int u = 0; u < kBatch; ++u)
-            if (g < ng) s[g][u] += __shfl_xor_sync(0xffffffffu, s[g][u], o);
-#pragma unroll
-      for (int g = 0; g < kHeads; ++g) {
-        if (g >= ng) continue;  // not break: the arrays stay in registers
-#pragma unroll
-        for (int u = 0; u < kBatch; ++u)
-          if (j0 + u * kWarps > hi) s[g][u] = -INFINITY;  // past hi: loaded, never scored
-        if constexpr (kVIsK) online_softmax_update_batch(s[g], m[g], l[g], acc[g], kn);
-        else online_softmax_update_batch(s[g], m[g], l[g], acc[g], vv);
-      }
+      if constexpr (kVIsK) update_heads_batch(s, ng, (hi - j0) / kWarps + 1, m, l, acc, kn);
+      else update_heads_batch(s, ng, (hi - j0) / kWarps + 1, m, l, acc, vv);
     }
   } else {
     for (int j = lo + warp; j <= hi; j += kWarps) {
