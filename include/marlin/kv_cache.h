@@ -55,6 +55,12 @@ class KVCache {
   std::pair<Tensor, Tensor> update_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new,
                                            const Tensor& v_new, const Tensor& positions,
                                            const ops::RopeParams& rope);
+  // A decode step of one layer (one new token in every row, no per-row counts): update_rotated
+  // and then attention over the step's lengths, as ops::rope_attention_decode (one launch on
+  // CUDA). q [B, Hq, D]; k_new and v_new [B, Hkv, D]. Returns [B, Hq, D].
+  Tensor attend_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new, const Tensor& v_new,
+                        const Tensor& positions, const ops::RopeParams& rope, float scale,
+                        int64_t sliding_window = 0);
   // Moves every row by num_tokens (>= 0) after every layer has written them; ends the step in
   // flight, if any. A device kernel: no copy from the host.
   void advance(int64_t num_tokens = 1);
@@ -106,6 +112,8 @@ class KVCache {
   // update()'s checks of k_new and v_new [B, Hkv, T, D], and the step they belong to (begun if
   // none is).
   void check_new_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
+  // The same for k_new and v_new [B x T, Hkv, D] (update_rotated, attend_rotated).
+  void check_rotated_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
   void check_room(const char* op, const std::vector<int64_t>* added, int64_t uniform) const;
   // Adds to the host mirror (added[b], or uniform when added is null) and ends any step.
   void add_to_host_lengths(const std::vector<int64_t>* added, int64_t uniform);

@@ -70,6 +70,17 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
                       const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
                       const Tensor& counts = {});
 
+// A decode step's attention, one new token a row: rope(q, k) at positions [B], k and v written
+// to the caches at position starts[b], then q attending keys [0, starts[b]] (the new one
+// included) as attention_decode does with seq_lens = starts + 1. q [B, Hq, D], k and v [B, Hkv,
+// D] may be head views of a fused QKV output (head_dim contiguous); the caches are contiguous
+// [B, Hkv, S_max, D] and 0 <= starts[b] < S_max (checked on the host on the CPU; the caller's, as
+// KVCache does, on CUDA). Returns [B, Hq, D]. On CUDA one launch, which leaves q and k as they
+// were; the CPU runs rope_cache_write (rotating q and k in place) and attention_decode.
+Tensor rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                             const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
+                             float scale, int64_t sliding_window = 0);
+
 // ---- Activations, embedding, elementwise --------------------------------------------------------
 
 // SwiGLU: silu(gate) * up with silu rounded to the dtype first (Transformers' act_fn(gate) * up).

@@ -3,6 +3,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/env.h"
 #include "marlin/attention.h"
 #include "marlin/moe.h"
 #include "marlin/nn.h"
@@ -75,6 +76,13 @@ Tensor Attention::forward(const Tensor& x, const Tensor& positions, KVCache* cac
     // Each row writes at its own length and attends up to it, both read on the device
     // (step_lengths() is a buffer of the cache): a decode step launches the same kernels
     // whatever the lengths are. Right padding (step_new_tokens()) is neither written nor read.
+    // A decode step (one token a row): RoPE, the cache append and attention in one call
+    // (KVCache::attend_rotated, one launch on CUDA). MARLIN_FUSED_DECODE_ATTENTION=0 keeps the
+    // separate launches below, to measure against.
+    static const bool fused = !env_is("MARLIN_FUSED_DECODE_ATTENTION", "0");
+    if (fused && T == 1 && !cache->step_new_tokens().defined())
+      return o_proj_.forward(
+          cache->attend_rotated(config_.layer_idx, q, k, v, positions, rope_, scale_, window).view({B, T, Hq * D}));
     // q and k are rotated in the launch that writes k and v (ops::rope_cache_write).
     cache->update_rotated(config_.layer_idx, q, k, v, positions, rope_);
     const Tensor& keys = cache->keys(config_.layer_idx);

@@ -254,6 +254,45 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
 #endif
 }
 
+Tensor rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                             const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
+                             float scale, int64_t sliding_window) {
+  constexpr const char* op = "rope_attention_decode";
+  check_rope(op, q, k, positions, params);
+  MARLIN_CHECK(v.defined() && v.dim() == 3 && v.shape() == k.shape() && (v.strides()[2] == 1 || v.size(2) == 1),
+               op, "v must be [B, Hkv, D] like k ", k.describe(), " with a contiguous head_dim, got ",
+               v.defined() ? v.describe() : "an undefined tensor");
+  check_same(op, q, k, "k");
+  check_same(op, q, v, "v");
+  check_float(op, "k_cache [B, Hkv, S_max, D]", k_cache, 4);
+  check_float(op, "v_cache [B, Hkv, S_max, D]", v_cache, 4);
+  check_same(op, q, k_cache, "k_cache");
+  check_same(op, q, v_cache, "v_cache");
+  const int64_t B = q.size(0), Hq = q.size(1), Hkv = k.size(1), D = q.size(2);
+  MARLIN_CHECK(k_cache.shape() == v_cache.shape() && k_cache.size(0) == B && k_cache.size(1) == Hkv &&
+                   k_cache.size(3) == D && k.size(0) == B && k.size(2) == D,
+               op, "q ", q.describe(), ", k ", k.describe(), " and the caches ", k_cache.describe(), ", ",
+               v_cache.describe(), " must be [B, Hq, D], [B, Hkv, D] and [B, Hkv, S_max, D]");
+  check_heads(op, Hq, Hkv, D, scale, sliding_window);
+  check_lengths(op, "starts", starts, B, q.device());
+  if (q.device().is_cpu()) {
+    // The reference: the same steps as separate ops (rope_cache_write checks starts on the host).
+    rope_cache_write(q, k, v, positions, params, k_cache, v_cache, starts);
+    Tensor seq_lens = Tensor::empty({B}, DType::i32, q.device());
+    add_lengths(starts, 1, {}, seq_lens);
+    return attention_decode(q.contiguous(), k_cache, v_cache, seq_lens, scale, sliding_window);
+  }
+#ifdef MARLIN_WITH_CUDA
+  Tensor out = Tensor::empty({B, Hq, D}, q.dtype(), q.device());
+  if (B > 0)
+    cuda::rope_attention_decode(q, k, v, positions, params.inv_freq, params.layout == RopeLayout::interleaved,
+                                params.attention_factor, k_cache, v_cache, starts, scale, sliding_window, out);
+  return out;
+#else
+  fail(op, "tensors are on ", q.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
 void add_lengths(const Tensor& lengths, int64_t n, const Tensor& counts, const Tensor& out) {
   constexpr const char* op = "add_lengths";
   MARLIN_CHECK(out.defined(), op, "out must be defined");

@@ -161,10 +161,7 @@ std::pair<Tensor, Tensor> KVCache::update(int64_t layer_idx, const Tensor& k_new
   return {k.narrow(2, 0, step_longest_), v.narrow(2, 0, step_longest_)};
 }
 
-std::pair<Tensor, Tensor> KVCache::update_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new,
-                                                  const Tensor& v_new, const Tensor& positions,
-                                                  const ops::RopeParams& rope) {
-  constexpr const char* op = "KVCache::update_rotated";
+void KVCache::check_rotated_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new) {
   MARLIN_CHECK(!config_.keys_only, op, "a keys-only (latent) cache takes no values: use update()");
   for (const Tensor* t : {&k_new, &v_new})
     MARLIN_CHECK(t->defined() && t->dim() == 3 && t->size(0) % batch_size_ == 0, op,
@@ -173,10 +170,27 @@ std::pair<Tensor, Tensor> KVCache::update_rotated(int64_t layer_idx, const Tenso
   const int64_t T = k_new.size(0) / batch_size_;
   auto rows = [&](const Tensor& t) { return t.view({batch_size_, T, t.size(1), t.size(2)}).transpose(1, 2); };
   check_new_entries(op, layer_idx, rows(k_new), rows(v_new));
+}
+
+std::pair<Tensor, Tensor> KVCache::update_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new,
+                                                  const Tensor& v_new, const Tensor& positions,
+                                                  const ops::RopeParams& rope) {
+  check_rotated_entries("KVCache::update_rotated", layer_idx, k_new, v_new);
   Tensor& k = keys_[static_cast<size_t>(layer_idx)];
   Tensor& v = values_[static_cast<size_t>(layer_idx)];
   ops::rope_cache_write(q, k_new, v_new, positions, rope, k, v, lengths_, step_new_tokens());
   return {k.narrow(2, 0, step_longest_), v.narrow(2, 0, step_longest_)};
+}
+
+Tensor KVCache::attend_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new, const Tensor& v_new,
+                               const Tensor& positions, const ops::RopeParams& rope, float scale,
+                               int64_t sliding_window) {
+  constexpr const char* op = "KVCache::attend_rotated";
+  check_rotated_entries(op, layer_idx, k_new, v_new);
+  MARLIN_CHECK(step_tokens_ == 1 && !step_padded_, op, "a decode step has one new token in every row, got ",
+               step_tokens_, step_padded_ ? " with per-row counts" : "");
+  return ops::rope_attention_decode(q, k_new, v_new, positions, rope, keys_[static_cast<size_t>(layer_idx)],
+                                    values_[static_cast<size_t>(layer_idx)], lengths_, scale, sliding_window);
 }
 
 void KVCache::advance(int64_t num_tokens) {

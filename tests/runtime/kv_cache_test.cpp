@@ -7,6 +7,8 @@
 
 #include "marlin/attention.h"
 #include "marlin/kv_cache.h"
+#include "marlin/model_config.h"
+#include "marlin/ops_nn.h"
 #include "test_util.h"
 
 namespace marlin {
@@ -86,6 +88,56 @@ TEST(KVCache, DecodingTokenByTokenEqualsPrefill) {
   };
   step(0, 5);
   for (int64_t t = 5; t < T; ++t) step(t, 1);
+}
+
+// attend_rotated (RoPE, cache append and attention of a decode step in one call) token by
+// token equals RoPE on the whole sequence then one causal prefill; the steps it cannot take
+// (several tokens, per-row counts, a keys-only cache) are clear errors.
+TEST(KVCache, AttendRotatedTokenByTokenEqualsRopeThenPrefill) {
+  const int64_t T = 11, Hq = 6, Hkv = 2, D = 64, window = 5;
+  const float scale = 0.125f;
+  const ops::RopeParams rope = ops::rope_params(10000, D / 2, RopeScaling{}, 4096, ops::RopeLayout::half_split);
+  const Tensor qkv = random_tensor({T, Hq + 2 * Hkv, D}, DType::f32, 7);
+  std::vector<int32_t> pos(T);
+  for (int64_t t = 0; t < T; ++t) pos[static_cast<size_t>(t)] = static_cast<int32_t>(t);
+  Tensor whole = qkv.clone();
+  Tensor q = whole.narrow(1, 0, Hq), k = whole.narrow(1, Hq, Hkv);
+  ops::rope(q, k, Tensor::from_vector(pos, {T}, DType::i32), rope);
+  const std::vector<float> want =
+      ops::attention_prefill(q.contiguous(), k.contiguous(), whole.narrow(1, Hq + Hkv, Hkv).contiguous(), scale, window)
+          .to_float_vector();
+  KVCache cache({.num_layers = 1, .num_kv_heads = Hkv, .head_dim = D, .max_seq_len = T, .dtype = DType::f32});
+  for (int64_t t = 0; t < T; ++t) {
+    Tensor x = qkv.narrow(0, t, 1).clone();
+    const Tensor at = Tensor::from_vector(std::vector<int32_t>{static_cast<int32_t>(t)}, {1}, DType::i32);
+    const std::vector<float> got = cache
+                                       .attend_rotated(0, x.narrow(1, 0, Hq), x.narrow(1, Hq, Hkv),
+                                                       x.narrow(1, Hq + Hkv, Hkv), at, rope, scale, window)
+                                       .to_float_vector();
+    cache.advance();
+    for (size_t i = 0; i < got.size(); ++i)
+      ASSERT_NEAR(got[i], want[static_cast<size_t>(t * Hq * D) + i], 1e-6) << "t=" << t << " i=" << i;
+  }
+  // Full now; and the steps attend_rotated does not take.
+  KVCache two({.num_layers = 1, .num_kv_heads = Hkv, .head_dim = D, .max_seq_len = 8, .dtype = DType::f32}, 2);
+  const Tensor x2 = random_tensor({4, Hq + 2 * Hkv, D}, DType::f32, 8);
+  const Tensor at2 = Tensor::from_vector(std::vector<int32_t>{0, 1, 0, 1}, {4}, DType::i32);
+  auto attend = [&](KVCache& c, const Tensor& x, const Tensor& p) {
+    return c.attend_rotated(0, x.narrow(1, 0, Hq), x.narrow(1, Hq, Hkv), x.narrow(1, Hq + Hkv, Hkv), p, rope, scale);
+  };
+  EXPECT_THROW(attend(cache, qkv.narrow(0, 0, 1).clone(), Tensor::from_vector(std::vector<int32_t>{0}, {1}, DType::i32)),
+               Error);  // no room left
+  EXPECT_THROW(attend(two, x2, at2), Error);  // two tokens a row
+  two.begin_step(1, {1, 0});
+  try {
+    attend(two, x2.narrow(0, 0, 2).clone(), at2.narrow(0, 0, 2).clone());
+    FAIL() << "no error";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("per-row counts"), std::string::npos) << e.what();
+  }
+  KVCache latent({.num_layers = 1, .num_kv_heads = 1, .head_dim = D, .max_seq_len = 8, .dtype = DType::f32,
+                  .keys_only = true});
+  EXPECT_THROW(attend(latent, x2.narrow(0, 0, 1).clone(), at2.narrow(0, 0, 1).clone()), Error);
 }
 
 std::vector<float> floats(const std::vector<int64_t>& v) { return {v.begin(), v.end()}; }

@@ -12,20 +12,17 @@
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
-#include "kernels/cuda/flash_decode.cuh"
+#include "kernels/cuda/gqa_decode.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
 namespace {
 
-constexpr int kWarps = 4;
+using gqa::group_chunk;
+using gqa::kWarps;
 // set_*_splits (tests) or MARLIN_DECODE_SPLITS=n (a measurement switch) forces the split count.
 int g_forced_splits = static_cast<int>(env_int("MARLIN_DECODE_SPLITS", 0));
-
-// Query heads handled together per block; fewer at head_dim 256 to bound registers.
-template <int D>
-constexpr int group_chunk() { return D >= 256 ? 4 : 8; }
 
 template <typename T, int D>
 __global__ void __launch_bounds__(kWarps * 32, 1)
@@ -36,13 +33,13 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
                     int Hkv, int S, float scale, int window, int splits) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   pdl_wait();               // launched as a programmatic dependent: q and the cache rows are new
-  constexpr int kPerLane = (D + 31) / 32, kG = group_chunk<D>();
+  constexpr int kPerLane = gqa::per_lane<D>(), kG = group_chunk<D>();
   const int group = Hq / Hkv, head_chunks = (group + kG - 1) / kG;
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / head_chunks, g0 = (blockIdx.y % head_chunks) * kG;
   const int ng = min(kG, group - g0);
   const int b = blockIdx.z / T_len, t = blockIdx.z % T_len;
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int lane = threadIdx.x % 32;
 
   // Lengths outside [fresh, S] (the CPU path rejects them) are clamped so no access leaves the
   // cache. Right-padding queries (t >= fresh) stop at the row's last valid key.
@@ -65,67 +62,26 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
     return;
   }
 
+  const int64_t cache_base = (static_cast<int64_t>(b) * Hkv + kvh) * S * D;
+  gqa::KeyBatch<D> batch;  // requested before q, which it does not need
+  gqa::load_key_batch<T, D>(kc + cache_base, vc + cache_base, lo + threadIdx.x / 32, hi, batch);
   float qr[kG][kPerLane], acc[kG][kPerLane], m[kG], l[kG];
+  gqa::clear_states(m, l, acc);
 #pragma unroll
-  for (int g = 0; g < kG; ++g) {
-    m[g] = -INFINITY;
-    l[g] = 0.0f;
+  for (int g = 0; g < kG; ++g)
 #pragma unroll
     for (int i = 0; i < kPerLane; ++i) {
       const int d = lane + 32 * i;
-      acc[g][i] = 0.0f;
       qr[g][i] = g < ng && d < D ? to_float(q[(q_row0 + g) * D + d]) * scale : 0.0f;
     }
-  }
-  const int64_t cache_base = (static_cast<int64_t>(b) * Hkv + kvh) * S * D;
-  // A warp requests kBatch keys and values before scoring the first: its keys then cost about
-  // one memory latency per batch, not one each (Llama-3.1-8B at 20 splits: ~7 keys a warp, and
-  // 13 us a layer when they were read one by one). Fewer at head_dim 256 to bound registers.
-  constexpr int kBatch = D >= 256 ? 2 : 4;
-  for (int j0 = lo + warp; j0 <= hi; j0 += kWarps * kBatch) {
-    float kr[kBatch][kPerLane], vr[kBatch][kPerLane];
-#pragma unroll
-    for (int u = 0; u < kBatch; ++u) {
-      // Past hi: a valid row loaded, never scored.
-      const int64_t row = cache_base + static_cast<int64_t>(min(j0 + u * kWarps, hi)) * D;
-#pragma unroll
-      for (int i = 0; i < kPerLane; ++i) {
-        const int d = lane + 32 * i;
-        kr[u][i] = d < D ? to_float(kc[row + d]) : 0.0f;
-        vr[u][i] = d < D ? to_float(vc[row + d]) : 0.0f;
-      }
-    }
-    // Every head's partial scores of the batch, then one update a head (update_heads_batch).
-    float s[kG][kBatch];
-#pragma unroll
-    for (int g = 0; g < kG; ++g)
-#pragma unroll
-      for (int u = 0; u < kBatch; ++u) {
-        s[g][u] = 0.0f;
-#pragma unroll
-        for (int i = 0; i < kPerLane; ++i)
-          if (g < ng) s[g][u] += qr[g][i] * kr[u][i];
-      }
-    update_heads_batch(s, ng, (hi - j0) / kWarps + 1, m, l, acc, vr);
-  }
+  gqa::attend_keys<T, D, kG>(kc + cache_base, vc + cache_base, lo, hi, ng, qr, -1, nullptr, nullptr, batch, m, l,
+                             acc);
 
   // Merge the warps' states in shared memory.
-  __shared__ float s_acc[kWarps][kG][D];
-  __shared__ float s_m[kWarps][kG], s_l[kWarps][kG];
-#pragma unroll
-  for (int g = 0; g < kG; ++g) {
-    if (lane == 0) {
-      s_m[warp][g] = m[g];
-      s_l[warp][g] = l[g];
-    }
-#pragma unroll
-    for (int i = 0; i < kPerLane; ++i) {
-      const int d = lane + 32 * i;
-      if (d < D) s_acc[warp][g][d] = acc[g][i];
-    }
-  }
+  __shared__ gqa::WarpStates<kG, D> st;
+  gqa::stage_states(st, m, l, acc);
   __syncthreads();
-  write_block_state<kWarps, kG>(s_m, s_l, &s_acc[0][0][0], D, ng, D, q_row0, splits, split, out, part_o,
+  write_block_state<kWarps, kG>(st.m, st.l, &st.acc[0][0][0], D, ng, D, q_row0, splits, split, out, part_o,
                                 part_ml);
 }
 
@@ -181,6 +137,7 @@ void dispatch_head_dim(const Tensor& q, const Tensor& kc, const Tensor& vc, cons
 }  // namespace
 
 void set_attention_decode_splits(int splits) { g_forced_splits = splits; }
+int attention_decode_forced_splits() { return g_forced_splits; }
 
 void attention_extend(const Tensor& q, const Tensor& k_cache, const Tensor& v_cache,
                       const Tensor& seq_lens, const Tensor& new_tokens, float scale,

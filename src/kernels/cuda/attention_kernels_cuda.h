@@ -27,7 +27,14 @@ void attention_cache_write_kv(Tensor& k_cache, const Tensor& k_new, Tensor& v_ca
                               const Tensor& starts, const Tensor& counts);
 void add_lengths(const Tensor& lengths, int64_t n, const Tensor& counts, const Tensor& out);
 void sequence_positions(const Tensor& lengths, int64_t T, const Tensor& out);
-// Tests: force the number of sequence splits of the decode kernel (0 = automatic).
+// RoPE on the new token's q and k, the cache append of k and v at starts[b] and attention over
+// keys [0, starts[b]], in one launch (attention_decode_rope.cu); checked by ops::rope_attention_decode.
+void rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                           const Tensor& inv_freq, bool interleaved, float attention_factor, Tensor& k_cache,
+                           Tensor& v_cache, const Tensor& starts, float scale, int64_t sliding_window,
+                           Tensor& out);
+// Tests: force the number of sequence splits of the decode kernels (0 = automatic).
 void set_attention_decode_splits(int splits);
+int attention_decode_forced_splits();
 
 }  // namespace marlin::cuda

@@ -136,15 +136,42 @@ inline int decode_split_count(int forced, int base_blocks, int S, int sms) {
   return (S + chunk - 1) / chunk;
 }
 
+// One row's split factors, computed by one warp: c[s] = exp(m_s - M) for each split s that saw a
+// key (-1 for one that did not: its partial sums may never have been written), and the returned
+// total L = sum_s l_s c[s] (0 when no split saw a key). A lane per split, at most 64 splits: the
+// states' loads are all in flight at once. __ldcg: the states may come from other blocks of the
+// same launch (after an arrival), which the non-coherent read-only path could miss.
+__device__ __forceinline__ float split_factors(const float2* __restrict__ row_ml, int splits, float* c) {
+  const int lane = threadIdx.x % 32;
+  float m[2], l[2];
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const int sp = lane + 32 * u;
+    const float2 state = sp < splits ? __ldcg(row_ml + sp) : make_float2(-INFINITY, 0.0f);
+    m[u] = state.x;
+    l[u] = state.y;
+  }
+  const float M = warp_max(fmaxf(m[0], m[1]));
+  float L = 0.0f;
+#pragma unroll
+  for (int u = 0; u < 2; ++u) {
+    const bool seen = m[u] != -INFINITY;
+    const float f = seen ? __expf(m[u] - M) : 0.0f;
+    L += seen ? l[u] * f : 0.0f;
+    if (lane + 32 * u < splits) c[lane + 32 * u] = seen ? f : -1.0f;
+  }
+  return warp_sum(L);
+}
+
 constexpr int kMergeWarps = 4;
 
 // out[row] = the merge of the row's split states; a row whose splits all saw no key is zero.
 // Block (row, chunk) writes dims 32 chunk .. 32 chunk + 31. Its first warp reads the splits'
-// (m, l) at once (a lane per split) and leaves each split's factor exp(m_s - M) in shared
-// memory; then warp w sums the partial outputs of splits w, w + 4, ... and the four sums meet
-// in shared memory, in a fixed order. Every load of a thread is independent of the others, so
-// the merge costs a few memory latencies whatever the split count (one thread per dim looping
-// over 40 splits, twice, took 7 us a layer on an H200).
+// (m, l) at once and leaves each split's factor in shared memory (split_factors); then warp w
+// sums the partial outputs of splits w, w + 4, ... and the four sums meet in shared memory, in a
+// fixed order. Every load of a thread is independent of the others, so the merge costs a few
+// memory latencies whatever the split count (one thread per dim looping over 40 splits, twice,
+// took 7 us a layer on an H200).
 template <typename T>
 __global__ void __launch_bounds__(kMergeWarps * 32)
     flash_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
@@ -157,24 +184,7 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   const int64_t row = blockIdx.x;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   if (warp == 0) {
-    float m[2], l[2];
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const int sp = lane + 32 * u;
-      const float2 state = sp < splits ? part_ml[row * splits + sp] : make_float2(-INFINITY, 0.0f);
-      m[u] = state.x;
-      l[u] = state.y;
-    }
-    const float M = warp_max(fmaxf(m[0], m[1]));
-    float L = 0.0f;
-#pragma unroll
-    for (int u = 0; u < 2; ++u) {
-      const bool seen = m[u] != -INFINITY;
-      const float c = seen ? __expf(m[u] - M) : 0.0f;
-      L += seen ? l[u] * c : 0.0f;
-      if (lane + 32 * u < splits) s_c[lane + 32 * u] = seen ? c : -1.0f;
-    }
-    L = warp_sum(L);
+    const float L = split_factors(part_ml + row * splits, splits, s_c);
     if (lane == 0) s_total = L;
   }
   __syncthreads();
@@ -195,6 +205,46 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
 #pragma unroll
   for (int w = 0; w < kMergeWarps; ++w) sum += s_sum[w][lane];
   out[row * D + d] = from_float<T>(s_total > 0.0f ? sum / s_total : 0.0f);
+}
+
+// The merge done by the last block of a launch to finish its split (after arrive_last): rows
+// row0 .. row0 + ng - 1 of D values (D a multiple of 4), each from the splits' states that the
+// launch's blocks wrote. A thread sums 4 dims of one row over every split, its loads issued 16
+// at a time (a few L2 latencies in all, where a separate merge launch cost ~3.7 us a layer).
+template <int kWarps, int kG, typename T>
+__device__ void merge_splits_in_block(const float* part_o, const float2* part_ml, T* out, int64_t row0, int ng,
+                                      int splits, int D) {
+  __shared__ float s_c[kG][kMaxDecodeSplits];
+  __shared__ float s_total[kG];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int g = warp; g < ng; g += kWarps) {
+    const float L = split_factors(part_ml + (row0 + g) * splits, splits, s_c[g]);
+    if (lane == 0) s_total[g] = L;
+  }
+  __syncthreads();
+  const int quads = D / 4;
+  for (int idx = threadIdx.x; idx < ng * quads; idx += blockDim.x) {
+    const int g = idx / quads, d = (idx % quads) * 4;
+    const float4* parts = reinterpret_cast<const float4*>(part_o + (row0 + g) * splits * D + d);
+    float4 O = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 16
+    for (int sp = 0; sp < splits; ++sp) {
+      // Loaded whatever the split saw, so the loads stay independent; an unseen split's sums
+      // (never written) are dropped by the selects.
+      const float c = s_c[g][sp];
+      const float4 o = __ldcg(parts + static_cast<int64_t>(sp) * (D / 4));
+      O.x += c >= 0.0f ? o.x * c : 0.0f;
+      O.y += c >= 0.0f ? o.y * c : 0.0f;
+      O.z += c >= 0.0f ? o.z * c : 0.0f;
+      O.w += c >= 0.0f ? o.w * c : 0.0f;
+    }
+    const float inv = s_total[g] > 0.0f ? 1.0f / s_total[g] : 0.0f;
+    T* dst = out + (row0 + g) * D + d;
+    dst[0] = from_float<T>(O.x * inv);
+    dst[1] = from_float<T>(O.y * inv);
+    dst[2] = from_float<T>(O.z * inv);
+    dst[3] = from_float<T>(O.w * inv);
+  }
 }
 
 // The merge's launch shape for rows of D values.

@@ -78,6 +78,17 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
+// RoPE's cos and sin of the angle pos * freq: the f32 angle of Transformers, precise sincosf,
+// times attention_factor, rounded to T. Recomputed by every head's warp: a few dozen FMAs
+// against a memory latency, and no barrier to share them.
+template <typename T>
+__device__ __forceinline__ void cos_sin(float pos, float freq, float attention_factor, float& c, float& s) {
+  float sv, cv;
+  sincosf(pos * freq, &sv, &cv);
+  c = round_to<T>(cv * attention_factor);
+  s = round_to<T>(sv * attention_factor);
+}
+
 // Sum (or max) over the block; every thread gets the result. `scratch` holds 32 floats and may
 // be reused right after the call.
 template <bool kMax>

@@ -23,18 +23,6 @@ struct HeadSet {
   int heads = 0;
 };
 
-// cos and sin of the angle pos * freq: the f32 angle of Transformers, precise sincosf, times
-// attention_factor, rounded to T. Recomputed by every head's warp: a few dozen FMAs against a
-// memory latency, and no barrier to share them.
-template <typename T>
-__device__ __forceinline__ void cos_sin(float pos, float freq, float attention_factor, float& c,
-                                        float& s) {
-  float sv, cv;
-  sincosf(pos * freq, &sv, &cv);
-  c = nn::round_to<T>(cv * attention_factor);
-  s = nn::round_to<T>(sv * attention_factor);
-}
-
 // inv_freq of the lane's pairs base + lane + 32u. Loaded ahead in a loop of their own: nvcc
 // would not hoist a load above the previous pair's sincosf (its slow path is a branch), which
 // would chain one latency per pair.
@@ -82,7 +70,7 @@ __device__ void rotate_half_split(T* x, T* y, float pos, const float* __restrict
       const int i = base + lane + 32 * u;
       if (i >= half) continue;
       float c, s;
-      cos_sin<T>(pos, f[u], attention_factor, c, s);
+      nn::cos_sin<T>(pos, f[u], attention_factor, c, s);
       store_rotated(x, y, i, half, a[u], b[u], c, s);
     }
   }
@@ -118,7 +106,7 @@ __device__ void rotate_interleaved(T* x, T* y, float pos, const float* __restric
       const int i = base + lane + 32 * u;
       if (i >= half) continue;
       float c, s;
-      cos_sin<T>(pos, f[u], attention_factor, c, s);
+      nn::cos_sin<T>(pos, f[u], attention_factor, c, s);
       store_rotated(x, y, i, half, stage[2 * i], stage[2 * i + 1], c, s);
     }
   }
