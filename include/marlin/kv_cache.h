@@ -61,6 +61,12 @@ class KVCache {
   Tensor attend_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new, const Tensor& v_new,
                         const Tensor& positions, const ops::RopeParams& rope, float scale,
                         int64_t sliding_window = 0);
+  // MLA (a keys-only latent cache): ckv [B x T, 1, R + Dr] (latent | k_rope) and q_rope [B x T,
+  // heads, Dr] as ops::mla_rope_cache_write takes them: q_rope and k_rope rotated in place, the
+  // latent normalized with norm_weight on its way to the cache, the row written where update()
+  // writes (one launch on CUDA).
+  void update_latent(int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv, const Tensor& positions,
+                     const ops::RopeParams& rope, const Tensor& norm_weight, double eps);
   // Moves every row by num_tokens (>= 0) after every layer has written them; ends the step in
   // flight, if any. A device kernel: no copy from the host.
   void advance(int64_t num_tokens = 1);

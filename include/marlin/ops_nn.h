@@ -70,6 +70,16 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
                       const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
                       const Tensor& counts = {});
 
+// MLA's step into its latent cache [B, 1, S_max, R + Dr] (one row per token: the normalized
+// latent, then the rotated k_rope): q_rope [tokens, heads, Dr] and k_rope [tokens, 1, Dr] rotated
+// in place as rope(q_rope, k_rope) does, the latent [tokens, 1, R] normalized as rms_norm(latent,
+// norm_weight, eps) does (into the cache only; norm_weight in the latent's dtype), and the rows
+// written as attention_cache_write(cache, rows, starts, counts) writes them (token b T + t is row
+// b's t-th). On CUDA one launch.
+void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
+                          const RopeParams& params, const Tensor& norm_weight, double eps, Tensor& cache,
+                          const Tensor& starts, const Tensor& counts = {});
+
 // A decode step's attention, one new token a row: rope(q, k) at positions [B], k and v written
 // to the caches at position starts[b], then q attending keys [0, starts[b]] (the new one
 // included) as attention_decode does with seq_lens = starts + 1. q [B, Hq, D], k and v [B, Hkv,

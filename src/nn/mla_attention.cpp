@@ -5,6 +5,7 @@
 #include <utility>
 #include <vector>
 
+#include "core/env.h"
 #include "marlin/mla_ops.h"
 #include "marlin/quant.h"
 
@@ -120,19 +121,29 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
   const RMSNorm& kv_norm = proj_.kv_a_layernorm;
   Tensor latent;
   if (expand) latent = kv_norm.forward(ckv_rows.narrow(1, 0, R));
-  if (cache != nullptr) {
-    const Tensor in_place = ckv_rows.narrow(1, 0, R);
-    ops::rms_norm(in_place, kv_norm.weight(), kv_norm.eps(), in_place);
+  const Tensor q_rope_heads = q.view({B * T, heads, Dn + Dr}).narrow(2, Dn, Dr);
+  // With a cache: RoPE, the latent's norm and the cache write in one launch
+  // (KVCache::update_latent), when the norm weight has the activations' dtype.
+  // MARLIN_FUSED_DECODE_ATTENTION=0 keeps the three launches, to measure against.
+  static const bool fuse = !env_is("MARLIN_FUSED_DECODE_ATTENTION", "0");
+  const bool one_launch = fuse && cache != nullptr && kv_norm.weight().dtype() == ckv.dtype();
+  if (one_launch) {
+    cache->update_latent(c.layer_idx, q_rope_heads, ckv.view({B * T, 1, L}), positions, rope_, kv_norm.weight(),
+                         kv_norm.eps());
+  } else {
+    if (cache != nullptr) {
+      const Tensor in_place = ckv_rows.narrow(1, 0, R);
+      ops::rms_norm(in_place, kv_norm.weight(), kv_norm.eps(), in_place);
+    }
+    ops::rope(q_rope_heads, ckv.view({B * T, 1, L}).narrow(2, R, Dr), positions, rope_);
   }
-  ops::rope(q.view({B * T, heads, Dn + Dr}).narrow(2, Dn, Dr),
-            ckv.view({B * T, 1, L}).narrow(2, R, Dr), positions, rope_);
   const Tensor q_nope = q.narrow(3, 0, Dn), q_rope = q.narrow(3, Dn, Dr);
 
   // With a cache each row writes at its own length and attends up to it; right padding
   // (step_new_tokens(), a batch of prompts of different lengths) is neither written nor read.
   Tensor seq_lens, new_tokens;
   if (cache != nullptr) {
-    cache->update(c.layer_idx, ckv.transpose(1, 2), Tensor());
+    if (!one_launch) cache->update(c.layer_idx, ckv.transpose(1, 2), Tensor());
     seq_lens = cache->step_lengths();
     new_tokens = cache->step_new_tokens();
   } else {

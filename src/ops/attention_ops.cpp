@@ -254,6 +254,54 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
 #endif
 }
 
+void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
+                          const RopeParams& params, const Tensor& norm_weight, double eps, Tensor& cache,
+                          const Tensor& starts, const Tensor& counts) {
+  constexpr const char* op = "mla_rope_cache_write";
+  check_rope(op, q_rope, k_rope, positions, params);
+  MARLIN_CHECK(k_rope.defined() && k_rope.size(1) == 1 && latent.defined() && latent.dim() == 3 &&
+                   latent.size(0) == k_rope.size(0) && latent.size(1) == 1 &&
+                   (latent.strides()[2] == 1 || latent.size(2) == 1),
+               op, "k_rope and latent must be [tokens, 1, Dr] and [tokens, 1, R] (last dim contiguous), got ",
+               k_rope.defined() ? k_rope.describe() : "undefined", " and ",
+               latent.defined() ? latent.describe() : "undefined");
+  check_same(op, k_rope, latent, "latent");
+  const int64_t R = latent.size(2), Dr = k_rope.size(2), tokens = latent.size(0);
+  check_float(op, "cache [B, 1, S_max, R + Dr]", cache, 4);
+  check_same(op, latent, cache, "cache");
+  MARLIN_CHECK(cache.size(1) == 1 && cache.size(3) == R + Dr && cache.size(0) >= 1 && tokens % cache.size(0) == 0,
+               op, "cache must be [B, 1, S_max, R + Dr = ", R + Dr, "] with B dividing the ", tokens,
+               " tokens, got ", cache.describe());
+  MARLIN_CHECK(norm_weight.defined() && norm_weight.dim() == 1 && norm_weight.numel() == R &&
+                   norm_weight.dtype() == latent.dtype() && norm_weight.device() == latent.device() &&
+                   norm_weight.is_contiguous(),
+               op, "norm_weight must be [R=", R, "] in the latent's dtype and device, got ",
+               norm_weight.defined() ? norm_weight.describe() : "undefined");
+  const int64_t B = cache.size(0), T = tokens / B;
+  check_lengths(op, "starts", starts, B, cache.device());
+  if (counts.defined()) check_lengths(op, "counts", counts, B, cache.device());
+  if (tokens == 0) return;
+  if (latent.device().is_cpu()) {
+    // The reference: the separate ops (rms_norm, rope, the cache write) on the CPU.
+    const Tensor normed = rms_norm(latent, norm_weight, eps);
+    rope(q_rope, k_rope, positions, params);
+    Tensor rows = Tensor::empty({tokens, 1, R + Dr}, latent.dtype(), latent.device());
+    rows.narrow(2, 0, R).copy_from(normed);
+    rows.narrow(2, R, Dr).copy_from(k_rope);
+    attention_cache_write(cache, rows.view({B, T, 1, R + Dr}).transpose(1, 2), starts, counts);
+    return;
+  }
+#ifdef MARLIN_WITH_CUDA
+  // The caller has checked the positions on the host (KVCache does); the kernel drops any
+  // outside the cache rather than write there.
+  cuda::mla_rope_cache_write(q_rope, k_rope, latent, positions, params.inv_freq,
+                             params.layout == RopeLayout::interleaved, params.attention_factor, norm_weight,
+                             static_cast<float>(eps), cache, starts, counts);
+#else
+  fail(op, "tensors are on ", cache.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
 Tensor rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
                              const RopeParams& params, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
                              float scale, int64_t sliding_window) {

@@ -6,6 +6,8 @@
 #include "cuda/cuda_test.h"
 #include "kernels/cuda/mla_kernels_cuda.h"
 #include "marlin/mla_ops.h"
+#include "marlin/model_config.h"
+#include "marlin/ops_nn.h"
 #include "mla_reference.h"
 #include "test_util.h"
 
@@ -152,6 +154,65 @@ TEST_F(MlaCuda, F32AndOversizedDimsAreClearErrors) {
               ops::mla_attention(big.q_nope, big.q_rope, big.k_nope, big.k_rope, big.v, big.seq_lens, 1.0f);
             }).find("Dn=640"),
             std::string::npos);
+}
+
+// ops::mla_rope_cache_write (RoPE on q_rope and k_rope, the latent's RMSNorm and the cache
+// write in one launch) against the CPU's separate ops: the rotated q_rope and k_rope, the cache
+// rows written, and every other cache entry left bit for bit as it was (the cache starts random);
+// GLM-4.7-Flash's latent (512 + 64) and a narrow one, both RoPE layouts, a step of one token and
+// of three with per-row counts (a row writing nothing).
+TEST_F(MlaCuda, RopeCacheWriteMatchesCpu) {
+  const int64_t B = 2, heads = 3, S = 9;
+  const std::vector<int32_t> starts{0, 5};
+  int seed = 700;
+  for (const auto& [R, Dr] : {std::pair<int64_t, int64_t>{512, 64}, {96, 32}})
+    for (int64_t T : {1, 3})
+      for (auto layout : {ops::RopeLayout::half_split, ops::RopeLayout::interleaved}) {
+        ++seed;
+        const DType dt = seed % 3 == 0 ? DType::f32 : seed % 3 == 1 ? DType::bf16 : DType::f16;
+        const int64_t L = R + Dr, tokens = B * T;
+        const ops::RopeParams p = ops::rope_params(10000, Dr, RopeScaling{}, 4096, layout);
+        std::vector<int32_t> pos;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t t = 0; t < T; ++t) pos.push_back(starts[static_cast<size_t>(b)] + static_cast<int32_t>(t) + 7);
+        const std::vector<int32_t> count_values{static_cast<int32_t>(T), 0};
+        const Tensor positions = Tensor::from_vector(pos, {tokens}, DType::i32);
+        const Tensor st = Tensor::from_vector(starts, {B}, DType::i32);
+        const Tensor counts = T > 1 ? Tensor::from_vector(count_values, {B}, DType::i32) : Tensor();
+        const Tensor q0 = random_tensor({tokens, heads, 16 + Dr}, dt, seed);  // [nope | rope] per head
+        const Tensor ckv0 = random_tensor({tokens, 1, L}, dt, seed + 1);
+        const Tensor cache0 = random_tensor({B, 1, S, L}, dt, seed + 2);
+        const Tensor weight = random_tensor({R}, dt, seed + 3);
+        auto run = [&](Device d, Tensor& q, Tensor& ckv, Tensor& cache) {
+          q = q0.to(d).clone();
+          ckv = ckv0.to(d).clone();
+          cache = cache0.to(d).clone();
+          ops::mla_rope_cache_write(q.narrow(2, 16, Dr), ckv.narrow(2, R, Dr), ckv.narrow(2, 0, R), positions.to(d),
+                                    p.to(d), weight.to(d), 1e-6, cache, st.to(d),
+                                    counts.defined() ? counts.to(d) : Tensor());
+        };
+        Tensor q_cpu, ckv_cpu, cache_cpu, q_gpu, ckv_gpu, cache_gpu;
+        run(Device::cpu(), q_cpu, ckv_cpu, cache_cpu);
+        run(gpu, q_gpu, ckv_gpu, cache_gpu);
+        const std::string what = "R=" + std::to_string(R) + " T=" + std::to_string(T) + " " + std::string(dtype_name(dt));
+        // cos/sin of the same f32 angles: CUDA's sincosf and glibc's agree to an ulp or two; the
+        // norm's sum of squares is taken in another order.
+        EXPECT_LT(relative_error(to_double(q_gpu), to_double(q_cpu)), 1e-2) << what;
+        EXPECT_LT(relative_error(to_double(ckv_gpu), to_double(ckv_cpu)), 1e-2) << what;
+        EXPECT_EQ(ckv_gpu.narrow(2, 0, R).contiguous().to_float_vector(), ckv0.narrow(2, 0, R).contiguous().to_float_vector())
+            << what;  // the latent itself is left as it was
+        EXPECT_LT(relative_error(to_double(cache_gpu), to_double(cache_cpu)), 1e-2) << what;
+        const std::vector<float> got = cache_gpu.to_float_vector(), before = cache0.to_float_vector();
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t s = 0; s < S; ++s) {
+            const int64_t written = counts.defined() ? count_values[static_cast<size_t>(b)] : T;
+            if (s >= starts[static_cast<size_t>(b)] && s < starts[static_cast<size_t>(b)] + written) continue;
+            for (int64_t i = 0; i < L; ++i) {
+              const size_t at = static_cast<size_t>((b * S + s) * L + i);
+              ASSERT_EQ(got[at], before[at]) << what << " b=" << b << " s=" << s << " i=" << i;
+            }
+          }
+      }
 }
 
 }  // namespace

@@ -19,6 +19,13 @@ void rope(const Tensor& q, const Tensor& k, const Tensor& positions, const Tenso
 void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
                       const Tensor& inv_freq, bool interleaved, float attention_factor, Tensor& k_cache,
                       Tensor& v_cache, const Tensor& starts, const Tensor& counts);
+// MLA's step into its latent cache [B, 1, S, R + Dr]: q_rope and k_rope rotated in place, the
+// latent [tokens, 1, R] RMS-normalized with norm_weight (of its dtype) into the cache only, k_rope
+// after it; one launch (checked by ops::mla_rope_cache_write).
+void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
+                          const Tensor& inv_freq, bool interleaved, float attention_factor,
+                          const Tensor& norm_weight, float eps, Tensor& cache, const Tensor& starts,
+                          const Tensor& counts);
 void silu_mul(const Tensor& gate, const Tensor& up, const Tensor& out);
 // Rows of ids outside [0, V) become NaN. With `check` (and no graph capture in progress) it
 // waits for the kernel and returns the first such position, else -1.
