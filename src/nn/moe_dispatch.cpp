@@ -129,7 +129,11 @@ Tensor moe_grouped_on_current_stream(const Tensor& x, const MoE& moe) {
                    moe.e_score_correction_bias(),
                    ops::route_params(r, moe.e_score_correction_bias().defined()), ids, weights);
   const Tensor out = Tensor::empty({T, moe.hidden_size()}, x2d.dtype(), device);
-  cuda::moe_grouped_experts(x2d, ids, weights, moe.device_plan()->kernel, out);
+  // A few tokens (a batch of decode steps): each through the decode kernels, in one launch pair.
+  if (cuda::moe_decode_takes(moe.device_plan()->kernel, T))
+    cuda::moe_decode_experts(x2d, ids, weights, moe.device_plan()->kernel, out);
+  else
+    cuda::moe_grouped_experts(x2d, ids, weights, moe.device_plan()->kernel, out);
   return x.dim() == 1 ? out.view({moe.hidden_size()}) : out;
 #else
   fail_no_cuda(op);

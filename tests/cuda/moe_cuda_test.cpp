@@ -165,7 +165,9 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
         EXPECT_EQ(m.down_proj().qweight().packed.storage(), moe.experts()[0].gate_proj().qweight().packed.storage());
       }
       testing::PoisonScope poison;
-      for (int64_t T : {1, 2, 9, 12, 70}) {
+      // T <= kMoeDecodeMaxTokens (16) takes the decode kernels, token by token; 17 and 70 the
+      // grouped ones.
+      for (int64_t T : {1, 2, 9, 12, 16, 17, 70}) {
         const Tensor x = testing::random_tensor({T, dc.spec.hidden}, dt, 100 + T);
         const std::vector<double> ref = testing::reference_moe(moe, x);
         const Tensor xg = x.to(gpu);
@@ -182,6 +184,14 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
         const Tensor yo = dispatch_moe_optimized(default_library(), xg, moe);
         EXPECT_LT(testing::relative_error(testing::to_double(yo), ref), kTolerance)
             << "optimized T=" << T;
+        if (T > 1 && T <= cuda::kMoeDecodeMaxTokens) {
+          // Each token exactly as one decode call makes it (its own slots of act and partials).
+          for (int64_t t = 0; t < T; ++t) {
+            const Tensor one = dispatch_moe_decode(default_library(), xg.narrow(0, t, 1).contiguous(), moe);
+            ASSERT_EQ(one.to_float_vector(), yo.narrow(0, t, 1).contiguous().to_float_vector())
+                << "token " << t << " of T=" << T;
+          }
+        }
         const Tensor yf = moe.forward(xg.view({1, T, dc.spec.hidden}));
         EXPECT_EQ(yf.shape(), (Shape{1, T, dc.spec.hidden}));
         EXPECT_LT(testing::relative_error(testing::to_double(yf), ref), kTolerance)

@@ -268,8 +268,16 @@ bool force_cuda_core_moe_decode() {
 
 void set_force_cuda_core_moe_decode(bool on) { g_force_cuda_cores.store(on); }
 
+bool moe_decode_takes(const MoeKernelPlan& plan, int64_t T) {
+  static const bool grouped = env_is("MARLIN_MOE_GROUPED", "1");
+  if (T == 1) return true;
+  return T >= 1 && T <= kMoeDecodeMaxTokens && !grouped && plan.tensor_cores && !force_cuda_core_moe_decode();
+}
+
 void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                         const MoeKernelPlan& plan, const Tensor& out) {
+  MARLIN_CHECK(moe_decode_takes(plan, x.size(0)), "dispatch_moe_decode", x.size(0),
+               " tokens: the decode kernels take one, or up to ", kMoeDecodeMaxTokens, " on the tensor cores");
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TA, "dispatch_moe_decode", {
     if (plan.tensor_cores && !force_cuda_core_moe_decode()) launch_decode_mma<TA>(x, ids, weights, plan, out, stream);

@@ -17,6 +17,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_q_tile.cuh"
 #include "kernels/cuda/moe_common.cuh"
+#include "kernels/cuda/moe_kernels_cuda.h"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -215,49 +216,56 @@ __device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x,
   __syncthreads();
 }
 
-// grid (column tiles of I, 1, slots): act [slots, Imax] = SwiGLU(x gate, x up).
+// Tokens t = 0 .. T - 1, each with `slots` slots (its top_k experts, then the shared experts):
+// blockIdx.z = t slots + slot, the slot's row of act and of the partials. Every token is
+// computed as it would be alone (its experts' weights read once per token that chose them).
+
+// grid (column tiles of I, 1, T x slots): act [T x slots, Imax] = SwiGLU(x gate, x up).
 template <typename TA>
 __global__ void __launch_bounds__(kThreads, 1)
     moe_mma_gate_up_kernel(const TA* __restrict__ x, const int32_t* __restrict__ ids,
                            const MoeExpertMatrices* __restrict__ table, int num_experts, int top_k,
-                           int Imax, TA* __restrict__ act) {
+                           int slots, int H, int Imax, TA* __restrict__ act) {
   __shared__ float red[2 * kTileN];
-  const int slot = blockIdx.z;
-  const int expert = slot < top_k ? ids[slot] : num_experts;
+  const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
+  const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
   const MoeMatrix W[2] = {table[expert].gate, table[expert].up};
   const int N = W[0].N, col0 = blockIdx.x * kTileN;
   if (col0 >= N) return;  // this expert is narrower than the widest one
-  dispatch_format(W[0].bits, [&](auto tag) { block_sums<decltype(tag)::value, 2, TA>(W, x, col0, red); });
+  dispatch_format(W[0].bits, [&](auto tag) {
+    block_sums<decltype(tag)::value, 2, TA>(W, x + static_cast<int64_t>(t) * H, col0, red);
+  });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
-    if (col0 + i < N) act[static_cast<int64_t>(slot) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
+    if (col0 + i < N) act[static_cast<int64_t>(blockIdx.z) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
 }
 
-// grid (column tiles of H, 1, slots). partials [slots][H], summed over the slots in order by
-// the last block of each column tile.
+// grid (column tiles of H, 1, T x slots). partials [T x slots][H], each token's summed over its
+// slots in order by the last of its blocks for that column tile.
 template <typename TA>
 __global__ void __launch_bounds__(kThreads, 1)
     moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
-                        int num_experts, int top_k, int H, int Imax, float* __restrict__ partials,
+                        int num_experts, int top_k, int slots, int H, int Imax, float* __restrict__ partials,
                         unsigned* __restrict__ counters, TA* __restrict__ out) {
   __shared__ float red[2 * kTileN];
-  const int slot = blockIdx.z;
-  const int expert = slot < top_k ? ids[slot] : num_experts;
-  const float weight = slot < top_k ? weights[slot] : 1.0f;
+  const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
+  const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
+  const float weight = slot < top_k ? weights[t * top_k + slot] : 1.0f;
   const MoeMatrix W[1] = {table[expert].down};
   const int col0 = blockIdx.x * kTileN;
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 1, TA>(W, act + static_cast<int64_t>(slot) * Imax, col0, red);
+    block_sums<decltype(tag)::value, 1, TA>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red);
   });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
-    if (col0 + i < H) partials[static_cast<int64_t>(slot) * H + col0 + i] = red[i] * weight;
-  if (!arrive_last(&counters[blockIdx.x], gridDim.z)) return;
+    if (col0 + i < H) partials[static_cast<int64_t>(blockIdx.z) * H + col0 + i] = red[i] * weight;
+  if (!arrive_last(&counters[static_cast<int64_t>(t) * gridDim.x + blockIdx.x], slots)) return;
+  const float* token_parts = partials + static_cast<int64_t>(t) * slots * H;
   for (int i = threadIdx.x; i < kTileN; i += kThreads) {
     const int col = col0 + i;
     if (col >= H) continue;
     float v = 0.0f;
-    for (int p = 0; p < static_cast<int>(gridDim.z); ++p) v += __ldcg(partials + static_cast<int64_t>(p) * H + col);
-    out[col] = from_float<TA>(v);
+    for (int p = 0; p < slots; ++p) v += __ldcg(token_parts + static_cast<int64_t>(p) * H + col);
+    out[static_cast<int64_t>(t) * H + col] = from_float<TA>(v);
   }
 }
 
@@ -268,18 +276,22 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
                        const MoeKernelPlan& plan, const Tensor& out, cudaStream_t stream) {
   const int device = x.device().index;
   const int H = plan.hidden, Imax = plan.max_intermediate, E = plan.num_experts;
-  const int k = static_cast<int>(ids.size(1));
+  const int T = static_cast<int>(x.size(0)), k = static_cast<int>(ids.size(1));
   const int slots = k + (plan.has_shared ? 1 : 0);
   const int tiles_i = (Imax + kTileN - 1) / kTileN, tiles_h = (H + kTileN - 1) / kTileN;
-  const DecodeScratch s = decode_scratch(device, static_cast<int64_t>(slots) * H, tiles_h,
-                                         static_cast<int64_t>(slots) * Imax * sizeof(TA));
+  const int64_t rows = static_cast<int64_t>(T) * slots;
+  // Sized for the most tokens, whatever T: a buffer grown later would be freed under a CUDA
+  // graph captured with the smaller one.
+  const int64_t max_rows = static_cast<int64_t>(kMoeDecodeMaxTokens) * slots;
+  const DecodeScratch s = decode_scratch(device, max_rows * H, static_cast<int64_t>(kMoeDecodeMaxTokens) * tiles_h,
+                                         max_rows * Imax * static_cast<int64_t>(sizeof(TA)));
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
   TA* act = static_cast<TA*>(s.act);
-  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, slots), kThreads, 0, stream>>>(
-      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, Imax, act);
+  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, static_cast<unsigned>(rows)), kThreads, 0, stream>>>(
+      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, slots, H, Imax, act);
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
-  moe_mma_down_kernel<TA><<<dim3(tiles_h, 1, slots), kThreads, 0, stream>>>(
-      act, ids.data<int32_t>(), weights.data<float>(), table, E, k, H, Imax, s.partials, s.counters,
+  moe_mma_down_kernel<TA><<<dim3(tiles_h, 1, static_cast<unsigned>(rows)), kThreads, 0, stream>>>(
+      act, ids.data<int32_t>(), weights.data<float>(), table, E, k, slots, H, Imax, s.partials, s.counters,
       static_cast<TA*>(out.data_ptr()));
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
 }

@@ -46,11 +46,18 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
                 const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
                 const Tensor& ids, const Tensor& weights);
 
-// One token: out [1, H] = sum_j weights[j] * expert_{ids[j]}(x) + shared(x), with ids/weights
-// [1, k] on the device (from moe_router). Two launches (gate/up + SwiGLU, down + combine), on
-// the tensor cores when plan.tensor_cores (moe_decode_mma.cu), else on the CUDA cores.
+// T tokens (1 <= T <= kMoeDecodeMaxTokens; T > 1 only when plan.tensor_cores): out [T, H] =
+// sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) + shared(x[t]), with ids/weights [T, k] on the
+// device (from moe_router). Two launches (gate/up + SwiGLU, down + combine), on the tensor cores
+// when plan.tensor_cores (moe_decode_mma.cu), else on the CUDA cores. Each token is computed as
+// it would be alone: its experts' weights are read once per token, which for a few tokens (a
+// batch of decode steps) beats grouping them by expert (moe_grouped_experts).
+constexpr int kMoeDecodeMaxTokens = 16;
 void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                         const MoeKernelPlan& plan, const Tensor& out);
+// Whether moe_decode_experts takes T tokens with this plan (MARLIN_MOE_GROUPED=1: never for T > 1,
+// to measure the grouped kernels against).
+bool moe_decode_takes(const MoeKernelPlan& plan, int64_t T);
 // Tests: take the CUDA-core decode kernels even where the tensor-core ones apply.
 void set_force_cuda_core_moe_decode(bool on);
 
