@@ -92,9 +92,11 @@ std::vector<int> expert_bits_by_usage(const std::vector<int64_t>& usage_counts, 
 // on the device; no host sync). Needs a quantized MoE on CUDA (moe.device_plan()).
 Tensor dispatch_moe_decode(KernelLibrary& lib, const Tensor& x, const MoE& moe);
 
-// Many tokens x [T, H]: routing, tokens grouped by expert on the device, one grouped GEMM
-// launch over all experts for gate/up (+ SwiGLU) and one for down, then the weighted combine
-// with the shared experts. No host sync.
+// Many tokens x [T, H]: routing, then, for up to 16 tokens (a batch of decode steps) on the
+// tensor cores, every token through dispatch_moe_decode's expert kernels in one launch pair (each
+// token as it would be alone); for more, tokens grouped by expert on the device, one grouped
+// GEMM launch over all experts for gate/up (+ SwiGLU) and one for down, then the weighted
+// combine with the shared experts. No host sync.
 Tensor dispatch_moe_optimized(KernelLibrary& lib, const Tensor& x, const MoE& moe);
 
 }  // namespace marlin
