@@ -14,6 +14,7 @@
 #include <algorithm>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_q_tile.cuh"
 #include "kernels/cuda/moe_common.cuh"
@@ -32,6 +33,10 @@ using tile::mma_16816;
 // for the weights, scales and x together.
 constexpr int kWarps = 16;
 constexpr int kThreads = kWarps * 32;
+// The down kernel's blocks are half as wide, so two fit an SM (108 registers a thread): a
+// GLM-4.7-Flash token's 32 column tiles x 5 slots then run in one wave on 132 SMs, where blocks
+// of 16 warps (one an SM) left 28 for a second wave. Its K (1536) is 12 spans: a warp takes two.
+constexpr int kDownWarps = 8;
 constexpr int kTileN = 64;
 constexpr int kMaxSpanUnits = 4;  // a task covers at most 128 rows of K
 constexpr int kUnitK = 32;
@@ -190,27 +195,27 @@ constexpr float activation_unscale() {
 }
 
 // The block's sums of NMAT matrices over all of K for columns col0..col0+63: each warp's spans
-// (warp w takes spans w, w + kWarps, ...), scaled, then summed over the warps in order into
-// red[NMAT][64].
-template <QuantFormat F, int NMAT, typename TA>
+// (warp w of the block's kW takes spans w, w + kW, ...), scaled, then summed over the warps in
+// order into red[NMAT][64].
+template <QuantFormat F, int NMAT, typename TA, int kW>
 __device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int col0, float* red) {
   using Cd = Canon<F>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int K = W[0].K, span_k = min(W[0].group_size, kMaxSpanUnits * kUnitK);
   float acc[NMAT][8] = {};
-  for (int k0 = warp * span_k; k0 < K; k0 += kWarps * span_k)
+  for (int k0 = warp * span_k; k0 < K; k0 += kW * span_k)
     task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, K - k0) / kUnitK, col0, acc);
-  __shared__ float per_warp[kWarps][2][kTileN];
+  __shared__ float per_warp[kW][2][kTileN];
   if (c == 0)
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
 #pragma unroll
       for (int j = 0; j < 8; ++j) per_warp[warp][m][8 * g + j] = acc[m][j] * Cd::kScale * activation_unscale<TA>();
   __syncthreads();
-  for (int i = threadIdx.x; i < NMAT * kTileN; i += kThreads) {
+  for (int i = threadIdx.x; i < NMAT * kTileN; i += kW * 32) {
     float v = 0.0f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) v += per_warp[w][i / kTileN][i % kTileN];
+    for (int w = 0; w < kW; ++w) v += per_warp[w][i / kTileN][i % kTileN];
     red[i] = v;
   }
   __syncthreads();
@@ -233,7 +238,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int N = W[0].N, col0 = blockIdx.x * kTileN;
   if (col0 >= N) return;  // this expert is narrower than the widest one
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 2, TA>(W, x + static_cast<int64_t>(t) * H, col0, red);
+    block_sums<decltype(tag)::value, 2, TA, kWarps>(W, x + static_cast<int64_t>(t) * H, col0, red);
   });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
     if (col0 + i < N) act[static_cast<int64_t>(blockIdx.z) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
@@ -241,8 +246,8 @@ __global__ void __launch_bounds__(kThreads, 1)
 
 // grid (column tiles of H, 1, T x slots). partials [T x slots][H], each token's summed over its
 // slots in order by the last of its blocks for that column tile.
-template <typename TA>
-__global__ void __launch_bounds__(kThreads, 1)
+template <typename TA, int kW>
+__global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : 1)
     moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int slots, int H, int Imax, float* __restrict__ partials,
@@ -254,13 +259,13 @@ __global__ void __launch_bounds__(kThreads, 1)
   const MoeMatrix W[1] = {table[expert].down};
   const int col0 = blockIdx.x * kTileN;
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 1, TA>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red);
+    block_sums<decltype(tag)::value, 1, TA, kW>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red);
   });
-  for (int i = threadIdx.x; i < kTileN; i += kThreads)
+  for (int i = threadIdx.x; i < kTileN; i += kW * 32)
     if (col0 + i < H) partials[static_cast<int64_t>(blockIdx.z) * H + col0 + i] = red[i] * weight;
   if (!arrive_last(&counters[static_cast<int64_t>(t) * gridDim.x + blockIdx.x], slots)) return;
   const float* token_parts = partials + static_cast<int64_t>(t) * slots * H;
-  for (int i = threadIdx.x; i < kTileN; i += kThreads) {
+  for (int i = threadIdx.x; i < kTileN; i += kW * 32) {
     const int col = col0 + i;
     if (col >= H) continue;
     float v = 0.0f;
@@ -290,7 +295,10 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, static_cast<unsigned>(rows)), kThreads, 0, stream>>>(
       static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, slots, H, Imax, act);
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
-  moe_mma_down_kernel<TA><<<dim3(tiles_h, 1, static_cast<unsigned>(rows)), kThreads, 0, stream>>>(
+  // MARLIN_MOE_DOWN_WARPS=16: the down kernel in blocks of 16 warps, to measure against.
+  static const bool wide_down = env_int("MARLIN_MOE_DOWN_WARPS", kDownWarps) == kWarps;
+  auto* down = wide_down ? moe_mma_down_kernel<TA, kWarps> : moe_mma_down_kernel<TA, kDownWarps>;
+  down<<<dim3(tiles_h, 1, static_cast<unsigned>(rows)), (wide_down ? kWarps : kDownWarps) * 32, 0, stream>>>(
       act, ids.data<int32_t>(), weights.data<float>(), table, E, k, slots, H, Imax, s.partials, s.counters,
       static_cast<TA*>(out.data_ptr()));
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
