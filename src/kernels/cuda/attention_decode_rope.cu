@@ -1,11 +1,12 @@
 // A decode step's attention in one launch: RoPE on the new token's q and k, the cache append of
-// its k and v, flash-decoding over the cache, and the merge of the splits. Separately these were
-// three launches a layer (rope_cache_write, the split kernel, the merge), each a few microseconds
-// of launch and drain for a few microseconds of work (Llama-3.1-8B FP4 on an H200: ~17 us of a
-// layer's ~74, docs/PERFORMANCE.md). Here every block rotates its own query heads (a few sincosf
-// a lane); the blocks whose split holds the new position rotate its key themselves and use it
-// from shared memory (one of them writes it and the value to the cache), so no block reads what
-// another writes; and the last block of a head group to finish merges the splits' states.
+// its k and v, flash-decoding over the cache, and the merge of the splits. Separately these are
+// three launches a layer (rope_cache_write, the split kernel, the merge: together ~17 us of a
+// Llama-3.1-8B FP4 layer's ~74 on an H200). Here every block rotates its own query heads (a few
+// sincosf a lane); the blocks whose split holds the new position rotate its key themselves and
+// use it from shared memory (one of them writes it and the value to the cache), so no block
+// reads what another writes; and the last block of a head group to finish merges the splits'
+// states. The rotation and the merge still sit on the launch's critical path, so only the launch
+// edges go: Llama-3.1-8B decode ~2% faster at batch 1, the same at batch 8 (docs/PERFORMANCE.md).
 #include <algorithm>
 #include <mutex>
 #include <vector>
