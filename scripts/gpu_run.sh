@@ -48,8 +48,10 @@ if [ "${1:-}" = "" ] || [ "${1:-}" = "bench" ]; then
 fi
 if [ "${1:-}" = "" ] || [ "${1:-}" = "generate" ]; then
   # End-to-end decode and prefill with synthetic weights of the real shapes (issue 8's table).
+  # The MoE rows: GLM-4.7-Flash (MLA + MoE) and Qwen3-30B-A3B at batch 1, GLM at batch 8 (the
+  # MoE decode kernels take a batch's tokens).
   for run in "llama-3.1-8b 16 1" "llama-3.1-8b 8 1" "llama-3.1-8b 4 1" "llama-3.1-8b 2 1" \
-             "qwen3-8b 4 1" "llama-3.1-8b 4 8"; do
+             "qwen3-8b 4 1" "llama-3.1-8b 4 8" "glm-4.7-flash 4 1" "glm-4.7-flash 4 8" "qwen3-30b-a3b 4 1"; do
     read -r cfg bits batch <<<"$run"
     echo "== $cfg bits $bits batch $batch" | tee -a "$out/bench_generate.txt"
     ./build-gpu/marlin bench generate --config "bench/configs/$cfg.json" --synthetic --bits "$bits" \
