@@ -1,10 +1,13 @@
 // Per-row lengths on the CPU: attention_extend over right-padded rows (new_tokens) against a
 // float64 reference, cache writes at positions read from a lengths tensor (padding never
-// written), the length ops (add_lengths, sequence_positions) and their errors.
+// written), the length ops (add_lengths, sequence_positions) and their errors, and the errors
+// of the one-call decode steps that write the cache at such positions.
 #include <gtest/gtest.h>
 
 #include "attention_reference.h"
 #include "marlin/attention.h"
+#include "marlin/model_config.h"
+#include "marlin/ops_nn.h"
 #include "test_util.h"
 
 namespace marlin {
@@ -183,6 +186,43 @@ TEST(AttentionLengthsCpu, BadLengthsAreClearErrors) {
   Tensor out = Tensor::empty({3}, DType::i32);
   EXPECT_THROW(ops::add_lengths(i32({1, 2}), 1, {}, out), Error);
   EXPECT_THROW(ops::sequence_positions(i32({1, 2}), 0), Error);
+}
+
+// The one-call decode steps (rope_attention_decode for GQA, mla_rope_cache_write for MLA's
+// latent cache) name what is wrong; a good call goes through.
+TEST(AttentionLengthsCpu, OneCallDecodeStepsNameBadInputs) {
+  const auto message = testing::error_message;
+  auto has = [](const std::string& text, const char* part) { return text.find(part) != std::string::npos; };
+  const ops::RopeParams rope = ops::rope_params(10000, 64, RopeScaling{}, 4096, ops::RopeLayout::half_split);
+  const Tensor q = random_tensor({2, 4, 64}, DType::f32, 1), k = random_tensor({2, 2, 64}, DType::f32, 2);
+  const Tensor v = random_tensor({2, 2, 64}, DType::f32, 3), pos = i32({3, 5});
+  Tensor kc = random_tensor({2, 2, 8, 64}, DType::f32, 4), vc = random_tensor({2, 2, 8, 64}, DType::f32, 5);
+  auto decode = [&](const Tensor& qq, const Tensor& starts, Tensor& k_cache) {
+    return ops::rope_attention_decode(qq.clone(), k.clone(), v, pos, rope, k_cache, vc, starts, 0.125f);
+  };
+  EXPECT_EQ(decode(q, i32({3, 5}), kc).shape(), (Shape{2, 4, 64}));
+  EXPECT_TRUE(has(message([&] { decode(q, i32({3, 8}), kc); }), "row 1")) << "a start past S_max";
+  EXPECT_TRUE(has(message([&] { decode(q, i32({3}), kc); }), "starts"));
+  Tensor kc16 = kc.to(DType::f16);
+  EXPECT_TRUE(has(message([&] { decode(q, i32({3, 5}), kc16); }), "k_cache"));
+  EXPECT_TRUE(has(message([&] { decode(random_tensor({2, 3, 64}, DType::f32, 6), i32({3, 5}), kc); }), "Hq=3"));
+
+  const int64_t R = 96, Dr = 32;
+  const ops::RopeParams mla_rope = ops::rope_params(10000, Dr, RopeScaling{}, 4096, ops::RopeLayout::interleaved);
+  const Tensor q_rope = random_tensor({2, 3, Dr}, DType::f32, 7), ckv = random_tensor({2, 1, R + Dr}, DType::f32, 8);
+  Tensor latent_cache = random_tensor({2, 1, 8, R + Dr}, DType::f32, 9);
+  auto append = [&](const Tensor& weight, const Tensor& starts, Tensor& cache) {
+    Tensor row = ckv.clone(), qr = q_rope.clone();
+    ops::mla_rope_cache_write(qr, row.narrow(2, R, Dr), row.narrow(2, 0, R), pos, mla_rope, weight, 1e-6, cache, starts);
+  };
+  const Tensor weight = random_tensor({R}, DType::f32, 10);
+  append(weight, i32({0, 7}), latent_cache);
+  EXPECT_TRUE(has(message([&] { append(random_tensor({R - 1}, DType::f32, 11), i32({0, 7}), latent_cache); }),
+                  "norm_weight"));
+  EXPECT_TRUE(has(message([&] { append(weight.to(DType::bf16), i32({0, 7}), latent_cache); }), "norm_weight"));
+  EXPECT_TRUE(has(message([&] { append(weight, i32({0, 8}), latent_cache); }), "row 1"));
+  Tensor narrow_cache = random_tensor({2, 1, 8, R}, DType::f32, 12);
+  EXPECT_TRUE(has(message([&] { append(weight, i32({0, 7}), narrow_cache); }), "R + Dr"));
 }
 
 }  // namespace
