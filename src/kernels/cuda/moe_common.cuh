@@ -56,6 +56,12 @@ struct DecodeScratch {
 };
 DecodeScratch decode_scratch(int device, int64_t floats, int64_t counters, int64_t act_bytes);
 
+// A row tile of the grouped paths (moe_grouped.cu): rows [row_begin, row_end) of one group.
+struct RowTile {
+  int32_t group;  // expert, num_experts for the shared experts, -1 past the last tile
+  int32_t row_begin, row_end;
+};
+
 }  // namespace marlin::cuda::moe_detail
 
 namespace marlin::cuda {
@@ -63,4 +69,12 @@ namespace marlin::cuda {
 template <typename TA>
 void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights,
                        const MoeKernelPlan& plan, const Tensor& out, cudaStream_t stream);
+
+// Rows of a grouped tensor-core tile (moe_grouped_mma.cu): two groups of 8 B columns.
+constexpr int kMmaTileRows = 16;
+// The grouped experts on the tensor cores (needs plan.tensor_cores): act [rows, Imax] =
+// SwiGLU(x[row_token[row]] gate, up), then y [rows, H] = act down, over tiles of kMmaTileRows.
+template <typename TA>
+void launch_grouped_mma(const TA* x, const int32_t* row_token, const moe_detail::RowTile* tiles, int max_tiles,
+                        const MoeKernelPlan& plan, TA* act, TA* y, cudaStream_t stream);
 }  // namespace marlin::cuda

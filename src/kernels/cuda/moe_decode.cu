@@ -258,20 +258,20 @@ void launch_decode(const Tensor& x, const Tensor& ids, const Tensor& weights,
 
 std::atomic<bool> g_force_cuda_cores{false};
 
-// Tests (set_force_cuda_core_moe_decode) and MARLIN_MOE_CUDA_CORES=1 (to measure both paths).
-bool force_cuda_core_moe_decode() {
-  static const bool from_env = env_is("MARLIN_MOE_CUDA_CORES", "1");
-  return from_env || g_force_cuda_cores.load(std::memory_order_relaxed);
-}
-
 }  // namespace
 
-void set_force_cuda_core_moe_decode(bool on) { g_force_cuda_cores.store(on); }
+void set_force_cuda_core_moe(bool on) { g_force_cuda_cores.store(on); }
+
+// Tests (set_force_cuda_core_moe) and MARLIN_MOE_CUDA_CORES=1 (to measure both paths).
+bool moe_tensor_cores(const MoeKernelPlan& plan) {
+  static const bool from_env = env_is("MARLIN_MOE_CUDA_CORES", "1");
+  return plan.tensor_cores && !from_env && !g_force_cuda_cores.load(std::memory_order_relaxed);
+}
 
 bool moe_decode_takes(const MoeKernelPlan& plan, int64_t T) {
   static const bool grouped = env_is("MARLIN_MOE_GROUPED", "1");
   if (T == 1) return true;
-  return T >= 1 && T <= kMoeDecodeMaxTokens && !grouped && plan.tensor_cores && !force_cuda_core_moe_decode();
+  return T >= 1 && T <= kMoeDecodeMaxTokens && !grouped && moe_tensor_cores(plan);
 }
 
 void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
@@ -280,7 +280,7 @@ void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weight
                " tokens: the decode kernels take one, or up to ", kMoeDecodeMaxTokens, " on the tensor cores");
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TA, "dispatch_moe_decode", {
-    if (plan.tensor_cores && !force_cuda_core_moe_decode()) launch_decode_mma<TA>(x, ids, weights, plan, out, stream);
+    if (moe_tensor_cores(plan)) launch_decode_mma<TA>(x, ids, weights, plan, out, stream);
     else if (plan.vector4) launch_decode<4, TA>(x, ids, weights, plan, out, stream);
     else launch_decode<1, TA>(x, ids, weights, plan, out, stream);
   });

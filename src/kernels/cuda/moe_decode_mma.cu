@@ -2,22 +2,16 @@
 // experts keep (no tile-layout copy: the GLM-4.7-Flash experts are most of the model's bytes).
 //
 // A warp task is one 64-column tile of a matrix (gate and up together, or down) over one scale
-// span of K (min(group, 128) rows): lane (g, c) loads, for its 8 adjacent columns 8g..8g+7, the
-// packed words of rows k0 + 8c .. k0 + 8c + 7 of every 32-row unit (two 16-byte loads per unit
-// for FP4/INT2, four for FP8), so a warp reads 1 KB of FP4 per unit, fully coalesced, with no
-// repacking. The mma runs with swapped operands: the weights are A (16 columns x 16 k: columns
-// 8g + 2t and 8g + 2t + 1 of lane g) and the token is column 0 of B. Inside a unit the mma's k
-// order is permuted (k = 8c + 2 step + h + 4e, the same for weights and activations), so that a
-// register pair is nibbles (u, u + 4) of one word: a few shifts and masks, no conversions.
-// The span's f32 sums are scaled once, summed over the block's warps in shared memory, and over
-// the K-split blocks by the last block to arrive (fixed order: deterministic).
+// span of K (min(group, 128) rows), loaded and multiplied as moe_canon.cuh describes, the token
+// being column 0 of B. The span's f32 sums are scaled once, summed over the block's warps in
+// shared memory, and over the K-split blocks by the last block to arrive (fixed order:
+// deterministic).
 #include <algorithm>
 
 #include "core/cuda_check.h"
 #include "core/env.h"
 #include "kernels/cuda/cuda_kernels.h"
-#include "kernels/cuda/gemm_q_tile.cuh"
-#include "kernels/cuda/moe_common.cuh"
+#include "kernels/cuda/moe_canon.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
 #include "marlin/stream.h"
 
@@ -25,8 +19,7 @@ namespace marlin::cuda {
 namespace {
 
 using namespace moe_detail;
-using tile::kBf16Prescale;
-using tile::mma_16816;
+using namespace moe_canon;
 
 // A block covers one 64-column tile of one slot over all of K (a GLM-4.7-Flash gate/up tile is
 // 16 spans: one per warp), so no K split crosses blocks: one memory latency for the ids, one
@@ -37,67 +30,6 @@ constexpr int kThreads = kWarps * 32;
 // GLM-4.7-Flash token's 32 column tiles x 5 slots then run in one wave on 132 SMs, where blocks
 // of 16 warps (one an SM) left 28 for a second wave. Its K (1536) is 12 spans: a warp takes two.
 constexpr int kDownWarps = 8;
-constexpr int kTileN = 64;
-constexpr int kMaxSpanUnits = 4;  // a task covers at most 128 rows of K
-constexpr int kUnitK = 32;
-
-// The canonical layout seen by one lane of a 32-row unit: packed rows per unit, the row of the
-// lane's first word, the words per column it loads, and the decode of register pair u (values
-// k = 8c + u and 8c + u + 4) into an f16x2 of the value times 1 / kScale.
-template <QuantFormat F>
-struct Canon;
-
-template <>
-struct Canon<QuantFormat::fp4_e2m1> {
-  static constexpr int kRowsPerUnit = 4, kWords = 1;
-  static constexpr float kScale = 16384.0f;  // the placed bits are the value times 2^-14
-  __device__ static int row(int c) { return c; }
-  __device__ static uint32_t prepare(uint32_t q, int) { return q; }
-  // Nibble u (bits 4u..4u+3) to the low half, nibble u + 4 to the high half: sign to bit 15/31,
-  // magnitude (e1 e0 m) to bits 11..9 / 27..25.
-  template <int U>
-  __device__ static uint32_t pair(const uint32_t* w) {
-    const uint32_t q = w[0];
-    constexpr int mag = 9 - 4 * U, sign = 12 - 4 * U;
-    const uint32_t m = mag >= 0 ? q << mag : q >> -mag;
-    return ((q << sign) & 0x80008000u) | (m & 0x0e000e00u);
-  }
-};
-
-template <>
-struct Canon<QuantFormat::fp8_e4m3> {
-  static constexpr int kRowsPerUnit = 8, kWords = 2;
-  static constexpr float kScale = 1.0f;  // hardware conversion: exact values
-  __device__ static int row(int c) { return 2 * c; }
-  __device__ static uint32_t prepare(uint32_t q, int) { return q; }
-  // Byte u of the row-2c word (k = 8c + u) and of the row-2c+1 word (k = 8c + u + 4).
-  template <int U>
-  __device__ static uint32_t pair(const uint32_t* w) {
-    const uint32_t two = __byte_perm(w[0], w[1], U | ((U + 4) << 4));
-    uint32_t out;
-    asm("{ .reg .b16 lo, hi;\n mov.b32 {lo, hi}, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}" : "=r"(out) : "r"(two));
-    return out;
-  }
-};
-
-template <>
-struct Canon<QuantFormat::int2> {
-  static constexpr int kRowsPerUnit = 2, kWords = 1;
-  static constexpr float kScale = 2.0f;  // 2 (c - 1.5) is decoded
-  __device__ static int row(int c) { return c / 2; }
-  // Lanes c = 2, 3 (odd halves of the word) take its upper 16 bits.
-  __device__ static uint32_t prepare(uint32_t q, int c) { return q >> (16 * (c % 2)); }
-  // Codes u and u + 4 (bits 2u, 2u + 8) as 2c + 1 in the mantissa of 256 (ulp 1/4):
-  // 256 + (2c + 1) / 4 - 257 = (c - 1.5) / 2, exact.
-  template <int U>
-  __device__ static uint32_t pair(const uint32_t* w) {
-    const uint32_t t = (((w[0] >> (2 * U)) << 1) & 0x0606u) | 0x0101u;
-    const uint32_t h = __byte_perm(t, 0x5c5c5c5cu, 0x5140);  // bytes: t0, 0x5c, t1, 0x5c
-    const __half2 v = __hsub2(*reinterpret_cast<const __half2*>(&h), __float2half2_rn(257.0f));
-    return *reinterpret_cast<const uint32_t*>(&v);
-  }
-};
-
 // One warp task, a scale span: acc[m][j] += (x[k0 .. k0 + units * 32) . column 8g + j of matrix
 // m) * its scale, in lanes (g, 0); the others add zeros. The batch's loads (weights, x where the
 // lane holds the token, the scales) are all issued before its first mma; the matrices are then
@@ -129,69 +61,31 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
 #pragma unroll
-      for (int b = 0; b < kBatch; ++b)
-#pragma unroll
-        for (int r = 0; r < Cd::kWords; ++r) {
-          const int u = u0 + b;
-          const int64_t prow = static_cast<int64_t>(k0 / kUnitK + u) * Cd::kRowsPerUnit + Cd::row(c) + r;
-          const uint32_t* src = W[m].packed + prow * W[m].N + col;
-          const bool in = u < units && col < W[m].N;  // N % 8 == 0: all 8 columns or none
-          const uint4 lo = in ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
-          const uint4 hi = in ? __ldg(reinterpret_cast<const uint4*>(src + 4)) : make_uint4(0, 0, 0, 0);
-          // Word of column 8g + j, row r: w[...][j * kWords + r].
-          const uint32_t v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
-#pragma unroll
-          for (int j = 0; j < 8; ++j) w[m][b][j * Cd::kWords + r] = v[j];
-        }
+      for (int b = 0; b < kBatch; ++b)  // N % 8 == 0: all 8 columns or none
+        load_unit_words<F>(W[m], k0 / kUnitK + u0 + b, c, col, u0 + b < units && col < W[m].N, w[m][b]);
 #pragma unroll
     for (int m = 0; m < NMAT; ++m) {
-      float sums[4][4] = {};
+      float sums[1][4][4] = {};
 #pragma unroll
       for (int b = 0; b < kBatch; ++b) {
         if (u0 + b >= units) break;
-        // B: the token is column 0, held by lanes g == 0; pairs (x[8c + p], x[8c + p + 4]).
-        const uint4 xh = tile::activations_as_f16<TA>(xv[b]);
-        const uint32_t xp[4] = {__byte_perm(xh.x, xh.z, 0x5410), __byte_perm(xh.x, xh.z, 0x7632),
-                                __byte_perm(xh.y, xh.w, 0x5410), __byte_perm(xh.y, xh.w, 0x7632)};
+        // B: the token is column 0, held by lanes g == 0.
+        uint32_t xp[1][4];
+        activation_pairs<TA>(xv[b], xp[0]);
         uint32_t q[kWordsPerUnit];
 #pragma unroll
         for (int j = 0; j < kWordsPerUnit; ++j) q[j] = Cd::prepare(w[m][b][j], c);
-#pragma unroll
-        for (int step = 0; step < 2; ++step)
-#pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            // Rows g and g + 8 of A: columns 8g + 2t and 8g + 2t + 1.
-            const uint32_t* lo = q + (2 * t) * Cd::kWords;
-            const uint32_t* hi = q + (2 * t + 1) * Cd::kWords;
-            uint32_t a[4];
-            if (step == 0) {
-              a[0] = Cd::template pair<0>(lo);
-              a[1] = Cd::template pair<0>(hi);
-              a[2] = Cd::template pair<1>(lo);
-              a[3] = Cd::template pair<1>(hi);
-            } else {
-              a[0] = Cd::template pair<2>(lo);
-              a[1] = Cd::template pair<2>(hi);
-              a[2] = Cd::template pair<3>(lo);
-              a[3] = Cd::template pair<3>(hi);
-            }
-            mma_16816(sums[t], a, xp[2 * step], xp[2 * step + 1]);
-          }
+        unit_mma<F, 1>(q, xp, sums);
       }
       // Lane (g, 0) holds token 0 of columns 8g + 2t (i = 0) and 8g + 2t + 1 (i = 2).
       const __half* sc = reinterpret_cast<const __half*>(&scale_words[m]);
 #pragma unroll
       for (int t = 0; t < 4; ++t) {
-        acc[m][2 * t] = fmaf(sums[t][0], __half2float(sc[2 * t]), acc[m][2 * t]);
-        acc[m][2 * t + 1] = fmaf(sums[t][2], __half2float(sc[2 * t + 1]), acc[m][2 * t + 1]);
+        acc[m][2 * t] = fmaf(sums[0][t][0], __half2float(sc[2 * t]), acc[m][2 * t]);
+        acc[m][2 * t + 1] = fmaf(sums[0][t][2], __half2float(sc[2 * t + 1]), acc[m][2 * t + 1]);
       }
     }
   }
-}
-
-template <typename TA>
-constexpr float activation_unscale() {
-  return std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale;
 }
 
 // The block's sums of NMAT matrices over all of K for columns col0..col0+63: each warp's spans

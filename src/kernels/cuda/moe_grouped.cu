@@ -6,9 +6,10 @@
 //   3. one grouped GEMM launch for down -> y [rows, H] (rounded to the activation dtype like
 //      each expert's output in Transformers);
 //   4. out[t] = sum_j weight[t, j] * y[row(t, j)] + y[shared row of t].
-// The grid is sized by the worst case (rows / BM + groups tiles); tiles past the real ones exit.
-// The GEMM tiles dequantize a BK x BN slice of the weights into shared memory once and reuse it
-// for all BM rows (f32 FMA).
+// The grid is sized by the worst case (rows / tile rows + groups tiles); tiles past the real ones
+// exit. Steps 2 and 3 run on the tensor cores where the plan allows it (moe_grouped_mma.cu, tiles
+// of kMmaTileRows rows); the FMA tiles here (BM rows) dequantize a BK x BN slice of the weights
+// into shared memory once and reuse it for all BM rows.
 #include <algorithm>
 
 #include "core/cuda_check.h"
@@ -25,17 +26,12 @@ constexpr int kBM = 32, kBN = 64, kBK = 32;
 constexpr int kThreads = 256;  // 16 x 16 threads, each 2 rows x 4 columns
 constexpr int kGroupThreads = 1024;
 
-struct RowTile {
-  int32_t group;  // expert, num_experts for the shared experts, -1 past the last tile
-  int32_t row_begin, row_end;
-};
-
 // Grouping: rows of group g are [offset[g], offset[g] + count[g]); row_token[row] is the token,
-// slot_row[t * k + j] the row of (t, j). Runs as one block.
+// slot_row[t * k + j] the row of (t, j); tiles of tile_rows rows. Runs as one block.
 __global__ void __launch_bounds__(kGroupThreads)
     moe_group_kernel(const int32_t* __restrict__ ids, int T, int k, int num_experts,
-                     int has_shared, int32_t* __restrict__ row_token, int32_t* __restrict__ slot_row,
-                     RowTile* __restrict__ tiles, int max_tiles) {
+                     int has_shared, int tile_rows, int32_t* __restrict__ row_token,
+                     int32_t* __restrict__ slot_row, RowTile* __restrict__ tiles, int max_tiles) {
   extern __shared__ int32_t sm[];
   const int G = num_experts + has_shared;
   int32_t* count = sm;               // [G]
@@ -55,7 +51,7 @@ __global__ void __launch_bounds__(kGroupThreads)
     offset[0] = tile_offset[0] = 0;
     for (int g = 0; g < G; ++g) {
       offset[g + 1] = offset[g] + count[g];
-      tile_offset[g + 1] = tile_offset[g] + (count[g] + kBM - 1) / kBM;
+      tile_offset[g + 1] = tile_offset[g] + (count[g] + tile_rows - 1) / tile_rows;
     }
   }
   __syncthreads();
@@ -69,8 +65,8 @@ __global__ void __launch_bounds__(kGroupThreads)
     for (int t = threadIdx.x; t < T; t += blockDim.x) row_token[offset[num_experts] + t] = t;
   for (int g = threadIdx.x; g < G; g += blockDim.x) {
     for (int i = tile_offset[g]; i < tile_offset[g + 1]; ++i) {
-      const int begin = offset[g] + (i - tile_offset[g]) * kBM;
-      tiles[i] = {g, begin, min(begin + kBM, offset[g + 1])};
+      const int begin = offset[g] + (i - tile_offset[g]) * tile_rows;
+      tiles[i] = {g, begin, min(begin + tile_rows, offset[g + 1])};
     }
   }
   for (int i = tile_offset[G] + threadIdx.x; i < max_tiles; i += blockDim.x) tiles[i] = {-1, 0, 0};
@@ -223,13 +219,15 @@ void moe_grouped_experts(const Tensor& x, const Tensor& ids, const Tensor& weigh
   const int G = E + (plan.has_shared ? 1 : 0);
   const int64_t rows = static_cast<int64_t>(T) * k + (plan.has_shared ? T : 0);
   MARLIN_CHECK(rows < (int64_t{1} << 31) / std::max(H, Imax), op, "too many tokens: ", T);
-  const int max_tiles = static_cast<int>((rows + kBM - 1) / kBM + G);
+  const bool mma = moe_tensor_cores(plan);
+  const int tile_rows = mma ? kMmaTileRows : kBM;
+  const int max_tiles = static_cast<int>((rows + tile_rows - 1) / tile_rows + G);
   const Tensor row_token = Tensor::empty({rows}, DType::i32, device);
   const Tensor slot_row = Tensor::empty({static_cast<int64_t>(T) * k}, DType::i32, device);
   const Tensor tiles = Tensor::empty({static_cast<int64_t>(max_tiles) * 3}, DType::i32, device);
   const size_t group_smem = static_cast<size_t>(4 * G + 2) * sizeof(int32_t);
   moe_group_kernel<<<1, kGroupThreads, group_smem, stream>>>(
-      ids.data<int32_t>(), T, k, E, plan.has_shared ? 1 : 0, row_token.data<int32_t>(),
+      ids.data<int32_t>(), T, k, E, plan.has_shared ? 1 : 0, tile_rows, row_token.data<int32_t>(),
       slot_row.data<int32_t>(), reinterpret_cast<RowTile*>(tiles.data<int32_t>()), max_tiles);
   MARLIN_CUDA_CHECK_LAUNCH(op);
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
@@ -237,14 +235,20 @@ void moe_grouped_experts(const Tensor& x, const Tensor& ids, const Tensor& weigh
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TA, op, {
     const Tensor act = Tensor::empty({rows, Imax}, x.dtype(), device);
     const Tensor y = Tensor::empty({rows, H}, x.dtype(), device);
-    moe_grouped_gate_up_kernel<TA><<<dim3(max_tiles, (Imax + kBN - 1) / kBN), kThreads, 0, stream>>>(
-        static_cast<const TA*>(x.data_ptr()), H, row_token.data<int32_t>(), tile_list, table, Imax,
-        static_cast<TA*>(act.data_ptr()));
-    MARLIN_CUDA_CHECK_LAUNCH(op);
-    moe_grouped_down_kernel<TA><<<dim3(max_tiles, (H + kBN - 1) / kBN), kThreads, 0, stream>>>(
-        static_cast<const TA*>(act.data_ptr()), Imax, tile_list, table, H,
-        static_cast<TA*>(y.data_ptr()));
-    MARLIN_CUDA_CHECK_LAUNCH(op);
+    if (mma) {
+      launch_grouped_mma<TA>(static_cast<const TA*>(x.data_ptr()), row_token.data<int32_t>(), tile_list,
+                             max_tiles, plan, static_cast<TA*>(act.data_ptr()), static_cast<TA*>(y.data_ptr()),
+                             stream);
+    } else {
+      moe_grouped_gate_up_kernel<TA><<<dim3(max_tiles, (Imax + kBN - 1) / kBN), kThreads, 0, stream>>>(
+          static_cast<const TA*>(x.data_ptr()), H, row_token.data<int32_t>(), tile_list, table, Imax,
+          static_cast<TA*>(act.data_ptr()));
+      MARLIN_CUDA_CHECK_LAUNCH(op);
+      moe_grouped_down_kernel<TA><<<dim3(max_tiles, (H + kBN - 1) / kBN), kThreads, 0, stream>>>(
+          static_cast<const TA*>(act.data_ptr()), Imax, tile_list, table, H,
+          static_cast<TA*>(y.data_ptr()));
+      MARLIN_CUDA_CHECK_LAUNCH(op);
+    }
     moe_combine_kernel<TA><<<T, 256, 0, stream>>>(
         static_cast<const TA*>(y.data_ptr()), slot_row.data<int32_t>(), weights.data<float>(), k,
         H, plan.has_shared ? T * k : -1, static_cast<TA*>(out.data_ptr()));

@@ -58,11 +58,14 @@ void moe_decode_experts(const Tensor& x, const Tensor& ids, const Tensor& weight
 // Whether moe_decode_experts takes T tokens with this plan (MARLIN_MOE_GROUPED=1: never for T > 1,
 // to measure the grouped kernels against).
 bool moe_decode_takes(const MoeKernelPlan& plan, int64_t T);
-// Tests: take the CUDA-core decode kernels even where the tensor-core ones apply.
-void set_force_cuda_core_moe_decode(bool on);
+// Whether the expert kernels (decode and grouped) take the tensor cores: plan.tensor_cores, unless
+// set_force_cuda_core_moe(true) (tests) or MARLIN_MOE_CUDA_CORES=1 (to measure both paths).
+bool moe_tensor_cores(const MoeKernelPlan& plan);
+void set_force_cuda_core_moe(bool on);
 
 // T tokens: rows grouped by expert on the device, one grouped GEMM launch for gate/up + SwiGLU
-// over all experts (and the shared experts), one for down, then the weighted combine.
+// over all experts (and the shared experts), one for down, then the weighted combine; on the
+// tensor cores when moe_tensor_cores(plan) (moe_grouped_mma.cu), else FMA tiles.
 void moe_grouped_experts(const Tensor& x, const Tensor& ids, const Tensor& weights,
                          const MoeKernelPlan& plan, const Tensor& out);
 
