@@ -43,8 +43,17 @@ Tensor DeepseekBlock::forward(const Tensor& hidden, const Tensor& positions, KVC
   // hidden += attn, then the second norm, in one pass.
   const Tensor normed = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
                                           post_attention_layernorm_.eps());
-  ops::add(hidden, moe_ ? moe_->forward(normed) : mlp_.forward(normed), hidden);
+  ops::add(hidden, feed_forward(normed), hidden);
   return hidden;
+}
+
+Tensor DeepseekBlock::forward_fused(const Tensor& hidden, const Tensor& normed, const Tensor& positions,
+                                    KVCache* cache, const RMSNorm& next_norm) const {
+  const Tensor attn = self_attn_.forward(normed, positions, cache);
+  const Tensor normed2 = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
+                                           post_attention_layernorm_.eps());
+  // hidden += ffn, then the next block's input norm (or the final norm), in one pass.
+  return ops::add_rms_norm(hidden, feed_forward(normed2), next_norm.weight(), next_norm.eps());
 }
 
 void DeepseekBlock::for_each_linear(const std::string& prefix, const LinearVisitor& visit) const {
@@ -166,10 +175,16 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
   check_context(config_, end, op);
   const Tensor positions = step_positions(cache, B, T, placement_.device);
 
-  Tensor h = embed_tokens_.forward(ids2);
-  for (const DeepseekBlock& layer : layers_) h = layer.forward(h, positions, cache);
+  // h, the residual stream, is updated in place; each block's last residual add runs in one
+  // pass with the next block's input norm (the final norm after the last block).
+  const Tensor h = embed_tokens_.forward(ids2);
+  Tensor normed = layers_.empty() ? norm_.forward(h) : layers_.front().input_layernorm().forward(h);
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    const RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm() : norm_;
+    normed = layers_[i].forward_fused(h, normed, positions, cache, next);
+  }
   // Converted on the device: a decode step copies nothing back to the host.
-  Tensor logits = ops::cast(lm_head_.forward(norm_.forward(h)), DType::f32);
+  Tensor logits = ops::cast(lm_head_.forward(normed), DType::f32);
   if (cache != nullptr) cache->end_step();
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }

@@ -25,6 +25,11 @@ class DeepseekBlock {
                 std::shared_ptr<const MoE> moe);
   // hidden [B, T, H] (contiguous), the residual stream, updated in place and returned.
   Tensor forward(const Tensor& hidden, const Tensor& positions, KVCache* cache) const;
+  // The same with this block's input norm already applied (normed = input_layernorm(hidden), by
+  // the caller or the previous block): hidden is updated in place as forward() does, and
+  // next_norm(hidden) is returned, the last residual add and that norm in one pass.
+  Tensor forward_fused(const Tensor& hidden, const Tensor& normed, const Tensor& positions, KVCache* cache,
+                       const RMSNorm& next_norm) const;
 
   const RMSNorm& input_layernorm() const { return input_layernorm_; }
   const MLAAttention& self_attn() const { return self_attn_; }
@@ -38,6 +43,8 @@ class DeepseekBlock {
   void transform_linears(const std::string& prefix, const LinearTransform& transform);
 
  private:
+  Tensor feed_forward(const Tensor& normed) const { return moe_ ? moe_->forward(normed) : mlp_.forward(normed); }
+
   RMSNorm input_layernorm_;
   MLAAttention self_attn_;
   RMSNorm post_attention_layernorm_;
