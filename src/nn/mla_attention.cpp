@@ -1,11 +1,13 @@
 // MLAAttention: the expanded form for a fresh prefill, the absorbed form over the latent cache.
 #include "marlin/mla.h"
 
+#include <algorithm>
 #include <cmath>
 #include <utility>
 #include <vector>
 
 #include "core/env.h"
+#include "marlin/attention.h"
 #include "marlin/mla_ops.h"
 #include "marlin/quant.h"
 
@@ -22,6 +24,50 @@ void check_linear(const char* name, const QuantizedLinear& p, int64_t in, int64_
 void check_norm(const char* name, const RMSNorm& n, int64_t size) {
   MARLIN_CHECK(n.defined() && n.weight().numel() == size, kOp, name, " must have a weight of [",
                size, "]");
+}
+
+// From this many tokens a CUDA prompt's expanded attention runs as ordinary causal attention
+// (attention_prefill: its GEMMs on the tensor cores through cuBLAS from 64 tokens on); the MLA
+// kernel scores a query's keys one by one, which cost a 512-token GLM-4.7-Flash prompt most of
+// its non-MoE time.
+constexpr int64_t kPrefillAsAttentionMinTokens = 64;
+
+// The head dim that attention_prefill takes for queries and keys of Dk and values of Dv: the
+// smallest of its sizes that holds both (GLM-4.7-Flash 256 / 256: 256; DeepSeek-V3 192 / 128:
+// 256), or 0 past them.
+int64_t padded_head_dim(int64_t Dk, int64_t Dv) {
+  for (int64_t D : {64, 80, 96, 128, 256})
+    if (D >= std::max(Dk, Dv)) return D;
+  return 0;
+}
+
+// Causal attention of a fresh prompt over the expanded heads: q [B, T, heads, Dn + Dr], keys
+// [k_nope (per head) | k_rope (shared)], values v [B, T, heads, Dv], each padded with zeros to
+// head dim D (they add nothing to a score or an output). Returns [B, T, heads, Dv].
+Tensor expanded_prefill(const Tensor& q, const Tensor& k_nope, const Tensor& k_rope, const Tensor& v, float scale,
+                        int64_t D) {
+  const int64_t B = q.size(0), T = q.size(1), heads = q.size(2), Dk = q.size(3);
+  const int64_t Dn = k_nope.size(3), Dr = k_rope.size(3), Dv = v.size(3);
+  auto padded = [&](const Tensor& src) {  // [B, T, heads, D]: src in the first dims, zeros after
+    if (src.size(3) == D) return src.contiguous();
+    Tensor t = Tensor::empty({B, T, heads, D}, src.dtype(), src.device());
+    t.fill_bytes(0);
+    t.narrow(3, 0, src.size(3)).copy_from(src);
+    return t;
+  };
+  const Tensor qd = padded(q), vd = padded(v);
+  Tensor kd = Tensor::empty({B, T, heads, D}, q.dtype(), q.device());
+  if (D > Dk) kd.fill_bytes(0);
+  kd.narrow(3, 0, Dn).copy_from(k_nope);
+  const Tensor rope = k_rope.contiguous();  // [B, T, 1, Dr], one copy for every head
+  for (int64_t h = 0; h < heads; ++h) kd.narrow(2, h, 1).narrow(3, Dn, Dr).copy_from(rope);
+  Tensor out = Tensor::empty({B, T, heads, Dv}, q.dtype(), q.device());
+  for (int64_t b = 0; b < B; ++b) {
+    const Tensor ob = ops::attention_prefill(qd.select(0, b), kd.select(0, b), vd.select(0, b), scale);
+    if (B == 1 && D == Dv) return ob.view({B, T, heads, Dv});
+    out.select(0, b).copy_from(ob.narrow(2, 0, Dv));
+  }
+  return out;
 }
 
 // kv_b_proj's weight [K = kv_lora_rank, N = heads * (nope + v)] as f32 on the CPU.
@@ -155,8 +201,15 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
   if (expand) {
     // Per-head keys [nope | shared k_rope] and values from the latent of these T tokens.
     const Tensor kv = proj_.kv_b_proj.forward(latent).view({B, T, heads, Dn + Dv});
-    out = ops::mla_attention(q_nope, q_rope, kv.narrow(3, 0, Dn), ckv.narrow(3, R, Dr),
-                             kv.narrow(3, Dn, Dv), seq_lens, scale_, new_tokens);
+    // MARLIN_MLA_PREFILL_KERNEL=1 keeps the MLA kernel for every prompt, to measure against.
+    static const bool mla_kernel_only = env_is("MARLIN_MLA_PREFILL_KERNEL", "1");
+    const int64_t D = padded_head_dim(Dn + Dr, Dv);
+    if (x.device().is_cuda() && T >= kPrefillAsAttentionMinTokens && !new_tokens.defined() && D > 0 &&
+        !mla_kernel_only)
+      out = expanded_prefill(q, kv.narrow(3, 0, Dn), ckv.narrow(3, R, Dr), kv.narrow(3, Dn, Dv), scale_, D);
+    else
+      out = ops::mla_attention(q_nope, q_rope, kv.narrow(3, 0, Dn), ckv.narrow(3, R, Dr),
+                               kv.narrow(3, Dn, Dv), seq_lens, scale_, new_tokens);
   } else {
     // Absorbed: q_nope . (W_UK latent) = (W_UK^T q_nope) . latent, and the values W_UV latent
     // summed with the attention weights = W_UV (the weighted latent).

@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <fstream>
@@ -18,6 +19,8 @@
 #include "marlin/model.h"
 #include "marlin/npy.h"
 #include "model_test_util.h"
+#include "models/deepseek.h"
+#include "test_util.h"
 
 namespace marlin {
 namespace {
@@ -197,6 +200,41 @@ INSTANTIATE_TEST_SUITE_P(Models, MlaBackendTest,
 // is 0.19 from its fp32 one, reference.json), which would hide any real difference.
 TEST(MlaQuantizedCuda, MatchesCpuFp32Run) {
   testing::expect_quantized_cuda_matches_cpu("glm4_moe_lite", DType::f16);
+}
+
+// From 64 tokens a CUDA prompt's expanded attention runs as ordinary causal attention over head
+// dims padded to a supported size (GLM fixture 40 / 32 -> 64, DeepSeek-V2 fixture 24 / 32 -> 64):
+// each MLA layer's output for a fresh prompt, one row and two, against the CPU's MLA kernel in
+// f32 on the same weights.
+TEST(MlaModelCuda, LongPromptAttentionMatchesCpu) {
+  if (!cuda_available()) GTEST_SKIP() << "no CUDA device";
+  for (const char* name : {"glm4_moe_lite", "deepseek_v2"}) {
+    SCOPED_TRACE(name);
+    ModelLoadOptions gpu_options;
+    gpu_options.device = Device::cuda(0);
+    gpu_options.dtype = DType::bf16;
+    const auto cpu_model = load_model(fixture_dir(name), ModelLoadOptions{});
+    const auto gpu_model = load_model(fixture_dir(name), gpu_options);
+    const auto* cpu = dynamic_cast<const DeepseekModel*>(cpu_model.get());
+    const auto* gpu = dynamic_cast<const DeepseekModel*>(gpu_model.get());
+    ASSERT_TRUE(cpu != nullptr && gpu != nullptr);
+    const int64_t H = cpu_model->config().hidden_size;
+    for (const auto& [B, T] : {std::pair<int64_t, int64_t>{1, 100}, {2, 70}}) {
+      const Tensor x = testing::random_tensor({B, T, H}, DType::f32, 7 + T);
+      std::vector<int32_t> pos;
+      for (int64_t b = 0; b < B; ++b)
+        for (int64_t t = 0; t < T; ++t) pos.push_back(static_cast<int32_t>(t));
+      const Tensor positions = Tensor::from_vector(pos, {B * T}, DType::i32);
+      for (size_t layer : {size_t{0}, cpu->layers().size() - 1}) {
+        const Tensor want = cpu->layers()[layer].self_attn().forward(x, positions, nullptr);
+        const Tensor got = gpu->layers()[layer].self_attn().forward(x.to(DType::bf16).to(Device::cuda(0)),
+                                                                    positions.to(Device::cuda(0)), nullptr);
+        ASSERT_EQ(got.shape(), want.shape());
+        EXPECT_LT(relative_error(got.to(Device::cpu()).to(DType::f32), want), 2e-2)
+            << "B=" << B << " T=" << T << " layer " << layer;
+      }
+    }
+  }
 }
 
 }  // namespace
