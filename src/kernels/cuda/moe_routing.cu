@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/moe_common.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
@@ -157,10 +158,40 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
                    ids + static_cast<int64_t>(t) * p.top_k, weights + static_cast<int64_t>(t) * p.top_k);
 }
 
-// logits[t, e] = x[t] . W[e] in f32 (one warp per expert), W [E, H]; with `route`, the last
-// block of token t to finish routes it. E is the router weight's: without `route`, p is unset
-// (MoE::router_logits passes default params, num_experts 0).
+// One warp's share of x[t] . W[e] in f32: features h0, h0 + step, ... (8 at a time with
+// vector8: 16 bytes of x, 32 of W), four steps' loads in flight.
 template <typename T>
+__device__ __forceinline__ float router_dot(const T* __restrict__ xr, const float* __restrict__ wr, int H, int h0,
+                                            int step, bool vector8) {
+  float acc = 0.0f;
+  if (vector8) {
+#pragma unroll 4
+    for (int h = h0 * 8; h < H; h += step * 8) {
+      const uint4 xv = *reinterpret_cast<const uint4*>(xr + h);
+      const float4 w0 = __ldg(reinterpret_cast<const float4*>(wr + h));
+      const float4 w1 = __ldg(reinterpret_cast<const float4*>(wr + h + 4));
+      acc = fmaf(bits16_to_float<T>(xv.x & 0xffffu), w0.x, acc);
+      acc = fmaf(bits16_to_float<T>(xv.x >> 16), w0.y, acc);
+      acc = fmaf(bits16_to_float<T>(xv.y & 0xffffu), w0.z, acc);
+      acc = fmaf(bits16_to_float<T>(xv.y >> 16), w0.w, acc);
+      acc = fmaf(bits16_to_float<T>(xv.z & 0xffffu), w1.x, acc);
+      acc = fmaf(bits16_to_float<T>(xv.z >> 16), w1.y, acc);
+      acc = fmaf(bits16_to_float<T>(xv.w & 0xffffu), w1.z, acc);
+      acc = fmaf(bits16_to_float<T>(xv.w >> 16), w1.w, acc);
+    }
+  } else {
+    for (int h = h0; h < H; h += step) acc = fmaf(to_float(xr[h]), __ldg(wr + h), acc);
+  }
+  return warp_sum(acc);
+}
+
+// logits[t, e] = x[t] . W[e] in f32, W [E, H]; with `route`, the last block of token t to finish
+// routes it. kPerExpert: a block per expert, its warps splitting H (a few tokens: GLM-4.7-Flash's
+// 512 KiB router then spreads over 64 SMs, where 8 blocks of 8 experts took ~10 us a token,
+// each SM streaming 64 KiB); else a warp per expert (many tokens: each block reads x[t] once
+// for 8 experts). E is the router weight's: without `route`, p is unset (MoE::router_logits
+// passes default params, num_experts 0).
+template <typename T, bool kPerExpert>
 __global__ void __launch_bounds__(kRouterWarps * 32)
     moe_router_kernel(const T* __restrict__ x, const float* __restrict__ W, int H, int E,
                       int round_logits, float* __restrict__ logits, unsigned* __restrict__ counters,
@@ -168,34 +199,28 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
                       int32_t* __restrict__ ids, float* __restrict__ weights, bool vector8) {
   extern __shared__ __align__(16) char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const int t = blockIdx.y, e = blockIdx.x * kRouterWarps + warp;
-  if (e < E) {
-    const T* xr = x + static_cast<int64_t>(t) * H;
-    const float* wr = W + static_cast<int64_t>(e) * H;
-    float acc = 0.0f;
-    if (vector8) {
-      // 8 features a lane per step (16 bytes of x, 32 of W), four steps' loads in flight: a
-      // GLM router row (H = 2048) in one round of loads instead of 64 dependent ones.
-#pragma unroll 4
-      for (int h = lane * 8; h < H; h += 256) {
-        const uint4 xv = *reinterpret_cast<const uint4*>(xr + h);
-        const float4 w0 = __ldg(reinterpret_cast<const float4*>(wr + h));
-        const float4 w1 = __ldg(reinterpret_cast<const float4*>(wr + h + 4));
-        acc = fmaf(bits16_to_float<T>(xv.x & 0xffffu), w0.x, acc);
-        acc = fmaf(bits16_to_float<T>(xv.x >> 16), w0.y, acc);
-        acc = fmaf(bits16_to_float<T>(xv.y & 0xffffu), w0.z, acc);
-        acc = fmaf(bits16_to_float<T>(xv.y >> 16), w0.w, acc);
-        acc = fmaf(bits16_to_float<T>(xv.z & 0xffffu), w1.x, acc);
-        acc = fmaf(bits16_to_float<T>(xv.z >> 16), w1.y, acc);
-        acc = fmaf(bits16_to_float<T>(xv.w & 0xffffu), w1.z, acc);
-        acc = fmaf(bits16_to_float<T>(xv.w >> 16), w1.w, acc);
-      }
-    } else {
-      for (int h = lane; h < H; h += 32) acc = fmaf(to_float(xr[h]), __ldg(wr + h), acc);
+  const int t = blockIdx.y;
+  const T* xr = x + static_cast<int64_t>(t) * H;
+  if constexpr (kPerExpert) {
+    const int e = blockIdx.x;
+    __shared__ float warp_sums[kRouterWarps];
+    const float part = router_dot(xr, W + static_cast<int64_t>(e) * H, H, warp * 32 + lane, kRouterWarps * 32, vector8);
+    if (lane == 0) warp_sums[warp] = part;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      float acc = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kRouterWarps; ++w) acc += warp_sums[w];
+      if (round_logits) acc = moe_detail::round_to<T>(acc);
+      logits[static_cast<int64_t>(t) * E + e] = acc;
     }
-    acc = warp_sum(acc);
-    if (round_logits) acc = moe_detail::round_to<T>(acc);
-    if (lane == 0) logits[static_cast<int64_t>(t) * E + e] = acc;
+  } else {
+    const int e = blockIdx.x * kRouterWarps + warp;
+    if (e < E) {
+      float acc = router_dot(xr, W + static_cast<int64_t>(e) * H, H, lane, 32, vector8);
+      if (round_logits) acc = moe_detail::round_to<T>(acc);
+      if (lane == 0) logits[static_cast<int64_t>(t) * E + e] = acc;
+    }
   }
   if (!route) return;
   if (!arrive_last(&counters[t], gridDim.x) || warp != 0) return;
@@ -245,12 +270,17 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
                params.num_experts, " experts, the router weight ", E);
   unsigned* counters = route ? router_counters(device, T) : nullptr;
   const size_t smem = route ? route_scratch_bytes(E) : 0;
-  const dim3 grid((E + kRouterWarps - 1) / kRouterWarps, T);
+  // A block per expert for a decode batch (MARLIN_ROUTER_WARP_PER_EXPERT=1: a warp per expert
+  // always, to measure against).
+  static const bool warp_per_expert = env_is("MARLIN_ROUTER_WARP_PER_EXPERT", "1");
+  const bool per_expert = T <= kMoeDecodeMaxTokens && !warp_per_expert;
+  const dim3 grid(per_expert ? E : (E + kRouterWarps - 1) / kRouterWarps, T);
   // 16-byte rows of x (16-bit) and of the f32 router weight.
   const bool vector8 = H % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
                        reinterpret_cast<uintptr_t>(router_weight.data_ptr()) % 16 == 0;
   MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
-    moe_router_kernel<TX><<<grid, kRouterWarps * 32, smem, stream>>>(
+    auto kernel = per_expert ? moe_router_kernel<TX, true> : moe_router_kernel<TX, false>;
+    kernel<<<grid, kRouterWarps * 32, smem, stream>>>(
         static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, E,
         round_logits ? 1 : 0, logits.data<float>(), counters, route ? 1 : 0,
         bias.defined() ? bias.data<float>() : nullptr, params,
