@@ -19,6 +19,7 @@
 namespace marlin {
 
 class MoE;  // marlin/moe.h: a decoder block's feed-forward may be one
+class RMSNorm;
 
 // Where and in what a layer computes; weights are converted to it once, at construction.
 struct LayerPlacement {
@@ -43,6 +44,9 @@ class QuantizedLinear {
 
   // x [..., in] -> [..., out] in x's dtype, which must be the placement's.
   Tensor forward(const Tensor& x) const;
+  // forward(norm.forward(x)): on CUDA at decode sizes the norm runs inside the GEMM's launch
+  // (the same values: the normalized rows are rms_norm's); else the two apart.
+  Tensor forward_rms_normed(const Tensor& x, const RMSNorm& norm) const;
 
   // The layers side by side along N, one GEMM where there were several (fused QKV, gate+up).
   // The weight layout is per output column, so the result holds exactly the parts' weights.

@@ -3,7 +3,11 @@
 #include <cstdint>
 #include <vector>
 
+#include "core/env.h"
 #include "kernels/cpu/cpu_kernels.h"
+#ifdef MARLIN_WITH_CUDA
+#include "kernels/cuda/cuda_kernels.h"
+#endif
 #include "marlin/nn.h"
 #include "marlin/ops.h"
 
@@ -129,6 +133,24 @@ Tensor QuantizedLinear::forward(const Tensor& x) const {
     y = bits_ == 16 ? ops::gemm(a, weight_, bias_) : ops::gemm_q(a, qweight_, bias_);
   }
   return y.view(out_shape);
+}
+
+Tensor QuantizedLinear::forward_rms_normed(const Tensor& x, const RMSNorm& norm) const {
+#ifdef MARLIN_WITH_CUDA
+  // MARLIN_FUSE_NORM_GEMM=0 keeps the norm's own launch, to measure against.
+  static const bool fuse = !env_is("MARLIN_FUSE_NORM_GEMM", "0");
+  if (fuse && bits_ != 16 && in_features_ > 0 && x.defined() && x.device().is_cuda() && x.dim() >= 1 &&
+      x.size(-1) == in_features_ && x.dtype() == placement_.dtype && x.device() == placement_.device &&
+      norm.defined() && norm.weight().numel() == in_features_ && norm.weight().device() == x.device()) {
+    Shape out_shape = x.shape();
+    out_shape.back() = out_features_;
+    const Tensor a = x.contiguous().view({-1, in_features_});
+    Tensor y = Tensor::empty({a.size(0), out_features_}, x.dtype(), x.device());
+    if (cuda::gemm_q_rms_normed(a, norm.weight(), static_cast<float>(norm.eps()), qweight_, bias_, y))
+      return y.view(out_shape);
+  }
+#endif
+  return forward(norm.forward(x));
 }
 
 Embedding::Embedding(const Tensor& table, const LayerPlacement& placement) {

@@ -158,7 +158,7 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
   // q [B, T, heads, nope | rope] and the compressed kv [B, T, 1, latent | k_rope]: views of one
   // GEMM's output when the input projections are fused (rows strided, last dim contiguous).
   const std::vector<Tensor> in = input_proj_.forward(x);
-  const Tensor q = (c.q_lora_rank == 0 ? in[0] : proj_.q_b_proj.forward(proj_.q_a_layernorm.forward(in[0])))
+  const Tensor q = (c.q_lora_rank == 0 ? in[0] : proj_.q_b_proj.forward_rms_normed(in[0], proj_.q_a_layernorm))
                        .view({B, T, heads, Dn + Dr});
   const Tensor ckv = in[1].view({B, T, 1, L});
   const Tensor ckv_rows = ckv.view({B * T, L});

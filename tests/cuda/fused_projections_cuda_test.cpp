@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "core/cuda_graph.h"
@@ -113,6 +114,30 @@ TEST_F(FusedCuda, FusedLinearMatchesEachPartsGemm) {
         }
       }
     }
+}
+
+// QuantizedLinear::forward_rms_normed: at decode sizes the norm runs inside the skinny GEMM's
+// launch, its sums in rms_norm's order, so the result is forward(norm.forward(x)) bit for bit;
+// also for strided rows (a narrow of a wider output, as MLA's q_a part is), and where the fused
+// kernel does not apply (M > 4, K / 8 past a block's threads) through the fallback.
+TEST_F(FusedCuda, NormInsideGemmIsNormThenGemmBitForBit) {
+  testing::PoisonScope poison;
+  uint64_t seed = 900;
+  for (const DType dt : {DType::bf16, DType::f16})
+    for (const int bits : {8, 4, 2})
+      for (const auto& [K, N] : std::vector<std::pair<int64_t, int64_t>>{{768, 1024}, {2048, 264}, {96, 40}, {2112, 64}}) {
+        const QuantizedLinear linear(random_tensor({N, K}, DType::f32, ++seed, 0.05f), {}, bits, 32,
+                                     LayerPlacement{gpu, dt});
+        const RMSNorm norm(random_tensor({K}, DType::f32, ++seed), 1e-5, LayerPlacement{gpu, dt});
+        for (const int64_t M : {1, 2, 5, 8, 9}) {
+          const Tensor wide = random_tensor({M, K + 24}, dt, ++seed, 3.0f).to(gpu);
+          const Tensor x = wide.narrow(1, 8, K);
+          const Tensor fused = linear.forward_rms_normed(x, norm);
+          const Tensor apart = linear.forward(norm.forward(x));
+          EXPECT_TRUE(same_bytes(fused, apart)) << dtype_name(dt) << " bits " << bits << " K " << K << " N " << N
+                                                << " M " << M;
+        }
+      }
 }
 
 std::string fixture_dir(const std::string& name) {

@@ -133,7 +133,7 @@ TEST_F(MlaCuda, HeadMatmulMatchesCpu) {
   int seed = 5;
   for (const auto& [M, H, K, N] : std::vector<std::array<int64_t, 4>>{
            {1, 20, 192, 512}, {1, 20, 512, 256}, {6, 3, 37, 11}, {9, 128, 128, 512}, {2, 1, 512, 1},
-           {5, 4, 100, 264}, {16, 3, 33, 8}, {17, 2, 64, 64}})
+           {5, 4, 100, 264}, {16, 3, 33, 8}, {17, 2, 64, 64}, {1, 2, 700, 40}, {1, 40, 700, 512}})
     for (DType dt : {DType::bf16, DType::f16}) {
       const Tensor wide = random_tensor({M, H, K + 3}, dt, ++seed), w = random_tensor({H, K, N}, dt, ++seed);
       const Tensor ref = ops::mla_head_matmul(wide.narrow(2, 0, K), w);
