@@ -39,6 +39,10 @@ class MoE {
   // routed experts one by one, summed in expert order as Transformers does, plus the shared
   // experts.
   Tensor forward(const Tensor& x) const;
+  // The MoE after a residual add and its norm: hidden [..., H] += x (in place), then
+  // forward(norm(hidden)), as ops::add_rms_norm and forward compute it. CUDA at decode sizes:
+  // the add and the norm run inside the router's launch (the same values).
+  Tensor forward_add_norm(const Tensor& hidden, const Tensor& x, const RMSNorm& norm) const;
 
   // f32 [T, E] router logits of x [T, H] (rounded to x's dtype first for
   // logits_in_activation_dtype routers), and the routing of x.

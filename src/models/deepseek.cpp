@@ -9,6 +9,7 @@
 
 #include "marlin/attention.h"
 #include "marlin/ops_nn.h"
+#include "nn/block_tail.h"
 #include "models/model_common.h"
 #include "models/moe_weights.h"
 #include "models/quantized_checkpoint.h"
@@ -50,10 +51,7 @@ Tensor DeepseekBlock::forward(const Tensor& hidden, const Tensor& positions, KVC
 Tensor DeepseekBlock::forward_fused(const Tensor& hidden, const Tensor& normed, const Tensor& positions,
                                     KVCache* cache, const RMSNorm& next_norm) const {
   const Tensor attn = self_attn_.forward(normed, positions, cache);
-  const Tensor normed2 = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
-                                           post_attention_layernorm_.eps());
-  // hidden += ffn, then the next block's input norm (or the final norm), in one pass.
-  return ops::add_rms_norm(hidden, feed_forward(normed2), next_norm.weight(), next_norm.eps());
+  return residual_feed_forward(hidden, attn, post_attention_layernorm_, moe_.get(), mlp_, next_norm);
 }
 
 void DeepseekBlock::for_each_linear(const std::string& prefix, const LinearVisitor& visit) const {

@@ -7,6 +7,7 @@
 #include "marlin/attention.h"
 #include "marlin/moe.h"
 #include "marlin/nn.h"
+#include "nn/block_tail.h"
 
 namespace marlin {
 
@@ -171,10 +172,14 @@ Tensor TransformerBlock::forward_fused(const Tensor& hidden, const Tensor& norme
                                        const Tensor& positions, KVCache* cache,
                                        const RMSNorm& next_norm) const {
   const Tensor attn = self_attn_.forward(normed, positions, cache);
-  const Tensor normed2 = ops::add_rms_norm(hidden, attn, post_attention_layernorm_.weight(),
-                                           post_attention_layernorm_.eps());
-  // hidden += mlp, then the next block's input norm (or the final norm), in one pass.
-  return ops::add_rms_norm(hidden, feed_forward(normed2), next_norm.weight(), next_norm.eps());
+  return residual_feed_forward(hidden, attn, post_attention_layernorm_, moe_.get(), mlp_, next_norm);
+}
+
+Tensor residual_feed_forward(const Tensor& hidden, const Tensor& attn, const RMSNorm& post_norm, const MoE* moe,
+                             const MLP& mlp, const RMSNorm& next_norm) {
+  const Tensor ffn = moe != nullptr ? moe->forward_add_norm(hidden, attn, post_norm)
+                                    : mlp.forward(ops::add_rms_norm(hidden, attn, post_norm.weight(), post_norm.eps()));
+  return ops::add_rms_norm(hidden, ffn, next_norm.weight(), next_norm.eps());
 }
 
 }  // namespace marlin

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include "core/cuda_check.h"  // fail_no_cuda in builds without CUDA
+#include "core/env.h"
 #include "marlin/stream.h"
 #include "nn/moe_plan.h"
 #include "ops/moe_internal.h"
@@ -137,6 +138,41 @@ Tensor moe_grouped_on_current_stream(const Tensor& x, const MoE& moe) {
   return x.dim() == 1 ? out.view({moe.hidden_size()}) : out;
 #else
   fail_no_cuda(op);
+#endif
+}
+
+Tensor moe_decode_add_norm_on_current_stream(const Tensor& hidden, const Tensor& x, const RMSNorm& norm,
+                                             const MoE& moe) {
+#ifdef MARLIN_WITH_CUDA
+  // MARLIN_FUSE_ROUTER_NORM=0 keeps add_rms_norm's own launch, to measure against.
+  static const bool fuse = !env_is("MARLIN_FUSE_ROUTER_NORM", "0");
+  const MoeDevicePlan* plan = moe.device_plan();
+  const int64_t H = moe.hidden_size();
+  if (!fuse || plan == nullptr || !x.defined() || !hidden.defined() || x.shape() != hidden.shape() ||
+      x.size(-1) != H || !x.is_contiguous() || !hidden.is_contiguous() || x.device() != moe.placement().device ||
+      hidden.device() != x.device() || x.dtype() != moe.placement().dtype || hidden.dtype() != x.dtype() ||
+      !norm.defined() || norm.weight().numel() != H || norm.weight().device() != x.device() ||
+      !cuda::moe_router_add_norm_fits(x, norm.weight()))
+    return Tensor();
+  const int64_t T = x.numel() / H;
+  if (!cuda::moe_decode_takes(plan->kernel, T)) return Tensor();
+  const Device device = x.device();
+  const MoeRouting& r = moe.routing();
+  const Tensor normed = Tensor::empty({T, H}, x.dtype(), device);
+  const Tensor logits = Tensor::empty({T, r.num_experts}, DType::f32, device);
+  const Tensor ids = Tensor::empty({T, r.top_k}, DType::i32, device);
+  const Tensor weights = Tensor::empty({T, r.top_k}, DType::f32, device);
+  // The kernels take rows: [B, T, H] activations as [B T, H].
+  cuda::moe_router_add_norm(hidden.view({T, H}), x.view({T, H}), norm.weight(), static_cast<float>(norm.eps()),
+                            normed, moe.router_weight(),
+                            r.logits_in_activation_dtype, logits, moe.e_score_correction_bias(),
+                            ops::route_params(r, moe.e_score_correction_bias().defined()), ids, weights);
+  const Tensor out = Tensor::empty({T, H}, x.dtype(), device);
+  cuda::moe_decode_experts(normed, ids, weights, plan->kernel, out);
+  return out.view(x.shape());
+#else
+  (void)hidden, (void)x, (void)norm, (void)moe;
+  return Tensor();
 #endif
 }
 

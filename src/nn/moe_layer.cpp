@@ -145,6 +145,14 @@ Tensor MoE::forward(const Tensor& x) const {
   return out.view(x.shape());
 }
 
+Tensor MoE::forward_add_norm(const Tensor& hidden, const Tensor& x, const RMSNorm& norm) const {
+  if (plan_) {
+    const Tensor out = moe_decode_add_norm_on_current_stream(hidden, x, norm, *this);
+    if (out.defined()) return out;
+  }
+  return forward(ops::add_rms_norm(hidden, x, norm.weight(), norm.eps()));
+}
+
 // Transformers' loop: for each expert in id order, its tokens' outputs times their weights are
 // added to the result (in the activation dtype), then the shared experts' output.
 Tensor MoE::forward_experts_loop(const Tensor& x2d, const ops::MoeRoute& r) const {

@@ -26,5 +26,9 @@ std::shared_ptr<const MoeDevicePlan> make_moe_device_plan(const MoE& moe);
 // CUDA graph capture).
 Tensor moe_decode_on_current_stream(const Tensor& x, const MoE& moe);
 Tensor moe_grouped_on_current_stream(const Tensor& x, const MoE& moe);
+// MoE::forward_add_norm's fused path (hidden and x contiguous [T, H]); an undefined tensor, doing
+// nothing, where it does not apply.
+Tensor moe_decode_add_norm_on_current_stream(const Tensor& hidden, const Tensor& x, const RMSNorm& norm,
+                                             const MoE& moe);
 
 }  // namespace marlin

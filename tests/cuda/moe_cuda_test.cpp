@@ -14,6 +14,7 @@
 #include "kernels/cuda/moe_kernels_cuda.h"
 #include "nn/moe_plan.h"
 #include "marlin/moe.h"
+#include "marlin/ops_nn.h"
 #include "marlin/npy.h"
 #include "moe_reference.h"
 
@@ -216,6 +217,32 @@ TEST_F(MoeCuda, DecodeAndOptimizedMatchFloat64Reference) {
       }
     }
   }
+}
+
+// MoE::forward_add_norm: at decode sizes the residual add and the norm run in the router's
+// launch (each block from the old residual, the last one writing the new residual and the
+// normalized rows), which must give add_rms_norm + forward bit for bit: the output and the
+// residual after; 17 tokens take the unfused path.
+TEST_F(MoeCuda, ForwardAddNormIsAddNormThenForwardBitForBit) {
+  testing::PoisonScope poison;
+  for (DType dt : {DType::bf16, DType::f16})
+    for (const DispatchCase& dc : dispatch_cases()) {
+      SCOPED_TRACE(std::string(dc.name) + " " + std::string(dtype_name(dt)));
+      const MoE moe = testing::random_moe(dc.spec, {gpu, dt});
+      const int64_t H = dc.spec.hidden;
+      const RMSNorm norm(testing::random_tensor({H}, DType::f32, 31), 1e-5, LayerPlacement{gpu, dt});
+      for (int64_t T : {1, 3, 16, 17}) {
+        const Tensor hidden = testing::random_tensor({T, H}, dt, 200 + T, 2.0f).to(gpu);
+        const Tensor x = testing::random_tensor({T, H}, dt, 300 + T).to(gpu);
+        const Tensor fused_hidden = hidden.clone(), apart_hidden = hidden.clone();
+        // As a decoder block passes them: [1, T, H].
+        const Tensor fused = moe.forward_add_norm(fused_hidden.view({1, T, H}), x.view({1, T, H}), norm);
+        const Tensor apart = moe.forward(ops::add_rms_norm(apart_hidden, x, norm.weight(), norm.eps()));
+        EXPECT_EQ(fused.shape(), (Shape{1, T, H}));
+        EXPECT_EQ(fused.to_float_vector(), apart.to_float_vector()) << "T=" << T;
+        EXPECT_EQ(fused_hidden.to_float_vector(), apart_hidden.to_float_vector()) << "T=" << T;
+      }
+    }
 }
 
 // The decode path must agree with itself call after call (split-K counters reset, no state

@@ -46,6 +46,16 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
                 const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
                 const Tensor& ids, const Tensor& weights);
 
+// moe_router on norm(residual + x) with the add and the norm in its launch (MoE::forward_add_norm):
+// residual [T, H] += x (in place), normed [T, H] = RMSNorm(residual; norm_weight, eps), the
+// values add_rms_norm computes, and the routing of normed. Takes 16-bit rows of at most 2048
+// values, a multiple of 8, with a weight of their dtype (moe_router_add_norm_fits).
+bool moe_router_add_norm_fits(const Tensor& x, const Tensor& norm_weight);
+void moe_router_add_norm(const Tensor& residual, const Tensor& x, const Tensor& norm_weight, float eps,
+                         const Tensor& normed, const Tensor& router_weight, bool round_logits,
+                         const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+                         const Tensor& ids, const Tensor& weights);
+
 // T tokens (1 <= T <= kMoeDecodeMaxTokens; T > 1 only when plan.tensor_cores): out [T, H] =
 // sum_j weights[t, j] * expert_{ids[t, j]}(x[t]) + shared(x[t]), with ids/weights [T, k] on the
 // device (from moe_router). Two launches (gate/up + SwiGLU, down + combine), on the tensor cores

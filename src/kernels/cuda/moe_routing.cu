@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/moe_common.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
+#include "kernels/cuda/nn_common.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -158,6 +159,53 @@ __global__ void moe_route_kernel(const float* __restrict__ logits, const float* 
                    ids + static_cast<int64_t>(t) * p.top_k, weights + static_cast<int64_t>(t) * p.top_k);
 }
 
+// The residual add and RMSNorm before a MoE (MoE::forward_add_norm): residual[t] += x[t], then
+// normed[t] = RMSNorm(residual[t]) with weight. Every router block of the token computes them
+// from the old residual; the last block to finish writes both.
+template <typename T>
+struct ResidualNorm {
+  T* residual = nullptr;  // [T, H], updated in place
+  const T* x = nullptr;   // [T, H]; null: no add and norm (x is the router's input)
+  const T* weight = nullptr;
+  float eps = 0.0f;
+  T* normed = nullptr;  // [T, H]
+};
+
+// The route scratch rounded up to 16 bytes: the normalized row follows it.
+__host__ __device__ constexpr size_t route_scratch_bytes16(int E) { return (route_scratch_bytes(E) + 15) / 16 * 16; }
+
+// Token t's new residual (this thread's 8 values) and normalized row (all H values, to
+// normed_row), as norm.cu's vector kernel computes them for rows of at most 8 kRouterWarps x 32
+// values: thread i takes values 8i .. 8i + 7, then the block's sum, so the same values.
+template <typename T>
+__device__ __forceinline__ void add_rms_norm_row(const ResidualNorm<T>& rn, int t, int H, nn::Pack<T, 8>& hv,
+                                                 T* normed_row) {
+  __shared__ float scratch[32];
+  const int64_t off = static_cast<int64_t>(t) * H + threadIdx.x * 8;
+  const bool mine = threadIdx.x * 8 < H;
+  nn::Pack<T, 8> wv;
+  float ss = 0.0f;
+  if (mine) {
+    const nn::Pack<T, 8> rv = nn::load_pack<T, 8>(rn.residual + off), xv = nn::load_pack<T, 8>(rn.x + off);
+    wv = nn::load_pack<T, 8>(rn.weight + threadIdx.x * 8);
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      hv.v[e] = from_float<T>(to_float(rv.v[e]) + to_float(xv.v[e]));
+      const float a = to_float(hv.v[e]);
+      ss += a * a;
+    }
+  }
+  ss = nn::block_reduce<false>(ss, scratch);
+  const float inv = 1.0f / sqrtf(ss / static_cast<float>(H) + rn.eps);
+  if (mine) {
+    nn::Pack<T, 8> y;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y.v[e] = from_float<T>(to_float(wv.v[e]) * nn::round_to<T>(to_float(hv.v[e]) * inv));
+    nn::store_pack<T, 8>(normed_row + threadIdx.x * 8, y);
+  }
+  __syncthreads();
+}
+
 // One warp's share of x[t] . W[e] in f32: features h0, h0 + step, ... (8 at a time with
 // vector8: 16 bytes of x, 32 of W), four steps' loads in flight.
 template <typename T>
@@ -196,11 +244,22 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     moe_router_kernel(const T* __restrict__ x, const float* __restrict__ W, int H, int E,
                       int round_logits, float* __restrict__ logits, unsigned* __restrict__ counters,
                       int route, const float* __restrict__ bias, RouteParams p,
-                      int32_t* __restrict__ ids, float* __restrict__ weights, bool vector8) {
+                      int32_t* __restrict__ ids, float* __restrict__ weights, bool vector8,
+                      ResidualNorm<T> rn) {
   extern __shared__ __align__(16) char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.y;
   const T* xr = x + static_cast<int64_t>(t) * H;
+  // With rn: this block's own copy of the token's new residual (8 values a thread, kept for the
+  // last block to write) and of its normalized row, which the dot products then read.
+  nn::Pack<T, 8> new_residual;
+  if constexpr (kPerExpert) {
+    if (rn.x != nullptr) {
+      T* normed_row = reinterpret_cast<T*>(smem + route_scratch_bytes16(E));
+      add_rms_norm_row(rn, t, H, new_residual, normed_row);
+      xr = normed_row;
+    }
+  }
   if constexpr (kPerExpert) {
     const int e = blockIdx.x;
     __shared__ float warp_sums[kRouterWarps];
@@ -223,7 +282,15 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     }
   }
   if (!route) return;
-  if (!arrive_last(&counters[t], gridDim.x) || warp != 0) return;
+  if (!arrive_last(&counters[t], gridDim.x)) return;
+  // Every block of the token has read the old residual: the last one writes the new one, and
+  // the normalized row for the experts.
+  if (kPerExpert && rn.x != nullptr && threadIdx.x * 8 < H) {
+    nn::store_pack<T, 8>(rn.residual + static_cast<int64_t>(t) * H + threadIdx.x * 8, new_residual);
+    nn::store_pack<T, 8>(rn.normed + static_cast<int64_t>(t) * H + threadIdx.x * 8,
+                         nn::load_pack<T, 8>(xr + threadIdx.x * 8));
+  }
+  if (warp != 0) return;
   const RouteScratch s = route_scratch(smem, E);
   // The logits of the other blocks: read through L2 into the scratch's ids area (E floats).
   float* row = reinterpret_cast<float*>(s.ids);
@@ -258,9 +325,16 @@ void moe_route(const Tensor& logits, const Tensor& bias, const moe::RouteParams&
   MARLIN_CUDA_CHECK_LAUNCH("moe_route");
 }
 
-void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
-                const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
-                const Tensor& ids, const Tensor& weights) {
+namespace {
+
+template <typename TX>
+void launch_router(const Tensor& x, const Tensor& router_weight, bool round_logits, const Tensor& logits,
+                   const Tensor& bias, const moe::RouteParams& params, const Tensor& ids, const Tensor& weights,
+                   const ResidualNorm<TX>& rn) {
+  MARLIN_CHECK(x.dim() == 2 && router_weight.dim() == 2 && router_weight.size(1) == x.size(1), "moe_router",
+               "x must be [T, H] rows of the router weight's H, got ", x.describe(), " and ",
+               router_weight.describe());
+  MARLIN_CHECK(rn.x == nullptr || rn.x == x.data_ptr(), "moe_router", "the add's x is the router's input");
   const int T = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
   const int E = static_cast<int>(router_weight.size(0));
   const int device = x.device().index;
@@ -269,24 +343,61 @@ void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
   MARLIN_CHECK(!route || params.num_experts == E, "moe_router", "the route params have ",
                params.num_experts, " experts, the router weight ", E);
   unsigned* counters = route ? router_counters(device, T) : nullptr;
-  const size_t smem = route ? route_scratch_bytes(E) : 0;
   // A block per expert for a decode batch (MARLIN_ROUTER_WARP_PER_EXPERT=1: a warp per expert
-  // always, to measure against).
+  // always, to measure against); always with the add and norm.
   static const bool warp_per_expert = env_is("MARLIN_ROUTER_WARP_PER_EXPERT", "1");
-  const bool per_expert = T <= kMoeDecodeMaxTokens && !warp_per_expert;
+  const bool per_expert = rn.x != nullptr || (T <= kMoeDecodeMaxTokens && !warp_per_expert);
+  const size_t smem = rn.x != nullptr ? route_scratch_bytes16(E) + sizeof(TX) * H : route ? route_scratch_bytes(E) : 0;
   const dim3 grid(per_expert ? E : (E + kRouterWarps - 1) / kRouterWarps, T);
-  // 16-byte rows of x (16-bit) and of the f32 router weight.
-  const bool vector8 = H % 8 == 0 && reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0 &&
+  // 16-byte rows of x (16-bit; the block's own normalized row with the add) and of the router.
+  const bool vector8 = H % 8 == 0 &&
+                       (rn.x != nullptr || reinterpret_cast<uintptr_t>(x.data_ptr()) % 16 == 0) &&
                        reinterpret_cast<uintptr_t>(router_weight.data_ptr()) % 16 == 0;
-  MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
-    auto kernel = per_expert ? moe_router_kernel<TX, true> : moe_router_kernel<TX, false>;
-    kernel<<<grid, kRouterWarps * 32, smem, stream>>>(
-        static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, E,
-        round_logits ? 1 : 0, logits.data<float>(), counters, route ? 1 : 0,
-        bias.defined() ? bias.data<float>() : nullptr, params,
-        route ? ids.data<int32_t>() : nullptr, route ? weights.data<float>() : nullptr, vector8);
-  });
+  auto kernel = per_expert ? moe_router_kernel<TX, true> : moe_router_kernel<TX, false>;
+  kernel<<<grid, kRouterWarps * 32, smem, stream>>>(
+      static_cast<const TX*>(x.data_ptr()), router_weight.data<float>(), H, E, round_logits ? 1 : 0,
+      logits.data<float>(), counters, route ? 1 : 0, bias.defined() ? bias.data<float>() : nullptr, params,
+      route ? ids.data<int32_t>() : nullptr, route ? weights.data<float>() : nullptr, vector8, rn);
   MARLIN_CUDA_CHECK_LAUNCH("moe_router");
+}
+
+}  // namespace
+
+void moe_router(const Tensor& x, const Tensor& router_weight, bool round_logits,
+                const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+                const Tensor& ids, const Tensor& weights) {
+  MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
+    launch_router<TX>(x, router_weight, round_logits, logits, bias, params, ids, weights, ResidualNorm<TX>{});
+  });
+}
+
+bool moe_router_add_norm_fits(const Tensor& x, const Tensor& norm_weight) {
+  const int64_t H = x.size(-1);
+  return H % 8 == 0 && H / 8 <= kRouterWarps * 32 && norm_weight.dtype() == x.dtype() &&
+         (x.dtype() == DType::f16 || x.dtype() == DType::bf16);
+}
+
+void moe_router_add_norm(const Tensor& residual, const Tensor& x, const Tensor& norm_weight, float eps,
+                         const Tensor& normed, const Tensor& router_weight, bool round_logits,
+                         const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
+                         const Tensor& ids, const Tensor& weights) {
+  MARLIN_CHECK(x.dim() == 2 && residual.shape() == x.shape() && normed.shape() == x.shape() &&
+                   norm_weight.numel() == x.size(1),
+               "moe_router", "residual, x and normed must be one [T, H] shape and the norm weight [H], got ",
+               residual.describe(), ", ", x.describe(), ", ", normed.describe(), " and ", norm_weight.describe());
+  MARLIN_CHECK(moe_router_add_norm_fits(x, norm_weight) && ids.defined(), "moe_router",
+               "the add and norm take 16-bit rows of at most ", 8 * kRouterWarps * 32,
+               " values (a multiple of 8) with a weight of their dtype, and routing; got ", x.describe(),
+               " and ", norm_weight.describe());
+  MARLIN_DISPATCH_FLOAT16(x.dtype(), TX, "moe_router", {
+    ResidualNorm<TX> rn;
+    rn.residual = static_cast<TX*>(residual.data_ptr());
+    rn.x = static_cast<const TX*>(x.data_ptr());
+    rn.weight = static_cast<const TX*>(norm_weight.data_ptr());
+    rn.eps = eps;
+    rn.normed = static_cast<TX*>(normed.data_ptr());
+    launch_router<TX>(x, router_weight, round_logits, logits, bias, params, ids, weights, rn);
+  });
 }
 
 }  // namespace marlin::cuda
