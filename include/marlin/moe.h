@@ -99,7 +99,8 @@ Tensor dispatch_moe_decode(KernelLibrary& lib, const Tensor& x, const MoE& moe);
 // Many tokens x [T, H]: routing, then, for up to 16 tokens (a batch of decode steps) on the
 // tensor cores, every token through dispatch_moe_decode's expert kernels in one launch pair (each
 // token as it would be alone); for more, tokens grouped by expert on the device, one grouped
-// GEMM launch over all experts for gate/up (+ SwiGLU) and one for down, then the weighted
+// GEMM launch over all experts for gate/up (+ SwiGLU) and one for down (on the tensor cores,
+// tiles of 16 rows of one expert, where every expert's N is a multiple of 8), then the weighted
 // combine with the shared experts. No host sync.
 Tensor dispatch_moe_optimized(KernelLibrary& lib, const Tensor& x, const MoE& moe);
 
