@@ -44,8 +44,9 @@ class QuantizedLinear {
 
   // x [..., in] -> [..., out] in x's dtype, which must be the placement's.
   Tensor forward(const Tensor& x) const;
-  // forward(norm.forward(x)): on CUDA at decode sizes the norm runs inside the GEMM's launch
-  // (the same values: the normalized rows are rms_norm's); else the two apart.
+  // forward(norm.forward(x)): on CUDA for one row (a batch-1 decode step) of a small projection
+  // the norm runs inside the GEMM's launch (the same values: the normalized row is rms_norm's);
+  // else the two apart.
   Tensor forward_rms_normed(const Tensor& x, const RMSNorm& norm) const;
 
   // The layers side by side along N, one GEMM where there were several (fused QKV, gate+up).

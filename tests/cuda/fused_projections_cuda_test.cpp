@@ -119,7 +119,7 @@ TEST_F(FusedCuda, FusedLinearMatchesEachPartsGemm) {
 // QuantizedLinear::forward_rms_normed: at decode sizes the norm runs inside the skinny GEMM's
 // launch, its sums in rms_norm's order, so the result is forward(norm.forward(x)) bit for bit;
 // also for strided rows (a narrow of a wider output, as MLA's q_a part is), and where the fused
-// kernel does not apply (M > 4, K / 8 past a block's threads) through the fallback.
+// kernel does not apply (M > 1, K / 8 past a block's threads) through the fallback.
 TEST_F(FusedCuda, NormInsideGemmIsNormThenGemmBitForBit) {
   testing::PoisonScope poison;
   uint64_t seed = 900;

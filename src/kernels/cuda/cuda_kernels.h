@@ -17,8 +17,8 @@ void dequantize(const QuantizedWeight& weight, Tensor& out);
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
 // C = RMSNorm(A; norm_weight, eps) @ W + bias in one launch (A contiguous [M, K]), each row's
 // sum of squares taken in the order of rms_norm's vector kernel, so the normalized values are
-// those rms_norm writes; false, doing nothing, for more than 4 rows, where gemm_q would not take
-// its skinny decode kernel, or where the rows do not fit it (then norm and GEMM run apart).
+// those rms_norm writes; false, doing nothing, for more than one row, where gemm_q would not
+// take its skinny decode kernel, or where the row does not fit it (then norm and GEMM run apart).
 bool gemm_q_rms_normed(const Tensor& A, const Tensor& norm_weight, float eps, const QuantizedWeight& W,
                        const Tensor& bias, Tensor& C);
 // Tensor-core path over W.tiled (gemm_q_mma.cu): the tile layout, whether a weight can use it

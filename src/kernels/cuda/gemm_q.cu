@@ -323,10 +323,10 @@ bool gemm_q_rms_normed(const Tensor& A, const Tensor& norm_weight, float eps, co
                        const Tensor& bias, Tensor& C) {
   // The decode sizes that gemm_q sends to the skinny kernel, rows of whole 16-byte vectors that
   // one block's threads cover (the order in which rms_norm sums them), a weight of A's dtype.
-  // At most kMaxNormedM rows: each row's sum is one block reduction before the first stage
-  // (GLM-4.7-Flash at batch 8 measured 762 tok/s fused against 772 apart; at batch 1, 240.7
-  // against 234.9).
-  constexpr int64_t kMaxNormedM = 4;
+  // One row: each row's sum is one block reduction before the first stage, and GLM-4.7-Flash
+  // decoded faster fused only at batch 1 (240.7 against 234.9 tok/s; batch 4 575.4 against
+  // 579.7, batch 8 762 against 772).
+  constexpr int64_t kMaxNormedM = 1;
   static const bool small_tiled = env_is("MARLIN_SMALL_DECODE_TILED", "1");
   const int64_t K = A.size(1);
   if (A.size(0) > kMaxNormedM || W.nbytes() > (size_t{4} << 20) || tiled_gemm_forced() || small_tiled ||
