@@ -10,6 +10,7 @@
 
 #include "marlin/model.h"
 #include "marlin/nn.h"
+#include "marlin/ops_nn.h"
 
 namespace marlin {
 
@@ -48,6 +49,22 @@ class DecoderModel : public CausalLM {
       : config_(std::move(config)), options_(options) {}
 
   static std::string layer_prefix(size_t i) { return "model.layers." + std::to_string(i) + "."; }
+
+  // f32 logits [B, T, V] of ids [B, T] at `positions`, and the cache's step ended. h, the
+  // residual stream, is updated in place; each block's last residual add runs in one pass with
+  // the next block's input norm (the final norm after the last block). The logits are converted
+  // on the device: a decode step copies nothing to the host (a CUDA graph captures it).
+  Tensor run_decoder(const Tensor& ids, const Tensor& positions, KVCache* cache) const {
+    const Tensor h = embed_tokens_.forward(ids);
+    Tensor normed = layers_.empty() ? norm_.forward(h) : layers_.front().input_layernorm().forward(h);
+    for (size_t i = 0; i < layers_.size(); ++i) {
+      const RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm() : norm_;
+      normed = layers_[i].forward_fused(h, normed, positions, cache, next);
+    }
+    Tensor logits = ops::cast(lm_head_.forward(normed), DType::f32);
+    if (cache != nullptr) cache->end_step();
+    return logits;
+  }
   // Every block's linears, then lm_head, replaced by `transform`.
   void transform_all_linears(const LinearTransform& transform) {
     for (size_t i = 0; i < layers_.size(); ++i) layers_[i].transform_linears(layer_prefix(i), transform);

@@ -173,17 +173,7 @@ Tensor DeepseekModel::forward(const Tensor& ids, KVCache* cache) const {
   check_context(config_, end, op);
   const Tensor positions = step_positions(cache, B, T, placement_.device);
 
-  // h, the residual stream, is updated in place; each block's last residual add runs in one
-  // pass with the next block's input norm (the final norm after the last block).
-  const Tensor h = embed_tokens_.forward(ids2);
-  Tensor normed = layers_.empty() ? norm_.forward(h) : layers_.front().input_layernorm().forward(h);
-  for (size_t i = 0; i < layers_.size(); ++i) {
-    const RMSNorm& next = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm() : norm_;
-    normed = layers_[i].forward_fused(h, normed, positions, cache, next);
-  }
-  // Converted on the device: a decode step copies nothing back to the host.
-  Tensor logits = ops::cast(lm_head_.forward(normed), DType::f32);
-  if (cache != nullptr) cache->end_step();
+  const Tensor logits = run_decoder(ids2, positions, cache);
   return ids.dim() == 1 ? logits.view({T, config_.vocab_size}) : logits;
 }
 
