@@ -46,8 +46,9 @@ class Tokenizer {
 };
 
 // Incremental decoding for generation: step() returns the text that the new id completes, and
-// holds back output while it would end in an incomplete character (U+FFFD), so what it returns is
-// always valid UTF-8 and the concatenation of all steps plus flush() equals decode(all ids).
+// holds back output while it would end in an incomplete character (U+FFFD) or while the newest id
+// is a byte token (<0xXX>, whose run a later byte can still turn into U+FFFDs), so what it returns
+// is always valid UTF-8 and the concatenation of all steps plus flush() equals decode(all ids).
 class StreamDecoder {
  public:
   explicit StreamDecoder(Tokenizer tokenizer, bool skip_special_tokens = false);

@@ -69,6 +69,19 @@ class ReplaceDecoder final : public Decoder {
   Replacer replacer_;
 };
 
+}  // namespace
+
+int byte_fallback_value(std::string_view token) {
+  if (token.size() != 6 || token.compare(0, 3, "<0x") != 0 || token[5] != '>') return -1;
+  auto hex = [](char c) {
+    return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+  };
+  const int hi = hex(token[3]), lo = hex(token[4]);
+  return hi >= 0 && lo >= 0 ? hi * 16 + lo : -1;
+}
+
+namespace {
+
 // Runs of <0xXX> tokens become the bytes they name: one string when those bytes are valid UTF-8,
 // else one U+FFFD per byte.
 class ByteFallbackDecoder final : public Decoder {
@@ -88,15 +101,7 @@ class ByteFallbackDecoder final : public Decoder {
       byte_count = 0;
     };
     for (std::string& token : tokens) {
-      int value = -1;
-      if (token.size() == 6 && token.compare(0, 3, "<0x") == 0 && token[5] == '>') {
-        auto hex = [](char c) {
-          return c >= '0' && c <= '9' ? c - '0' : c >= 'A' && c <= 'F' ? c - 'A' + 10
-                 : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
-        };
-        const int hi = hex(token[3]), lo = hex(token[4]);
-        if (hi >= 0 && lo >= 0) value = hi * 16 + lo;
-      }
+      const int value = byte_fallback_value(token);
       if (value >= 0) {
         bytes += static_cast<char>(value);
         ++byte_count;
@@ -198,9 +203,14 @@ StreamDecoder::StreamDecoder(Tokenizer tokenizer, bool skip_special_tokens)
     : tokenizer_(std::move(tokenizer)), skip_special_tokens_(skip_special_tokens) {}
 
 // The scheme of `tokenizers`' DecodeStream: decode the context tokens plus the new ones and emit
-// what extends the context's text, unless it ends in U+FFFD (a character still incomplete).
+// what extends the context's text, unless it ends in U+FFFD (a character still incomplete). A
+// byte token (<0xXX>) is held back too: the run it belongs to decodes as one string only if all
+// its bytes are valid UTF-8, else as one U+FFFD per byte, so a later byte of the run can change
+// what the earlier ones decode to (four <0x00> then <0xE4>: five U+FFFD, not four NULs first).
 std::string StreamDecoder::step(int32_t id) {
   ids_.push_back(id);
+  const std::optional<std::string> token = tokenizer_.id_to_token(id);
+  if (token && tokenizer_detail::byte_fallback_value(*token) >= 0) return {};
   std::string text = tokenizer_.decode(ids_, skip_special_tokens_);
   if (text.size() <= prefix_.size() || text.ends_with(tokenizer_detail::kReplacementChar))
     return {};

@@ -148,6 +148,8 @@ class BpeModel {
 };
 
 // ---- Decoders (tokenizer_decode.cpp) ----
+// The byte a ByteFallback token "<0xXX>" names, or -1 for any other token.
+int byte_fallback_value(std::string_view token);
 class Decoder {
  public:
   virtual ~Decoder() = default;

@@ -171,5 +171,26 @@ TEST(TokenizerApi, StreamingNeverSplitsACharacterAcrossSteps) {
   EXPECT_GE(empty_steps, 3);  // the first three bytes of the emoji are held back
 }
 
+// A later byte token can turn the earlier bytes of its run into U+FFFDs: four <0x00> decode to
+// four NULs alone, but with an incomplete <0xE4> after them the run is one U+FFFD per byte. The
+// stream holds a run back until it ends, so it never emits NULs that decode() does not have
+// (the tokenizer fuzzer found this).
+TEST(TokenizerApi, StreamingWaitsForTheEndOfAByteRun) {
+  const Tokenizer tok = Tokenizer::from_dir(kFixtures + "/sp_bpe");
+  const std::optional<int32_t> nul = tok.token_to_id("<0x00>"), e4 = tok.token_to_id("<0xE4>");
+  ASSERT_TRUE(nul && e4);
+  std::vector<int32_t> ids = tok.encode("a", false);
+  ids.insert(ids.end(), {*nul, *nul, *nul, *nul, *e4});
+  const std::vector<int32_t> tail = tok.encode(" done", false);
+  ids.insert(ids.end(), tail.begin(), tail.end());
+  const std::string full = tok.decode(ids);
+  EXPECT_EQ(full.find('\0'), std::string::npos);
+  StreamDecoder stream(tok);
+  std::string out;
+  for (const int32_t id : ids) out += stream.step(id);
+  out += stream.flush();
+  EXPECT_EQ(out, full);
+}
+
 }  // namespace
 }  // namespace marlin
