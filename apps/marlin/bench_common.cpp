@@ -1,6 +1,7 @@
 // split, device_name, measure_copy_bandwidth and print_report for the bench subcommands.
 #include "bench_common.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
 #include <sstream>
@@ -51,6 +52,12 @@ void print_report(const nlohmann::json& report, bool as_json,
   if (as_json) std::printf("%s\n", report.dump(2).c_str());
   else print_text(report);
   std::fflush(stdout);
+}
+
+double time_rotating(Device device, int iters, int copies, bool eager, const std::function<void(int)>& fn) {
+  if (device.is_cuda() && !eager) return time_graph(device, std::max(iters, copies), 5, [&](int i) { fn(i % copies); });
+  int i = 0;
+  return median(time_runs(device, 3, iters, [&] { fn(i++ % copies); }));
 }
 
 }  // namespace marlin::cli

@@ -37,15 +37,6 @@ QuantFormat parse_format(const std::string& name) {
   fail("bench gemm", "unknown format '", name, "' (fp4, fp8, int2)");
 }
 
-// Milliseconds of one fn(copy), the copy index cycling over `copies`: on CUDA, per launch of a
-// captured graph of max(iters, copies) launches (median of 5 replays), as a decode step runs its
-// GEMMs; eager (and on the CPU), the median of `iters` runs timed one at a time.
-double time_rotating(Device device, int iters, int copies, bool eager, const std::function<void(int)>& fn) {
-  if (device.is_cuda() && !eager) return time_graph(device, std::max(iters, copies), 5, [&](int i) { fn(i % copies); });
-  int i = 0;
-  return median(time_runs(device, 3, iters, [&] { fn(i++ % copies); }));
-}
-
 int copies_for(double bytes, double rotate_mib, Device device) {
   if (device.is_cpu()) return 1;
   return static_cast<int>(std::clamp(rotate_mib * 1048576.0 / bytes, 1.0, 64.0) + 0.999);

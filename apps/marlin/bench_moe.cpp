@@ -25,6 +25,7 @@
 #include "marlin/stream.h"
 #include "marlin/timing.h"
 #include "models/step_cost.h"
+#include "nn/moe_plan.h"
 #ifdef MARLIN_WITH_CUDA
 #include <cuda_runtime.h>
 #endif
@@ -45,6 +46,7 @@ struct Options {
   double rotate_mib = 512;  // bytes read by consecutive calls before a weight is read again
   uint64_t seed = 0;
   bool json_output = false;
+  bool eager = false;  // time each call between two events instead of graph replays
 };
 
 std::vector<int64_t> parse_tokens(const std::string& list) {
@@ -176,15 +178,19 @@ json run_benchmark(const Options& o) {
     const double distinct = mean_distinct_experts(layers, inputs);
     const DecodeStepBytes b = moe_call_bytes(*layers[0], distinct);
     const double bytes = static_cast<double>(b.quantized_weights + b.dense_weights);
-    int64_t c = 0;
-    const double ms = median(time_runs(device, 3, o.iters, [&] {
-      const size_t i = static_cast<size_t>(c++ % copies);
-      if (T == 1) {
-        dispatch_moe_decode(lib, inputs[i], *layers[i]);
+    // Graph-timed (as a decode step runs the layer), the calls go to the capturing stream; eager,
+    // through the original API's entry points on the library's stream.
+    const double ms = time_rotating(device, o.iters, static_cast<int>(copies), o.eager, [&](int c) {
+      const size_t i = static_cast<size_t>(c);
+      if (o.eager) {
+        if (T == 1) dispatch_moe_decode(lib, inputs[i], *layers[i]);
+        else dispatch_moe_optimized(lib, inputs[i], *layers[i]);
+      } else if (T == 1) {
+        moe_decode_on_current_stream(inputs[i], *layers[i]);
       } else {
-        dispatch_moe_optimized(lib, inputs[i], *layers[i]);
+        moe_grouped_on_current_stream(inputs[i], *layers[i]);
       }
-    }));
+    });
 
     // Baseline: the same experts as dense GEMMs, the routed ones at the tokens each gets on
     // average, the shared ones (as n_shared experts of width I: the same bytes) at all T.
@@ -194,13 +200,13 @@ json run_benchmark(const Options& o) {
     const Tensor h_routed = ops::random_normal({m_routed, I}, act, device, 6, 1.0f);
     const Tensor a_shared = ops::random_normal({T, H}, act, device, 7, 1.0f);
     const Tensor h_shared = ops::random_normal({T, I}, act, device, 8, 1.0f);
-    const double dense_ms = median(time_runs(device, 3, o.iters, [&] {
+    const double dense_ms = time_rotating(device, o.iters, 1, o.eager, [&](int) {
       for (int64_t e = 0; e < routed + n_shared; ++e) {
         const size_t p = pool.next++ % pool.gate_up.size();
         ops::gemm(e < routed ? a_routed : a_shared, pool.gate_up[p]);
         ops::gemm(e < routed ? h_routed : h_shared, pool.down[p]);
       }
-    }));
+    });
     const double dense_bytes = static_cast<double>((routed + n_shared) * dense_expert_bytes);
     const double gbps = bytes / (ms * 1e-3) / 1e9;
     rows.push_back({{"tokens", T},
@@ -236,6 +242,9 @@ json run_benchmark(const Options& o) {
   r["group_size"] = o.group_size;
   r["dtype"] = o.dtype;
   r["iters"] = o.iters;
+  r["timing"] = o.eager ? "median of " + std::to_string(o.iters) + " calls, each between two CUDA events"
+                        : "time per call in a replayed CUDA graph of " + std::to_string(o.iters) +
+                              " calls (median of 5 replays)";
   r["layer_copies"] = copies;
   r["layer_resident_bytes"] = layer_resident;
   r["one_token_bytes"] = one_token_bytes;
@@ -251,14 +260,14 @@ void print_text(const json& r) {
               r["model_type"].get<std::string>().c_str(), r["device"].get<std::string>().c_str(),
               r["device_name"].get<std::string>().c_str());
   std::printf("  hidden %lld, %lld experts of %lld (top %lld), %lld shared of %lld; %d-bit weights, "
-              "group %d, %s activations, median of %d calls\n",
+              "group %d, %s activations, %s\n",
               static_cast<long long>(r["hidden_size"].get<int64_t>()),
               static_cast<long long>(r["num_experts"].get<int64_t>()),
               static_cast<long long>(r["moe_intermediate_size"].get<int64_t>()),
               static_cast<long long>(r["top_k"].get<int64_t>()),
               static_cast<long long>(r["n_shared_experts"].get<int64_t>()),
               static_cast<long long>(r["moe_intermediate_size"].get<int64_t>()), r["bits"].get<int>(),
-              r["group_size"].get<int>(), r["dtype"].get<std::string>().c_str(), r["iters"].get<int>());
+              r["group_size"].get<int>(), r["dtype"].get<std::string>().c_str(), r["timing"].get<std::string>().c_str());
   std::printf("  %lld copies of the layer (%.2f GiB on the device each, built in %.1f s) rotated so "
               "L2 never holds a call's weights\n",
               static_cast<long long>(r["layer_copies"].get<int64_t>()),
@@ -298,6 +307,9 @@ void register_bench_moe(CLI::App& bench) {
   cmd->add_option("--rotate-mib", o->rotate_mib,
                   "MiB one token's calls read before reusing a layer copy (defeats L2)")->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the synthetic weights and inputs")->capture_default_str();
+  cmd->add_flag("--eager", o->eager,
+                "time each call between two CUDA events (host launch time included) instead of per call "
+                "of a replayed CUDA graph");
   cmd->add_flag("--json", o->json_output, "print one JSON object instead of text");
   cmd->callback([o] { print_report(run_benchmark(*o), o->json_output, print_text); });
 }

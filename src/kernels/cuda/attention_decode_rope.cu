@@ -8,8 +8,6 @@
 // states. The rotation and the merge still sit on the launch's critical path, so only the launch
 // edges go: Llama-3.1-8B decode ~2% faster at batch 1, the same at batch 8 (docs/PERFORMANCE.md).
 #include <algorithm>
-#include <mutex>
-#include <vector>
 
 #include "core/cuda_check.h"
 #include "kernels/cuda/attention_kernels_cuda.h"
@@ -160,17 +158,6 @@ rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc,
   merge_splits_in_block<kWarps, kG>(part_o, part_ml, out, q_row0, ng, splits, D);
 }
 
-// Arrival counters, one per (row, KV head, head chunk), zero between launches (the last block
-// resets its own). Grown on demand, never shrunk: a captured graph keeps its address.
-unsigned* arrival_counters(int device, int64_t n) {
-  static std::mutex mutex;
-  static std::vector<Tensor> per_device(64);
-  std::lock_guard<std::mutex> lock(mutex);
-  Tensor& t = per_device.at(static_cast<size_t>(device));
-  if (!t.defined() || t.numel() < n) t = Tensor::zeros({std::max<int64_t>(n, 4096)}, DType::u32, Device::cuda(device));
-  return t.data<unsigned>();
-}
-
 template <typename T, int D>
 void launch(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions, const Tensor& inv_freq,
             bool interleaved, float attention_factor, Tensor& k_cache, Tensor& v_cache, const Tensor& starts,
@@ -188,7 +175,8 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos
   if (splits > 1) {
     part_o = Tensor::empty({rows * splits * D}, DType::f32, q.device());
     part_ml = Tensor::empty({rows * splits * 2}, DType::f32, q.device());
-    counters = arrival_counters(device, static_cast<int64_t>(B) * Hkv * head_chunks);
+    // One per (row, KV head, head chunk).
+    counters = arrival_counters(CounterUser::gqa_decode, device, static_cast<int64_t>(B) * Hkv * head_chunks);
   }
   const NewToken<T> tok{static_cast<const T*>(q.data_ptr()), static_cast<const T*>(k.data_ptr()),
                         static_cast<const T*>(v.data_ptr()), q.strides()[0], q.strides()[1], k.strides()[0],

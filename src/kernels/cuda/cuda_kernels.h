@@ -36,5 +36,10 @@ void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 void random_normal(Tensor& out, uint64_t seed, float stddev);
 // Number of streaming multiprocessors of the device (cached).
 int multiprocessor_count(int device);
+// Zeroed arrival counters (every kernel that counts on them leaves them zero), at least n, one
+// buffer per kind of kernel and device: grown on demand, never shrunk, so a captured CUDA graph
+// keeps their address. Kinds apart, so no two kernels of a chain share a counter.
+enum class CounterUser { gqa_decode, moe_router };
+unsigned* arrival_counters(CounterUser user, int device, int64_t n);
 
 }  // namespace marlin::cuda

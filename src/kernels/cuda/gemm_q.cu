@@ -283,6 +283,16 @@ bool pdl_enabled(int device) {
   return on == 1;
 }
 
+unsigned* arrival_counters(CounterUser user, int device, int64_t n) {
+  constexpr int kUsers = 2;
+  static std::mutex mutex;
+  static std::vector<Tensor> per_device(64 * kUsers);
+  std::lock_guard<std::mutex> lock(mutex);
+  Tensor& t = per_device.at(static_cast<size_t>(device) * kUsers + static_cast<size_t>(user));
+  if (!t.defined() || t.numel() < n) t = Tensor::zeros({std::max<int64_t>(n, 4096)}, DType::u32, Device::cuda(device));
+  return t.data<unsigned>();
+}
+
 int multiprocessor_count(int device) {
   static std::mutex mutex;
   static std::vector<int> counts(64, 0);

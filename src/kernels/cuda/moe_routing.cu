@@ -4,8 +4,6 @@
 // selection with the exact CPU algorithm (torch_topk.h). The router kernel computes the f32
 // logits (one warp per expert) and lets the last block of each token route it: one launch.
 #include <algorithm>
-#include <mutex>
-#include <vector>
 
 #include "core/cuda_check.h"
 #include "core/env.h"
@@ -300,17 +298,6 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
                    weights + static_cast<int64_t>(t) * p.top_k);
 }
 
-// Zeroed arrival counters per device, grown on demand (every kernel leaves them zero).
-unsigned* router_counters(int device, int64_t n) {
-  static std::mutex mutex;
-  static std::vector<Tensor> per_device(64);
-  std::lock_guard<std::mutex> lock(mutex);
-  Tensor& c = per_device.at(static_cast<size_t>(device));
-  if (!c.defined() || c.numel() < n)
-    c = Tensor::zeros({std::max<int64_t>(n, 4096)}, DType::u32, Device::cuda(device));
-  return c.data<unsigned>();
-}
-
 }  // namespace
 
 void moe_route(const Tensor& logits, const Tensor& bias, const moe::RouteParams& params,
@@ -342,7 +329,7 @@ void launch_router(const Tensor& x, const Tensor& router_weight, bool round_logi
   const bool route = ids.defined();
   MARLIN_CHECK(!route || params.num_experts == E, "moe_router", "the route params have ",
                params.num_experts, " experts, the router weight ", E);
-  unsigned* counters = route ? router_counters(device, T) : nullptr;
+  unsigned* counters = route ? arrival_counters(CounterUser::moe_router, device, T) : nullptr;
   // A block per expert for a decode batch (MARLIN_ROUTER_WARP_PER_EXPERT=1: a warp per expert
   // always, to measure against); always with the add and norm.
   static const bool warp_per_expert = env_is("MARLIN_ROUTER_WARP_PER_EXPERT", "1");
