@@ -67,6 +67,11 @@ class KVCache {
   // writes (one launch on CUDA).
   void update_latent(int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv, const Tensor& positions,
                      const ops::RopeParams& rope, const Tensor& norm_weight, double eps);
+  // update_latent, then returns ops::mla_head_matmul(x, w) (the absorbed decode's q_nope and
+  // W_UK), both in one launch on CUDA (ops::mla_rope_cache_write_head_matmul).
+  Tensor update_latent_head_matmul(int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv, const Tensor& positions,
+                                   const ops::RopeParams& rope, const Tensor& norm_weight, double eps, const Tensor& x,
+                                   const Tensor& w);
   // Moves every row by num_tokens (>= 0) after every layer has written them; ends the step in
   // flight, if any. A device kernel: no copy from the host.
   void advance(int64_t num_tokens = 1);
@@ -120,6 +125,8 @@ class KVCache {
   void check_new_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
   // The same for k_new and v_new [B x T, Hkv, D] (update_rotated, attend_rotated).
   void check_rotated_entries(const char* op, int64_t layer_idx, const Tensor& k_new, const Tensor& v_new);
+  // The same for update_latent's q_rope and ckv.
+  void check_latent_step(const char* op, int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv);
   void check_room(const char* op, const std::vector<int64_t>* added, int64_t uniform) const;
   // Adds to the host mirror (added[b], or uniform when added is null) and ends any step.
   void add_to_host_lengths(const std::vector<int64_t>* added, int64_t uniform);

@@ -79,6 +79,13 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
 void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
                           const RopeParams& params, const Tensor& norm_weight, double eps, Tensor& cache,
                           const Tensor& starts, const Tensor& counts = {});
+// mla_rope_cache_write, then mla_head_matmul(x, w) returned: the absorbed decode step's W_UK
+// product (x = q_nope, which must not overlap q_rope, k_rope or the latent). On CUDA one launch
+// where the product's decode kernel applies (at most 16 rows, N % 8 == 0).
+Tensor mla_rope_cache_write_head_matmul(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent,
+                                        const Tensor& positions, const RopeParams& params, const Tensor& norm_weight,
+                                        double eps, Tensor& cache, const Tensor& starts, const Tensor& counts,
+                                        const Tensor& x, const Tensor& w);
 
 // A decode step's attention, one new token a row: rope(q, k) at positions [B], k and v written
 // to the caches at position starts[b], then q attending keys [0, starts[b]] (the new one

@@ -173,7 +173,14 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
   // MARLIN_FUSED_DECODE_ATTENTION=0 keeps the three launches, to measure against.
   static const bool fuse = !env_is("MARLIN_FUSED_DECODE_ATTENTION", "0");
   const bool one_launch = fuse && cache != nullptr && kv_norm.weight().dtype() == ckv.dtype();
-  if (one_launch) {
+  // The absorbed decode: W_UK's product in the same launch (MARLIN_MLA_ROPE_IN_WUK=0: apart).
+  static const bool rope_in_w_uk = !env_is("MARLIN_MLA_ROPE_IN_WUK", "0");
+  Tensor q_latent;
+  if (one_launch && !expand && rope_in_w_uk) {
+    q_latent = cache->update_latent_head_matmul(c.layer_idx, q_rope_heads, ckv.view({B * T, 1, L}), positions, rope_,
+                                                kv_norm.weight(), kv_norm.eps(),
+                                                q.view({B * T, heads, Dn + Dr}).narrow(2, 0, Dn), w_uk_);
+  } else if (one_launch) {
     cache->update_latent(c.layer_idx, q_rope_heads, ckv.view({B * T, 1, L}), positions, rope_, kv_norm.weight(),
                          kv_norm.eps());
   } else {
@@ -213,8 +220,7 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
   } else {
     // Absorbed: q_nope . (W_UK latent) = (W_UK^T q_nope) . latent, and the values W_UV latent
     // summed with the attention weights = W_UV (the weighted latent).
-    const Tensor q_latent =
-        ops::mla_head_matmul(q.view({B * T, heads, Dn + Dr}).narrow(2, 0, Dn), w_uk_);
+    if (!q_latent.defined()) q_latent = ops::mla_head_matmul(q.view({B * T, heads, Dn + Dr}).narrow(2, 0, Dn), w_uk_);
     const Tensor rows = cache->keys(c.layer_idx).transpose(1, 2);  // [B, S_max, 1, L]
     const Tensor cached_latent = rows.narrow(3, 0, R);
     const Tensor attended =

@@ -3,10 +3,12 @@
 
 #include "kernels/cpu/attention_kernels.h"
 #include "marlin/attention.h"
+#include "marlin/mla_ops.h"
 #include "marlin/ops_nn.h"
 #include "ops/nn_internal.h"
 #ifdef MARLIN_WITH_CUDA
 #include "kernels/cuda/attention_kernels_cuda.h"
+#include "kernels/cuda/mla_kernels_cuda.h"
 #include "kernels/cuda/nn_kernels_cuda.h"
 #endif
 
@@ -254,10 +256,12 @@ void rope_cache_write(const Tensor& q, const Tensor& k, const Tensor& v, const T
 #endif
 }
 
-void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
-                          const RopeParams& params, const Tensor& norm_weight, double eps, Tensor& cache,
-                          const Tensor& starts, const Tensor& counts) {
-  constexpr const char* op = "mla_rope_cache_write";
+namespace {
+
+// Everything mla_rope_cache_write checks, naming `op`.
+void check_mla_rope_cache_write(const char* op, const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent,
+                                const Tensor& positions, const RopeParams& params, const Tensor& norm_weight,
+                                const Tensor& cache, const Tensor& starts, const Tensor& counts) {
   check_rope(op, q_rope, k_rope, positions, params);
   MARLIN_CHECK(k_rope.defined() && k_rope.size(1) == 1 && latent.defined() && latent.dim() == 3 &&
                    latent.size(0) == k_rope.size(0) && latent.size(1) == 1 &&
@@ -277,9 +281,19 @@ void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tens
                    norm_weight.is_contiguous(),
                op, "norm_weight must be [R=", R, "] in the latent's dtype and device, got ",
                norm_weight.defined() ? norm_weight.describe() : "undefined");
+  check_lengths(op, "starts", starts, cache.size(0), cache.device());
+  if (counts.defined()) check_lengths(op, "counts", counts, cache.size(0), cache.device());
+}
+
+}  // namespace
+
+void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
+                          const RopeParams& params, const Tensor& norm_weight, double eps, Tensor& cache,
+                          const Tensor& starts, const Tensor& counts) {
+  constexpr const char* op = "mla_rope_cache_write";
+  check_mla_rope_cache_write(op, q_rope, k_rope, latent, positions, params, norm_weight, cache, starts, counts);
+  const int64_t R = latent.size(2), Dr = k_rope.size(2), tokens = latent.size(0);
   const int64_t B = cache.size(0), T = tokens / B;
-  check_lengths(op, "starts", starts, B, cache.device());
-  if (counts.defined()) check_lengths(op, "counts", counts, B, cache.device());
   if (tokens == 0) return;
   if (latent.device().is_cpu()) {
     // The reference: the separate ops (rms_norm, rope, the cache write) on the CPU.
@@ -300,6 +314,26 @@ void mla_rope_cache_write(const Tensor& q_rope, const Tensor& k_rope, const Tens
 #else
   fail(op, "tensors are on ", cache.device().str(), " but this build has no CUDA backend");
 #endif
+}
+
+Tensor mla_rope_cache_write_head_matmul(const Tensor& q_rope, const Tensor& k_rope, const Tensor& latent,
+                                        const Tensor& positions, const RopeParams& params, const Tensor& norm_weight,
+                                        double eps, Tensor& cache, const Tensor& starts, const Tensor& counts,
+                                        const Tensor& x, const Tensor& w) {
+  constexpr const char* op = "mla_rope_cache_write_head_matmul";
+  check_mla_rope_cache_write(op, q_rope, k_rope, latent, positions, params, norm_weight, cache, starts, counts);
+  Tensor out = head_matmul_output(op, x, w);
+  MARLIN_CHECK(x.device() == latent.device(), op, "x must be on the latent's device ", latent.device().str(),
+               ", got ", x.describe());
+#ifdef MARLIN_WITH_CUDA
+  if (latent.device().is_cuda() && latent.size(0) > 0 && out.numel() > 0 &&
+      cuda::mla_head_matmul_rope_cache_write(x, w, out, q_rope, k_rope, latent, positions, params.inv_freq,
+                                             params.layout == RopeLayout::interleaved, params.attention_factor,
+                                             norm_weight, static_cast<float>(eps), cache, starts, counts))
+    return out;
+#endif
+  mla_rope_cache_write(q_rope, k_rope, latent, positions, params, norm_weight, eps, cache, starts, counts);
+  return mla_head_matmul(x, w);
 }
 
 Tensor rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,

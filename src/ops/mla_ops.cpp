@@ -128,8 +128,7 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
 #endif
 }
 
-Tensor mla_head_matmul(const Tensor& x, const Tensor& w) {
-  constexpr const char* op = "mla_head_matmul";
+Tensor head_matmul_output(const char* op, const Tensor& x, const Tensor& w) {
   MARLIN_CHECK(x.defined() && x.dim() == 3, op, "x must be [M, H, K], got ", describe(x));
   MARLIN_CHECK(w.defined() && w.dim() == 3 && w.is_contiguous(), op,
                "w must be contiguous [H, K, N], got ", describe(w));
@@ -141,15 +140,20 @@ Tensor mla_head_matmul(const Tensor& x, const Tensor& w) {
                x.size(1), ", ", x.size(2), ", N] for x ", x.describe(), ", got ", w.describe());
   MARLIN_CHECK(x.size(2) <= 1 || x.strides()[2] == 1, op, "x must have a contiguous last dim, got ",
                x.describe());
-  Tensor out = Tensor::empty({x.size(0), x.size(1), w.size(2)}, x.dtype(), x.device());
+  MARLIN_CHECK(x.device().is_cpu() || x.dtype() != DType::f32, op, "f32 runs on the CPU only; use f16 or bf16 on ",
+               x.device().str());
+  return Tensor::empty({x.size(0), x.size(1), w.size(2)}, x.dtype(), x.device());
+}
+
+Tensor mla_head_matmul(const Tensor& x, const Tensor& w) {
+  constexpr const char* op = "mla_head_matmul";
+  Tensor out = head_matmul_output(op, x, w);
   if (out.numel() == 0) return out;
   if (x.device().is_cpu()) {
     cpu::mla_head_matmul(x, w, out);
     return out;
   }
 #ifdef MARLIN_WITH_CUDA
-  MARLIN_CHECK(x.dtype() != DType::f32, op, "f32 runs on the CPU only; use f16 or bf16 on ",
-               x.device().str());
   cuda::mla_head_matmul(x, w, out);
   return out;
 #else

@@ -10,4 +10,7 @@ namespace marlin::ops {
 void check_rope(const char* op, const Tensor& q, const Tensor& k, const Tensor& positions,
                 const RopeParams& params);
 
+// Everything ops::mla_head_matmul checks (naming `op`); returns its output, not yet written.
+Tensor head_matmul_output(const char* op, const Tensor& x, const Tensor& w);
+
 }  // namespace marlin::ops

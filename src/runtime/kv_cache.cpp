@@ -182,9 +182,7 @@ std::pair<Tensor, Tensor> KVCache::update_rotated(int64_t layer_idx, const Tenso
   return {k.narrow(2, 0, step_longest_), v.narrow(2, 0, step_longest_)};
 }
 
-void KVCache::update_latent(int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv, const Tensor& positions,
-                            const ops::RopeParams& rope, const Tensor& norm_weight, double eps) {
-  constexpr const char* op = "KVCache::update_latent";
+void KVCache::check_latent_step(const char* op, int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv) {
   MARLIN_CHECK(config_.keys_only, op, "needs a keys-only (latent) cache");
   MARLIN_CHECK(ckv.defined() && ckv.dim() == 3 && ckv.size(0) % batch_size_ == 0 && ckv.size(1) == 1, op,
                "ckv must be [B x T, 1, latent] with B=", batch_size_, ", got ",
@@ -192,10 +190,27 @@ void KVCache::update_latent(int64_t layer_idx, const Tensor& q_rope, const Tenso
   MARLIN_CHECK(q_rope.defined() && q_rope.dim() == 3 && q_rope.size(2) < ckv.size(2), op,
                "q_rope must be [B x T, heads, rope dims < ", ckv.size(2), "], got ",
                q_rope.defined() ? q_rope.describe() : "an undefined tensor");
-  const int64_t T = ckv.size(0) / batch_size_, L = ckv.size(2), Dr = q_rope.size(2);
+  const int64_t T = ckv.size(0) / batch_size_, L = ckv.size(2);
   check_new_entries(op, layer_idx, ckv.view({batch_size_, T, 1, L}).transpose(1, 2), Tensor());
+}
+
+void KVCache::update_latent(int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv, const Tensor& positions,
+                            const ops::RopeParams& rope, const Tensor& norm_weight, double eps) {
+  check_latent_step("KVCache::update_latent", layer_idx, q_rope, ckv);
+  const int64_t L = ckv.size(2), Dr = q_rope.size(2);
   ops::mla_rope_cache_write(q_rope, ckv.narrow(2, L - Dr, Dr), ckv.narrow(2, 0, L - Dr), positions, rope, norm_weight,
                             eps, keys_[static_cast<size_t>(layer_idx)], lengths_, step_new_tokens());
+}
+
+Tensor KVCache::update_latent_head_matmul(int64_t layer_idx, const Tensor& q_rope, const Tensor& ckv,
+                                          const Tensor& positions, const ops::RopeParams& rope,
+                                          const Tensor& norm_weight, double eps, const Tensor& x, const Tensor& w) {
+  constexpr const char* op = "KVCache::update_latent_head_matmul";
+  check_latent_step(op, layer_idx, q_rope, ckv);
+  const int64_t L = ckv.size(2), Dr = q_rope.size(2);
+  return ops::mla_rope_cache_write_head_matmul(q_rope, ckv.narrow(2, L - Dr, Dr), ckv.narrow(2, 0, L - Dr), positions,
+                                               rope, norm_weight, eps, keys_[static_cast<size_t>(layer_idx)], lengths_,
+                                               step_new_tokens(), x, w);
 }
 
 Tensor KVCache::attend_rotated(int64_t layer_idx, const Tensor& q, const Tensor& k_new, const Tensor& v_new,

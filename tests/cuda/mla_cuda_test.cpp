@@ -215,5 +215,59 @@ TEST_F(MlaCuda, RopeCacheWriteMatchesCpu) {
       }
 }
 
+// The absorbed decode's W_UK product with the step's RoPE and cache write beside it in one launch
+// (ops::mla_rope_cache_write_head_matmul) against the two ops apart, on the GPU, bit for bit:
+// the product, the rotated q_rope and k_rope, the whole cache. GLM-4.7-Flash's shapes and a
+// narrow latent, both RoPE layouts, one token a row and (past the product kernel's 16 rows, the
+// fallback to the two ops) nine with per-row counts.
+TEST_F(MlaCuda, RopeCacheWriteBesideHeadMatmulIsBothApart) {
+  const int64_t B = 2, heads = 20, Dn = 192, S = 40;
+  const std::vector<int32_t> starts{0, 5};
+  int seed = 900;
+  for (const auto& [R, Dr] : {std::pair<int64_t, int64_t>{512, 64}, {96, 32}})
+    for (int64_t T : {1, 9})
+      for (auto layout : {ops::RopeLayout::half_split, ops::RopeLayout::interleaved}) {
+        ++seed;
+        const DType dt = seed % 2 == 0 ? DType::bf16 : DType::f16;
+        const int64_t L = R + Dr, tokens = B * T;
+        const ops::RopeParams p = ops::rope_params(10000, Dr, RopeScaling{}, 4096, layout).to(gpu);
+        std::vector<int32_t> pos;
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t t = 0; t < T; ++t) pos.push_back(starts[static_cast<size_t>(b)] + static_cast<int32_t>(t) + 7);
+        const std::vector<int32_t> count_values{static_cast<int32_t>(T), 2};
+        const Tensor positions = Tensor::from_vector(pos, {tokens}, DType::i32).to(gpu);
+        const Tensor st = Tensor::from_vector(starts, {B}, DType::i32).to(gpu);
+        const Tensor counts = T > 1 ? Tensor::from_vector(count_values, {B}, DType::i32).to(gpu) : Tensor();
+        const Tensor q0 = random_tensor({tokens, heads, Dn + Dr}, dt, seed).to(gpu);
+        const Tensor ckv0 = random_tensor({tokens, 1, L}, dt, seed + 1).to(gpu);
+        const Tensor cache0 = random_tensor({B, 1, S, L}, dt, seed + 2).to(gpu);
+        const Tensor weight = random_tensor({R}, dt, seed + 3).to(gpu);
+        const Tensor w_uk = random_tensor({heads, Dn, R}, dt, seed + 4).to(gpu);
+        auto run = [&](bool together, Tensor& q, Tensor& ckv, Tensor& cache) {
+          q = q0.clone();
+          ckv = ckv0.clone();
+          cache = cache0.clone();
+          const Tensor q_rope = q.narrow(2, Dn, Dr), q_nope = q.narrow(2, 0, Dn);
+          if (together)
+            return ops::mla_rope_cache_write_head_matmul(q_rope, ckv.narrow(2, R, Dr), ckv.narrow(2, 0, R), positions,
+                                                         p, weight, 1e-6, cache, st, counts, q_nope, w_uk);
+          ops::mla_rope_cache_write(q_rope, ckv.narrow(2, R, Dr), ckv.narrow(2, 0, R), positions, p, weight, 1e-6,
+                                    cache, st, counts);
+          return ops::mla_head_matmul(q_nope, w_uk);
+        };
+        Tensor q_a, ckv_a, cache_a, q_b, ckv_b, cache_b;
+        const Tensor apart = run(false, q_a, ckv_a, cache_a);
+        const Tensor together = run(true, q_b, ckv_b, cache_b);
+        const std::string what = "R=" + std::to_string(R) + " T=" + std::to_string(T) + " " + std::string(dtype_name(dt));
+        ASSERT_EQ(together.shape(), apart.shape()) << what;
+        EXPECT_EQ(together.to_float_vector(), apart.to_float_vector()) << what;
+        EXPECT_EQ(q_b.to_float_vector(), q_a.to_float_vector()) << what;
+        EXPECT_EQ(ckv_b.to_float_vector(), ckv_a.to_float_vector()) << what;
+        EXPECT_EQ(cache_b.to_float_vector(), cache_a.to_float_vector()) << what;
+        // The rotation happened (not two runs that both skipped it).
+        EXPECT_NE(q_b.to_float_vector(), q0.to_float_vector()) << what;
+      }
+}
+
 }  // namespace
 }  // namespace marlin

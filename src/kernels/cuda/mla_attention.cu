@@ -14,6 +14,7 @@
 #include "kernels/cuda/flash_decode.cuh"
 #include "kernels/cuda/mla_kernels_cuda.h"
 #include "kernels/cuda/pdl.cuh"
+#include "kernels/cuda/rope_items.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -240,12 +241,27 @@ constexpr int kVecThreads = 256, kVecCols = 64, kVecKOffsets = kVecThreads / (kV
 constexpr int kVecRows = 4, kVecRowsMax = 16;
 constexpr int kVecLoads = 16, kVecChunk = kVecLoads * kVecKOffsets;  // 512 rows of k
 
+//
+// With a RoPE job (absorbed decode: W_UK's product), the blocks of y == H run the step's RoPE and
+// latent cache write (mla_rope_cache_write's work, which reads q's rope dims and the compressed
+// kv, never q_nope) instead of a product: one launch of the decode chain fewer.
 template <typename T>
 __global__ void __launch_bounds__(kVecThreads)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
-                          const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N) {
+                          const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N,
+                          rope_work::RopeJob rope) {
   pdl_launch_dependents();
   extern __shared__ float smem_f[];
+  if (static_cast<int>(blockIdx.y) == H) {
+    pdl_wait();  // q and the compressed kv are the previous kernels' output
+    constexpr int kWarpsPerBlock = kVecThreads / 32;
+    const int warp = threadIdx.x / 32;
+    const int64_t blocks = static_cast<int64_t>(gridDim.x) * gridDim.z;
+    const int64_t block = static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x;
+    rope_work::run_rope_job<T>(rope, block * kWarpsPerBlock + warp, blocks * kWarpsPerBlock,
+                               smem_f + static_cast<int64_t>(warp) * 2 * rope.half);
+    return;
+  }
   float* xs = smem_f;                       // [kVecRows][K]
   float* partial = smem_f + kVecRows * K;    // [kVecKOffsets][kVecRows][kVecCols]
   const int h = blockIdx.y, m0 = blockIdx.z * kVecRows, mb = min(kVecRows, M - m0);
@@ -315,24 +331,53 @@ void mla_attention(const MlaAttentionArgs& args, DType dtype, int device) {
   });
 }
 
+namespace {
+
+size_t vector_smem_bytes(int K) { return sizeof(float) * (kVecRows * K + kVecKOffsets * kVecRows * kVecCols); }
+
+bool vector_kernel_fits(const Tensor& x, const Tensor& w) {
+  return x.size(0) <= kVecRowsMax && w.size(2) % 8 == 0 && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0 &&
+         vector_smem_bytes(static_cast<int>(x.size(2))) <= 48 * 1024;
+}
+
+// out = x @ w by head on the vector kernel, with `rope`'s work in an extra row of blocks.
+void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, const rope_work::RopeJob& rope) {
+  const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
+  const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
+  const int device = x.device().index;
+  auto stream = static_cast<cudaStream_t>(current_stream(device).handle);
+  const dim3 vgrid((N + kVecCols - 1) / kVecCols, H + (rope.items > 0 ? 1 : 0), (M + kVecRows - 1) / kVecRows);
+  MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
+    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(device), head_matmul_vector_kernel<T>, vgrid, dim3(kVecThreads),
+                                       vector_smem_bytes(K), stream, static_cast<const T*>(x.data_ptr()),
+                                       x.strides()[0], x.strides()[1], static_cast<const T*>(w.data_ptr()),
+                                       static_cast<T*>(out.data_ptr()), M, H, K, N, rope),
+                      "mla_head_matmul");
+  });
+}
+
+}  // namespace
+
+bool mla_head_matmul_rope_cache_write(const Tensor& x, const Tensor& w, Tensor& out, const Tensor& q_rope,
+                                      const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
+                                      const Tensor& inv_freq, bool interleaved, float attention_factor,
+                                      const Tensor& norm_weight, float eps, Tensor& cache, const Tensor& starts,
+                                      const Tensor& counts) {
+  // The rope blocks stage interleaved pairs in the product's shared memory (8 warps' worth).
+  const size_t stage_bytes = sizeof(float) * 2 * static_cast<size_t>(inv_freq.numel()) * (kVecThreads / 32);
+  if (!vector_kernel_fits(x, w) || stage_bytes > vector_smem_bytes(static_cast<int>(x.size(2)))) return false;
+  launch_head_matmul_vector(x, w, out,
+                            rope_work::make_mla_rope_job(q_rope, k_rope, latent, positions, inv_freq, interleaved,
+                                                         attention_factor, norm_weight, eps, cache, starts, counts));
+  return true;
+}
+
 void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
   constexpr int kRows = 4, kThreads = 64;
   const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
   const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
   auto stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
-  const size_t vec_smem = sizeof(float) * (kVecRows * K + kVecKOffsets * kVecRows * kVecCols);
-  if (M <= kVecRowsMax && N % 8 == 0 && reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0 &&
-      vec_smem <= 48 * 1024) {
-    const dim3 vgrid((N + kVecCols - 1) / kVecCols, H, (M + kVecRows - 1) / kVecRows);
-    MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
-      MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(x.device().index), head_matmul_vector_kernel<T>, vgrid,
-                                         dim3(kVecThreads), vec_smem, stream, static_cast<const T*>(x.data_ptr()),
-                                         x.strides()[0], x.strides()[1], static_cast<const T*>(w.data_ptr()),
-                                         static_cast<T*>(out.data_ptr()), M, H, K, N),
-                        "mla_head_matmul");
-    });
-    return;
-  }
+  if (vector_kernel_fits(x, w)) return launch_head_matmul_vector(x, w, out, rope_work::RopeJob{});
   const dim3 grid((N + 2 * kThreads - 1) / (2 * kThreads), H, (M + kRows - 1) / kRows);
   const size_t smem = sizeof(float) * kRows * K;
   MARLIN_CHECK(smem <= 48 * 1024, "mla_head_matmul", "K=", K, " is too large (at most ",

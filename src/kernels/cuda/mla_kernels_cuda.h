@@ -11,6 +11,14 @@ namespace marlin::cuda {
 // f16 or bf16 operands; Dn, Dv <= 512, Dr <= 64.
 void mla_attention(const kernels::MlaAttentionArgs& args, DType dtype, int device);
 void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
+// mla_head_matmul and mla_rope_cache_write (nn_kernels_cuda.h) in one launch, the absorbed decode
+// step's W_UK product beside its RoPE and latent cache write (x must not overlap q_rope, k_rope
+// or the latent). False, doing nothing, where the product's vector kernel does not apply.
+bool mla_head_matmul_rope_cache_write(const Tensor& x, const Tensor& w, Tensor& out, const Tensor& q_rope,
+                                      const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
+                                      const Tensor& inv_freq, bool interleaved, float attention_factor,
+                                      const Tensor& norm_weight, float eps, Tensor& cache, const Tensor& starts,
+                                      const Tensor& counts);
 // Tests: force the number of sequence splits of the attention kernel (0 = automatic).
 void set_mla_attention_splits(int splits);
 
