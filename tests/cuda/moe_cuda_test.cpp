@@ -148,6 +148,15 @@ std::vector<DispatchCase> dispatch_cases() {
   d.with_bias = true;
   d.seed = 4;
   cases.push_back({"glm_fixture_sizes", d});
+  RandomMoeSpec e;  // GLM-4.7-Flash's expert width (1536: the decode down kernel cuts K in two)
+  e.hidden = 192;
+  e.intermediate = 1536;
+  e.shared_intermediate = 1536;
+  e.routing = testing::sigmoid_group_routing(8, 2, 1, 1);
+  e.expert_bits = {4, 4, 8, 4, 2, 4, 4, 4};
+  e.with_bias = true;
+  e.seed = 5;
+  cases.push_back({"glm_expert_width", e});
   return cases;
 }
 

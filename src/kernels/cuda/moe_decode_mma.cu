@@ -30,6 +30,11 @@ constexpr int kThreads = kWarps * 32;
 // GLM-4.7-Flash token's 32 column tiles x 5 slots then run in one wave on 132 SMs, where blocks
 // of 16 warps (one an SM) left 28 for a second wave. Its K (1536) is 12 spans: a warp takes two.
 constexpr int kDownWarps = 8;
+// Or, where a second span would wait for the first, K cut into parts of at most kDownPartSpans
+// spans, a block of that many warps each (three an SM): GLM-4.7-Flash's 12 spans as 2 parts of
+// 6, so every warp loads one span and no warp waits for a second. MARLIN_MOE_DOWN_KSPLIT=0: the
+// 8-warp blocks over all of K.
+constexpr int kDownPartSpans = 6, kMaxDownParts = 4;
 // One warp task, a scale span: acc[m][j] += (x[k0 .. k0 + units * 32) . column 8g + j of matrix
 // m) * its scale, in lanes (g, 0); the others add zeros. The batch's loads (weights, x where the
 // lane holds the token, the scales) are all issued before its first mma; the matrices are then
@@ -91,14 +96,18 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
 // The block's sums of NMAT matrices over all of K for columns col0..col0+63: each warp's spans
 // (warp w of the block's kW takes spans w, w + kW, ...), scaled, then summed over the warps in
 // order into red[NMAT][64].
+// The span of K a warp task covers (rows; a whole number of units, at most one scale group).
+__device__ __forceinline__ int span_rows(const MoeMatrix& W) { return min(W.group_size, kMaxSpanUnits * kUnitK); }
+
 template <QuantFormat F, int NMAT, typename TA, int kW>
-__device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int col0, float* red) {
+__device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int col0, float* red,
+                           int k_begin, int k_end) {
   using Cd = Canon<F>;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
-  const int K = W[0].K, span_k = min(W[0].group_size, kMaxSpanUnits * kUnitK);
+  const int span_k = span_rows(W[0]);
   float acc[NMAT][8] = {};
-  for (int k0 = warp * span_k; k0 < K; k0 += kW * span_k)
-    task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, K - k0) / kUnitK, col0, acc);
+  for (int k0 = k_begin + warp * span_k; k0 < k_end; k0 += kW * span_k)
+    task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
   __shared__ float per_warp[kW][2][kTileN];
   if (c == 0)
 #pragma unroll
@@ -132,16 +141,16 @@ __global__ void __launch_bounds__(kThreads, 1)
   const int N = W[0].N, col0 = blockIdx.x * kTileN;
   if (col0 >= N) return;  // this expert is narrower than the widest one
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 2, TA, kWarps>(W, x + static_cast<int64_t>(t) * H, col0, red);
+    block_sums<decltype(tag)::value, 2, TA, kWarps>(W, x + static_cast<int64_t>(t) * H, col0, red, 0, W[0].K);
   });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
     if (col0 + i < N) act[static_cast<int64_t>(blockIdx.z) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
 }
 
-// grid (column tiles of H, 1, T x slots). partials [T x slots][H], each token's summed over its
-// slots in order by the last of its blocks for that column tile.
+// grid (column tiles of H, K parts, T x slots). partials [T x slots x K parts][H], each token's
+// summed over its slots and parts in order by the last of its blocks for that column tile.
 template <typename TA, int kW>
-__global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : 1)
+__global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPartSpans ? 3 : 1)
     moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int slots, int H, int Imax, float* __restrict__ partials,
@@ -151,19 +160,25 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : 1)
   const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
   const float weight = slot < top_k ? weights[t * top_k + slot] : 1.0f;
   const MoeMatrix W[1] = {table[expert].down};
-  const int col0 = blockIdx.x * kTileN;
+  const int col0 = blockIdx.x * kTileN, parts = gridDim.y;
+  // Part p of K: spans [p n, (p + 1) n) of the matrix's, n = ceil(spans / parts).
+  const int span_k = span_rows(W[0]);
+  const int part_k = (W[0].K + span_k * parts - 1) / (span_k * parts) * span_k;
+  const int k_begin = blockIdx.y * part_k, k_end = min(W[0].K, k_begin + part_k);
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 1, TA, kW>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red);
+    block_sums<decltype(tag)::value, 1, TA, kW>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red, k_begin,
+                                                k_end);
   });
+  const int64_t part_row = static_cast<int64_t>(blockIdx.z) * parts + blockIdx.y;
   for (int i = threadIdx.x; i < kTileN; i += kW * 32)
-    if (col0 + i < H) partials[static_cast<int64_t>(blockIdx.z) * H + col0 + i] = red[i] * weight;
-  if (!arrive_last(&counters[static_cast<int64_t>(t) * gridDim.x + blockIdx.x], slots)) return;
-  const float* token_parts = partials + static_cast<int64_t>(t) * slots * H;
+    if (col0 + i < H) partials[part_row * H + col0 + i] = red[i] * weight;
+  if (!arrive_last(&counters[static_cast<int64_t>(t) * gridDim.x + blockIdx.x], slots * parts)) return;
+  const float* token_parts = partials + static_cast<int64_t>(t) * slots * parts * H;
   for (int i = threadIdx.x; i < kTileN; i += kW * 32) {
     const int col = col0 + i;
     if (col >= H) continue;
     float v = 0.0f;
-    for (int p = 0; p < slots; ++p) v += __ldcg(token_parts + static_cast<int64_t>(p) * H + col);
+    for (int p = 0; p < slots * parts; ++p) v += __ldcg(token_parts + static_cast<int64_t>(p) * H + col);
     out[static_cast<int64_t>(t) * H + col] = from_float<TA>(v);
   }
 }
@@ -182,7 +197,21 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   // Sized for the most tokens, whatever T: a buffer grown later would be freed under a CUDA
   // graph captured with the smaller one.
   const int64_t max_rows = static_cast<int64_t>(kMoeDecodeMaxTokens) * slots;
-  const DecodeScratch s = decode_scratch(device, max_rows * H, static_cast<int64_t>(kMoeDecodeMaxTokens) * tiles_h,
+  // The down kernel's K parts (kDownPartSpans), where one token's blocks fit one wave of three
+  // an SM. Counted in spans of 128 rows (group 128 and up; a smaller group gives a warp several
+  // spans, still correct: each block cuts its own matrix's K). Whatever T, so that a token's sums
+  // are those of a decode call of its own.
+  static const bool k_split = !env_is("MARLIN_MOE_DOWN_KSPLIT", "0");
+  const int spans = (Imax + kMaxSpanUnits * kUnitK - 1) / (kMaxSpanUnits * kUnitK);
+  int parts = 1;
+  if (k_split && spans > kDownPartSpans) {
+    // At most kMaxDownParts: the scratch below holds that many partial rows a slot.
+    const int want = std::min((spans + kDownPartSpans - 1) / kDownPartSpans, kMaxDownParts);
+    if (static_cast<int64_t>(tiles_h) * slots * want <= 3 * static_cast<int64_t>(multiprocessor_count(device)))
+      parts = want;
+  }
+  const DecodeScratch s = decode_scratch(device, max_rows * H * kMaxDownParts,
+                                         static_cast<int64_t>(kMoeDecodeMaxTokens) * tiles_h,
                                          max_rows * Imax * static_cast<int64_t>(sizeof(TA)));
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
   TA* act = static_cast<TA*>(s.act);
@@ -191,8 +220,11 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
   // MARLIN_MOE_DOWN_WARPS=16: the down kernel in blocks of 16 warps, to measure against.
   static const bool wide_down = env_int("MARLIN_MOE_DOWN_WARPS", kDownWarps) == kWarps;
-  auto* down = wide_down ? moe_mma_down_kernel<TA, kWarps> : moe_mma_down_kernel<TA, kDownWarps>;
-  down<<<dim3(tiles_h, 1, static_cast<unsigned>(rows)), (wide_down ? kWarps : kDownWarps) * 32, 0, stream>>>(
+  auto* down = parts > 1   ? moe_mma_down_kernel<TA, kDownPartSpans>
+               : wide_down ? moe_mma_down_kernel<TA, kWarps>
+                           : moe_mma_down_kernel<TA, kDownWarps>;
+  const int down_warps = parts > 1 ? kDownPartSpans : wide_down ? kWarps : kDownWarps;
+  down<<<dim3(tiles_h, parts, static_cast<unsigned>(rows)), down_warps * 32, 0, stream>>>(
       act, ids.data<int32_t>(), weights.data<float>(), table, E, k, slots, H, Imax, s.partials, s.counters,
       static_cast<TA*>(out.data_ptr()));
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
