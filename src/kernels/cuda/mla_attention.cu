@@ -241,7 +241,6 @@ constexpr int kVecThreads = 256, kVecCols = 64, kVecKOffsets = kVecThreads / (kV
 constexpr int kVecRows = 4, kVecRowsMax = 16;
 constexpr int kVecLoads = 16, kVecChunk = kVecLoads * kVecKOffsets;  // 512 rows of k
 
-//
 // With a RoPE job (absorbed decode: W_UK's product), the blocks of y == H run the step's RoPE and
 // latent cache write (mla_rope_cache_write's work, which reads q's rope dims and the compressed
 // kv, never q_nope) instead of a product: one launch of the decode chain fewer.

@@ -93,12 +93,12 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
   }
 }
 
-// The block's sums of NMAT matrices over all of K for columns col0..col0+63: each warp's spans
-// (warp w of the block's kW takes spans w, w + kW, ...), scaled, then summed over the warps in
-// order into red[NMAT][64].
 // The span of K a warp task covers (rows; a whole number of units, at most one scale group).
 __device__ __forceinline__ int span_rows(const MoeMatrix& W) { return min(W.group_size, kMaxSpanUnits * kUnitK); }
 
+// The block's sums of NMAT matrices over rows [k_begin, k_end) of K for columns col0..col0+63:
+// each warp's spans (warp w of the block's kW takes spans w, w + kW, ... of the range), scaled,
+// then summed over the warps in order into red[NMAT][64].
 template <QuantFormat F, int NMAT, typename TA, int kW>
 __device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int col0, float* red,
                            int k_begin, int k_end) {
