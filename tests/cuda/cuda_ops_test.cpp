@@ -142,25 +142,34 @@ TEST_F(Cuda, GemmIsDeterministicAcrossRuns) {
 }
 
 // The tile layout and the canonical kernels compute the same product on the big decode shapes
-// (split-K and many slabs), for every M tile of the tensor-core kernel.
+// (split-K and many slabs), for every M tile of the tensor-core kernels: M > 16 on both the
+// batch kernel and the per-slab one (which takes long K splits), 13..16 on the batch kernel
+// where the stream kernel would cut a slab into many parts (K 8192: 32 rounds a slab), 12 on
+// the stream kernel.
 TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
   testing::PoisonScope poison;
   cuda::set_force_tiled_gemm(true);  // every M tile, even where cuBLAS would be chosen
-  for (QuantFormat f : kFormats) {
-    const int64_t K = 4096, N = 1000;
-    Tensor W = random_tensor({K, N}, DType::f32, 31, 0.05f);
-    QuantizedWeight q = ops::quantize(W.to(gpu), f, {.group_size = 128});
-    ops::prepare_for_gemm(q);
-    ASSERT_TRUE(q.tiled.defined()) << format_name(f);
-    const auto deq = to_double(dequantize_cpu(q.to(Device::cpu())));
-    for (DType dt : {DType::f16, DType::bf16})
-      for (int64_t M : {1, 16, 17, 40, 64}) {
-        Tensor A = random_tensor({M, K}, dt, 32 + M);
-        Tensor C = ops::gemm_q(A.to(gpu), q);
-        EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), dt == DType::f16 ? 1e-3 : 6e-3)
-            << format_name(f) << " M=" << M << " " << dtype_name(dt);
-      }
-  }
+  for (QuantFormat f : kFormats)
+    for (const int64_t K : {4096, 8192}) {
+      const int64_t N = K == 4096 ? 1000 : 136;
+      Tensor W = random_tensor({K, N}, DType::f32, 31, 0.05f);
+      QuantizedWeight q = ops::quantize(W.to(gpu), f, {.group_size = 128});
+      ops::prepare_for_gemm(q);
+      ASSERT_TRUE(q.tiled.defined()) << format_name(f);
+      const auto deq = to_double(dequantize_cpu(q.to(Device::cpu())));
+      for (DType dt : {DType::f16, DType::bf16})
+        for (int64_t M : {1, 12, 16, 17, 40, 64})
+          for (const bool per_slab : {false, true}) {
+            if (per_slab && M <= 16) continue;
+            cuda::set_per_slab_gemm(per_slab);
+            Tensor A = random_tensor({M, K}, dt, 32 + M);
+            Tensor C = ops::gemm_q(A.to(gpu), q);
+            EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), dt == DType::f16 ? 1e-3 : 6e-3)
+                << format_name(f) << " K=" << K << " M=" << M << " " << dtype_name(dt)
+                << (per_slab ? " per-slab" : "");
+          }
+    }
+  cuda::set_per_slab_gemm(false);
   cuda::set_force_tiled_gemm(false);
 }
 
@@ -267,12 +276,14 @@ TEST_F(Cuda, TiledKernelsMatchFloat64OnSmallWeights) {
     ops::prepare_for_gemm(q);
     ASSERT_TRUE(q.tiled.defined());
     Tensor A = random_tensor({M, K}, dt, 1400 + i);
+    cuda::set_per_slab_gemm(i % 2 == 1);  // M > 16: both kernels
     Tensor C = ops::gemm_q(A.to(gpu), q, Tensor());
     const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, Tensor());
     EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
         << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " " << dtype_name(dt);
     ++cases;
   }
+  cuda::set_per_slab_gemm(false);
   cuda::set_force_tiled_gemm(false);
   EXPECT_EQ(cases, 56);
 }

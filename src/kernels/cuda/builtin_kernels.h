@@ -17,5 +17,6 @@ void append_quant_kernels(std::vector<BuiltinKernel>& out);
 void append_gemm_kernels(std::vector<BuiltinKernel>& out);
 void append_gemm_mma_kernels(std::vector<BuiltinKernel>& out);
 void append_gemm_stream_kernels(std::vector<BuiltinKernel>& out);
+void append_gemm_batch_kernels(std::vector<BuiltinKernel>& out);
 
 }  // namespace marlin::cuda

@@ -22,14 +22,17 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
 bool gemm_q_rms_normed(const Tensor& A, const Tensor& norm_weight, float eps, const QuantizedWeight& W,
                        const Tensor& bias, Tensor& C);
 // Tensor-core path over W.tiled (gemm_q_mma.cu): the tile layout, whether a weight can use it
-// (its largest |scale| keeps the kernel's fp16 scale finite), and the GEMM, which returns false
-// when it does not apply (no tile layout, M > 64, or a grid too small to pay off).
+// (its largest |scale| keeps the kernels' fp16 scale finite), and the GEMM (the stream,
+// batch and per-slab kernels), which returns false when it does not apply (no tile layout,
+// M > 64, or a grid too small to pay off).
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale);
 Tensor repack_tiled(const QuantizedWeight& W);
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
 // Tests: use the tensor-core kernels even where the canonical or cuBLAS path would be chosen.
 void set_force_tiled_gemm(bool on);
 bool tiled_gemm_forced();
+// Tests: 16 < M <= 64 on the per-slab kernel (gemm_q_mma.cu) instead of the batch kernel.
+void set_per_slab_gemm(bool on);
 // C = A @ B (+ bias) with cuBLAS, B f16/bf16 [K, N] of A's dtype.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 // out (contiguous f32/f16/bf16) = stddev * N(0, 1) from the counter-based generator.

@@ -374,6 +374,7 @@ const std::vector<BuiltinKernel>& builtin_kernels() {
     append_gemm_kernels(k);
     append_gemm_mma_kernels(k);
     append_gemm_stream_kernels(k);
+    append_gemm_batch_kernels(k);
     return k;
   }();
   return kernels;

@@ -1,6 +1,6 @@
 // Tensor-core quantized GEMM over weights repacked once into a streaming tile layout
-// (ops::prepare_for_gemm): the layout, its repacking, and the kernel for 16 < M <= 64
-// (gemm_q_stream.cu has the M <= 16 one).
+// (ops::prepare_for_gemm): the layout, its repacking, and a per-slab kernel for 16 < M <= 64
+// where gemm_q_batch.cu's K splits would be long (gemm_q_stream.cu has the M <= 16 kernel).
 //
 // Tile layout: K is cut into units of 32 rows (padded to whole rounds of kUnitsAlign units) and
 // N into slabs of 64 columns. For one (slab, unit), lane L of a warp owns the mma.m16n8k16 B
@@ -22,15 +22,16 @@
 //                x = q << (7 - p): an f16 subnormal +-(1 or 3) * 2^-18 = (c - 1.5) * 2^-17
 // After the weights come the scales, [slab][group][64] f16, in the same order.
 //
-// This kernel: each warp owns a slab and a block's K split, and copies its part of the stream
-// into a private ring of shared-memory stages with cp.async (kStages - 1 in flight), so no lane
-// reads another lane's weights. The pairs are scaled in fp16 before the mma (an f16 rounding of
-// the weight, as Marlin does); A is staged in shared memory in mma k order and read with
-// ldmatrix; accumulation is f32. K splits are summed by the last block of each column range.
+// The per-slab kernel: each warp owns a slab and a block's K split, and copies its part of the
+// stream into a private ring of shared-memory stages with cp.async (kStages - 1 in flight), so
+// no lane reads another lane's weights. The pairs are scaled in fp16 before the mma (an f16
+// rounding of the weight, as Marlin does); A is staged in shared memory in mma k order and read
+// with ldmatrix; accumulation is f32. K splits are summed by the last block of each column range.
 #include <algorithm>
 #include <type_traits>
 
 #include "core/cuda_check.h"
+#include "core/env.h"
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
@@ -55,6 +56,9 @@ constexpr int kRowPad = 8;  // halves of padding per A row: conflict-free ldmatr
 constexpr int kMaxMmaM = 64;
 
 bool force_tiled_gemm = false;
+// MARLIN_BATCH_GEMM=0: M > 16 on this file's per-slab kernel wherever it applies, instead of
+// gemm_q_batch.cu's (to measure both; tests set it).
+bool per_slab_gemm = env_is("MARLIN_BATCH_GEMM", "0");
 
 template <int MT>
 constexpr int a_smem_bytes() {
@@ -359,6 +363,7 @@ void repack(const QuantizedWeight& W, Tensor& tiled, cudaStream_t stream) {
 }  // namespace
 
 void set_force_tiled_gemm(bool on) { force_tiled_gemm = on; }
+void set_per_slab_gemm(bool on) { per_slab_gemm = on; }
 bool tiled_gemm_forced() { return force_tiled_gemm; }
 
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale) {
@@ -392,6 +397,10 @@ bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
   if (A.size(0) <= 16) {
     gemm_q_stream(A, W, bias, C, stream);
     return true;
+  }
+  if (!per_slab_gemm) {
+    const BatchLaunch batch = gemm_q_batch(A, W, bias, C, stream);
+    if (batch != BatchLaunch::long_splits) return batch == BatchLaunch::launched;
   }
   switch (W.format) {
     case QuantFormat::fp4_e2m1: return dispatch_mma<QuantFormat::fp4_e2m1>(A, W, bias, C, stream);

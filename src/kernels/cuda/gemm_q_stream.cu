@@ -31,6 +31,11 @@ using namespace tile;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 constexpr int kStages = 4;
+// Parts of a slab above which M > 12 goes to the batch kernel (H200, M = 16: 16 parts
+// (4096x4096, 4096x6144) and 28 (14336x4096) ran 15-25% faster there, 8 and fewer (4096x14336,
+// 2048x1536) as fast or slower; at M = 9 the stream kernel was as fast or faster at 16 and 28).
+constexpr int kMaxSlabParts16 = 12;
+constexpr int kMinBatchRows = 13;
 
 // One stage of a warp's ring: weights and scale rows (Stage), then R rows of A for its units
 // (padded so the rows start on different banks).
@@ -370,6 +375,16 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
   const int64_t min_rounds = std::max<int64_t>(rounds / warps, 1);
   const int max_parts = static_cast<int>(std::min<int64_t>(warps, (units / kUnitsAlign) / min_rounds + 2));
+  if constexpr (R == 16) {
+    // Many parts a slab (long K, few slabs): the last warp of a slab sums them alone, M rows
+    // of 64 columns a part, a few parts an L2 round trip (14336x4096 at M = 16: 28 parts,
+    // 34.0 us against 29.1 on an H200). gemm_q_batch.cu's blocks share that sum.
+    // (MARLIN_BATCH_GEMM=0 keeps them here, to measure both.)
+    static const bool stream_only = env_is("MARLIN_BATCH_GEMM", "0");
+    if (!stream_only && M >= kMinBatchRows && (units / kUnitsAlign) / min_rounds > kMaxSlabParts16 &&
+        gemm_q_batch(A, W, bias, C, stream) == BatchLaunch::launched)
+      return;
+  }
 
   static std::mutex mutex;
   static std::vector<StreamScratch> scratch(64);

@@ -87,12 +87,12 @@ struct Stage {
 __device__ __forceinline__ uint32_t as_u32(__half2 h) { return *reinterpret_cast<uint32_t*>(&h); }
 __device__ __forceinline__ __half2 as_half2(uint32_t u) { return *reinterpret_cast<__half2*>(&u); }
 
-// Pair q of a lane's unit data (2 steps x 8 tiles x 2 halves) as an mma B register: unscaled
-// (group-scaled path) or times the fp16 scale. Called from fully unrolled loops, so q, the word
-// index and the shifts are constants.
-template <QuantFormat F, bool kScaled>
-__device__ __forceinline__ uint32_t b_register(const uint32_t (&w)[MmaCodec<F>::kWords * 4], int q,
-                                               __half2 scale) {
+// Pair q of a lane's unit data (2 steps x 8 tiles x 2 halves, or x 4 tiles where a warp holds
+// half a slab: gemm_q_batch.cu) as an mma B register: unscaled (group-scaled path) or times the
+// fp16 scale. Called from fully unrolled loops, so q, the word index and the shifts are
+// constants.
+template <QuantFormat F, bool kScaled, int kN>
+__device__ __forceinline__ uint32_t b_register(const uint32_t (&w)[kN], int q, __half2 scale) {
   using Cd = MmaCodec<F>;
   const uint32_t raw = Cd::pair(w[q / Cd::kPairsPerU32], q % Cd::kPairsPerU32);
   if constexpr (!kScaled) {
@@ -200,4 +200,11 @@ namespace marlin::cuda {
 // C[M <= 16, N] = A @ W over W.tiled (gemm_q_stream.cu).
 void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream);
+// C[M <= 64, N] = A @ W over W.tiled with the K splits of a block's slabs summed by the block
+// (gemm_q_batch.cu), or nothing where another kernel is faster: where its grid would leave
+// most SMs idle (dequantize + cuBLAS), or its splits would be long at M <= 32 (the per-slab
+// kernel of gemm_q_mma.cu).
+enum class BatchLaunch { launched, grid_too_small, long_splits };
+BatchLaunch gemm_q_batch(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
+                         cudaStream_t stream);
 }  // namespace marlin::cuda
