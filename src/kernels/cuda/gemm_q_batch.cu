@@ -255,7 +255,7 @@ __global__ void __launch_bounds__(kBatchThreads, 2)
   }
   if (!split) return;
   const int col_begin = blockIdx.x * kSlabsPerBlock * kSlabN;
-  epilogue.reduce_if_last(col_begin, min(N, col_begin + kSlabsPerBlock * kSlabN), MT * 16);
+  epilogue.template reduce_if_last<true>(col_begin, min(N, col_begin + kSlabsPerBlock * kSlabN), MT * 16);
 }
 
 template <QuantFormat F, int MT, typename TA>

@@ -218,7 +218,7 @@ __global__ void __launch_bounds__(kMmaThreads)
   }
   if (!split) return;
   const int col_begin = blockIdx.x * kMmaWarps * kSlabN;
-  epilogue.reduce_if_last(col_begin, min(N, col_begin + kMmaWarps * kSlabN), MT * 16);
+  epilogue.template reduce_if_last<true>(col_begin, min(N, col_begin + kMmaWarps * kSlabN), MT * 16);
 }
 
 // One thread per u32 of the weight stream: gathers its 16/bits pairs from the canonical layout.

@@ -43,10 +43,12 @@ struct SplitKEpilogue {
     for (int base = threadIdx.x; base < items; base += blockDim.x * kItems) {
       float4 v[kItems];
       const float* p[kItems];
+      bool valid[kItems];
 #pragma unroll
       for (int it = 0; it < kItems; ++it) {
         v[it] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        const int i = min(base + it * static_cast<int>(blockDim.x), items - 1);
+        const int i = base + it * static_cast<int>(blockDim.x);
+        valid[it] = i < items;
         p[it] = partials + static_cast<int64_t>(i / quads) * N + col_begin + 4 * (i % quads);
       }
       for (unsigned s = 0; s < splits; s += kBatch) {
@@ -55,8 +57,9 @@ struct SplitKEpilogue {
         for (int it = 0; it < kItems; ++it)
 #pragma unroll
           for (int j = 0; j < kBatch; ++j)
-            part[it][j] = s + j < splits ? __ldcg(reinterpret_cast<const float4*>(p[it] + (s + j) * split_stride))
-                                         : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+            part[it][j] = valid[it] && s + j < splits
+                              ? __ldcg(reinterpret_cast<const float4*>(p[it] + (s + j) * split_stride))
+                              : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll
         for (int it = 0; it < kItems; ++it)
 #pragma unroll
@@ -69,8 +72,8 @@ struct SplitKEpilogue {
       }
 #pragma unroll
       for (int it = 0; it < kItems; ++it) {
+        if (!valid[it]) break;
         const int i = base + it * static_cast<int>(blockDim.x);
-        if (i >= items) break;
         const int row = i / quads, col = col_begin + 4 * (i % quads);
         const float out[4] = {v[it].x, v[it].y, v[it].z, v[it].w};
         T* c = C + static_cast<int64_t>(row) * N + col;
@@ -81,6 +84,7 @@ struct SplitKEpilogue {
 
   // Called by every thread of the block after its stores: the last block of this blockIdx.x
   // sums the partials of columns [col_begin, col_end) and rows [0, min(rows, M)).
+  template <bool kWide = false>
   __device__ void reduce_if_last(int col_begin, int col_end, int rows) const {
     if (!arrive_last(&counters[blockIdx.x], gridDim.y)) return;
     rows = min(rows, M);
@@ -89,12 +93,48 @@ struct SplitKEpilogue {
     // dependent loads made this reduction the cost of small shapes.
     const int64_t split_stride = static_cast<int64_t>(M) * N;
     const unsigned splits = gridDim.y;
+    if constexpr (kWide) {
+      // Many rows (M > 16): 16 loads in flight a thread, 2 column quads x 8 splits or 4 x 4
+      // where there are few splits (M = 64 with 4 splits read its partials one round trip at
+      // a time). Only for the kernels with registers to spare: the skinny kernel's occupancy
+      // fell with it (48 -> 80 registers) and GLM-4.7-Flash decoded 2% slower.
+      if (N % 4 == 0 && col_begin % 4 == 0) {
+        if (splits >= 8) reduce_quads<2, 8>(col_begin, col_end, rows);
+        else reduce_quads<4, 4>(col_begin, col_end, rows);
+        return;
+      }
+    }
     if (N % 4 == 0 && col_begin % 4 == 0) {
-      // Four columns per load (a quarter of the round trips), and 16 loads in flight a thread:
-      // 2 column quads x 8 splits, or 4 x 4 where there are few splits and many rows (M = 64
-      // with 4 splits read its partials one round trip at a time).
-      if (splits >= 8) reduce_quads<2, 8>(col_begin, col_end, rows);
-      else reduce_quads<4, 4>(col_begin, col_end, rows);
+      // Four columns per load: a quarter of the round trips (M > 1 has many rows to sum).
+      const int quads = (width + 3) / 4;
+      for (int i = threadIdx.x; i < rows * quads; i += blockDim.x) {
+        const int row = i / quads, col = col_begin + 4 * (i % quads);
+        const float* p = partials + static_cast<int64_t>(row) * N + col;
+        float4 v = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        unsigned s = 0;
+        for (; s + 8 <= splits; s += 8) {
+          float4 part[8];
+#pragma unroll
+          for (int j = 0; j < 8; ++j) part[j] = __ldcg(reinterpret_cast<const float4*>(p + (s + j) * split_stride));
+#pragma unroll
+          for (int j = 0; j < 8; ++j) {
+            v.x += part[j].x;
+            v.y += part[j].y;
+            v.z += part[j].z;
+            v.w += part[j].w;
+          }
+        }
+        for (; s < splits; ++s) {
+          const float4 part = __ldcg(reinterpret_cast<const float4*>(p + s * split_stride));
+          v.x += part.x;
+          v.y += part.y;
+          v.z += part.z;
+          v.w += part.w;
+        }
+        const float out[4] = {v.x, v.y, v.z, v.w};
+        T* c = C + static_cast<int64_t>(row) * N + col;
+        for (int j = 0; j < 4 && col + j < col_end; ++j) c[j] = from_float<T>(out[j] + load_bias(bias, bias_kind, col + j));
+      }
       return;
     }
     for (int i = threadIdx.x; i < rows * width; i += blockDim.x) {
