@@ -276,14 +276,14 @@ int batch_resident_blocks() {
 
 template <QuantFormat F, int MT, typename TA>
 BatchLaunch launch_batch(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
-                  cudaStream_t stream) {
+                         cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int blocks_x = (slabs + kSlabsPerBlock - 1) / kSlabsPerBlock;
   // One wave: as many K splits as resident blocks allow, each covering whole rounds of units,
   // the split partials (splits x M x N floats, written and read once, mostly in L2) at most
-  // the weight's bytes.
+  // half the weight's bytes (up to all of them: equal on large shapes, slower on 4096x4096).
   const int units = static_cast<int>(padded_units(K));
   const int sms = multiprocessor_count(device);
   const int capacity = batch_resident_blocks<F, MT, TA>() * sms;
@@ -293,7 +293,11 @@ BatchLaunch launch_batch(const Tensor& A, const QuantizedWeight& W, const Tensor
   int units_per_split = (units + splits - 1) / splits;
   units_per_split = (units_per_split + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
   splits = (units + units_per_split - 1) / units_per_split;
-  if (blocks_x * splits < sms && !tiled_gemm_forced()) return BatchLaunch::grid_too_small;
+  // Fewer blocks than SMs still beat dequantize + cuBLAS at M <= 32 down to half the SMs (H200,
+  // FP4 4096x4096 M = 17: 15.3 against 23.5 us; 8192x2048: 17.2 against 24.0), not at M > 32
+  // (FP8 3072x3072 M = 64: 28.6 against 18.2).
+  constexpr int kMinFillDivisor = MT <= 2 ? 2 : 1;
+  if (blocks_x * splits * kMinFillDivisor < sms && !tiled_gemm_forced()) return BatchLaunch::grid_too_small;
   // Long splits at M <= 32: the per-slab kernel measured faster (H200, 8192x28672, K 4096 a
   // split: 84.7 against 110.5 us at M = 17, 105.7 against 114.8 at M = 32; at K 1024 or less a
   // split this kernel was 9-29% faster).
