@@ -39,6 +39,10 @@ void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 void random_normal(Tensor& out, uint64_t seed, float stddev);
 // Number of streaming multiprocessors of the device (cached).
 int multiprocessor_count(int device);
+// Blocks of `kernel` (threads a block, dynamic shared memory bytes) one SM holds, after raising
+// the kernel's dynamic shared memory limit to `smem_bytes`; at least 1. Callers ask once per
+// kernel and keep the answer (it depends on the kernel and the GPU model only).
+int resident_blocks_per_sm(const void* kernel, int threads, int smem_bytes);
 // Zeroed arrival counters (every kernel that counts on them leaves them zero), at least n, one
 // buffer per kind of kernel and device: grown on demand, never shrunk, so a captured CUDA graph
 // keeps their address. Kinds apart, so no two kernels of a chain share a counter.

@@ -21,6 +21,7 @@
 #include "kernels/cuda/builtin_kernels.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/gemm_q_tile.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_codec.cuh"
@@ -268,6 +269,22 @@ SplitKBuffers split_k_buffers(int device, int splits, int M, int N, int column_b
   if (!ws.counters.defined() || ws.counters.numel() < column_blocks)
     ws.counters = Tensor::zeros({std::max<int64_t>(column_blocks, 4096)}, DType::u32, Device::cuda(device));
   return {ws.partials.data<float>(), ws.counters.data<unsigned>()};
+}
+
+int resident_blocks_per_sm(const void* kernel, int threads, int smem_bytes) {
+  MARLIN_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes), "gemm_q");
+  int n = 0;
+  MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, threads, smem_bytes), "gemm_q");
+  return std::max(n, 1);
+}
+
+TiledSplits plan_tiled_splits(int M, int K, int bits, int units, int capacity, int column_blocks) {
+  const int by_traffic = static_cast<int>(static_cast<int64_t>(K) * bits / (64 * static_cast<int64_t>(M)));
+  const int max_splits = std::clamp(by_traffic, 1, units / tile::kUnitsAlign);
+  const int splits = std::clamp(capacity / column_blocks, 1, max_splits);
+  int units_per_split = (units + splits - 1) / splits;
+  units_per_split = (units_per_split + tile::kUnitsAlign - 1) / tile::kUnitsAlign * tile::kUnitsAlign;
+  return {(units + units_per_split - 1) / units_per_split, units_per_split};
 }
 
 bool pdl_enabled(int device) {

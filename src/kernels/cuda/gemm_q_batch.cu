@@ -259,40 +259,18 @@ __global__ void __launch_bounds__(kBatchThreads, 2)
 }
 
 template <QuantFormat F, int MT, typename TA>
-int batch_resident_blocks() {
-  // Asked once per kernel and process: depends on the kernel and the GPU model.
-  static const int blocks = [] {
-    constexpr int bytes = BatchShape<F, MT>::kSmemBytes;
-    MARLIN_CUDA_CHECK(cudaFuncSetAttribute(gemm_q_batch_kernel<F, MT, TA>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-                      "gemm_q");
-    int n = 0;
-    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemm_q_batch_kernel<F, MT, TA>, kBatchThreads, bytes),
-                      "gemm_q");
-    return std::max(n, 1);
-  }();
-  return blocks;
-}
-
-template <QuantFormat F, int MT, typename TA>
 BatchLaunch launch_batch(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                          cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int blocks_x = (slabs + kSlabsPerBlock - 1) / kSlabsPerBlock;
-  // One wave: as many K splits as resident blocks allow, each covering whole rounds of units,
-  // the split partials (splits x M x N floats, written and read once, mostly in L2) at most
-  // half the weight's bytes (up to all of them: equal on large shapes, slower on 4096x4096).
   const int units = static_cast<int>(padded_units(K));
   const int sms = multiprocessor_count(device);
-  const int capacity = batch_resident_blocks<F, MT, TA>() * sms;
-  const int by_traffic = static_cast<int>(static_cast<int64_t>(K) * format_bits(F) / (64 * static_cast<int64_t>(M)));
-  const int max_splits = std::clamp(by_traffic, 1, units / kUnitsAlign);
-  int splits = std::clamp(capacity / blocks_x, 1, max_splits);
-  int units_per_split = (units + splits - 1) / splits;
-  units_per_split = (units_per_split + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
-  splits = (units + units_per_split - 1) / units_per_split;
+  // Asked once per kernel and process.
+  static const int resident = resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_batch_kernel<F, MT, TA>),
+                                                     kBatchThreads, BatchShape<F, MT>::kSmemBytes);
+  const auto [splits, units_per_split] = plan_tiled_splits(M, K, format_bits(F), units, resident * sms, blocks_x);
   // Fewer blocks than SMs still beat dequantize + cuBLAS at M <= 32 down to half the SMs (H200,
   // FP4 4096x4096 M = 17: 15.3 against 23.5 us; 8192x2048: 17.2 against 24.0), not at M > 32
   // (FP8 3072x3072 M = 64: 28.6 against 18.2).

@@ -280,22 +280,6 @@ __global__ void repack_scales_kernel(const __half* __restrict__ scales, int64_t 
   }
 }
 
-template <QuantFormat F, int MT, typename TA>
-int resident_blocks() {
-  // Asked once per kernel and process: depends on the kernel and the GPU model.
-  static const int blocks = [] {
-    constexpr int bytes = smem_bytes<F, MT>();
-    MARLIN_CUDA_CHECK(cudaFuncSetAttribute(gemm_q_mma_kernel<F, MT, TA>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-                      "gemm_q");
-    int n = 0;
-    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemm_q_mma_kernel<F, MT, TA>, kMmaThreads, bytes),
-                      "gemm_q");
-    return std::max(n, 1);
-  }();
-  return blocks;
-}
-
 // Launches unless the grid would leave most SMs idle (then the caller's dequantize + cuBLAS
 // path is faster); returns whether it launched.
 template <QuantFormat F, int MT, typename TA>
@@ -305,21 +289,13 @@ bool launch_mma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, T
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int blocks_x = (slabs + kMmaWarps - 1) / kMmaWarps;
-  // One wave: as many K splits as resident blocks allow, each covering whole rounds of units.
-  // Split partials (splits x M x N floats, written and read once) are kept under half the
-  // weight bytes.
   const int units = static_cast<int>(padded_units(K));
   const int sms = multiprocessor_count(device);
-  const int capacity = resident_blocks<F, MT, TA>() * sms;
-  const int by_traffic = static_cast<int>(static_cast<int64_t>(K) * format_bits(F) / (64 * static_cast<int64_t>(M)));
-  const int max_splits = std::clamp(by_traffic, 1, units / kUnitsAlign);
-  // One wave of resident blocks. (Measured on H200: more, shorter splits in several waves
-  // were slower at M = 1, and their partials cost too much at M = 32-64.)
-  int splits = std::clamp(capacity / blocks_x, 1, max_splits);
-  int units_per_split = (units + splits - 1) / splits;
-  units_per_split = (units_per_split + kUnitsAlign - 1) / kUnitsAlign * kUnitsAlign;
-  splits = (units + units_per_split - 1) / units_per_split;
-  if (M > 16 && blocks_x * splits < sms && !force_tiled_gemm) return false;
+  // Asked once per kernel and process.
+  static const int resident = resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_mma_kernel<F, MT, TA>),
+                                                     kMmaThreads, smem_bytes<F, MT>());
+  const auto [splits, units_per_split] = plan_tiled_splits(M, K, format_bits(F), units, resident * sms, blocks_x);
+  if (blocks_x * splits < sms && !force_tiled_gemm) return false;
   SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x);
   const uint32_t* stream_words = W.tiled.data<uint32_t>();
   gemm_q_mma_kernel<F, MT, TA><<<dim3(blocks_x, splits), kMmaThreads, smem_bytes<F, MT>(), stream>>>(

@@ -344,21 +344,6 @@ struct StreamScratch {
   Tensor partials, counters;
 };
 
-template <QuantFormat F, int G, int R, typename TA, bool kSwap>
-int stream_resident_blocks() {
-  static const int blocks = [] {
-    constexpr int bytes = stream_smem_bytes<F, G, R>();
-    MARLIN_CUDA_CHECK(cudaFuncSetAttribute(gemm_q_stream_kernel<F, G, R, TA, kSwap>,
-                                           cudaFuncAttributeMaxDynamicSharedMemorySize, bytes),
-                      "gemm_q");
-    int n = 0;
-    MARLIN_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, gemm_q_stream_kernel<F, G, R, TA, kSwap>, kThreads, bytes),
-                      "gemm_q");
-    return std::max(n, 1);
-  }();
-  return blocks;
-}
-
 template <QuantFormat F, int G, int R, typename TA, bool kSwap = R == 8>
 void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream) {
@@ -369,8 +354,9 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   const int64_t rounds = static_cast<int64_t>(slabs) * (units / kUnitsAlign);
   // As many warps as fit (bytes in flight), at least a round each. The partials (at most two
   // per warp, M x 64 floats, written and soon read back) mostly stay in L2.
-  const int64_t capacity = static_cast<int64_t>(stream_resident_blocks<F, G, R, TA, kSwap>()) *
-                           multiprocessor_count(device) * kWarps;
+  static const int resident = resident_blocks_per_sm(
+      reinterpret_cast<const void*>(&gemm_q_stream_kernel<F, G, R, TA, kSwap>), kThreads, stream_smem_bytes<F, G, R>());
+  const int64_t capacity = static_cast<int64_t>(resident) * multiprocessor_count(device) * kWarps;
   const int64_t warps = std::max<int64_t>(1, std::min(capacity, rounds));
   const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
   const int64_t min_rounds = std::max<int64_t>(rounds / warps, 1);

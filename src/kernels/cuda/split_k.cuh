@@ -15,6 +15,17 @@ struct SplitKBuffers {
 // Per-device scratch, grown on demand (nullptrs when splits == 1).
 SplitKBuffers split_k_buffers(int device, int splits, int M, int N, int column_blocks);
 
+// The K splits of a one-wave tile-layout launch (gemm_q_mma.cu, gemm_q_batch.cu): as many as
+// `capacity` resident blocks allow over `column_blocks` column blocks, each split whole rounds of
+// kUnitsAlign units, and the partials (splits x M x N floats, written and read once) at most
+// about half the weight's bytes. (Measured on H200: more, shorter splits in several waves were
+// slower at M = 1, and their partials cost too much at M = 32-64.)
+struct TiledSplits {
+  int splits;
+  int units_per_split;
+};
+TiledSplits plan_tiled_splits(int M, int K, int bits, int units, int capacity, int column_blocks);
+
 template <typename T>
 struct SplitKEpilogue {
   T* C;
