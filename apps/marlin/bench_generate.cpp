@@ -28,6 +28,11 @@
 #include <cuda_runtime.h>
 #endif
 
+#ifdef MARLIN_KERNEL_TRACE
+namespace marlin::cuda {
+void dump_kernel_trace();  // src/kernels/cuda/kernel_trace.cu: the diagnostic build's block stamps
+}
+#endif
 namespace marlin::cli {
 namespace {
 
@@ -378,7 +383,12 @@ void register_bench_generate(CLI::App& bench) {
   cmd->add_option("--cache-len", o->cache_len,
                   "KV cache positions per row (default: prompt + new tokens); e.g. 32768 to measure "
                   "the memory of a 32k-token cache with a short prompt");
-  cmd->callback([o] { print_report(run_benchmark(*o), o->json_output, print_text); });
+  cmd->callback([o] {
+    print_report(run_benchmark(*o), o->json_output, print_text);
+#ifdef MARLIN_KERNEL_TRACE
+    cuda::dump_kernel_trace();
+#endif
+  });
 }
 
 }  // namespace marlin::cli

@@ -2,6 +2,7 @@
 #include "core/cuda_check.h"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
@@ -35,8 +36,10 @@ __global__ void silu_mul_kernel(const T* __restrict__ gate, RowLayout gl, const 
 template <typename T>
 __global__ void silu_mul_vector_kernel(const T* gate, RowLayout gl, const T* up, RowLayout ul,
                                        T* out, RowLayout ol, int64_t rows, int64_t vectors) {
+  TRACE_START
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   pdl_wait();               // launched as a programmatic dependent: gate and up are the GEMM's
+  TRACE_WAITED
   constexpr int V = nn::kVec<T>;
   const int64_t c = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (c >= vectors) return;
@@ -52,6 +55,7 @@ __global__ void silu_mul_vector_kernel(const T* gate, RowLayout gl, const T* up,
     }
     nn::store_pack<T, V>(out + nn::row_offset(ol, r) + c * V, y);
   }
+  TRACE_END(silu)
 }
 
 template <typename T>

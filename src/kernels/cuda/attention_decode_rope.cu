@@ -13,6 +13,7 @@
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gqa_decode.cuh"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "marlin/stream.h"
 
@@ -65,6 +66,25 @@ __device__ __forceinline__ void rotate_head(const T* x, int half, bool interleav
   __syncwarp();  // the stage is free for the warp's next head
 }
 
+// L2 prefetch of the key and value rows [lo, hi) a split will read, given the start it would see
+// (the split arithmetic of rope_decode_kernel), one 128-byte line a thread at a time.
+template <typename T, int D>
+__device__ __forceinline__ void prefetch_split_rows(const T* kc, const T* vc, int start, int S, int window,
+                                                    int splits, int split) {
+  const int pos = min(max(start, 0), S - 1);
+  const int first = window > 0 ? max(0, pos - window + 1) : 0;
+  const int chunk = (pos - first + splits) / splits;
+  const int lo = first + split * chunk, hi = min(pos - 1, lo + chunk - 1);  // the new row is not there yet
+  if (lo > hi) return;
+  constexpr int kLineElems = 128 / sizeof(T);
+  const int lines = ((hi - lo + 1) * D + kLineElems - 1) / kLineElems;
+  const int64_t base = static_cast<int64_t>(lo) * D;
+  for (int i = threadIdx.x; i < 2 * lines; i += blockDim.x) {
+    const T* p = (i < lines ? kc : vc) + base + static_cast<int64_t>(i < lines ? i : i - lines) * kLineElems;
+    asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
+  }
+}
+
 // Grid (splits, Hkv x head chunks, B), kWarps warps. The new token of row b goes to position
 // starts[b] and sees keys [first, starts[b]]; starts outside [0, S) (the host checks them) are
 // clamped and then nothing is written.
@@ -73,8 +93,8 @@ __global__ void __launch_bounds__(kWarps * 32, 1)
 rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc, const T* vc, T* k_cache_out, T* v_cache_out, T* __restrict__ out,
                    float* part_o, float2* part_ml, unsigned* counters, int Hq, int Hkv, int S, float scale,
                    int window, int splits) {
+  TRACE_START
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
-  pdl_wait();               // launched as a programmatic dependent: q, k and v are the GEMM's output
   constexpr int kPerLane = per_lane<D>(), kG = group_chunk<D>();
   const int group = Hq / Hkv, head_chunks = (group + kG - 1) / kG;
   const int split = blockIdx.x, head_chunk = blockIdx.y % head_chunks;
@@ -82,6 +102,13 @@ rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc,
   const int ng = min(kG, group - g0);
   const int b = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int64_t cache_base = (static_cast<int64_t>(b) * Hkv + kvh) * S * D;
+  // This split's key and value rows as the positions stood at the previous step, asked into L2
+  // while the previous kernel finishes (a hint only: the rows are read after the wait, so a stale
+  // start or a row still being written costs nothing but the request).
+  prefetch_split_rows<T, D>(kc + cache_base, vc + cache_base, starts[b], S, window, splits, split);
+  pdl_wait();  // launched as a programmatic dependent: q, k and v are the GEMM's output
+  TRACE_WAITED
 
   const int start = starts[b];
   const int pos = min(max(start, 0), S - 1);
@@ -91,7 +118,6 @@ rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc,
   const int lo = first + split * chunk, hi = min(pos, lo + chunk - 1);  // lo > hi: no key here
   const bool has_fresh = fresh_row >= lo && fresh_row <= hi;
   const int64_t q_row0 = static_cast<int64_t>(b) * Hq + kvh * group + g0;
-  const int64_t cache_base = (static_cast<int64_t>(b) * Hkv + kvh) * S * D;
   // The first batch of keys is requested now: it needs neither the rotation nor the new key.
   gqa::KeyBatch<D> batch;
   gqa::load_key_batch<T, D>(kc + cache_base, vc + cache_base, lo + warp, hi, batch);
@@ -154,8 +180,12 @@ rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc,
   // An empty split (lo > hi) writes its empty state too: the last block merges every split.
   write_block_state<kWarps, kG>(st.m, st.l, &st.acc[0][0][0], D, ng, D, q_row0, splits, split, out, part_o,
                                 part_ml);
-  if (splits == 1 || !arrive_last(&counters[static_cast<int64_t>(b) * gridDim.y + blockIdx.y], splits)) return;
+  if (splits == 1 || !arrive_last(&counters[static_cast<int64_t>(b) * gridDim.y + blockIdx.y], splits)) {
+    TRACE_END(attention)
+    return;
+  }
   merge_splits_in_block<kWarps, kG>(part_o, part_ml, out, q_row0, ng, splits, D);
+  TRACE_END(merge)
 }
 
 template <typename T, int D>

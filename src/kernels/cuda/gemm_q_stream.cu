@@ -21,6 +21,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/gemm_q_tile.cuh"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 namespace marlin::cuda {
@@ -80,6 +81,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
 
   // A dependent launched with PDL (the next GEMM) may be scheduled as soon as SMs free up: its
   // own weight prologue then overlaps this kernel's tail.
+  TRACE_START
   pdl_launch_dependents();
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   unsigned char* ring = smem + warp * kStages * SS::kBytes;
@@ -235,6 +237,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) issue_weights(s);
   pdl_wait();
+  TRACE_WAITED
 #pragma unroll
   for (int s = 0; s < kStages - 1; ++s) {
     issue_a(s);
@@ -338,6 +341,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   }
   cp_async_wait<0>();
   if (total_stages > 0 && unit_in_slab != 0) flush(slab);
+  if constexpr (R == 8) { TRACE_END(gemm) } else { TRACE_END(gemm16) }
 }
 
 struct StreamScratch {

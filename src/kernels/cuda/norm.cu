@@ -5,6 +5,7 @@
 #include "core/cuda_check.h"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/nn_kernels_cuda.h"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
@@ -53,14 +54,25 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, RowLayout xl, T* residu
 // memory latency covers the whole row; this is what makes the kernel correct in place too
 // (out == x, or out == residual): a thread writes only the elements it has already read.
 // So x, residual and out carry no __restrict__, nor does the weight: with it nvcc sinks the
-// weight loads below the residual stores, a second memory latency before the product.
+// weight loads below the residual stores, a second memory latency before the product. The
+// weight loads come first of all, before the wait for the previous kernel (pdl.cuh).
 template <typename T, typename W, int kPer, bool kAdd>
 __global__ void __launch_bounds__(kVectorThreads)
 rms_norm_vector_kernel(const T* x, RowLayout xl, T* residual, RowLayout rl, const W* weight,
                        T* out, RowLayout ol, int64_t rows, int vectors, int n, float eps) {
+  TRACE_START
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
-  pdl_wait();               // launched as a programmatic dependent: x is the previous output
   constexpr int V = nn::kVec<T>;
+  // The norm's weights (the same for every row, and no kernel writes them) are requested before
+  // waiting for the previous kernel, so their memory latency passes while it finishes.
+  nn::Pack<W, V> wv[kPer];
+#pragma unroll
+  for (int k = 0; k < kPer; ++k) {
+    const int c = threadIdx.x + k * blockDim.x;
+    if (c < vectors) wv[k] = nn::load_pack<W, V>(weight + c * V);
+  }
+  pdl_wait();  // launched as a programmatic dependent: x is the previous output
+  TRACE_WAITED
   __shared__ float scratch[32];
   for (int64_t row = blockIdx.x; row < rows; row += gridDim.x) {
     const T* xr = x + nn::row_offset(xl, row);
@@ -68,14 +80,12 @@ rms_norm_vector_kernel(const T* x, RowLayout xl, T* residual, RowLayout rl, cons
     // hv: the values normalized (x, or the new residual), kept as T: they are T values, so
     // converting them again later is exact, and packed they take half the registers.
     nn::Pack<T, V> hv[kPer], rv[kPer];
-    nn::Pack<W, V> wv[kPer];
 #pragma unroll
     for (int k = 0; k < kPer; ++k) {
       const int c = threadIdx.x + k * blockDim.x;
       if (c < vectors) {
         hv[k] = nn::load_pack<T, V>(xr + c * V);
         if constexpr (kAdd) rv[k] = nn::load_pack<T, V>(rr + c * V);
-        wv[k] = nn::load_pack<W, V>(weight + c * V);
       }
     }
     float ss = 0.0f;
@@ -105,6 +115,7 @@ rms_norm_vector_kernel(const T* x, RowLayout xl, T* residual, RowLayout rl, cons
       nn::store_pack<T, V>(o + c * V, y);
     }
   }
+  TRACE_END(norm)
 }
 
 template <typename T, typename W, bool kAdd>
