@@ -229,6 +229,38 @@ TEST_F(Cuda, StreamKernelSumsManyPartsPerSlab) {
   EXPECT_EQ(cases, 24);
 }
 
+// Rounds of single stages (what launch_stream picks where they shorten the longest warp's share)
+// start and end warps' ranges inside scale groups that span stages (FP4 and FP8 at group 128
+// and 256, INT2 at 256): the first stage starts a group's sums and the last applies its scale.
+// Automatic rounds as well, at the same shapes.
+TEST_F(Cuda, StreamKernelSplitsScaleGroupsBetweenWarps) {
+  testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);
+  const std::pair<int64_t, int64_t> shapes[] = {{4096, 1000}, {8192, 96}, {2816, 200}, {14336, 64}};
+  int cases = 0;
+  for (const int round_stages : {1, 0})
+    for (int i = 0; i < 12; ++i) {
+      const auto [K, N] = shapes[i % 4];
+      const QuantFormat f = kFormats[i % 3];
+      const int g = i % 2 ? 128 : 256;
+      const int64_t M = i % 3 == 0 ? 1 : i % 3 == 1 ? 3 : 8;
+      const DType dt = i % 4 < 2 ? DType::bf16 : DType::f16;
+      QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1600 + i, 0.05f).to(gpu), f, {.group_size = g});
+      ops::prepare_for_gemm(q);
+      Tensor A = random_tensor({M, K}, dt, 1700 + i);
+      cuda::set_stream_round_stages(round_stages);
+      Tensor C = ops::gemm_q(A.to(gpu), q);
+      const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N);
+      EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
+          << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt)
+          << " round stages " << round_stages;
+      ++cases;
+    }
+  cuda::set_stream_round_stages(0);
+  cuda::set_force_tiled_gemm(false);
+  EXPECT_EQ(cases, 24);
+}
+
 // Launches of different shapes share the stream kernel's scratch (the partials, laid out by
 // each launch's slab and part counts, and the per-slab arrival counts that the last warp resets):
 // shapes interleaved, every launch equals the first of its shape, bit for bit, so no launch

@@ -33,6 +33,8 @@ void set_force_tiled_gemm(bool on);
 bool tiled_gemm_forced();
 // Tests: 16 < M <= 64 on the per-slab kernel (gemm_q_mma.cu) instead of the batch kernel.
 void set_per_slab_gemm(bool on);
+// Test hook: the stream kernel's round in stages at M <= 8 (0: chosen per shape, the default).
+void set_stream_round_stages(int stages);
 // C = A @ B (+ bias) with cuBLAS, B f16/bf16 [K, N] of A's dtype.
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C);
 // out (contiguous f32/f16/bf16) = stddev * N(0, 1) from the counter-based generator.

@@ -1,8 +1,9 @@
 // Tensor-core quantized GEMM for M <= 16 (decode) over the tile layout of gemm_q_mma.cu.
 //
 // Stream-K: the layout stores the whole weight as one stream (slab after slab, unit after unit,
-// then the scale rows in the same order), cut into rounds of kUnitsAlign units. Every warp of
-// the grid takes an equal contiguous range of rounds, crossing slab boundaries where it falls,
+// then the scale rows in the same order), cut into rounds of one to kUnitsAlign units (a slab is
+// whole rounds; launch_stream picks the size). Every warp of the grid takes an equal contiguous
+// range of rounds, crossing slab boundaries where it falls,
 // so every SM gets the same number of bytes whatever the shape (a grid of whole slabs x K
 // splits leaves up to a quarter of the SMs idle at the end). A warp copies its range with
 // cp.async into a private ring of shared-memory stages (all but one in flight): the weights, the
@@ -65,14 +66,12 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
                          const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
                          BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
                          unsigned* __restrict__ counters, int M, int N, int K, int units,
-                         int64_t rounds, int64_t used_warps, int max_parts) {
+                         int64_t rounds, int round_stages, int64_t used_warps, int max_parts) {
   using Cd = MmaCodec<F>;
   using St = Stage<F, G>;
   using SS = StreamStage<F, G, R>;
   constexpr int kW = Cd::kWords;
   constexpr int kU = St::kUnits;
-  constexpr int kStagesPerRound = kUnitsAlign / kU;
-  constexpr int kStagesPerGroup = G > kU ? G / kU : 1;
   constexpr int kGroupShift = G == 1 ? 0 : G == 2 ? 1 : G == 4 ? 2 : 3;
   constexpr int kScaleRows = St::kScaleRows;
   constexpr int kAVecPerRow = kU * kUnitK / 8;  // 16-byte pieces of one A row per stage
@@ -91,9 +90,9 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   const int64_t wg = static_cast<int64_t>(blockIdx.x) * kWarps + warp;
   if (wg >= W) return;
   const int64_t r0 = wg * rounds / W, r1 = (wg + 1) * rounds / W;
-  const int total_stages = static_cast<int>(r1 - r0) * kStagesPerRound;
+  const int total_stages = static_cast<int>(r1 - r0) * round_stages;
   const int rows_a = min(M, R);
-  const int64_t first_unit = r0 * kUnitsAlign;  // in the whole stream
+  const int64_t first_unit = r0 * round_stages * kU;  // in the whole stream
 
   // A stage's copies: its weights and scale rows (which no earlier kernel writes), then its rows
   // of A (the previous kernel's output). issue_unit: the slab-local unit of the next A copy.
@@ -159,7 +158,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
 
   // Writes this warp's sums for `slab` (C, or a partial that the slab's last warp adds up).
   constexpr float kUnscale = Cd::kGroupScale * (std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale);
-  const int64_t rounds_per_slab = units / kUnitsAlign;
+  const int64_t rounds_per_slab = units / kU / round_stages;
   auto flush = [&](int64_t slab) {
     const int64_t w_first = warp_of_round(slab * rounds_per_slab, W, rounds);
     const int64_t w_last = warp_of_round((slab + 1) * rounds_per_slab - 1, W, rounds);
@@ -246,10 +245,8 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   int64_t slab = first_unit / units;
   int unit_in_slab = static_cast<int>(first_unit % units);
   const int a_row = lane / 4, c = lane % 4;
-  for (int s0 = 0; s0 < total_stages; s0 += kStagesPerGroup) {
-#pragma unroll
-    for (int ss = 0; ss < kStagesPerGroup; ++ss) {
-      const int s = s0 + ss;
+  for (int s = 0; s < total_stages; ++s) {
+    {
       cp_async_wait<kStages - 2>();
       __syncwarp();  // other lanes' scale rows and A; the slot computed last is free again
       issue(s + kStages - 1);
@@ -277,9 +274,12 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
           w[4 * j + 2] = v.z;
           w[4 * j + 3] = v.w;
         }
-        // Group boundaries are compile-time positions (rounds start on group boundaries).
-        const bool group_start = G <= kU ? a % G == 0 : (ss == 0 && a == 0);
-        const bool group_end = G <= kU ? a % G == G - 1 : (ss == kStagesPerGroup - 1 && a == kU - 1);
+        // Groups within a stage (G <= kU) sit at compile-time positions. Longer ones span stages,
+        // and a warp's range may begin or end inside one (rounds can be single stages): its
+        // first stage starts a group and its last ends one.
+        const bool group_start = G <= kU ? a % G == 0 : a == 0 && (s == 0 || unit_in_slab % G == 0);
+        const bool group_end =
+            G <= kU ? a % G == G - 1 : a == kU - 1 && (s == total_stages - 1 || (unit_in_slab + kU) % G == 0);
         if (group_start) {
 #pragma unroll
           for (int t = 0; t < kAccTiles; ++t)
@@ -328,7 +328,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
       }
     }
     // Slab boundaries fall on round boundaries, which are group boundaries.
-    unit_in_slab += kStagesPerGroup * kU;
+    unit_in_slab += kU;
     if (unit_in_slab == units) {
       flush(slab);
 #pragma unroll
@@ -344,6 +344,8 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   if constexpr (R == 8) { TRACE_END(gemm) } else { TRACE_END(gemm16) }
 }
 
+int forced_round_stages = 0;  // set_stream_round_stages
+
 struct StreamScratch {
   Tensor partials, counters;
 };
@@ -355,23 +357,42 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   const int device = A.device().index;
   const int slabs = slabs_for(N);
   const int units = static_cast<int>(padded_units(K));
-  const int64_t rounds = static_cast<int64_t>(slabs) * (units / kUnitsAlign);
+  constexpr int kU = Stage<F, G>::kUnits;
+  const int64_t stages = static_cast<int64_t>(slabs) * (units / kU);
   // As many warps as fit (bytes in flight), at least a round each. The partials (at most two
   // per warp, M x 64 floats, written and soon read back) mostly stay in L2.
   static const int resident = resident_blocks_per_sm(
       reinterpret_cast<const void*>(&gemm_q_stream_kernel<F, G, R, TA, kSwap>), kThreads, stream_smem_bytes<F, G, R>());
   const int64_t capacity = static_cast<int64_t>(resident) * multiprocessor_count(device) * kWarps;
+  // Rounds: the unit of a warp's share. Whole rounds of kUnitsAlign units left the warps with one
+  // round more than others a quarter to a half longer than the rest (3.4 rounds a warp on
+  // 4096x28672), and the launch ends with the longest. At M = 1 the round is the size (single
+  // stages up to kUnitsAlign units) whose longest share is shortest, the longer on a tie (H200:
+  // FP4 4096x28672 21.0 against 23.0 us, FP8 4096x4096 8.8 against 10.6). Not at M = 8, where
+  // the slabs' last warps then sum twice the parts of M rows (FP4 4096x4096 13.8 against 10.5).
+  auto longest_share = [&](int64_t round_stages) {
+    const int64_t rounds = stages / round_stages, warps = std::max<int64_t>(1, std::min(capacity, rounds));
+    return (rounds + warps - 1) / warps * round_stages;
+  };
+  int round_stages = kUnitsAlign / kU;
+  static const bool whole_rounds = env_is("MARLIN_STREAM_FINE_ROUNDS", "0");
+  if (R == 8 && M == 1 && !whole_rounds)
+    for (int r = kUnitsAlign / kU / 2; r >= 1; r /= 2)
+      if (longest_share(r) < longest_share(round_stages)) round_stages = r;
+  if (R == 8 && forced_round_stages > 0) round_stages = std::min(forced_round_stages, kUnitsAlign / kU);
+  const int64_t rounds = stages / round_stages;
+  const int64_t rounds_per_slab = units / kU / round_stages;
   const int64_t warps = std::max<int64_t>(1, std::min(capacity, rounds));
   const int blocks = static_cast<int>((warps + kWarps - 1) / kWarps);
   const int64_t min_rounds = std::max<int64_t>(rounds / warps, 1);
-  const int max_parts = static_cast<int>(std::min<int64_t>(warps, (units / kUnitsAlign) / min_rounds + 2));
+  const int max_parts = static_cast<int>(std::min<int64_t>(warps, rounds_per_slab / min_rounds + 2));
   if constexpr (R == 16) {
     // Many parts a slab (long K, few slabs): the last warp of a slab sums them alone, M rows
     // of 64 columns a part, a few parts an L2 round trip (14336x4096 at M = 16: 28 parts,
     // 34.0 us against 29.1 on an H200). gemm_q_batch.cu's blocks share that sum.
     // (MARLIN_BATCH_GEMM=0 keeps them here, to measure both.)
     static const bool stream_only = env_is("MARLIN_BATCH_GEMM", "0");
-    if (!stream_only && M >= kMinBatchRows && (units / kUnitsAlign) / min_rounds > kMaxSlabParts16 &&
+    if (!stream_only && M >= kMinBatchRows && rounds_per_slab / min_rounds > kMaxSlabParts16 &&
         gemm_q_batch(A, W, bias, C, stream) == BatchLaunch::launched)
       return;
   }
@@ -397,7 +418,7 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
                        stream_smem_bytes<F, G, R>(), stream, static_cast<const TA*>(A.data_ptr()),
                        reinterpret_cast<const uint4*>(words), reinterpret_cast<const uint4*>(words + weight_words<F>(K, N)),
                        bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
-                       static_cast<TA*>(C.data_ptr()), partials, counters, M, N, K, units, rounds, warps, max_parts),
+                       static_cast<TA*>(C.data_ptr()), partials, counters, M, N, K, units, rounds, round_stages, warps, max_parts),
       "gemm_q");
 }
 
@@ -422,6 +443,8 @@ void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bi
 }
 
 }  // namespace
+
+void set_stream_round_stages(int stages) { forced_round_stages = stages; }
 
 void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream) {
