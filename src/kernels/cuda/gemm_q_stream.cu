@@ -246,83 +246,81 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   int unit_in_slab = static_cast<int>(first_unit % units);
   const int a_row = lane / 4, c = lane % 4;
   for (int s = 0; s < total_stages; ++s) {
-    {
-      cp_async_wait<kStages - 2>();
-      __syncwarp();  // other lanes' scale rows and A; the slot computed last is free again
-      issue(s + kStages - 1);
-      const unsigned char* slot = ring + (s % kStages) * SS::kBytes;
-      const uint4* wslot = reinterpret_cast<const uint4*>(slot);
-      const __half* srows = reinterpret_cast<const __half*>(wslot + St::kWeightWords);
-      const uint32_t* a_slot = reinterpret_cast<const uint32_t*>(slot + St::kBytes);
+    cp_async_wait<kStages - 2>();
+    __syncwarp();  // other lanes' scale rows and A; the slot computed last is free again
+    issue(s + kStages - 1);
+    const unsigned char* slot = ring + (s % kStages) * SS::kBytes;
+    const uint4* wslot = reinterpret_cast<const uint4*>(slot);
+    const __half* srows = reinterpret_cast<const __half*>(wslot + St::kWeightWords);
+    const uint32_t* a_slot = reinterpret_cast<const uint32_t*>(slot + St::kBytes);
 #pragma unroll
-      for (int a = 0; a < kU; ++a) {
-        // A: lane holds rows a_row (and a_row + 8 when R == 16), weight rows 8c..8c+7 of the
-        // unit: one 16-byte read per row (the layout's k order), zeros for rows past M.
-        uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
-        if (a_row < rows_a)
-          lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
-        if (R == 16 && a_row + 8 < rows_a)
-          hi = *reinterpret_cast<const uint4*>(a_slot + ((a_row + 8) * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
-        lo = activations_as_f16<TA>(lo);
-        if (R == 16) hi = activations_as_f16<TA>(hi);
-        uint32_t w[kW * 4];
+    for (int a = 0; a < kU; ++a) {
+      // A: lane holds rows a_row (and a_row + 8 when R == 16), weight rows 8c..8c+7 of the
+      // unit: one 16-byte read per row (the layout's k order), zeros for rows past M.
+      uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
+      if (a_row < rows_a)
+        lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
+      if (R == 16 && a_row + 8 < rows_a)
+        hi = *reinterpret_cast<const uint4*>(a_slot + ((a_row + 8) * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
+      lo = activations_as_f16<TA>(lo);
+      if (R == 16) hi = activations_as_f16<TA>(hi);
+      uint32_t w[kW * 4];
 #pragma unroll
-        for (int j = 0; j < kW; ++j) {
-          const uint4 v = wslot[(a * kW + j) * 32 + lane];
-          w[4 * j] = v.x;
-          w[4 * j + 1] = v.y;
-          w[4 * j + 2] = v.z;
-          w[4 * j + 3] = v.w;
-        }
-        // Groups within a stage (G <= kU) sit at compile-time positions. Longer ones span stages,
-        // and a warp's range may begin or end inside one (rounds can be single stages): its
-        // first stage starts a group and its last ends one.
-        const bool group_start = G <= kU ? a % G == 0 : a == 0 && (s == 0 || unit_in_slab % G == 0);
-        const bool group_end =
-            G <= kU ? a % G == G - 1 : a == kU - 1 && (s == total_stages - 1 || (unit_in_slab + kU) % G == 0);
-        if (group_start) {
+      for (int j = 0; j < kW; ++j) {
+        const uint4 v = wslot[(a * kW + j) * 32 + lane];
+        w[4 * j] = v.x;
+        w[4 * j + 1] = v.y;
+        w[4 * j + 2] = v.z;
+        w[4 * j + 3] = v.w;
+      }
+      // Groups within a stage (G <= kU) sit at compile-time positions. Longer ones span stages,
+      // and a warp's range may begin or end inside one (rounds can be single stages): its
+      // first stage starts a group and its last ends one.
+      const bool group_start = G <= kU ? a % G == 0 : a == 0 && (s == 0 || unit_in_slab % G == 0);
+      const bool group_end =
+          G <= kU ? a % G == G - 1 : a == kU - 1 && (s == total_stages - 1 || (unit_in_slab + kU) % G == 0);
+      if (group_start) {
 #pragma unroll
-          for (int t = 0; t < kAccTiles; ++t)
+        for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
-            for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
-        }
-        // Register (step, tile, h) of the layout: the B fragment of 8-column tile `tile`.
-        auto wreg = [&](int step, int tile, int h) { return b_register<F, false>(w, (step * 8 + tile) * 2 + h, __half2()); };
-        if constexpr (kSwap) {
-          const uint32_t x[2][2] = {{lo.x, lo.y}, {lo.z, lo.w}};
+          for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
+      }
+      // Register (step, tile, h) of the layout: the B fragment of 8-column tile `tile`.
+      auto wreg = [&](int step, int tile, int h) { return b_register<F, false>(w, (step * 8 + tile) * 2 + h, __half2()); };
+      if constexpr (kSwap) {
+        const uint32_t x[2][2] = {{lo.x, lo.y}, {lo.z, lo.w}};
 #pragma unroll
-          for (int step = 0; step < 2; ++step)
-#pragma unroll
-            for (int t = 0; t < kAccTiles; ++t) {
-              const uint32_t wfrag[4] = {wreg(step, 2 * t, 0), wreg(step, 2 * t + 1, 0), wreg(step, 2 * t, 1),
-                                         wreg(step, 2 * t + 1, 1)};
-              mma_16816(gacc[t], wfrag, x[step][0], x[step][1]);
-            }
-        } else {
-          const uint32_t afrag[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
-#pragma unroll
-          for (int step = 0; step < 2; ++step)
-#pragma unroll
-            for (int t = 0; t < kAccTiles; ++t) mma_16816(gacc[t], afrag[step], wreg(step, t, 0), wreg(step, t, 1));
-        }
-        if (group_end) {
-          const __half* srow = srows + (G <= kU ? (a / G) * kSlabN : 0);
+        for (int step = 0; step < 2; ++step)
 #pragma unroll
           for (int t = 0; t < kAccTiles; ++t) {
-            float2 sc;
-            if constexpr (kSwap) {  // columns 16t + a_row (i < 2) and 16t + 8 + a_row (i >= 2)
-              sc = make_float2(__half2float(srow[16 * t + a_row]), __half2float(srow[16 * t + 8 + a_row]));
-              acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
-              acc[t][1] = fmaf(gacc[t][1], sc.x, acc[t][1]);
-              acc[t][2] = fmaf(gacc[t][2], sc.y, acc[t][2]);
-              acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
-            } else {  // columns 8t + 2c and 8t + 2c + 1
-              sc = __half22float2(*reinterpret_cast<const __half2*>(srow + t * 8 + 2 * c));
-              acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
-              acc[t][1] = fmaf(gacc[t][1], sc.y, acc[t][1]);
-              acc[t][2] = fmaf(gacc[t][2], sc.x, acc[t][2]);
-              acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
-            }
+            const uint32_t wfrag[4] = {wreg(step, 2 * t, 0), wreg(step, 2 * t + 1, 0), wreg(step, 2 * t, 1),
+                                       wreg(step, 2 * t + 1, 1)};
+            mma_16816(gacc[t], wfrag, x[step][0], x[step][1]);
+          }
+      } else {
+        const uint32_t afrag[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
+#pragma unroll
+        for (int step = 0; step < 2; ++step)
+#pragma unroll
+          for (int t = 0; t < kAccTiles; ++t) mma_16816(gacc[t], afrag[step], wreg(step, t, 0), wreg(step, t, 1));
+      }
+      if (group_end) {
+        const __half* srow = srows + (G <= kU ? (a / G) * kSlabN : 0);
+#pragma unroll
+        for (int t = 0; t < kAccTiles; ++t) {
+          float2 sc;
+          if constexpr (kSwap) {  // columns 16t + a_row (i < 2) and 16t + 8 + a_row (i >= 2)
+            sc = make_float2(__half2float(srow[16 * t + a_row]), __half2float(srow[16 * t + 8 + a_row]));
+            acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
+            acc[t][1] = fmaf(gacc[t][1], sc.x, acc[t][1]);
+            acc[t][2] = fmaf(gacc[t][2], sc.y, acc[t][2]);
+            acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+          } else {  // columns 8t + 2c and 8t + 2c + 1
+            sc = __half22float2(*reinterpret_cast<const __half2*>(srow + t * 8 + 2 * c));
+            acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
+            acc[t][1] = fmaf(gacc[t][1], sc.y, acc[t][1]);
+            acc[t][2] = fmaf(gacc[t][2], sc.x, acc[t][2]);
+            acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
           }
         }
       }
