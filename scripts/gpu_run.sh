@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One call on the GPU machine: build for the GPU present with every core, run all tests (the
 # GPU-only `cuda` label included), run the benchmarks, and end with a short summary.
-# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick|bench|generate|profile|verify]
+# Logs go to $OUT (or out/) when set. Usage: scripts/gpu_run.sh [quick|bench|generate|profile|verify|trace]
 # verify: build only the CLI and the test binaries with GPU rows, run them each under a timeout,
 # then one end-to-end decode (a hung kernel must not eat the whole call).
 set -uo pipefail
@@ -12,6 +12,17 @@ export NCCL_NVLS_ENABLE=0
 nvidia-smi --query-gpu=name,memory.total,clocks.max.sm,driver_version --format=csv,noheader | tee "$out/gpu.txt"
 start=$(date +%s)
 test_rc=0
+if [ "${1:-}" = "trace" ]; then
+  # A decode step's timeline (MARLIN_KERNEL_TRACE, README): a traced build of the CLI, one
+  # synthetic FP4 decode (TRACE_CONFIG, default llama-3.1-8b), its launches in order.
+  cmake -S . -B build-trace -G Ninja -DCMAKE_BUILD_TYPE=Release -DMARLIN_TESTS=OFF -DMARLIN_KERNEL_TRACE=ON \
+      >"$out/configure.log" 2>&1 &&
+    cmake --build build-trace -j "$(nproc)" --target marlin_cli >"$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+  MARLIN_TRACE_FILE="$out/trace.bin" ./build-trace/marlin bench generate --config "bench/configs/${TRACE_CONFIG:-llama-3.1-8b}.json" \
+      --synthetic --bits 4 --prompt-len 512 --gen-len 16 --warmup 1 --runs 1
+  python3 tools/kernel_timeline.py "$out/trace.bin" --last 20 --ends
+  exit 0
+fi
 if ! cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release >"$out/configure.log" 2>&1; then
   tail -30 "$out/configure.log"; exit 1
 fi
