@@ -24,10 +24,8 @@ __global__ void silu_mul_kernel(const T* __restrict__ gate, RowLayout gl, const 
   const int64_t j = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (j >= n) return;
   for (int64_t r = blockIdx.y; r < rows; r += gridDim.y) {
-    const float g = to_float(gate[nn::row_offset(gl, r) + j]);
-    // expf, not __expf: the CPU reference's accuracy. silu rounded to T as Transformers does.
-    const float s = nn::round_to<T>(g / (1.0f + expf(-g)));
-    out[nn::row_offset(ol, r) + j] = from_float<T>(s * to_float(up[nn::row_offset(ul, r) + j]));
+    out[nn::row_offset(ol, r) + j] =
+        nn::silu_mul_value<T>(to_float(gate[nn::row_offset(gl, r) + j]), to_float(up[nn::row_offset(ul, r) + j]));
   }
 }
 
@@ -48,11 +46,7 @@ __global__ void silu_mul_vector_kernel(const T* gate, RowLayout gl, const T* up,
     const nn::Pack<T, V> u = nn::load_pack<T, V>(up + nn::row_offset(ul, r) + c * V);
     nn::Pack<T, V> y;
 #pragma unroll
-    for (int e = 0; e < V; ++e) {  // silu_mul_kernel's arithmetic, element by element
-      const float gv = to_float(g.v[e]);
-      const float s = nn::round_to<T>(gv / (1.0f + expf(-gv)));
-      y.v[e] = from_float<T>(s * to_float(u.v[e]));
-    }
+    for (int e = 0; e < V; ++e) y.v[e] = nn::silu_mul_value<T>(to_float(g.v[e]), to_float(u.v[e]));
     nn::store_pack<T, V>(out + nn::row_offset(ol, r) + c * V, y);
   }
   TRACE_END(silu)

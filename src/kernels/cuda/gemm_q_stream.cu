@@ -190,11 +190,17 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     arrived = __shfl_sync(0xffffffffu, arrived, 0);
     if (arrived != static_cast<unsigned>(parts - 1)) return;
     __syncwarp();  // lane 0 acquired the other parts' partials
-    // Four columns per lane, eight parts' loads in flight (four for 16 rows, which have fewer
-    // registers to spare): one L2 round trip for up to 8 parts, 16 at M = 1, where two lanes
-    // share a column quad and split its parts. A fixed order: the sums are deterministic.
+    // Four columns per lane, kBatch parts' loads in flight: one L2 round trip for up to kBatch
+    // parts, twice as many at M = 1, where two lanes share a column quad and split its parts. A
+    // fixed order: the sums are deterministic. The long-K, narrow projections have ~33 parts a
+    // slab (14336x4096: 2112 warps over 64 slabs), whose last warp's sum was the launch's tail
+    // (blocks ending 4-5 us after the median); 18 loads a lane take 36 parts at once (H200,
+    // Llama-3.1-8B batch 1: FP8 322 against 297-300 tok/s, FP4 396-397 against 388-389). INT2
+    // keeps 8 (with 18: 392-394 against 402-403; its loop had 90 registers, the batch takes 126).
+    // Four for 16 rows, which have fewer registers to spare.
     const float4* first = reinterpret_cast<const float4*>(partials + slab * max_parts * (R * kSlabN));
-    constexpr int kPartStride = R * kSlabN / 4, kQuads = kSlabN / 4, kBatch = kSwap ? 8 : 4;
+    constexpr int kPartStride = R * kSlabN / 4, kQuads = kSlabN / 4;
+    constexpr int kBatch = !kSwap ? 4 : F == QuantFormat::int2 ? 8 : 18;
     const int items = M * kQuads, split = items < 32 ? 2 : 1;
     for (int base = 0; base < items * split; base += 32) {
       const int slot = base + lane, idx = slot / split, half = slot % split;

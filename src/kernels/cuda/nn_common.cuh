@@ -78,6 +78,13 @@ __device__ __forceinline__ float round_to(float v) {
   return to_float(from_float<T>(v));
 }
 
+// SwiGLU of one element, silu(g) * u: silu rounded to T as Transformers does, expf (not
+// __expf) for the CPU reference's accuracy.
+template <typename T>
+__device__ __forceinline__ T silu_mul_value(float g, float u) {
+  return from_float<T>(round_to<T>(g / (1.0f + expf(-g))) * u);
+}
+
 // RoPE's cos and sin of the angle pos * freq: the f32 angle of Transformers, precise sincosf,
 // times attention_factor, rounded to T. Recomputed by every head's warp: a few dozen FMAs
 // against a memory latency, and no barrier to share them.
