@@ -11,7 +11,9 @@ rm -rf .snap && mkdir .snap
 git archive HEAD | tar -x -C .snap
 patch_file=$(mktemp)
 git diff HEAD --binary >"$patch_file"
-if [ -s "$patch_file" ]; then (cd .snap && git apply "$patch_file"); fi
+# From the root with --directory: git apply run inside .snap (a subdirectory of this work tree)
+# would skip every path outside .snap, silently.
+if [ -s "$patch_file" ]; then git apply --directory=.snap "$patch_file"; fi
 rm -f "$patch_file"
 git ls-files --others --exclude-standard | while read -r f; do
   mkdir -p ".snap/$(dirname "$f")" && cp "$f" ".snap/$f"
