@@ -13,6 +13,7 @@
 #include "kernels/cuda/attention_kernels_cuda.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gqa_decode.cuh"
+#include "kernels/cuda/gqa_rope.cuh"
 #include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "marlin/stream.h"
@@ -21,50 +22,10 @@ namespace marlin::cuda {
 namespace {
 
 using gqa::group_chunk;
+using gqa::NewToken;
+using gqa::rotate_head;
 using gqa::kWarps;
 using gqa::per_lane;
-
-// The step's new token: q [B, Hq, D], k and v [B, Hkv, D] with any token and head strides (head
-// views of the fused QKV output), and what RoPE needs.
-template <typename T>
-struct NewToken {
-  const T* q;
-  const T* k;
-  const T* v;
-  int64_t q_token, q_head, k_token, k_head, v_token, v_head;
-  const int* positions;  // [B], the rotation angle's position
-  const float* inv_freq;  // [half]
-  int half;
-  bool interleaved;
-  float attention_factor;
-};
-
-// The rotated values of head x at this lane's dims d = lane + 32 i, rounded to T as rope() stores
-// them (rope.cu: store_rotated); dims past the rotary ones unchanged. (c, s) are the lane's cos and
-// sin (lane_cos_sin). The head passes through the warp's `stage` (D floats of shared memory),
-// since a dim's partner may be another lane's.
-template <typename T, int D>
-__device__ __forceinline__ void rotate_head(const T* x, int half, bool interleaved, const float (&c)[per_lane<D>()],
-                                            const float (&s)[per_lane<D>()], float* stage,
-                                            float (&r)[per_lane<D>()]) {
-  const int lane = threadIdx.x % 32;
-#pragma unroll
-  for (int i = 0; i < per_lane<D>(); ++i) {
-    const int d = lane + 32 * i;
-    r[i] = d < D ? to_float(x[d]) : 0.0f;
-    if (d < D) stage[d] = r[i];
-  }
-  __syncwarp();
-#pragma unroll
-  for (int i = 0; i < per_lane<D>(); ++i) {
-    const int d = lane + 32 * i;
-    if (d >= 2 * half) continue;
-    const int p = d < half ? d : d - half;
-    const float a = stage[interleaved ? 2 * p : p], b = stage[interleaved ? 2 * p + 1 : p + half];
-    r[i] = nn::round_to<T>(d < half ? a * c[i] - b * s[i] : b * c[i] + a * s[i]);
-  }
-  __syncwarp();  // the stage is free for the warp's next head
-}
 
 // L2 prefetch of the key and value rows [lo, hi) a split will read, given the start it would see
 // (the split arithmetic of rope_decode_kernel), one 128-byte line a thread at a time.
@@ -126,14 +87,7 @@ rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc,
   __shared__ float s_q[kG][D];
   __shared__ float s_fresh[2][D];  // the new key (rotated, as the cache holds it) and value
   float c[kPerLane], s[kPerLane];
-  const float angle_pos = static_cast<float>(tok.positions[b]);
-#pragma unroll
-  for (int i = 0; i < kPerLane; ++i) {
-    const int d = lane + 32 * i;
-    c[i] = s[i] = 0.0f;
-    if (d < 2 * tok.half)
-      nn::cos_sin<T>(angle_pos, tok.inv_freq[d < tok.half ? d : d - tok.half], tok.attention_factor, c[i], s[i]);
-  }
+  gqa::lane_cos_sin<T, D, false>(tok, tok.positions[b], c, s);
   float r[kPerLane];
   for (int g = warp; g < ng; g += kWarps) {
     rotate_head<T, D>(tok.q + b * tok.q_token + (kvh * group + g0 + g) * tok.q_head, tok.half, tok.interleaved,
@@ -208,11 +162,7 @@ void launch(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos
     // One per (row, KV head, head chunk).
     counters = arrival_counters(CounterUser::gqa_decode, device, static_cast<int64_t>(B) * Hkv * head_chunks);
   }
-  const NewToken<T> tok{static_cast<const T*>(q.data_ptr()), static_cast<const T*>(k.data_ptr()),
-                        static_cast<const T*>(v.data_ptr()), q.strides()[0], q.strides()[1], k.strides()[0],
-                        k.strides()[1], v.strides()[0], v.strides()[1], positions.data<int32_t>(),
-                        inv_freq.data<float>(), static_cast<int>(inv_freq.numel()), interleaved,
-                        attention_factor};
+  const auto tok = gqa::make_new_token<T>(q, k, v, positions, inv_freq, interleaved, attention_factor);
   T* kcache = static_cast<T*>(k_cache.data_ptr());
   T* vcache = static_cast<T*>(v_cache.data_ptr());
   auto stream = static_cast<cudaStream_t>(current_stream(device).handle);
@@ -231,6 +181,9 @@ void rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, co
                            Tensor& v_cache, const Tensor& starts, float scale, int64_t sliding_window,
                            Tensor& out) {
   const int window = static_cast<int>(std::min<int64_t>(sliding_window, INT32_MAX));
+  if (rope_attention_decode_cluster(q, k, v, positions, inv_freq, interleaved, attention_factor, k_cache, v_cache,
+                                    starts, scale, window, out))
+    return;
   nn::dispatch_float(q.dtype(), "rope_attention_decode", [&](auto tag) {
     using T = decltype(tag);
     switch (q.size(2)) {

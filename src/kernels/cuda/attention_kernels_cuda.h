@@ -33,6 +33,15 @@ void rope_attention_decode(const Tensor& q, const Tensor& k, const Tensor& v, co
                            const Tensor& inv_freq, bool interleaved, float attention_factor, Tensor& k_cache,
                            Tensor& v_cache, const Tensor& starts, float scale, int64_t sliding_window,
                            Tensor& out);
+// The same in clusters of up to 16 blocks on sm_90 (attention_decode_cluster.cu), where the
+// split count fits; returns false, doing nothing, where it does not. rope_attention_decode tries
+// it first.
+bool rope_attention_decode_cluster(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& positions,
+                                   const Tensor& inv_freq, bool interleaved, float attention_factor,
+                                   Tensor& k_cache, Tensor& v_cache, const Tensor& starts, float scale, int window,
+                                   Tensor& out);
+// Tests: whether rope_attention_decode may take the cluster kernel (MARLIN_ATTN_CLUSTER=0: never).
+void set_attention_decode_cluster(bool enabled);
 // Tests: force the number of sequence splits of the decode kernels (0 = automatic).
 void set_attention_decode_splits(int splits);
 int attention_decode_forced_splits();
