@@ -179,60 +179,68 @@ TEST_F(AttentionCuda, RopeCacheWriteMatchesCpu) {
 // at position 0, mid-cache and at the cache's end; GQA groups that take one and two head chunks
 // a block; full and partial rotary in both layouts; forced and automatic split counts. Both
 // kernels: the splits merged in a thread-block cluster (up to 16 splits; head_dim 64, 128, 256;
-// keys beyond a warp's preload at 1 and 5 splits) and through global memory (64 splits, head_dim
-// 80, or the cluster kernel switched off).
+// keys beyond a warp's preload at 1 and 5 splits, and in a single row's 2000-position cache at
+// the automatic count) and through global memory (64 splits, head_dim 80, or the cluster kernel
+// switched off).
 TEST_F(AttentionCuda, RopeAttentionDecodeMatchesSeparateOps) {
   testing::PoisonScope poison;
   const DType dtypes[] = {DType::bf16, DType::f16, DType::f32};
-  const int64_t B = 3, Hkv = 2, S = 300;
-  const std::vector<int32_t> starts{0, 157, 299};
+  const int64_t Hkv = 2;
+  struct Rows {
+    int64_t B, S;
+    std::vector<int32_t> starts, pos;  // the angles' positions need not be the slots
+  };
+  const Rows shapes[] = {{3, 300, {0, 157, 299}, {3, 160, 1000}}, {1, 2000, {1999}, {2100}}};
   int seed = 1300;
-  for (bool cluster : {true, false})
-    for (int64_t D : {64, 80, 128, 256})
-      for (int64_t group : {1, 4, 12})
-        for (int splits : {0, 1, 5, 16, 64})
-          for (int64_t window : {0, 37}) {
-            ++seed;
-            const DType dt = dtypes[seed % 3];
-            const int64_t Hq = Hkv * group, rotary = seed % 2 ? D : D / 2;
-            const auto layout = seed % 4 < 2 ? ops::RopeLayout::half_split : ops::RopeLayout::interleaved;
-            const ops::RopeParams p = ops::rope_params(10000, rotary, RopeScaling{}, 4096, layout);
-            const std::vector<int32_t> pos{3, 160, 1000};  // the angles' positions need not be the slots
-            const Tensor positions = Tensor::from_vector(pos, {B}, DType::i32);
-            const Tensor st = Tensor::from_vector(starts, {B}, DType::i32);
-            const Tensor qkv = random_tensor({B, Hq + 2 * Hkv, D}, dt, seed);
-            const Tensor kc = random_tensor({B, Hkv, S, D}, dt, seed + 1);
-            const Tensor vc = random_tensor({B, Hkv, S, D}, dt, seed + 2);
-            const float scale = 1.0f / std::sqrt(static_cast<float>(D));
-            auto heads = [&](Tensor& x, int64_t first, int64_t n) { return x.narrow(1, first, n); };
-            // The CPU reference (rope_cache_write, then attention_decode).
-            Tensor x_cpu = qkv.clone(), kc_cpu = kc.clone(), vc_cpu = vc.clone();
-            const auto want = to_double(ops::rope_attention_decode(heads(x_cpu, 0, Hq), heads(x_cpu, Hq, Hkv),
-                                                                   heads(x_cpu, Hq + Hkv, Hkv), positions, p, kc_cpu,
-                                                                   vc_cpu, st, scale, window));
-            // The separate CUDA launches, for the caches.
-            Tensor x_sep = qkv.to(gpu), kc_sep = kc.to(gpu), vc_sep = vc.to(gpu);
-            ops::rope_cache_write(heads(x_sep, 0, Hq), heads(x_sep, Hq, Hkv), heads(x_sep, Hq + Hkv, Hkv),
-                                  positions.to(gpu), p.to(gpu), kc_sep, vc_sep, st.to(gpu));
-            // The fused launch.
-            cuda::set_attention_decode_splits(splits);
-            cuda::set_attention_decode_cluster(cluster);
-            Tensor x = qkv.to(gpu), kc_g = kc.to(gpu), vc_g = vc.to(gpu);
-            const Tensor got = ops::rope_attention_decode(heads(x, 0, Hq), heads(x, Hq, Hkv), heads(x, Hq + Hkv, Hkv),
-                                                          positions.to(gpu), p.to(gpu), kc_g, vc_g, st.to(gpu),
-                                                          scale, window);
-            const std::string what = "D=" + std::to_string(D) + " group=" + std::to_string(group) + " splits=" +
-                                     std::to_string(splits) + " window=" + std::to_string(window) + " rotary=" +
-                                     std::to_string(rotary) + " " + std::string(dtype_name(dt)) +
-                                     (cluster ? " cluster" : " global");
-            ASSERT_EQ(got.shape(), (std::vector<int64_t>{B, Hq, D})) << what;
-            // Twice the attention bound: CUDA's sincosf and glibc's may round a cos or sin to
-            // neighbouring values of a 16-bit dtype.
-            EXPECT_LT(relative_error(to_double(got), want), 2 * tolerance(dt)) << what;
-            EXPECT_EQ(kc_g.to_float_vector(), kc_sep.to_float_vector()) << what;
-            EXPECT_EQ(vc_g.to_float_vector(), vc_sep.to_float_vector()) << what;
-            EXPECT_EQ(x.to_float_vector(), qkv.to_float_vector()) << what;  // q, k, v left as they were
-          }
+  for (const Rows& rows : shapes)
+    for (bool cluster : {true, false})
+      for (int64_t D : {64, 80, 128, 256})
+        for (int64_t group : {1, 4, 12})
+          for (int splits : {0, 1, 5, 16, 64})
+            for (int64_t window : {0, 37}) {
+              if (rows.B == 1 && splits != 0) continue;  // the long row: its automatic split count
+              const int64_t B = rows.B, S = rows.S;
+              const std::vector<int32_t>& starts = rows.starts;
+              ++seed;
+              const DType dt = dtypes[seed % 3];
+              const int64_t Hq = Hkv * group, rotary = seed % 2 ? D : D / 2;
+              const auto layout = seed % 4 < 2 ? ops::RopeLayout::half_split : ops::RopeLayout::interleaved;
+              const ops::RopeParams p = ops::rope_params(10000, rotary, RopeScaling{}, 4096, layout);
+              const Tensor positions = Tensor::from_vector(rows.pos, {B}, DType::i32);
+              const Tensor st = Tensor::from_vector(starts, {B}, DType::i32);
+              const Tensor qkv = random_tensor({B, Hq + 2 * Hkv, D}, dt, seed);
+              const Tensor kc = random_tensor({B, Hkv, S, D}, dt, seed + 1);
+              const Tensor vc = random_tensor({B, Hkv, S, D}, dt, seed + 2);
+              const float scale = 1.0f / std::sqrt(static_cast<float>(D));
+              auto heads = [&](Tensor& x, int64_t first, int64_t n) { return x.narrow(1, first, n); };
+              // The CPU reference (rope_cache_write, then attention_decode).
+              Tensor x_cpu = qkv.clone(), kc_cpu = kc.clone(), vc_cpu = vc.clone();
+              const auto want = to_double(ops::rope_attention_decode(heads(x_cpu, 0, Hq), heads(x_cpu, Hq, Hkv),
+                                                                     heads(x_cpu, Hq + Hkv, Hkv), positions, p, kc_cpu,
+                                                                     vc_cpu, st, scale, window));
+              // The separate CUDA launches, for the caches.
+              Tensor x_sep = qkv.to(gpu), kc_sep = kc.to(gpu), vc_sep = vc.to(gpu);
+              ops::rope_cache_write(heads(x_sep, 0, Hq), heads(x_sep, Hq, Hkv), heads(x_sep, Hq + Hkv, Hkv),
+                                    positions.to(gpu), p.to(gpu), kc_sep, vc_sep, st.to(gpu));
+              // The fused launch.
+              cuda::set_attention_decode_splits(splits);
+              cuda::set_attention_decode_cluster(cluster);
+              Tensor x = qkv.to(gpu), kc_g = kc.to(gpu), vc_g = vc.to(gpu);
+              const Tensor got =
+                  ops::rope_attention_decode(heads(x, 0, Hq), heads(x, Hq, Hkv), heads(x, Hq + Hkv, Hkv),
+                                             positions.to(gpu), p.to(gpu), kc_g, vc_g, st.to(gpu), scale, window);
+              const std::string what = "S=" + std::to_string(S) + " D=" + std::to_string(D) + " group=" +
+                                       std::to_string(group) + " splits=" + std::to_string(splits) + " window=" +
+                                       std::to_string(window) + " rotary=" + std::to_string(rotary) + " " +
+                                       std::string(dtype_name(dt)) + (cluster ? " cluster" : " global");
+              ASSERT_EQ(got.shape(), (std::vector<int64_t>{B, Hq, D})) << what;
+              // Twice the attention bound: CUDA's sincosf and glibc's may round a cos or sin to
+              // neighbouring values of a 16-bit dtype.
+              EXPECT_LT(relative_error(to_double(got), want), 2 * tolerance(dt)) << what;
+              EXPECT_EQ(kc_g.to_float_vector(), kc_sep.to_float_vector()) << what;
+              EXPECT_EQ(vc_g.to_float_vector(), vc_sep.to_float_vector()) << what;
+              EXPECT_EQ(x.to_float_vector(), qkv.to_float_vector()) << what;  // q, k, v left as they were
+            }
 }
 
 }  // namespace

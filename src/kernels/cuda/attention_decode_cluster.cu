@@ -13,9 +13,9 @@
 //   state, arrives at a counter (a release fence) and has the last block read them all back: two
 //   L2 round trips and a fence after the splits' work, ~4.5 us of a Llama-3.1-8B layer on an H200.
 // It takes caches short enough that a warp's preload holds its keys at 16 splits or fewer (640
-// positions of Llama-3.1-8B: 16 splits of 40 keys, 10 a warp) and batches whose blocks stay few
-// (launch); the others go the global way. Llama-3.1-8B FP4 batch 1 on an H200: 418 against 395
-// tok/s (docs/PERFORMANCE.md, fifteenth session).
+// positions of Llama-3.1-8B: 16 splits of 40 keys, 10 a warp), single rows up to 4096 positions,
+// and batches whose blocks stay few (launch); the others go the global way. Llama-3.1-8B FP4
+// batch 1 on an H200: 418 against 395 tok/s (docs/PERFORMANCE.md, fifteenth session).
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -375,17 +375,22 @@ bool launch(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& pos
   const int device = q.device().index;
   int splits = attention_decode_forced_splits();
   if (splits <= 0) {
-    // At least enough splits that a warp's preload holds all its keys at the cache's full length
-    // (the count may depend on S only: a captured graph replays it as the sequences grow), and
-    // not many more blocks than the global path would launch (large batches take that path: 8
-    // rows of Llama-3.1-8B on 14 cluster splits decoded ~15% slower than on its 5).
+    // The count may depend on S only: a captured graph replays it as the sequences grow. At least
+    // enough splits that a warp's preload holds all its keys at the cache's full length, where 16
+    // do; a single row also takes caches whose warps then score up to 64 keys each, the rest
+    // after the wait (Llama-3.1-8B FP4 batch 1 in a 4096-position cache, H200: 417.88 against
+    // 397.40 tok/s from a 512-token prompt, 331.18 against 322.74 from 3840). And not many more
+    // blocks than the global path would launch: with 4 and 8 rows that path was as fast or faster
+    // (8 rows on 3 cluster splits: 1948.50 against 2147.16 tok/s; 14 splits ~15% slower).
     constexpr int kWarpKeys = kWarps * preload_keys<T, D>();
     const int sms = multiprocessor_count(device), group = Hq / Hkv;
     const int least = (S + kWarpKeys - 1) / kWarpKeys;
+    const int warp_keys_at_most_splits = (S + kMaxClusterSplits * kWarps - 1) / (kMaxClusterSplits * kWarps);
+    if (least > kMaxClusterSplits && !(B == 1 && warp_keys_at_most_splits <= 64)) return false;
     const int global_rows = Hkv * ((group + gqa::group_chunk<D>() - 1) / gqa::group_chunk<D>()) * B;
     const int global_blocks = decode_split_count(0, global_rows, S, sms) * global_rows;
     splits = std::min(kMaxClusterSplits, std::max(least, decode_split_count(0, Hkv * head_chunks * B, S, sms)));
-    if (least > kMaxClusterSplits || splits * Hkv * head_chunks * B > std::max(global_blocks, 4 * sms)) return false;
+    if (splits * Hkv * head_chunks * B > std::max(global_blocks, 4 * sms)) return false;
   }
   if (splits > kMaxClusterSplits) return false;
   const auto kernel = rope_decode_cluster_kernel<T, D>;
