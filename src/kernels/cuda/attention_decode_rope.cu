@@ -7,6 +7,8 @@
 // reads what another writes; and the last block of a head group to finish merges the splits'
 // states. The rotation and the merge still sit on the launch's critical path, so only the launch
 // edges go: Llama-3.1-8B decode ~2% faster at batch 1, the same at batch 8 (docs/PERFORMANCE.md).
+// On sm_90 short caches and single rows go to attention_decode_cluster.cu first, whose splits
+// merge in a thread-block cluster; this kernel takes the rest (batches, long caches, head_dim 80, 96).
 #include <algorithm>
 
 #include "core/cuda_check.h"
