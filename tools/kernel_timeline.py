@@ -11,14 +11,17 @@ where their starts are 200 us apart): its kind, blocks, SMs used and most blocks
 microseconds from the first row's start: the first and last block start, the first and last end of
 the wait for the previous kernel (pdl.cuh), and the first, median and last block end. `after`
 is the time from the previous row's last block end to this row's first end of wait. --ends
-prints, for the GEMM launches, how the blocks' ends spread after the wait.
+prints, for the GEMM launches, how the blocks' ends spread after the wait. Kernels that stamp
+TRACE_MARK(1) / TRACE_MARK(2) inside (the MLA split kernel: q loaded, keys scored) get their
+median and last mark after the wait printed below the table.
 """
 import argparse
 import collections
 import statistics
 import struct
 
-KINDS = {1: "gemm", 2: "attn", 3: "norm", 4: "silu", 5: "gemm16", 7: "merge"}
+KINDS = {1: "gemm", 2: "attn", 3: "norm", 4: "silu", 5: "gemm16", 7: "merge", 8: "mla", 9: "head_mm",
+         10: "router", 11: "moe_up", 12: "moe_down", 13: "skinny"}
 RECORD = struct.Struct("<QQQQIIII")  # kernel_trace.cuh: Record
 
 
@@ -77,6 +80,11 @@ def main():
               f"{us(g['w0']):7.2f} {us(g['w1']):7.2f} | {us(g['e0']):9.2f} {us(g['emed']):9.2f} {us(g['e1']):9.2f} | "
               f"{after:6.2f}")
         prev_end = g["e1"]
+    for g in rows:  # TRACE_MARK stamps (kernel_trace.cuh), where a kernel sets them
+        for shift, name in ((0, "mark1"), (16, "mark2")):
+            marks = sorted(((r[7] >> shift) & 0xFFFF) * 0.008 for r in g["blocks"] if (r[7] >> shift) & 0xFFFF)
+            if marks:
+                print(f"{g['kind']} {name} after the wait (us): median {statistics.median(marks):.2f} max {marks[-1]:.2f}")
     if args.ends:
         for g in rows:
             if not g["kind"].startswith("gemm"):

@@ -16,6 +16,7 @@
 
 #include "core/cuda_graph.h"
 #include "cuda/cuda_test.h"
+#include "kernels/cuda/cuda_kernels.h"
 #include "marlin/allocator.h"
 #include "marlin/model.h"
 #include "marlin/npy.h"
@@ -116,13 +117,16 @@ TEST_F(FusedCuda, FusedLinearMatchesEachPartsGemm) {
     }
 }
 
-// QuantizedLinear::forward_rms_normed: at decode sizes the norm runs inside the skinny GEMM's
-// launch, its sums in rms_norm's order, so the result is forward(norm.forward(x)) bit for bit;
-// also for strided rows (a narrow of a wider output, as MLA's q_a part is), and where the fused
-// kernel does not apply (M > 1, K / 8 past a block's threads) through the fallback.
+// QuantizedLinear::forward_rms_normed: at decode sizes on the split-K kernel (small weights
+// with MARLIN_SMALL_DECODE_TILED=0) the norm runs inside the GEMM's launch, its sums in
+// rms_norm's order, so the result is forward(norm.forward(x)) bit for bit; also for strided rows
+// (a narrow of a wider output, as MLA's q_a part is), and where the fused kernel does not apply
+// (M > 1, K / 8 past a block's threads, small weights on the stream kernel: the default)
+// through the fallback.
 TEST_F(FusedCuda, NormInsideGemmIsNormThenGemmBitForBit) {
   testing::PoisonScope poison;
   uint64_t seed = 900;
+  for (const bool small_tiled : {false, true})
   for (const DType dt : {DType::bf16, DType::f16})
     for (const int bits : {8, 4, 2})
       for (const auto& [K, N] : std::vector<std::pair<int64_t, int64_t>>{{768, 1024}, {2048, 264}, {96, 40}, {2112, 64}}) {
@@ -130,12 +134,14 @@ TEST_F(FusedCuda, NormInsideGemmIsNormThenGemmBitForBit) {
                                      LayerPlacement{gpu, dt});
         const RMSNorm norm(random_tensor({K}, DType::f32, ++seed), 1e-5, LayerPlacement{gpu, dt});
         for (const int64_t M : {1, 2, 5, 8, 9}) {
+          cuda::set_small_decode_tiled(small_tiled);
           const Tensor wide = random_tensor({M, K + 24}, dt, ++seed, 3.0f).to(gpu);
           const Tensor x = wide.narrow(1, 8, K);
           const Tensor fused = linear.forward_rms_normed(x, norm);
           const Tensor apart = linear.forward(norm.forward(x));
+          cuda::set_small_decode_tiled(true);
           EXPECT_TRUE(same_bytes(fused, apart)) << dtype_name(dt) << " bits " << bits << " K " << K << " N " << N
-                                                << " M " << M;
+                                                << " M " << M << (small_tiled ? " (stream kernel)" : "");
         }
       }
 }

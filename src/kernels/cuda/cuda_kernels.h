@@ -30,6 +30,9 @@ Tensor repack_tiled(const QuantizedWeight& W);
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);
 // Tests: use the tensor-core kernels even where the canonical or cuBLAS path would be chosen.
 void set_force_tiled_gemm(bool on);
+// Tests: small decode weights (at most 4 MiB, M <= 8) with a tile layout on the stream kernel
+// (true, the default unless MARLIN_SMALL_DECODE_TILED=0) or on the canonical-layout split-K kernel.
+void set_small_decode_tiled(bool on);
 bool tiled_gemm_forced();
 // Tests: 16 < M <= 64 on the per-slab kernel (gemm_q_mma.cu) instead of the batch kernel.
 void set_per_slab_gemm(bool on);

@@ -10,6 +10,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/pdl.cuh"
 
 namespace marlin::cuda {
@@ -176,8 +177,10 @@ template <typename T>
 __global__ void __launch_bounds__(kMergeWarps * 32)
     flash_merge_kernel(const float* __restrict__ part_o, const float2* __restrict__ part_ml,
                        T* __restrict__ out, int splits, int D) {
+  TRACE_START
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   pdl_wait();               // when launched as a programmatic dependent: the split kernel's parts
+  TRACE_WAITED
   __shared__ float s_c[kMaxDecodeSplits];  // exp(m_s - M), or -1 for a split that saw no key
   __shared__ float s_total;
   __shared__ float s_sum[kMergeWarps][32];
@@ -200,6 +203,7 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
   }
   s_sum[warp][lane] = O;
   __syncthreads();
+  TRACE_END(merge)
   if (warp != 0 || d >= D) return;
   float sum = 0.0f;
 #pragma unroll

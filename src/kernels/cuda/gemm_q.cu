@@ -22,6 +22,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/gemm_q_tile.cuh"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/nn_common.cuh"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/quant_codec.cuh"
@@ -97,6 +98,8 @@ __global__ void __launch_bounds__(kThreads)
   __shared__ float a_s[MT][kStageK];
   __shared__ float red[kWarps][MT][kTileCols];
   __shared__ float inv_rms[MT];
+  TRACE_START
+  TRACE_WAITED
   if (norm_w != nullptr) rms_inverses<MT>(A, M, K, norm_eps, inv_rms);
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -171,9 +174,13 @@ __global__ void __launch_bounds__(kThreads)
     for (int w = 0; w < kWarps; ++w) v += red[w][m][cl];
     epilogue.store(m, blockIdx.x * kTileCols + cl, v, split);
   }
-  if (!split) return;
+  if (!split) {
+    TRACE_END(skinny)
+    return;
+  }
   const int col_begin = blockIdx.x * kTileCols;
   epilogue.reduce_if_last(col_begin, min(N, col_begin + kTileCols), MT);
+  TRACE_END(skinny)
 }
 
 template <typename T>
@@ -319,13 +326,21 @@ int multiprocessor_count(int device) {
   return n;
 }
 
+namespace {
+bool small_decode_tiled = !env_is("MARLIN_SMALL_DECODE_TILED", "0");  // set_small_decode_tiled
+}  // namespace
+
+void set_small_decode_tiled(bool on) { small_decode_tiled = on; }
+
 void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  // Small weights at decode sizes: the canonical-layout split-K kernel has less fixed cost
-  // (measured on H200: 2048x1536 and 1536x2048 at M = 1).
-  // MARLIN_SMALL_DECODE_TILED=1 sends them to the tile-layout kernel instead (to measure both).
-  static const bool small_tiled = env_is("MARLIN_SMALL_DECODE_TILED", "1");
+  // Small weights at decode sizes go to the tile-layout stream kernel too. Alone, the
+  // canonical-layout split-K kernel below had less fixed cost (H200: 2048x1536 and 1536x2048 at
+  // M = 1); inside a decode step the stream kernel's weights stream during the previous kernel
+  // (programmatic launch), which that kernel's plain launch cannot: GLM-4.7-Flash batch 1 decoded
+  // at 262.2 / 262.0 tok/s against 239.6 / 241.3 (H200, sixteenth session).
+  // MARLIN_SMALL_DECODE_TILED=0 keeps them on the split-K kernel, to measure against.
   const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() &&
-                            !small_tiled;
+                            !small_decode_tiled;
   if (!small_decode && gemm_q_tiled(A, W, bias, C)) return;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   if (A.size(0) <= kMaxSkinnyM) {
@@ -353,10 +368,12 @@ bool gemm_q_rms_normed(const Tensor& A, const Tensor& norm_weight, float eps, co
   // One row: each row's sum is one block reduction before the first stage, and GLM-4.7-Flash
   // decoded faster fused only at batch 1 (240.7 against 234.9 tok/s; batch 4 575.4 against
   // 579.7, batch 8 762 against 772).
+  // Only where gemm_q would take that kernel: weights with a tile layout go to the stream kernel
+  // (small_decode_tiled), the norm then in its own launch.
   constexpr int64_t kMaxNormedM = 1;
-  static const bool small_tiled = env_is("MARLIN_SMALL_DECODE_TILED", "1");
   const int64_t K = A.size(1);
-  if (A.size(0) > kMaxNormedM || W.nbytes() > (size_t{4} << 20) || tiled_gemm_forced() || small_tiled ||
+  if (A.size(0) > kMaxNormedM || W.nbytes() > (size_t{4} << 20) || tiled_gemm_forced() ||
+      (small_decode_tiled && W.tiled.defined()) ||
       K % 8 != 0 || K / 8 > kThreads || norm_weight.dtype() != A.dtype() || !norm_weight.is_contiguous() ||
       (A.dtype() != DType::f16 && A.dtype() != DType::bf16))
     return false;

@@ -1,5 +1,5 @@
 // A diagnostic build (cmake -DMARLIN_KERNEL_TRACE=ON): thread 0 of every block of the decode
-// kernels (quantized GEMM, attention, norm, SwiGLU) records its grid, SM and three %globaltimer
+// kernels (quantized GEMM, attention, norm, SwiGLU, MLA, MoE) records its grid, SM and three %globaltimer
 // stamps (start, the end of its wait for the previous kernel, end) into a ring of its own
 // translation unit; dump_kernel_trace() (marlin bench generate calls it) writes the newest out
 // for tools/kernel_timeline.py. It shows what ncu cannot: where a CUDA-graph decode step's
@@ -13,11 +13,14 @@
 
 namespace marlin::cuda::trace {
 
-enum Kind : unsigned { gemm = 1, attention = 2, norm = 3, silu = 4, gemm16 = 5, merge = 7 };
+enum Kind : unsigned {
+  gemm = 1, attention = 2, norm = 3, silu = 4, gemm16 = 5, merge = 7,
+  mla = 8, head_matmul = 9, router = 10, moe_up = 11, moe_down = 12, skinny = 13
+};
 
 struct Record {  // 48 bytes, the file's record (tools/kernel_timeline.py reads the same layout)
   unsigned long long grid, start, waited, end;
-  unsigned kind, sm, block, unused;
+  unsigned kind, sm, block, marks;  // marks: TRACE_MARK stamps, 16 bits each, 8 ns units after the wait
 };
 
 constexpr unsigned long long kRing = 1ull << 18;
@@ -35,7 +38,16 @@ __device__ __forceinline__ unsigned long long now() {
   return t;
 }
 
-__device__ __forceinline__ void record(unsigned kind, unsigned long long start, unsigned long long waited) {
+// Two optional stamps inside a kernel (TRACE_MARK(1), TRACE_MARK(2)) packed into one word.
+__device__ __forceinline__ unsigned pack_marks(unsigned long long waited, unsigned long long m1, unsigned long long m2) {
+  auto field = [&](unsigned long long m) {
+    return m <= waited ? 0u : static_cast<unsigned>(min((m - waited) / 8, 0xffffull));
+  };
+  return field(m1) | field(m2) << 16;
+}
+
+__device__ __forceinline__ void record(unsigned kind, unsigned long long start, unsigned long long waited,
+                                       unsigned long long m1 = 0, unsigned long long m2 = 0) {
   if (threadIdx.x != 0) return;
   const unsigned long long end = now();
   unsigned long long grid;
@@ -43,7 +55,8 @@ __device__ __forceinline__ void record(unsigned kind, unsigned long long start, 
   asm volatile("mov.u64 %0, %%gridid;" : "=l"(grid));
   asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
   const unsigned long long slot = atomicAdd(&g_written, 1ull) % kRing;
-  g_ring[slot] = Record{grid, start, waited, end, kind, sm, blockIdx.x + 65536u * blockIdx.y, 0};
+  g_ring[slot] = Record{grid, start, waited, end, kind, sm, blockIdx.x + 65536u * blockIdx.y,
+                        pack_marks(waited, m1, m2)};
 }
 
 static void read_ring(std::vector<Record>& out) {
@@ -59,11 +72,18 @@ static const bool g_reader_registered = register_reader(&read_ring);
 
 }  // namespace marlin::cuda::trace
 
-#define TRACE_START const unsigned long long trace_start = ::marlin::cuda::trace::now();
+#define TRACE_START                                                      \
+  const unsigned long long trace_start = ::marlin::cuda::trace::now(); \
+  unsigned long long trace_mark1 = 0, trace_mark2 = 0;                 \
+  (void)trace_mark1;                                                   \
+  (void)trace_mark2;
 #define TRACE_WAITED const unsigned long long trace_waited = ::marlin::cuda::trace::now();
-#define TRACE_END(kind) ::marlin::cuda::trace::record(::marlin::cuda::trace::kind, trace_start, trace_waited);
+#define TRACE_MARK(n) trace_mark##n = ::marlin::cuda::trace::now();
+#define TRACE_END(kind) \
+  ::marlin::cuda::trace::record(::marlin::cuda::trace::kind, trace_start, trace_waited, trace_mark1, trace_mark2);
 #else
 #define TRACE_START
 #define TRACE_WAITED
+#define TRACE_MARK(n)
 #define TRACE_END(kind)
 #endif

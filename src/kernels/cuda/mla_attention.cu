@@ -1,8 +1,8 @@
 // CUDA multi-head latent attention. The keys are split into chunks along the sequence; one
-// block per (chunk, group of kG query heads, query token) scores the chunk's keys with an online
-// softmax, and a second pass merges the chunks' partial states (flash-decoding). In the
-// absorbed form every head reads the same latent row, so a block loads each row once for its kG
-// heads. The split count depends only on S, never on seq_lens, so a captured CUDA graph stays
+// block per (chunk, group of kHeads query heads, query token) scores the chunk's keys with an
+// online softmax, and a second pass merges the chunks' partial states (flash-decoding). Where
+// every head reads the same latent row, a block loads each row once for its kHeads heads (one
+// in the absorbed decode: launch_attention says why). The split count depends only on S, never on seq_lens, so a captured CUDA graph stays
 // valid as the sequences grow; each row's keys are cut into that many chunks on the device, so a
 // short row in a long cache (a 32k-token cache at its first steps) still spreads over them all.
 #include <algorithm>
@@ -12,6 +12,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/flash_decode.cuh"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/mla_kernels_cuda.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/rope_items.cuh"
@@ -23,8 +24,6 @@ namespace {
 using kernels::MlaAttentionArgs;
 using kernels::MlaOperand;
 
-constexpr int kWarps = 4;
-constexpr int kHeads = 4;      // query heads per block
 constexpr int kRopeLane = 2;   // Dr <= 64
 // set_*_splits (tests) or MARLIN_MLA_SPLITS=n (a measurement switch) forces the split count.
 int g_forced_splits = static_cast<int>(env_int("MARLIN_MLA_SPLITS", 0));
@@ -53,15 +52,17 @@ __device__ __forceinline__ void load_lanes(const T* p, int D, int lane, float (&
 // once.
 constexpr int kKeyBatch = 4;
 
-template <typename T, int NL, int VL, bool kShared, bool kVIsK>
+template <typename T, int NL, int VL, bool kShared, bool kVIsK, int kHeads, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
                  int splits) {
   static_assert(!kVIsK || (kShared && NL == VL), "v read as k_nope needs one latent row of both");
   // Rows of separate k_nope and v (16 + 16 lanes' worth) hold half as many keys in registers.
   constexpr int kBatch = kVIsK ? kKeyBatch : kKeyBatch / 2;
+  TRACE_START
   pdl_launch_dependents();
   pdl_wait();  // launched as a programmatic dependent: q and the latent rows are new
+  TRACE_WAITED
   const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
   const int ng = min(kHeads, a.H - h0);
   const int b = blockIdx.z / a.T, t = blockIdx.z % a.T;
@@ -88,6 +89,7 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
     for (int i = 0; i < VL; ++i) acc[g][i] = 0.0f;
   }
 
+  TRACE_MARK(1)
   // Head g's score of a key (this lane's part; the warp sum is taken by the caller).
   auto partial_score = [&](int g, const float (&kn)[NL], const float (&kr)[kRopeLane]) {
     float s = 0.0f;
@@ -137,6 +139,7 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
     }
   }
 
+  TRACE_MARK(2)
   // Merge the warps' states in shared memory.
   __shared__ float s_acc[kWarps][kHeads][VL * 32];
   __shared__ float s_m[kWarps][kHeads], s_l[kWarps][kHeads];
@@ -153,16 +156,12 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
   const int64_t row0 = (static_cast<int64_t>(b) * a.T + t) * a.H + h0;
   write_block_state<kWarps, kHeads>(s_m, s_l, &s_acc[0][0][0], VL * 32, ng, a.Dv, row0, splits, split,
                                     static_cast<T*>(a.out), part_o, part_ml);
+  TRACE_END(mla)
 }
 
-template <typename T, int NL, int VL, bool kShared>
-void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
-  // The absorbed form passes the cached latent as both k_nope and v: read it once a key.
-  const bool v_is_k = kShared && NL == VL && a.v.data == a.k_nope.data && a.Dv == a.Dn &&
-                      a.v.batch_stride == a.k_nope.batch_stride && a.v.row_stride == a.k_nope.row_stride;
-  auto kernel = mla_split_kernel<T, NL, VL, kShared, false>;
-  if constexpr (kShared && NL == VL)
-    if (v_is_k) kernel = mla_split_kernel<T, NL, VL, kShared, true>;
+template <typename T, int NL, int VL, bool kShared, bool kVIsK, int kHeads, int kWarps>
+void launch_split(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+  auto kernel = mla_split_kernel<T, NL, VL, kShared, kVIsK, kHeads, kWarps>;
   const int head_chunks = (a.H + kHeads - 1) / kHeads;
   const int base_blocks = head_chunks * a.B * a.T;
   const int splits = decode_split_count(g_forced_splits, base_blocks, a.S, multiprocessor_count(device));
@@ -182,6 +181,21 @@ void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream
                                  stream, part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
                                  static_cast<T*>(a.out), splits, a.Dv),
                       "mla_attention (merge)");
+}
+
+template <typename T, int NL, int VL, bool kShared>
+void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+  // The absorbed form passes the cached latent as both k_nope and v: read it once a key.
+  const bool v_is_k = kShared && NL == VL && a.v.data == a.k_nope.data && a.Dv == a.Dn &&
+                      a.v.batch_stride == a.k_nope.batch_stride && a.v.row_stride == a.k_nope.row_stride;
+  // The absorbed decode takes one head a block: a warp's chain of dependent steps (the scores,
+  // the softmax updates, the block's merge) is a quarter as long, with 20 head blocks a split
+  // instead of 5, and the latent rows come from L2 after the first head's read. H200,
+  // GLM-4.7-Flash batch 1 (heads, warps a block): (1, 4) 269.77 / 269.61 tok/s, (2, 4) 266.93 /
+  // 266.95, (4, 4) 263.66 / 264.22, (1, 8) 262.54 / 262.29, (2, 8) 252.80 / 252.80.
+  if constexpr (kShared && NL == VL)
+    if (v_is_k) return launch_split<T, NL, VL, kShared, true, 1, 4>(a, device, stream);
+  launch_split<T, NL, VL, kShared, false, 4, 4>(a, device, stream);
 }
 
 template <typename T, bool kShared>
@@ -249,16 +263,19 @@ __global__ void __launch_bounds__(kVecThreads)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                           const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N,
                           rope_work::RopeJob rope) {
+  TRACE_START
   pdl_launch_dependents();
   extern __shared__ float smem_f[];
   if (static_cast<int>(blockIdx.y) == H) {
     pdl_wait();  // q and the compressed kv are the previous kernels' output
+    TRACE_WAITED
     constexpr int kWarpsPerBlock = kVecThreads / 32;
     const int warp = threadIdx.x / 32;
     const int64_t blocks = static_cast<int64_t>(gridDim.x) * gridDim.z;
     const int64_t block = static_cast<int64_t>(blockIdx.z) * gridDim.x + blockIdx.x;
     rope_work::run_rope_job<T>(rope, block * kWarpsPerBlock + warp, blocks * kWarpsPerBlock,
                                smem_f + static_cast<int64_t>(warp) * 2 * rope.half);
+    TRACE_END(head_matmul)
     return;
   }
   float* xs = smem_f;                       // [kVecRows][K]
@@ -278,6 +295,9 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
   };
   load_chunk(0);
   pdl_wait();  // x is the previous kernel's output
+#ifdef MARLIN_KERNEL_TRACE
+  const unsigned long long trace_waited = trace::now();
+#endif
   for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
     const int r = i / K, k = i % K;
     xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
@@ -308,6 +328,7 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
     for (int j = 0; j < 8; ++j) partial[(k0 * kVecRows + r) * kVecCols + col8 * 8 + j] = acc[r][j];
   __syncthreads();
   // One (row, column) per thread: kVecRows x kVecCols = the block's 256 threads.
+  TRACE_END(head_matmul)
   const int r = threadIdx.x / kVecCols, c = threadIdx.x % kVecCols, n = blockIdx.x * kVecCols + c;
   if (r >= mb || n >= N) return;
   float sum = 0.0f;

@@ -11,6 +11,7 @@
 #include "core/cuda_check.h"
 #include "core/env.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/moe_canon.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
 #include "marlin/stream.h"
@@ -134,6 +135,8 @@ __global__ void __launch_bounds__(kThreads, 1)
     moe_mma_gate_up_kernel(const TA* __restrict__ x, const int32_t* __restrict__ ids,
                            const MoeExpertMatrices* __restrict__ table, int num_experts, int top_k,
                            int slots, int H, int Imax, TA* __restrict__ act) {
+  TRACE_START
+  TRACE_WAITED
   __shared__ float red[2 * kTileN];
   const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
   const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
@@ -145,6 +148,7 @@ __global__ void __launch_bounds__(kThreads, 1)
   });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
     if (col0 + i < N) act[static_cast<int64_t>(blockIdx.z) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
+  TRACE_END(moe_up)
 }
 
 // grid (column tiles of H, K parts, T x slots). partials [T x slots x K parts][H], each token's
@@ -155,6 +159,8 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPar
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int slots, int H, int Imax, float* __restrict__ partials,
                         unsigned* __restrict__ counters, TA* __restrict__ out) {
+  TRACE_START
+  TRACE_WAITED
   __shared__ float red[2 * kTileN];
   const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
   const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
@@ -172,7 +178,10 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPar
   const int64_t part_row = static_cast<int64_t>(blockIdx.z) * parts + blockIdx.y;
   for (int i = threadIdx.x; i < kTileN; i += kW * 32)
     if (col0 + i < H) partials[part_row * H + col0 + i] = red[i] * weight;
-  if (!arrive_last(&counters[static_cast<int64_t>(t) * gridDim.x + blockIdx.x], slots * parts)) return;
+  if (!arrive_last(&counters[static_cast<int64_t>(t) * gridDim.x + blockIdx.x], slots * parts)) {
+    TRACE_END(moe_down)
+    return;
+  }
   const float* token_parts = partials + static_cast<int64_t>(t) * slots * parts * H;
   for (int i = threadIdx.x; i < kTileN; i += kW * 32) {
     const int col = col0 + i;
@@ -181,6 +190,7 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPar
     for (int p = 0; p < slots * parts; ++p) v += __ldcg(token_parts + static_cast<int64_t>(p) * H + col);
     out[static_cast<int64_t>(t) * H + col] = from_float<TA>(v);
   }
+  TRACE_END(moe_down)
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 
 #include "core/cuda_check.h"
 #include "core/env.h"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/moe_common.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
@@ -244,6 +245,8 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
                       int route, const float* __restrict__ bias, RouteParams p,
                       int32_t* __restrict__ ids, float* __restrict__ weights, bool vector8,
                       ResidualNorm<T> rn) {
+  TRACE_START
+  TRACE_WAITED
   extern __shared__ __align__(16) char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.y;
@@ -280,7 +283,10 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     }
   }
   if (!route) return;
-  if (!arrive_last(&counters[t], gridDim.x)) return;
+  if (!arrive_last(&counters[t], gridDim.x)) {
+    TRACE_END(router)
+    return;
+  }
   // Every block of the token has read the old residual: the last one writes the new one, and
   // the normalized row for the experts.
   if (kPerExpert && rn.x != nullptr && threadIdx.x * 8 < H) {
@@ -296,6 +302,7 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   __syncwarp();
   route_token_warp(row, bias, p, s, ids + static_cast<int64_t>(t) * p.top_k,
                    weights + static_cast<int64_t>(t) * p.top_k);
+  TRACE_END(router)
 }
 
 }  // namespace
