@@ -122,14 +122,14 @@ constexpr int kMaxDecodeSplits = 64;  // the split kernels' cap; the merge holds
 constexpr int kMinKeysPerSplit = 16;
 
 // The split count of a decode attention launch over a cache of S positions: `forced` when set
-// (tests, the MARLIN_*_SPLITS switches), else enough blocks for two waves of `sms` SMs with at
+// (tests, the MARLIN_*_SPLITS switches), else enough blocks for `waves` blocks an SM with at
 // least kMinKeysPerSplit keys a split; at most kMaxDecodeSplits, and no empty trailing split. It
 // depends on S alone, not on the rows' lengths, so a captured CUDA graph stays valid as the
 // sequences grow.
-inline int decode_split_count(int forced, int base_blocks, int S, int sms) {
+inline int decode_split_count(int forced, int base_blocks, int S, int sms, int waves = 2) {
   int splits = forced;
   if (splits <= 0) {
-    const int want = (2 * sms + base_blocks - 1) / base_blocks;
+    const int want = (waves * sms + base_blocks - 1) / base_blocks;
     splits = std::min(want, (S + kMinKeysPerSplit - 1) / kMinKeysPerSplit);
   }
   splits = std::clamp(std::min(splits, S), 1, kMaxDecodeSplits);

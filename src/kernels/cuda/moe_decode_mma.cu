@@ -225,6 +225,10 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
                                          max_rows * Imax * static_cast<int64_t>(sizeof(TA)));
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
   TA* act = static_cast<TA*>(s.act);
+  // Plain launches: as programmatic dependents (pdl.cuh) of the router and of each other they
+  // were slower (H200, sixteenth session: GLM-4.7-Flash 264.31 / 261.31 against 265.78 / 266.02
+  // tok/s, Qwen3-30B-A3B 312.30 / 313.23 against 323.88 / 325.61): launched early, the blocks
+  // land on the few SMs free at the time (the router's 64 on 16 SMs, up to 5 an SM).
   moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, static_cast<unsigned>(rows)), kThreads, 0, stream>>>(
       static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, slots, H, Imax, act);
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");

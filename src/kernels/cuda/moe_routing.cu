@@ -287,6 +287,7 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
     TRACE_END(router)
     return;
   }
+  TRACE_MARK(1)
   // Every block of the token has read the old residual: the last one writes the new one, and
   // the normalized row for the experts.
   if (kPerExpert && rn.x != nullptr && threadIdx.x * 8 < H) {
@@ -300,6 +301,7 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   float* row = reinterpret_cast<float*>(s.ids);
   for (int i = lane; i < E; i += 32) row[i] = __ldcg(logits + static_cast<int64_t>(t) * E + i);
   __syncwarp();
+  TRACE_MARK(2)
   route_token_warp(row, bias, p, s, ids + static_cast<int64_t>(t) * p.top_k,
                    weights + static_cast<int64_t>(t) * p.top_k);
   TRACE_END(router)
