@@ -244,11 +244,113 @@ void gemv_columns256(const float* a, const QuantizedWeight& W, int64_t n0, int64
   store_gemv_columns<M>(acc, stride, n0, n1, N, bias, C);
 }
 
+// FP4 by byte tables: each code's bf16 bits (exact: every E2M1 value is a bf16) come from two
+// vpshufb lookups (high and low byte) for 32 codes at once, and a byte interleave puts two codes'
+// bf16 in each 32-bit lane, which one shift or mask makes f32. Per 8 columns x 8 codes that is 3
+// index ops, 4 lookups, 4 interleaves, 8 shifts/masks and 8 FMAs, against 40 decode ops (shift,
+// vpermps, sign mask, shift, xor per 8 codes) and 8 FMAs in the codec above, where the FP4
+// GEMV was bound by its decode instructions (docs/PERFORMANCE.md). The lanes then hold
+// (column, K phase) pairs: accumulator `lo` columns 0, 1, 4, 5 and `hi` columns 2, 3, 6, 7, two
+// K phases each, and one hadd at a group's end gives the 8 columns in order.
+struct Fp4ByteTables {
+  // Code (sign, 2 exponent bits, 1 mantissa bit) -> bf16 high / low byte of its value
+  // (0, 0.5, 1, 1.5, 2, 3, 4, 6, then the same negated), in both 128-bit halves.
+  const __m256i high = _mm256_setr_epi8(0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, char(0x80), char(0xBF),
+                                        char(0xBF), char(0xBF), char(0xC0), char(0xC0), char(0xC0), char(0xC0),
+                                        0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, char(0x80), char(0xBF),
+                                        char(0xBF), char(0xBF), char(0xC0), char(0xC0), char(0xC0), char(0xC0));
+  const __m256i low = _mm256_setr_epi8(0x00, 0x00, char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0), 0x00,
+                                       0x00, char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0), 0x00, 0x00,
+                                       char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0), 0x00, 0x00,
+                                       char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0));
+};
+
+// The 4 activation vectors of packed row r (codes K = 8r .. 8r + 7 of each column): lanes
+// (a0, a4) x 4, (a2, a6) x 4, (a1, a5) x 4, (a3, a7) x 4, matching the f32 vectors below.
+inline void fp4_row_activations(const float* a8, __m256 (&x)[4]) {
+  const __m256 v = _mm256_loadu_ps(a8);
+  x[0] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
+  x[1] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(2, 6, 2, 6, 2, 6, 2, 6));
+  x[2] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 5, 1, 5, 1, 5, 1, 5));
+  x[3] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(3, 7, 3, 7, 3, 7, 3, 7));
+}
+
+// acc_lo / acc_hi += the codes of w (8 columns x 8 K) times x (fp4_row_activations).
+inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const __m256 (&x)[4], __m256& acc_lo,
+                           __m256& acc_hi) {
+  const __m256i nibble = _mm256_set1_epi8(0x0F), high_words = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i even = _mm256_and_si256(w, nibble);                         // codes K = 2b of byte b
+  const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);  // codes K = 2b + 1
+  const __m256i sets[2][2] = {{_mm256_shuffle_epi8(t.low, even), _mm256_shuffle_epi8(t.high, even)},
+                              {_mm256_shuffle_epi8(t.low, odd), _mm256_shuffle_epi8(t.high, odd)}};
+  for (int s = 0; s < 2; ++s) {
+    // 16-bit words: bf16 of bytes 0..7 (columns 0, 1 of a 128-bit half) and 8..15 (columns 2, 3).
+    const __m256i cols01 = _mm256_unpacklo_epi8(sets[s][0], sets[s][1]);
+    const __m256i cols23 = _mm256_unpackhi_epi8(sets[s][0], sets[s][1]);
+    // A 32-bit lane holds codes K = 4j + {0, 2} (+1 for the odd set): the low word is the
+    // first, the high word the second.
+    const __m256 x_first = x[2 * s], x_second = x[2 * s + 1];
+    acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols01, 16)), x_first, acc_lo);
+    acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols01, high_words)), x_second, acc_lo);
+    acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols23, 16)), x_first, acc_hi);
+    acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols23, high_words)), x_second, acc_hi);
+  }
+}
+
+// gemv_columns256 for FP4 through the byte tables: `partial` holds two vectors (lo, hi) a
+// column vector and row of A.
+template <int M>
+void gemv_columns256_fp4(const float* a, const QuantizedWeight& W, int64_t n0, int64_t n1, const Tensor& bias,
+                         Tensor& C) {
+  constexpr int P = 8;
+  const Fp4ByteTables tables;
+  const int64_t K = W.K, N = W.N, rows_per_group = W.group_size / P;
+  const int64_t vecs = (n1 - n0 + 7) / 8, stride = vecs * 8;
+  const int tail = lanes8(n0, n1);
+  const __m256i all = _mm256_set1_epi32(-1), tail_mask = lane_mask8(tail);
+  std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f), partial(static_cast<size_t>(2 * M * stride));
+  const uint32_t* packed = W.packed.data<uint32_t>();
+  const uint16_t* scales = static_cast<const uint16_t*>(W.scales.data_ptr());
+  for (int64_t g = 0; g < K / W.group_size; ++g) {
+    for (int64_t rr = 0; rr < rows_per_group; ++rr) {
+      const int64_t r = g * rows_per_group + rr;
+      const uint32_t* row = packed + r * N + n0;
+      const bool first = rr == 0, last = rr == rows_per_group - 1;
+      const uint32_t* ahead = r + kAhead < K / P ? row + kAhead * N : nullptr;
+      __m256 x[M][4];
+      for (int m = 0; m < M; ++m) fp4_row_activations(a + m * K + r * P, x[m]);
+      for (int64_t v = 0; v < vecs; ++v) {
+        const bool is_tail = v == vecs - 1;
+        if (ahead && v % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + v * 8), _MM_HINT_T0);
+        const __m256i w = _mm256_maskload_epi32(reinterpret_cast<const int*>(row + v * 8), is_tail ? tail_mask : all);
+        for (int m = 0; m < M; ++m) {
+          float* pm = partial.data() + (m * vecs + v) * 16;
+          __m256 lo = first ? _mm256_setzero_ps() : _mm256_loadu_ps(pm);
+          __m256 hi = first ? _mm256_setzero_ps() : _mm256_loadu_ps(pm + 8);
+          fp4_fma_tables(tables, w, x[m], lo, hi);
+          if (last) {
+            const __m256 s = _mm256_cvtph_ps(load_u16x8(scales + g * N + n0 + v * 8, is_tail ? tail : 8));
+            float* out = acc.data() + m * stride + v * 8;
+            _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_hadd_ps(lo, hi), s, _mm256_loadu_ps(out)));
+          } else {
+            _mm256_storeu_ps(pm, lo);
+            _mm256_storeu_ps(pm + 8, hi);
+          }
+        }
+      }
+    }
+  }
+  store_gemv_columns<M>(acc, stride, n0, n1, N, bias, C);
+}
+
 template <QuantFormat F>
 void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   dispatch_gemv_rows(M, [&](auto rows) {
     for_each_column_task(W.N, 8, [&](int64_t n0, int64_t n1) {
-      gemv_columns256<F, decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
+      if constexpr (F == QuantFormat::fp4_e2m1)
+        gemv_columns256_fp4<decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
+      else
+        gemv_columns256<F, decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
     });
   });
 }
