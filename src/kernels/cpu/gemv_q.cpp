@@ -153,18 +153,6 @@ template <QuantFormat F>
 struct Avx2Codec;
 
 template <>
-struct Avx2Codec<QuantFormat::fp4_e2m1> {
-  __m256 magnitudes = _mm256_setr_ps(0.0f, 0.5f, 1.0f, 1.5f, 2.0f, 3.0f, 4.0f, 6.0f);
-  template <int J>
-  __m256 decode(__m256i w) const {
-    const __m256i c = _mm256_srli_epi32(w, 4 * J);
-    const __m256 mag = _mm256_permutevar8x32_ps(magnitudes, c);  // low 3 bits pick
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(8)), 28);
-    return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
-  }
-};
-
-template <>
 struct Avx2Codec<QuantFormat::int2> {
   __m256 levels = _mm256_setr_ps(-1.5f, -0.5f, 0.5f, 1.5f, -1.5f, -0.5f, 0.5f, 1.5f);
   template <int J>
@@ -199,56 +187,11 @@ inline void fma_codes(const Avx2Codec<F>& codec, __m256i w, const float* a, int6
   }
 }
 
-// Columns [n0, n1) of C for all M rows, as gemv_columns512 with 8-column vectors: the task walks
-// its columns row by row along K. (Walking eight columns down K instead used half of each 64-byte
-// line a row and left the prefetchers a jump of N words every row: Llama-3.2-1B FP4 decoded at
-// 2.29 tokens/s on a 2-core AVX2 machine, 11.8% of its read bandwidth; 7.84 and 44.4% now.)
-template <QuantFormat F, int M>
-void gemv_columns256(const float* a, const QuantizedWeight& W, int64_t n0, int64_t n1, const Tensor& bias,
-                     Tensor& C) {
-  constexpr int P = 32 / format_bits(F);
-  const Avx2Codec<F> codec;
-  const int64_t K = W.K, N = W.N, rows_per_group = W.group_size / P;
-  const int64_t vecs = (n1 - n0 + 7) / 8, stride = vecs * 8;
-  const int tail = lanes8(n0, n1);
-  const __m256i all = _mm256_set1_epi32(-1), tail_mask = lane_mask8(tail);
-  std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f), partial(static_cast<size_t>(M * stride));
-  const uint32_t* packed = W.packed.data<uint32_t>();
-  const uint16_t* scales = static_cast<const uint16_t*>(W.scales.data_ptr());
-  for (int64_t g = 0; g < K / W.group_size; ++g) {
-    for (int64_t rr = 0; rr < rows_per_group; ++rr) {
-      const int64_t r = g * rows_per_group + rr;
-      const uint32_t* row = packed + r * N + n0;
-      const bool first = rr == 0, last = rr == rows_per_group - 1;
-      const uint32_t* ahead = r + kAhead < K / P ? row + kAhead * N : nullptr;
-      for (int64_t v = 0; v < vecs; ++v) {
-        const bool is_tail = v == vecs - 1;
-        if (ahead && v % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + v * 8), _MM_HINT_T0);
-        const __m256i w = _mm256_maskload_epi32(reinterpret_cast<const int*>(row + v * 8), is_tail ? tail_mask : all);
-        __m256 p[M];
-        for (int m = 0; m < M; ++m)
-          p[m] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(partial.data() + m * stride + v * 8);
-        fma_codes<F, M, 0>(codec, w, a + r * P, K, p);
-        if (last) {
-          const __m256 s = _mm256_cvtph_ps(load_u16x8(scales + g * N + n0 + v * 8, is_tail ? tail : 8));
-          for (int m = 0; m < M; ++m) {
-            float* out = acc.data() + m * stride + v * 8;
-            _mm256_storeu_ps(out, _mm256_fmadd_ps(p[m], s, _mm256_loadu_ps(out)));
-          }
-        } else {
-          for (int m = 0; m < M; ++m) _mm256_storeu_ps(partial.data() + m * stride + v * 8, p[m]);
-        }
-      }
-    }
-  }
-  store_gemv_columns<M>(acc, stride, n0, n1, N, bias, C);
-}
-
-// FP4 by byte tables: each code's bf16 bits (exact: every E2M1 value is a bf16) come from two
+// FP4 by byte tables (Fp4TableSums): each code's bf16 bits (exact: every E2M1 value is a bf16) come from two
 // vpshufb lookups (high and low byte) for 32 codes at once, and a byte interleave puts two codes'
 // bf16 in each 32-bit lane, which one shift or mask makes f32. Per 8 columns x 8 codes that is 3
 // index ops, 4 lookups, 4 interleaves, 8 shifts/masks and 8 FMAs, against 40 decode ops (shift,
-// vpermps, sign mask, shift, xor per 8 codes) and 8 FMAs in the codec above, where the FP4
+// vpermps, sign mask, shift, xor per 8 codes) and 8 FMAs in the codec it replaced, where the FP4
 // GEMV was bound by its decode instructions (docs/PERFORMANCE.md). The lanes then hold
 // (column, K phase) pairs: accumulator `lo` columns 0, 1, 4, 5 and `hi` columns 2, 3, 6, 7, two
 // K phases each, and one hadd at a group's end gives the 8 columns in order.
@@ -297,18 +240,56 @@ inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const __m256 (&x)[
   }
 }
 
-// gemv_columns256 for FP4 through the byte tables: `partial` holds two vectors (lo, hi) a
-// column vector and row of A.
+// What gemv_columns256 adds up a row: kParts vectors of sums a column vector and row of A,
+// turned into the 8 columns' sums at a group's end. CodecSums: the codec's FMAs straight from A's
+// values; Fp4TableSums: the byte tables' (column, K phase) lanes.
+template <QuantFormat F, int M>
+struct CodecSums {
+  static constexpr int kParts = 1;
+  const Avx2Codec<F> codec{};
+  const float* a;
+  int64_t K;
+  const float* row_a = nullptr;
+  void start_row(int64_t r) { row_a = a + r * (32 / format_bits(F)); }
+  void add(__m256i w, __m256 (&p)[M][kParts]) const {
+    __m256 q[M];
+    for (int m = 0; m < M; ++m) q[m] = p[m][0];
+    fma_codes<F, M, 0>(codec, w, row_a, K, q);
+    for (int m = 0; m < M; ++m) p[m][0] = q[m];
+  }
+  static __m256 columns(const __m256 (&p)[kParts]) { return p[0]; }
+};
+
 template <int M>
-void gemv_columns256_fp4(const float* a, const QuantizedWeight& W, int64_t n0, int64_t n1, const Tensor& bias,
-                         Tensor& C) {
-  constexpr int P = 8;
-  const Fp4ByteTables tables;
+struct Fp4TableSums {
+  static constexpr int kParts = 2;
+  const Fp4ByteTables tables{};
+  const float* a;
+  int64_t K;
+  __m256 x[M][4] = {};  // start_row
+  void start_row(int64_t r) {
+    for (int m = 0; m < M; ++m) fp4_row_activations(a + m * K + r * 8, x[m]);
+  }
+  void add(__m256i w, __m256 (&p)[M][kParts]) const {
+    for (int m = 0; m < M; ++m) fp4_fma_tables(tables, w, x[m], p[m][0], p[m][1]);
+  }
+  static __m256 columns(const __m256 (&p)[kParts]) { return _mm256_hadd_ps(p[0], p[1]); }
+};
+
+// Columns [n0, n1) of C for all M rows, as gemv_columns512 with 8-column vectors: the task walks
+// its columns row by row along K. (Walking eight columns down K instead used half of each 64-byte
+// line a row and left the prefetchers a jump of N words every row: Llama-3.2-1B FP4 decoded at
+// 2.29 tokens/s on a 2-core AVX2 machine, 11.8% of its read bandwidth; 7.84 and 44.4% with the
+// row walk, 8.91-11.36 with the FP4 byte tables.)
+template <QuantFormat F, int M, class Sums>
+void gemv_columns256(Sums sums, const QuantizedWeight& W, int64_t n0, int64_t n1, const Tensor& bias, Tensor& C) {
+  constexpr int P = 32 / format_bits(F), kParts = Sums::kParts;
   const int64_t K = W.K, N = W.N, rows_per_group = W.group_size / P;
   const int64_t vecs = (n1 - n0 + 7) / 8, stride = vecs * 8;
   const int tail = lanes8(n0, n1);
   const __m256i all = _mm256_set1_epi32(-1), tail_mask = lane_mask8(tail);
-  std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f), partial(static_cast<size_t>(2 * M * stride));
+  std::vector<float> acc(static_cast<size_t>(M * stride), 0.0f),
+      partial(static_cast<size_t>(M * kParts * stride));
   const uint32_t* packed = W.packed.data<uint32_t>();
   const uint16_t* scales = static_cast<const uint16_t*>(W.scales.data_ptr());
   for (int64_t g = 0; g < K / W.group_size; ++g) {
@@ -317,25 +298,26 @@ void gemv_columns256_fp4(const float* a, const QuantizedWeight& W, int64_t n0, i
       const uint32_t* row = packed + r * N + n0;
       const bool first = rr == 0, last = rr == rows_per_group - 1;
       const uint32_t* ahead = r + kAhead < K / P ? row + kAhead * N : nullptr;
-      __m256 x[M][4];
-      for (int m = 0; m < M; ++m) fp4_row_activations(a + m * K + r * P, x[m]);
+      sums.start_row(r);
       for (int64_t v = 0; v < vecs; ++v) {
         const bool is_tail = v == vecs - 1;
         if (ahead && v % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + v * 8), _MM_HINT_T0);
         const __m256i w = _mm256_maskload_epi32(reinterpret_cast<const int*>(row + v * 8), is_tail ? tail_mask : all);
-        for (int m = 0; m < M; ++m) {
-          float* pm = partial.data() + (m * vecs + v) * 16;
-          __m256 lo = first ? _mm256_setzero_ps() : _mm256_loadu_ps(pm);
-          __m256 hi = first ? _mm256_setzero_ps() : _mm256_loadu_ps(pm + 8);
-          fp4_fma_tables(tables, w, x[m], lo, hi);
-          if (last) {
-            const __m256 s = _mm256_cvtph_ps(load_u16x8(scales + g * N + n0 + v * 8, is_tail ? tail : 8));
+        __m256 p[M][kParts];
+        for (int m = 0; m < M; ++m)
+          for (int j = 0; j < kParts; ++j)
+            p[m][j] = first ? _mm256_setzero_ps() : _mm256_loadu_ps(partial.data() + ((m * vecs + v) * kParts + j) * 8);
+        sums.add(w, p);
+        if (last) {
+          const __m256 s = _mm256_cvtph_ps(load_u16x8(scales + g * N + n0 + v * 8, is_tail ? tail : 8));
+          for (int m = 0; m < M; ++m) {
             float* out = acc.data() + m * stride + v * 8;
-            _mm256_storeu_ps(out, _mm256_fmadd_ps(_mm256_hadd_ps(lo, hi), s, _mm256_loadu_ps(out)));
-          } else {
-            _mm256_storeu_ps(pm, lo);
-            _mm256_storeu_ps(pm + 8, hi);
+            _mm256_storeu_ps(out, _mm256_fmadd_ps(Sums::columns(p[m]), s, _mm256_loadu_ps(out)));
           }
+        } else {
+          for (int m = 0; m < M; ++m)
+            for (int j = 0; j < kParts; ++j)
+              _mm256_storeu_ps(partial.data() + ((m * vecs + v) * kParts + j) * 8, p[m][j]);
         }
       }
     }
@@ -347,10 +329,11 @@ template <QuantFormat F>
 void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   dispatch_gemv_rows(M, [&](auto rows) {
     for_each_column_task(W.N, 8, [&](int64_t n0, int64_t n1) {
+      constexpr int M = decltype(rows)::value;
       if constexpr (F == QuantFormat::fp4_e2m1)
-        gemv_columns256_fp4<decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
+        gemv_columns256<F, M>(Fp4TableSums<M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
       else
-        gemv_columns256<F, decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
+        gemv_columns256<F, M>(CodecSums<F, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
     });
   });
 }
