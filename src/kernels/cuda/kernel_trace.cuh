@@ -1,6 +1,7 @@
 // A diagnostic build (cmake -DMARLIN_KERNEL_TRACE=ON): thread 0 of every block of the decode
-// kernels (quantized GEMM, attention, norm, SwiGLU, MLA, MoE) records its grid, SM and three %globaltimer
-// stamps (start, the end of its wait for the previous kernel, end) into a ring of its own
+// kernels (quantized GEMM, attention, norm, SwiGLU, MLA, MoE) records its grid, SM and three
+// %globaltimer stamps (start, the end of its wait for the previous kernel, end), and up to two
+// TRACE_MARK stamps inside the kernel, into a ring of its own
 // translation unit; dump_kernel_trace() (marlin bench generate calls it) writes the newest out
 // for tools/kernel_timeline.py. It shows what ncu cannot: where a CUDA-graph decode step's
 // launches overlap, wait and trail (docs/PERFORMANCE.md, twelfth session). In the normal build
@@ -39,7 +40,8 @@ __device__ __forceinline__ unsigned long long now() {
 }
 
 // Two optional stamps inside a kernel (TRACE_MARK(1), TRACE_MARK(2)) packed into one word.
-__device__ __forceinline__ unsigned pack_marks(unsigned long long waited, unsigned long long m1, unsigned long long m2) {
+__device__ __forceinline__ unsigned pack_marks(unsigned long long waited, unsigned long long m1,
+                                               unsigned long long m2) {
   auto field = [&](unsigned long long m) {
     return m <= waited ? 0u : static_cast<unsigned>(min((m - waited) / 8, 0xffffull));
   };

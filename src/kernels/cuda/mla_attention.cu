@@ -2,9 +2,10 @@
 // block per (chunk, group of kHeads query heads, query token) scores the chunk's keys with an
 // online softmax, and a second pass merges the chunks' partial states (flash-decoding). Where
 // every head reads the same latent row, a block loads each row once for its kHeads heads (one
-// in the absorbed decode: launch_attention says why). The split count depends only on S, never on seq_lens, so a captured CUDA graph stays
-// valid as the sequences grow; each row's keys are cut into that many chunks on the device, so a
-// short row in a long cache (a 32k-token cache at its first steps) still spreads over them all.
+// in the absorbed decode: launch_attention says why). The split count depends only on S, never
+// on seq_lens, so a captured CUDA graph stays valid as the sequences grow; each row's keys are
+// cut into that many chunks on the device, so a short row in a long cache (a 32k-token cache at
+// its first steps) still spreads over them all.
 #include <algorithm>
 
 #include "core/cuda_check.h"
