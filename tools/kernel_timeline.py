@@ -10,7 +10,8 @@ Each row is one launch (a graph replays the same grid id every step, so a grid's
 where their starts are 200 us apart): its kind, blocks, SMs used and most blocks on one SM, then in
 microseconds from the first row's start: the first and last block start, the first and last end of
 the wait for the previous kernel (pdl.cuh), and the first, median and last block end. `after`
-is the time from the previous row's last block end to this row's first end of wait. --ends
+is the time from the previous row's last block end to this row's first end of wait, `runs` from
+its last end of wait to its last block end (what the launch adds once it may start). --ends
 prints, for the GEMM launches, how the blocks' ends spread after the wait. Kernels that stamp
 TRACE_MARK(1) / TRACE_MARK(2) inside (the MLA split kernel: q loaded, keys scored) get their
 median and last mark after the wait printed below the table.
@@ -72,13 +73,14 @@ def main():
     base = rows[0]["s0"]
     us = lambda t: (t - base) / 1000.0
     print(f"{'kind':10s} {'blocks':>6s} {'SMs':>4s} {'max':>3s} | {'start':>15s} | {'wait ends':>15s} | "
-          f"{'block ends: first, median, last':>31s} | {'after':>6s}")
+          f"{'block ends: first, median, last':>31s} | {'after':>6s} {'runs':>6s}")
     prev_end = None
     for g in rows:
         after = (g["w1"] - prev_end) / 1000.0 if prev_end else 0.0
+        runs = (g["e1"] - g["w1"]) / 1000.0
         print(f"{g['kind']:10s} {g['n']:6d} {g['sms']:4d} {g['most']:3d} | {us(g['s0']):7.2f} {us(g['s1']):7.2f} | "
               f"{us(g['w0']):7.2f} {us(g['w1']):7.2f} | {us(g['e0']):9.2f} {us(g['emed']):9.2f} {us(g['e1']):9.2f} | "
-              f"{after:6.2f}")
+              f"{after:6.2f} {runs:6.2f}")
         prev_end = g["e1"]
     for g in rows:  # TRACE_MARK stamps (kernel_trace.cuh), where a kernel sets them
         for shift, name in ((0, "mark1"), (16, "mark2")):
