@@ -209,18 +209,19 @@ struct Fp4ByteTables {
 };
 
 // The 4 activation vectors of packed row r (codes K = 8r .. 8r + 7 of each column): lanes
-// (a0, a4) x 4, (a2, a6) x 4, (a1, a5) x 4, (a3, a7) x 4, matching the f32 vectors below.
-inline void fp4_row_activations(const float* a8, __m256 (&x)[4]) {
+// (a0, a4) x 4, (a2, a6) x 4, (a1, a5) x 4, (a3, a7) x 4, matching the f32 vectors below. In
+// memory (32 floats), so the FMAs read them as operands: AVX2's 16 registers hold the tables,
+// masks, accumulators and codes of two rows, not also their 8 activation vectors.
+inline void fp4_row_activations(const float* a8, float* x) {
   const __m256 v = _mm256_loadu_ps(a8);
-  x[0] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4));
-  x[1] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(2, 6, 2, 6, 2, 6, 2, 6));
-  x[2] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 5, 1, 5, 1, 5, 1, 5));
-  x[3] = _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(3, 7, 3, 7, 3, 7, 3, 7));
+  _mm256_store_ps(x, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)));
+  _mm256_store_ps(x + 8, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(2, 6, 2, 6, 2, 6, 2, 6)));
+  _mm256_store_ps(x + 16, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 5, 1, 5, 1, 5, 1, 5)));
+  _mm256_store_ps(x + 24, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(3, 7, 3, 7, 3, 7, 3, 7)));
 }
 
 // acc_lo / acc_hi += the codes of w (8 columns x 8 K) times x (fp4_row_activations).
-inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const __m256 (&x)[4], __m256& acc_lo,
-                           __m256& acc_hi) {
+inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const float* x, __m256& acc_lo, __m256& acc_hi) {
   const __m256i nibble = _mm256_set1_epi8(0x0F), high_words = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
   const __m256i even = _mm256_and_si256(w, nibble);                         // codes K = 2b of byte b
   const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);  // codes K = 2b + 1
@@ -232,7 +233,7 @@ inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const __m256 (&x)[
     const __m256i cols23 = _mm256_unpackhi_epi8(sets[s][0], sets[s][1]);
     // A 32-bit lane holds codes K = 4j + {0, 2} (+1 for the odd set): the low word is the
     // first, the high word the second.
-    const __m256 x_first = x[2 * s], x_second = x[2 * s + 1];
+    const __m256 x_first = _mm256_load_ps(x + 16 * s), x_second = _mm256_load_ps(x + 16 * s + 8);
     acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols01, 16)), x_first, acc_lo);
     acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols01, high_words)), x_second, acc_lo);
     acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols23, 16)), x_first, acc_hi);
@@ -245,33 +246,37 @@ inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const __m256 (&x)[
 // values; Fp4TableSums: the byte tables' (column, K phase) lanes.
 template <QuantFormat F, int M>
 struct CodecSums {
-  static constexpr int kParts = 1;
+  static constexpr int kParts = 1, kRows = 1;
   const Avx2Codec<F> codec{};
   const float* a;
   int64_t K;
   const float* row_a = nullptr;
-  void start_row(int64_t r) { row_a = a + r * (32 / format_bits(F)); }
-  void add(__m256i w, __m256 (&p)[M][kParts]) const {
+  void start_rows(int64_t r) { row_a = a + r * (32 / format_bits(F)); }
+  void add(const __m256i (&w)[kRows], __m256 (&p)[M][kParts]) const {
     __m256 q[M];
     for (int m = 0; m < M; ++m) q[m] = p[m][0];
-    fma_codes<F, M, 0>(codec, w, row_a, K, q);
+    fma_codes<F, M, 0>(codec, w[0], row_a, K, q);
     for (int m = 0; m < M; ++m) p[m][0] = q[m];
   }
   static __m256 columns(const __m256 (&p)[kParts]) { return p[0]; }
 };
 
-template <int M>
+// R rows a pass (2 where a group has an even row count): the partial sums are read and written
+// once for both.
+template <int M, int R>
 struct Fp4TableSums {
-  static constexpr int kParts = 2;
+  static constexpr int kParts = 2, kRows = R;
   const Fp4ByteTables tables{};
   const float* a;
   int64_t K;
-  __m256 x[M][4] = {};  // start_row
-  void start_row(int64_t r) {
-    for (int m = 0; m < M; ++m) fp4_row_activations(a + m * K + r * 8, x[m]);
+  alignas(32) float x[R][M][32] = {};  // start_rows
+  void start_rows(int64_t r) {
+    for (int j = 0; j < R; ++j)
+      for (int m = 0; m < M; ++m) fp4_row_activations(a + m * K + (r + j) * 8, x[j][m]);
   }
-  void add(__m256i w, __m256 (&p)[M][kParts]) const {
-    for (int m = 0; m < M; ++m) fp4_fma_tables(tables, w, x[m], p[m][0], p[m][1]);
+  void add(const __m256i (&w)[kRows], __m256 (&p)[M][kParts]) const {
+    for (int j = 0; j < R; ++j)
+      for (int m = 0; m < M; ++m) fp4_fma_tables(tables, w[j], x[j][m], p[m][0], p[m][1]);
   }
   static __m256 columns(const __m256 (&p)[kParts]) { return _mm256_hadd_ps(p[0], p[1]); }
 };
@@ -283,7 +288,7 @@ struct Fp4TableSums {
 // row walk, 8.91-11.36 with the FP4 byte tables.)
 template <QuantFormat F, int M, class Sums>
 void gemv_columns256(Sums sums, const QuantizedWeight& W, int64_t n0, int64_t n1, const Tensor& bias, Tensor& C) {
-  constexpr int P = 32 / format_bits(F), kParts = Sums::kParts;
+  constexpr int P = 32 / format_bits(F), kParts = Sums::kParts, R = Sums::kRows;
   const int64_t K = W.K, N = W.N, rows_per_group = W.group_size / P;
   const int64_t vecs = (n1 - n0 + 7) / 8, stride = vecs * 8;
   const int tail = lanes8(n0, n1);
@@ -293,18 +298,22 @@ void gemv_columns256(Sums sums, const QuantizedWeight& W, int64_t n0, int64_t n1
   const uint32_t* packed = W.packed.data<uint32_t>();
   const uint16_t* scales = static_cast<const uint16_t*>(W.scales.data_ptr());
   for (int64_t g = 0; g < K / W.group_size; ++g) {
-    for (int64_t rr = 0; rr < rows_per_group; ++rr) {
+    for (int64_t rr = 0; rr < rows_per_group; rr += R) {  // rows_per_group % R == 0
       const int64_t r = g * rows_per_group + rr;
       const uint32_t* row = packed + r * N + n0;
-      const bool first = rr == 0, last = rr == rows_per_group - 1;
-      const uint32_t* ahead = r + kAhead < K / P ? row + kAhead * N : nullptr;
-      sums.start_row(r);
+      const bool first = rr == 0, last = rr + R == rows_per_group;
+      const uint32_t* ahead = r + R - 1 + kAhead < K / P ? row + kAhead * N : nullptr;
+      sums.start_rows(r);
       for (int64_t v = 0; v < vecs; ++v) {
         const bool is_tail = v == vecs - 1;
-        if (ahead && v % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + v * 8), _MM_HINT_T0);
-        // A plain load but for the last vector (vpmaskmovd costs more than a load on AMD).
-        const __m256i w = is_tail ? _mm256_maskload_epi32(reinterpret_cast<const int*>(row + v * 8), tail_mask)
-                                  : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + v * 8));
+        __m256i w[R];
+        for (int j = 0; j < R; ++j) {
+          const uint32_t* src = row + j * N + v * 8;
+          if (ahead && v % 2 == 0) _mm_prefetch(reinterpret_cast<const char*>(ahead + j * N + v * 8), _MM_HINT_T0);
+          // A plain load but for the last vector (vpmaskmovd costs more than a load on AMD).
+          w[j] = is_tail ? _mm256_maskload_epi32(reinterpret_cast<const int*>(src), tail_mask)
+                         : _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+        }
         __m256 p[M][kParts];
         for (int m = 0; m < M; ++m)
           for (int j = 0; j < kParts; ++j)
@@ -332,9 +341,12 @@ void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W,
   dispatch_gemv_rows(M, [&](auto rows) {
     for_each_column_task(W.N, 8, [&](int64_t n0, int64_t n1) {
       constexpr int M = decltype(rows)::value;
-      if constexpr (F == QuantFormat::fp4_e2m1)
-        gemv_columns256<F, M>(Fp4TableSums<M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
-      else
+      if constexpr (F == QuantFormat::fp4_e2m1) {
+        if (W.group_size % 16 == 0)
+          gemv_columns256<F, M>(Fp4TableSums<M, 2>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
+        else
+          gemv_columns256<F, M>(Fp4TableSums<M, 1>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
+      } else
         gemv_columns256<F, M>(CodecSums<F, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
     });
   });
