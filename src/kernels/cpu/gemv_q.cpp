@@ -285,7 +285,7 @@ struct Fp4TableSums {
 // its columns row by row along K. (Walking eight columns down K instead used half of each 64-byte
 // line a row and left the prefetchers a jump of N words every row: Llama-3.2-1B FP4 decoded at
 // 2.29 tokens/s on a 2-core AVX2 machine, 11.8% of its read bandwidth; 7.84 and 44.4% with the
-// row walk, 8.91-11.36 with the FP4 byte tables.)
+// row walk, 12.81 and 13.09 (71-81%) with the FP4 byte tables, docs/PERFORMANCE.md.)
 template <QuantFormat F, int M, class Sums>
 void gemv_columns256(Sums sums, const QuantizedWeight& W, int64_t n0, int64_t n1, const Tensor& bias, Tensor& C) {
   constexpr int P = 32 / format_bits(F), kParts = Sums::kParts, R = Sums::kRows;
