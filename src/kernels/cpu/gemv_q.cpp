@@ -187,9 +187,9 @@ inline void fma_codes(const Avx2Codec<F>& codec, __m256i w, const float* a, int6
   }
 }
 
-// FP4 by byte tables (Fp4TableSums): each code's bf16 bits (exact: every E2M1 value is a bf16) come from two
-// vpshufb lookups (high and low byte) for 32 codes at once, and a byte interleave puts two codes'
-// bf16 in each 32-bit lane, which one shift or mask makes f32. Per 8 columns x 8 codes that is 3
+// FP4 by byte tables (Fp4TableSums): each code's bf16 bits (exact: every E2M1 value is a bf16)
+// come from two vpshufb lookups (high and low byte) for 32 codes at once, and a byte interleave
+// puts two codes' bf16 in each 32-bit lane, which one shift or mask makes f32. Per 8 columns x 8 codes that is 3
 // index ops, 4 lookups, 4 interleaves, 8 shifts/masks and 8 FMAs, against 40 decode ops (shift,
 // vpermps, sign mask, shift, xor per 8 codes) and 8 FMAs in the codec it replaced, where the FP4
 // GEMV was bound by its decode instructions (docs/PERFORMANCE.md). The lanes then hold
@@ -261,11 +261,11 @@ struct CodecSums {
   static __m256 columns(const __m256 (&p)[kParts]) { return p[0]; }
 };
 
-// R rows a pass (2 where a group has an even row count): the partial sums are read and written
-// once for both.
-template <int M, int R>
+// Two packed rows a pass, so the partial sums are read and written once for both (a group has
+// an even row count: group sizes are 32 to 256, is_valid_group_size).
+template <int M>
 struct Fp4TableSums {
-  static constexpr int kParts = 2, kRows = R;
+  static constexpr int kParts = 2, kRows = 2, R = kRows;
   const Fp4ByteTables tables{};
   const float* a;
   int64_t K;
@@ -341,12 +341,9 @@ void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W,
   dispatch_gemv_rows(M, [&](auto rows) {
     for_each_column_task(W.N, 8, [&](int64_t n0, int64_t n1) {
       constexpr int M = decltype(rows)::value;
-      if constexpr (F == QuantFormat::fp4_e2m1) {
-        if (W.group_size % 16 == 0)
-          gemv_columns256<F, M>(Fp4TableSums<M, 2>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
-        else
-          gemv_columns256<F, M>(Fp4TableSums<M, 1>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
-      } else
+      if constexpr (F == QuantFormat::fp4_e2m1)
+        gemv_columns256<F, M>(Fp4TableSums<M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
+      else
         gemv_columns256<F, M>(CodecSums<F, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
     });
   });
