@@ -127,23 +127,23 @@ TEST_F(FusedCuda, NormInsideGemmIsNormThenGemmBitForBit) {
   testing::PoisonScope poison;
   uint64_t seed = 900;
   for (const bool small_tiled : {false, true})
-  for (const DType dt : {DType::bf16, DType::f16})
-    for (const int bits : {8, 4, 2})
-      for (const auto& [K, N] : std::vector<std::pair<int64_t, int64_t>>{{768, 1024}, {2048, 264}, {96, 40}, {2112, 64}}) {
-        const QuantizedLinear linear(random_tensor({N, K}, DType::f32, ++seed, 0.05f), {}, bits, 32,
-                                     LayerPlacement{gpu, dt});
-        const RMSNorm norm(random_tensor({K}, DType::f32, ++seed), 1e-5, LayerPlacement{gpu, dt});
-        for (const int64_t M : {1, 2, 5, 8, 9}) {
-          cuda::set_small_decode_tiled(small_tiled);
-          const Tensor wide = random_tensor({M, K + 24}, dt, ++seed, 3.0f).to(gpu);
-          const Tensor x = wide.narrow(1, 8, K);
-          const Tensor fused = linear.forward_rms_normed(x, norm);
-          const Tensor apart = linear.forward(norm.forward(x));
-          cuda::set_small_decode_tiled(true);
-          EXPECT_TRUE(same_bytes(fused, apart)) << dtype_name(dt) << " bits " << bits << " K " << K << " N " << N
-                                                << " M " << M << (small_tiled ? " (stream kernel)" : "");
+    for (const DType dt : {DType::bf16, DType::f16})
+      for (const int bits : {8, 4, 2})
+        for (const auto& [K, N] : std::vector<std::pair<int64_t, int64_t>>{{768, 1024}, {2048, 264}, {96, 40}, {2112, 64}}) {
+          const QuantizedLinear linear(random_tensor({N, K}, DType::f32, ++seed, 0.05f), {}, bits, 32,
+                                       LayerPlacement{gpu, dt});
+          const RMSNorm norm(random_tensor({K}, DType::f32, ++seed), 1e-5, LayerPlacement{gpu, dt});
+          for (const int64_t M : {1, 2, 5, 8, 9}) {
+            cuda::set_small_decode_tiled(small_tiled);
+            const Tensor wide = random_tensor({M, K + 24}, dt, ++seed, 3.0f).to(gpu);
+            const Tensor x = wide.narrow(1, 8, K);
+            const Tensor fused = linear.forward_rms_normed(x, norm);
+            const Tensor apart = linear.forward(norm.forward(x));
+            cuda::set_small_decode_tiled(true);
+            EXPECT_TRUE(same_bytes(fused, apart)) << dtype_name(dt) << " bits " << bits << " K " << K << " N " << N
+                                                  << " M " << M << (small_tiled ? " (stream kernel)" : "");
+          }
         }
-      }
 }
 
 std::string fixture_dir(const std::string& name) {
