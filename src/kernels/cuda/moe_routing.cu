@@ -7,8 +7,8 @@
 
 #include "core/cuda_check.h"
 #include "core/env.h"
-#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/moe_common.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
 #include "kernels/cuda/nn_common.cuh"
