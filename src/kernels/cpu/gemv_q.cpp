@@ -124,7 +124,7 @@ void gemv_columns512(const float* a, const QuantizedWeight& W, int64_t n0, int64
 }
 
 template <QuantFormat F>
-void gemv512_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
+void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   dispatch_gemv_rows(M, [&](auto rows) {
     for_each_column_task16(W.N, [&](int64_t n0, int64_t n1) {
       gemv_columns512<F, decltype(rows)::value>(a.data(), W, n0, n1, bias, C);
@@ -133,18 +133,6 @@ void gemv512_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight&
 }
 
 }  // namespace
-
-bool gemv_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  const int64_t M = A.size(0);
-  if (M > 4) return false;
-  const std::vector<float> a = to_f32(A);
-  switch (W.format) {
-    case QuantFormat::fp4_e2m1: gemv512_rows<QuantFormat::fp4_e2m1>(M, a, W, bias, C); break;
-    case QuantFormat::fp8_e4m3: gemv512_rows<QuantFormat::fp8_e4m3>(M, a, W, bias, C); break;
-    case QuantFormat::int2: gemv512_rows<QuantFormat::int2>(M, a, W, bias, C); break;
-  }
-  return true;
-}
 
 #elif defined(MARLIN_CPU_AVX2)
 namespace {
@@ -351,6 +339,10 @@ void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W,
 
 }  // namespace
 
+#endif
+
+#if defined(MARLIN_CPU_AVX512) || defined(MARLIN_CPU_AVX2)
+// The vector width's gemv_rows (above) for every format.
 bool gemv_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   const int64_t M = A.size(0);
   if (M > 4) return false;
@@ -362,11 +354,8 @@ bool gemv_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
   }
   return true;
 }
-
 #else
-
 bool gemv_q(const Tensor&, const QuantizedWeight&, const Tensor&, Tensor&) { return false; }
-
 #endif
 
 }  // namespace marlin::cpu
