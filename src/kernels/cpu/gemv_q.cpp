@@ -140,15 +140,6 @@ namespace {
 template <QuantFormat F>
 struct Avx2Codec;
 
-template <>
-struct Avx2Codec<QuantFormat::int2> {
-  __m256 levels = _mm256_setr_ps(-1.5f, -0.5f, 0.5f, 1.5f, -1.5f, -0.5f, 0.5f, 1.5f);
-  template <int J>
-  __m256 decode(__m256i w) const {
-    return _mm256_permutevar8x32_ps(levels, _mm256_and_si256(_mm256_srli_epi32(w, 2 * J), _mm256_set1_epi32(3)));
-  }
-};
-
 // E4M3: normal codes rebias the exponent (7 -> 127) in the f32 bits; subnormal codes are
 // m * 2^-9 (done in float, so no denormal f32 is ever formed).
 template <>
@@ -175,15 +166,33 @@ inline void fma_codes(const Avx2Codec<F>& codec, __m256i w, const float* a, int6
   }
 }
 
-// FP4 by byte tables (Fp4TableSums): each code's bf16 bits (exact: every E2M1 value is a bf16)
-// come from two vpshufb lookups (high and low byte) for 32 codes at once, and a byte interleave
-// puts two codes' bf16 in each 32-bit lane, which one shift or mask makes f32. Per 8 columns x 8 codes that is 3
-// index ops, 4 lookups, 4 interleaves, 8 shifts/masks and 8 FMAs, against 40 decode ops (shift,
-// vpermps, sign mask, shift, xor per 8 codes) and 8 FMAs in the codec it replaced, where the FP4
-// GEMV was bound by its decode instructions (docs/PERFORMANCE.md). The lanes then hold
-// (column, K phase) pairs: accumulator `lo` columns 0, 1, 4, 5 and `hi` columns 2, 3, 6, 7, two
-// K phases each, and one hadd at a group's end gives the 8 columns in order.
-struct Fp4ByteTables {
+// FP4 and INT2 by byte tables (ByteTableSums): each code's bf16 bits (exact: every E2M1 value
+// and every INT2 level is a bf16) come from two vpshufb lookups (high and low byte) for 32 codes
+// at once, and a byte interleave puts two codes' bf16 in each 32-bit lane, which one shift or
+// mask makes f32. For FP4, per 8 columns x 8 codes: 3 index ops, 4 lookups, 4 interleaves, 8
+// shifts/masks and 8 FMAs, against 40 decode ops (shift, vpermps, sign mask, shift, xor per 8
+// codes) and 8 FMAs in the codec it replaced, where the FP4 GEMV was bound by its decode
+// instructions (docs/PERFORMANCE.md). The lanes then hold (column, K phase) pairs: accumulator
+// `lo` columns 0, 1, 4, 5 and `hi` columns 2, 3, 6, 7, two K phases each, and one hadd at a
+// group's end gives the 8 columns in order.
+
+// The bf16 of two 16-bit-word vectors made by interleaving low and high bytes (columns 0, 1 and
+// 2, 3 of each 128-bit half; a 32-bit lane holds two codes of one column, the low word's K phase
+// first) times x_first / x_second, the activations of those phases (x: 16 floats).
+inline void fma_bf16_pairs(__m256i low, __m256i high, const float* x, __m256& acc_lo, __m256& acc_hi) {
+  const __m256i high_words = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
+  const __m256i cols01 = _mm256_unpacklo_epi8(low, high), cols23 = _mm256_unpackhi_epi8(low, high);
+  const __m256 x_first = _mm256_load_ps(x), x_second = _mm256_load_ps(x + 8);
+  acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols01, 16)), x_first, acc_lo);
+  acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols01, high_words)), x_second, acc_lo);
+  acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols23, 16)), x_first, acc_hi);
+  acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols23, high_words)), x_second, acc_hi);
+}
+
+// Byte b of a packed FP4 word holds codes K = 2b (low nibble) and 2b + 1.
+struct Fp4Tables {
+  static constexpr int kCodes = 8;     // a packed row's codes (K) per column
+  static constexpr int kXFloats = 32;  // activation floats a row (row_activations)
   // Code (sign, 2 exponent bits, 1 mantissa bit) -> bf16 high / low byte of its value
   // (0, 0.5, 1, 1.5, 2, 3, 4, 6, then the same negated), in both 128-bit halves.
   const __m256i high = _mm256_setr_epi8(0x00, 0x3F, 0x3F, 0x3F, 0x40, 0x40, 0x40, 0x40, char(0x80), char(0xBF),
@@ -194,44 +203,64 @@ struct Fp4ByteTables {
                                        0x00, char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0), 0x00, 0x00,
                                        char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0), 0x00, 0x00,
                                        char(0x80), char(0xC0), 0x00, 0x40, char(0x80), char(0xC0));
+
+  // The 4 activation vectors of a packed row (a8: its 8 codes' activations): lanes (a0, a4) x 4,
+  // (a2, a6) x 4, (a1, a5) x 4, (a3, a7) x 4, matching the f32 vectors of fma below. In memory,
+  // so the FMAs read them as operands: AVX2's 16 registers hold the tables, masks, accumulators
+  // and codes of two rows, not also their activation vectors.
+  static void row_activations(const float* a8, float* x) {
+    const __m256 v = _mm256_loadu_ps(a8);
+    _mm256_store_ps(x, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)));
+    _mm256_store_ps(x + 8, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(2, 6, 2, 6, 2, 6, 2, 6)));
+    _mm256_store_ps(x + 16, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 5, 1, 5, 1, 5, 1, 5)));
+    _mm256_store_ps(x + 24, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(3, 7, 3, 7, 3, 7, 3, 7)));
+  }
+
+  // acc_lo / acc_hi += the codes of w (8 columns x 8 K) times x (row_activations). A 32-bit lane
+  // of a set holds codes K = 4j + {0, 2} (+1 for the odd set).
+  void fma(__m256i w, const float* x, __m256& acc_lo, __m256& acc_hi) const {
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i even = _mm256_and_si256(w, nibble);                         // codes K = 2b of byte b
+    const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);  // codes K = 2b + 1
+    fma_bf16_pairs(_mm256_shuffle_epi8(low, even), _mm256_shuffle_epi8(high, even), x, acc_lo, acc_hi);
+    fma_bf16_pairs(_mm256_shuffle_epi8(low, odd), _mm256_shuffle_epi8(high, odd), x + 16, acc_lo, acc_hi);
+  }
 };
 
-// The 4 activation vectors of packed row r (codes K = 8r .. 8r + 7 of each column): lanes
-// (a0, a4) x 4, (a2, a6) x 4, (a1, a5) x 4, (a3, a7) x 4, matching the f32 vectors below. In
-// memory (32 floats), so the FMAs read them as operands: AVX2's 16 registers hold the tables,
-// masks, accumulators and codes of two rows, not also their 8 activation vectors.
-inline void fp4_row_activations(const float* a8, float* x) {
-  const __m256 v = _mm256_loadu_ps(a8);
-  _mm256_store_ps(x, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(0, 4, 0, 4, 0, 4, 0, 4)));
-  _mm256_store_ps(x + 8, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(2, 6, 2, 6, 2, 6, 2, 6)));
-  _mm256_store_ps(x + 16, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(1, 5, 1, 5, 1, 5, 1, 5)));
-  _mm256_store_ps(x + 24, _mm256_permutevar8x32_ps(v, _mm256_setr_epi32(3, 7, 3, 7, 3, 7, 3, 7)));
-}
+// Byte b of a packed INT2 word holds codes K = 4b + i (bits 2i, 2i + 1), i = 0 .. 3. Against
+// the codec (shift, mask, vpermps, broadcast and FMA per 8 codes): 14 operations per 32 codes
+// instead of 20.
+struct Int2Tables {
+  static constexpr int kCodes = 16;
+  static constexpr int kXFloats = 64;
+  // Code c -> bf16 high / low byte of c - 1.5 (-1.5, -0.5, 0.5, 1.5), in both 128-bit halves.
+  const __m256i high = _mm256_setr_epi8(char(0xBF), char(0xBF), 0x3F, 0x3F, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                        char(0xBF), char(0xBF), 0x3F, 0x3F, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m256i low = _mm256_setr_epi8(char(0xC0), 0x00, 0x00, char(0xC0), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+                                       char(0xC0), 0x00, 0x00, char(0xC0), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
 
-// acc_lo / acc_hi += the codes of w (8 columns x 8 K) times x (fp4_row_activations).
-inline void fp4_fma_tables(const Fp4ByteTables& t, __m256i w, const float* x, __m256& acc_lo, __m256& acc_hi) {
-  const __m256i nibble = _mm256_set1_epi8(0x0F), high_words = _mm256_set1_epi32(static_cast<int>(0xFFFF0000u));
-  const __m256i even = _mm256_and_si256(w, nibble);                         // codes K = 2b of byte b
-  const __m256i odd = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble);  // codes K = 2b + 1
-  const __m256i sets[2][2] = {{_mm256_shuffle_epi8(t.low, even), _mm256_shuffle_epi8(t.high, even)},
-                              {_mm256_shuffle_epi8(t.low, odd), _mm256_shuffle_epi8(t.high, odd)}};
-  for (int s = 0; s < 2; ++s) {
-    // 16-bit words: bf16 of bytes 0..7 (columns 0, 1 of a 128-bit half) and 8..15 (columns 2, 3).
-    const __m256i cols01 = _mm256_unpacklo_epi8(sets[s][0], sets[s][1]);
-    const __m256i cols23 = _mm256_unpackhi_epi8(sets[s][0], sets[s][1]);
-    // A 32-bit lane holds codes K = 4j + {0, 2} (+1 for the odd set): the low word is the
-    // first, the high word the second.
-    const __m256 x_first = _mm256_load_ps(x + 16 * s), x_second = _mm256_load_ps(x + 16 * s + 8);
-    acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols01, 16)), x_first, acc_lo);
-    acc_lo = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols01, high_words)), x_second, acc_lo);
-    acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_slli_epi32(cols23, 16)), x_first, acc_hi);
-    acc_hi = _mm256_fmadd_ps(_mm256_castsi256_ps(_mm256_and_si256(cols23, high_words)), x_second, acc_hi);
+  // For each i, the lanes of the two phases of codes i of every byte: (a_i, a_{8+i}) x 4 and
+  // (a_{4+i}, a_{12+i}) x 4 (a16: the row's 16 codes' activations).
+  static void row_activations(const float* a16, float* x) {
+    for (int i = 0; i < 4; ++i) {
+      _mm256_store_ps(x + 16 * i, _mm256_blend_ps(_mm256_set1_ps(a16[i]), _mm256_set1_ps(a16[8 + i]), 0xAA));
+      _mm256_store_ps(x + 16 * i + 8, _mm256_blend_ps(_mm256_set1_ps(a16[4 + i]), _mm256_set1_ps(a16[12 + i]), 0xAA));
+    }
   }
-}
+
+  void fma(__m256i w, const float* x, __m256& acc_lo, __m256& acc_hi) const {
+    const __m256i mask = _mm256_set1_epi8(0x03);
+    for (int i = 0; i < 4; ++i) {
+      // 16-bit shifts: a byte's codes i (bits 2i, 2i + 1) stay in that byte for 2i <= 6.
+      const __m256i code = _mm256_and_si256(i == 0 ? w : _mm256_srli_epi16(w, 2 * i), mask);
+      fma_bf16_pairs(_mm256_shuffle_epi8(low, code), _mm256_shuffle_epi8(high, code), x + 16 * i, acc_lo, acc_hi);
+    }
+  }
+};
 
 // What gemv_columns256 adds up a row: kParts vectors of sums a column vector and row of A,
-// turned into the 8 columns' sums at a group's end. CodecSums: the codec's FMAs straight from A's
-// values; Fp4TableSums: the byte tables' (column, K phase) lanes.
+// turned into the 8 columns' sums at a group's end. CodecSums (FP8): the codec's FMAs straight
+// from A's values; ByteTableSums (FP4, INT2): the byte tables' (column, K phase) lanes.
 template <QuantFormat F, int M>
 struct CodecSums {
   static constexpr int kParts = 1, kRows = 1;
@@ -251,20 +280,20 @@ struct CodecSums {
 
 // Two packed rows a pass, so the partial sums are read and written once for both (a group has
 // an even row count: group sizes are 32 to 256, is_valid_group_size).
-template <int M>
-struct Fp4TableSums {
+template <class Tables, int M>
+struct ByteTableSums {
   static constexpr int kParts = 2, kRows = 2, R = kRows;
-  const Fp4ByteTables tables{};
+  const Tables tables{};
   const float* a;
   int64_t K;
-  alignas(32) float x[R][M][32] = {};  // start_rows
+  alignas(32) float x[R][M][Tables::kXFloats] = {};  // start_rows
   void start_rows(int64_t r) {
     for (int j = 0; j < R; ++j)
-      for (int m = 0; m < M; ++m) fp4_row_activations(a + m * K + (r + j) * 8, x[j][m]);
+      for (int m = 0; m < M; ++m) Tables::row_activations(a + m * K + (r + j) * Tables::kCodes, x[j][m]);
   }
   void add(const __m256i (&w)[kRows], __m256 (&p)[M][kParts]) const {
     for (int j = 0; j < R; ++j)
-      for (int m = 0; m < M; ++m) fp4_fma_tables(tables, w[j], x[j][m], p[m][0], p[m][1]);
+      for (int m = 0; m < M; ++m) tables.fma(w[j], x[j][m], p[m][0], p[m][1]);
   }
   static __m256 columns(const __m256 (&p)[kParts]) { return _mm256_hadd_ps(p[0], p[1]); }
 };
@@ -330,7 +359,9 @@ void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W,
     for_each_column_task(W.N, 8, [&](int64_t n0, int64_t n1) {
       constexpr int M = decltype(rows)::value;
       if constexpr (F == QuantFormat::fp4_e2m1)
-        gemv_columns256<F, M>(Fp4TableSums<M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
+        gemv_columns256<F, M>(ByteTableSums<Fp4Tables, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
+      else if constexpr (F == QuantFormat::int2)
+        gemv_columns256<F, M>(ByteTableSums<Int2Tables, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
       else
         gemv_columns256<F, M>(CodecSums<F, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
     });
