@@ -86,6 +86,41 @@ TEST(GemmCpu, DecodePathOddWidthsMatchFloat64) {
       }
 }
 
+// Every code of FP4 and INT2, and FP8's smallest (subnormals, both zeros, the first normals),
+// through the decode path, each with a weight that shows in the sum: packed words that walk
+// through the codes, scales of one, against float64 of the reference dequantization (weights
+// quantized from random values seldom hit FP8's subnormals, and then too small to catch a
+// wrong one).
+TEST(GemmCpu, DecodePathDecodesEveryCode) {
+  testing::PoisonScope poison;
+  for (QuantFormat f : {QuantFormat::fp4_e2m1, QuantFormat::fp8_e4m3, QuantFormat::int2}) {
+    const int64_t K = 256, N = 24, P = 32 / format_bits(f);
+    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 11, 0.05f), f, {.group_size = 128});
+    uint32_t* words = q.packed.data<uint32_t>();
+    const uint32_t codes = 1u << format_bits(f);
+    for (int64_t i = 0; i < q.packed.numel(); ++i) {
+      uint32_t w = 0;
+      for (int64_t j = 0; j < P; ++j) {
+        uint32_t code = static_cast<uint32_t>(i * P + j + i / 7) % codes;
+        // FP8: exponents 0-3 only, so that the subnormals (exponent 0) weigh as much as the
+        // normals beside them (the random-weight tests cover the large normals).
+        if (f == QuantFormat::fp8_e4m3) code &= 0x9f;
+        w |= code << (j * format_bits(f));
+      }
+      words[i] = w;
+    }
+    uint16_t* scales = static_cast<uint16_t*>(q.scales.data_ptr());
+    for (int64_t i = 0; i < q.scales.numel(); ++i) scales[i] = 0x3c00;  // f16 1.0
+    for (int64_t M = 1; M <= 4; ++M) {
+      const Tensor A = random_tensor({M, K}, DType::f32, 12 + M);
+      Tensor C = Tensor::empty({M, N}, DType::f32);
+      cpu::gemm_q(A, q, {}, C);
+      EXPECT_LT(relative_error(to_double(C), reference_gemm(A, to_double(dequantize_cpu(q)), K, N)), 1e-5)
+          << format_name(f) << " M=" << M;
+    }
+  }
+}
+
 // The dense decode path (lm_head): every weight dtype, M 1..4, odd K and N, with and without
 // bias, against float64.
 TEST(GemmCpu, DenseDecodePathMatchesFloat64) {

@@ -1,10 +1,11 @@
 // CPU quantized GEMM for decode sizes (M <= 4): each packed word is loaded once and its P codes
-// are decoded in registers (FP4 and INT2 through an in-register table, FP8 through its bit
-// fields) straight into FMAs; a group's sum is scaled once. A task (one a thread) walks its
-// columns row by row along K, 16 columns a vector with AVX-512 and 8 with AVX2, so the weights
-// stream from memory in address order (a walk down one column block would touch a new page
-// every row and defeat the prefetchers).
+// are decoded in registers straight into FMAs (AVX-512: FP4 and INT2 through an in-register
+// table, FP8 through its bit fields; AVX2: byte tables for all three); a group's sum is scaled
+// once. A task (one a thread) walks its columns row by row along K, 16 columns a vector with
+// AVX-512 and 8 with AVX2, so the weights stream from memory in address order (a walk down one
+// column block would touch a new page every row and defeat the prefetchers).
 #include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "kernels/cpu/cpu_kernels.h"
@@ -137,44 +138,15 @@ void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W,
 #elif defined(MARLIN_CPU_AVX2)
 namespace {
 
-template <QuantFormat F>
-struct Avx2Codec;
-
-// E4M3: normal codes rebias the exponent (7 -> 127) in the f32 bits; subnormal codes are
-// m * 2^-9 (done in float, so no denormal f32 is ever formed).
-template <>
-struct Avx2Codec<QuantFormat::fp8_e4m3> {
-  template <int J>
-  __m256 decode(__m256i w) const {
-    const __m256i b = _mm256_and_si256(_mm256_srli_epi32(w, 8 * J), _mm256_set1_epi32(0xff));
-    const __m256i body = _mm256_and_si256(b, _mm256_set1_epi32(0x7f));
-    const __m256 normal = _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(body, 20), _mm256_set1_epi32(120 << 23)));
-    const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_and_si256(b, _mm256_set1_epi32(7))), _mm256_set1_ps(0.001953125f));
-    const __m256i is_sub = _mm256_cmpeq_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x78)), _mm256_setzero_si256());
-    const __m256 mag = _mm256_blendv_ps(normal, subnormal, _mm256_castsi256_ps(is_sub));
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(b, _mm256_set1_epi32(0x80)), 24);
-    return _mm256_xor_ps(mag, _mm256_castsi256_ps(sign));
-  }
-};
-
-template <QuantFormat F, int M, int J>
-inline void fma_codes(const Avx2Codec<F>& codec, __m256i w, const float* a, int64_t K, __m256 (&acc)[M]) {
-  if constexpr (J < 32 / format_bits(F)) {
-    const __m256 v = codec.template decode<J>(w);
-    for (int m = 0; m < M; ++m) acc[m] = _mm256_fmadd_ps(_mm256_broadcast_ss(a + m * K + J), v, acc[m]);
-    fma_codes<F, M, J + 1>(codec, w, a, K, acc);
-  }
-}
-
-// FP4 and INT2 by byte tables (ByteTableSums): each code's bf16 bits (exact: every E2M1 value
-// and every INT2 level is a bf16) come from two vpshufb lookups (high and low byte) for 32 codes
-// at once, and a byte interleave puts two codes' bf16 in each 32-bit lane, which one shift or
-// mask makes f32. For FP4, per 8 columns x 8 codes: 3 index ops, 4 lookups, 4 interleaves, 8
+// Every format by byte tables (ByteTableSums): each code's bf16 bits (exact: every E2M1 and
+// E4M3 value and every INT2 level is a bf16) come from vpshufb lookups (high and low byte) for 32
+// codes at once, and a byte interleave puts two codes' bf16 in each 32-bit lane, which one shift
+// or mask makes f32. For FP4, per 8 columns x 8 codes: 3 index ops, 4 lookups, 4 interleaves, 8
 // shifts/masks and 8 FMAs, against 40 decode ops (shift, vpermps, sign mask, shift, xor per 8
 // codes) and 8 FMAs in the codec it replaced, where the FP4 GEMV was bound by its decode
-// instructions (docs/PERFORMANCE.md). The lanes then hold (column, K phase) pairs: accumulator
-// `lo` columns 0, 1, 4, 5 and `hi` columns 2, 3, 6, 7, two K phases each, and one hadd at a
-// group's end gives the 8 columns in order.
+// instructions (docs/PERFORMANCE.md; FP8 and INT2 followed in the seventeenth session). The
+// lanes then hold (column, K phase) pairs: accumulator `lo` columns 0, 1, 4, 5 and `hi` columns
+// 2, 3, 6, 7, two K phases each, and one hadd at a group's end gives the 8 columns in order.
 
 // The bf16 of two 16-bit-word vectors made by interleaving low and high bytes (columns 0, 1 and
 // 2, 3 of each 128-bit half; a 32-bit lane holds two codes of one column, the low word's K phase
@@ -258,28 +230,54 @@ struct Int2Tables {
   }
 };
 
-// What gemv_columns256 adds up a row: kParts vectors of sums a column vector and row of A,
-// turned into the 8 columns' sums at a group's end. CodecSums (FP8): the codec's FMAs straight
-// from A's values; ByteTableSums (FP4, INT2): the byte tables' (column, K phase) lanes.
-template <QuantFormat F, int M>
-struct CodecSums {
-  static constexpr int kParts = 1, kRows = 1;
-  const Avx2Codec<F> codec{};
-  const float* a;
-  int64_t K;
-  const float* row_a = nullptr;
-  void start_rows(int64_t r) { row_a = a + r * (32 / format_bits(F)); }
-  void add(const __m256i (&w)[kRows], __m256 (&p)[M][kParts]) const {
-    __m256 q[M];
-    for (int m = 0; m < M; ++m) q[m] = p[m][0];
-    fma_codes<F, M, 0>(codec, w[0], row_a, K, q);
-    for (int m = 0; m < M; ++m) p[m][0] = q[m];
+// Byte b of a packed FP8 word holds code K = b. E4M3 (sign, 4 exponent, 3 mantissa bits) is
+// exact in bf16: a normal code's bf16 is sign | (e + 120) << 7 | m << 4, whose high byte depends
+// on the code's high nibble alone ((e + 120) >> 1 = (e >> 1) + 60) and low byte on its low
+// nibble ((e & 1) << 7 | m << 4): one lookup each. Subnormal codes (e = 0: m x 2^-9) take two
+// more lookups on m and a blend. 23 operations per 32 codes against ~64 for the codec (its
+// exponent rebias, subnormal blend and sign per 8 codes, a broadcast and an FMA).
+struct Fp8Tables {
+  static constexpr int kCodes = 4;
+  static constexpr int kXFloats = 16;
+  // High nibble (sign, e3, e2, e1) -> sign << 7 | (e >> 1) + 60; low nibble (e0, m) -> e0 << 7 | m << 4.
+  const __m256i high = _mm256_setr_epi8(60, 61, 62, 63, 64, 65, 66, 67, char(188), char(189), char(190), char(191),
+                                        char(192), char(193), char(194), char(195), 60, 61, 62, 63, 64, 65, 66, 67,
+                                        char(188), char(189), char(190), char(191), char(192), char(193), char(194),
+                                        char(195));
+  const __m256i low = _mm256_setr_epi8(0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, char(0x80), char(0x90),
+                                       char(0xA0), char(0xB0), char(0xC0), char(0xD0), char(0xE0), char(0xF0), 0x00,
+                                       0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, char(0x80), char(0x90), char(0xA0),
+                                       char(0xB0), char(0xC0), char(0xD0), char(0xE0), char(0xF0));
+  // Subnormals by m (the low nibble; e0 = 0): bf16 of m x 2^-9, high byte (sign added) and low.
+  const __m256i sub_high = _mm256_setr_epi8(0x00, 0x3B, 0x3B, 0x3B, 0x3C, 0x3C, 0x3C, 0x3C, 0, 0, 0, 0, 0, 0, 0, 0,
+                                            0x00, 0x3B, 0x3B, 0x3B, 0x3C, 0x3C, 0x3C, 0x3C, 0, 0, 0, 0, 0, 0, 0, 0);
+  const __m256i sub_low = _mm256_setr_epi8(0x00, 0x00, char(0x80), char(0xC0), 0x00, 0x20, 0x40, 0x60, 0, 0, 0, 0, 0, 0,
+                                           0, 0, 0x00, 0x00, char(0x80), char(0xC0), 0x00, 0x20, 0x40, 0x60, 0, 0, 0, 0,
+                                           0, 0, 0, 0);
+
+  // (a0, a2) x 4 and (a1, a3) x 4 (a4: the row's 4 codes' activations).
+  static void row_activations(const float* a4, float* x) {
+    _mm256_store_ps(x, _mm256_blend_ps(_mm256_set1_ps(a4[0]), _mm256_set1_ps(a4[2]), 0xAA));
+    _mm256_store_ps(x + 8, _mm256_blend_ps(_mm256_set1_ps(a4[1]), _mm256_set1_ps(a4[3]), 0xAA));
   }
-  static __m256 columns(const __m256 (&p)[kParts]) { return p[0]; }
+
+  void fma(__m256i w, const float* x, __m256& acc_lo, __m256& acc_hi) const {
+    const __m256i nibble = _mm256_set1_epi8(0x0F);
+    const __m256i hi_nibble = _mm256_and_si256(_mm256_srli_epi16(w, 4), nibble), lo_nibble = _mm256_and_si256(w, nibble);
+    const __m256i subnormal = _mm256_cmpeq_epi8(_mm256_and_si256(w, _mm256_set1_epi8(0x78)), _mm256_setzero_si256());
+    const __m256i sign = _mm256_and_si256(w, _mm256_set1_epi8(char(0x80)));
+    const __m256i h = _mm256_blendv_epi8(_mm256_shuffle_epi8(high, hi_nibble),
+                                         _mm256_or_si256(_mm256_shuffle_epi8(sub_high, lo_nibble), sign), subnormal);
+    const __m256i l = _mm256_blendv_epi8(_mm256_shuffle_epi8(low, lo_nibble), _mm256_shuffle_epi8(sub_low, lo_nibble),
+                                         subnormal);
+    fma_bf16_pairs(l, h, x, acc_lo, acc_hi);
+  }
 };
 
-// Two packed rows a pass, so the partial sums are read and written once for both (a group has
-// an even row count: group sizes are 32 to 256, is_valid_group_size).
+// What gemv_columns256 adds up a row: kParts vectors of sums a column vector and row of A, the
+// byte tables' (column, K phase) lanes, turned into the 8 columns' sums at a group's end. Two
+// packed rows a pass, so the partial sums are read and written once for both (a group has an
+// even row count: group sizes are 32 to 256, is_valid_group_size).
 template <class Tables, int M>
 struct ByteTableSums {
   static constexpr int kParts = 2, kRows = 2, R = kRows;
@@ -358,12 +356,9 @@ void gemv_rows(int64_t M, const std::vector<float>& a, const QuantizedWeight& W,
   dispatch_gemv_rows(M, [&](auto rows) {
     for_each_column_task(W.N, 8, [&](int64_t n0, int64_t n1) {
       constexpr int M = decltype(rows)::value;
-      if constexpr (F == QuantFormat::fp4_e2m1)
-        gemv_columns256<F, M>(ByteTableSums<Fp4Tables, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
-      else if constexpr (F == QuantFormat::int2)
-        gemv_columns256<F, M>(ByteTableSums<Int2Tables, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
-      else
-        gemv_columns256<F, M>(CodecSums<F, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
+      using Tables = std::conditional_t<F == QuantFormat::fp4_e2m1, Fp4Tables,
+                                        std::conditional_t<F == QuantFormat::int2, Int2Tables, Fp8Tables>>;
+      gemv_columns256<F, M>(ByteTableSums<Tables, M>{.a = a.data(), .K = W.K}, W, n0, n1, bias, C);
     });
   });
 }
