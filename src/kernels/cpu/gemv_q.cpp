@@ -200,8 +200,8 @@ struct Fp4Tables {
 };
 
 // Byte b of a packed INT2 word holds codes K = 4b + i (bits 2i, 2i + 1), i = 0 .. 3. Against
-// the codec (shift, mask, vpermps, broadcast and FMA per 8 codes): 14 operations per 32 codes
-// instead of 20.
+// the codec (shift, mask, vpermps, broadcast and FMA per 8 codes): about 15 operations per 32
+// codes instead of 20.
 struct Int2Tables {
   static constexpr int kCodes = 16;
   static constexpr int kXFloats = 64;
