@@ -300,9 +300,7 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
   };
   load_chunk(0);
   pdl_wait();  // x is the previous kernel's output
-#ifdef MARLIN_KERNEL_TRACE
-  const unsigned long long trace_waited = trace::now();
-#endif
+  TRACE_WAITED
   for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
     const int r = i / K, k = i % K;
     xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
