@@ -10,16 +10,17 @@
 // of a unit are then contiguous). Those 32 pairs are NW 16-byte words per lane; the words of a
 // slab are stored unit after unit, and the slabs one after another, so the whole weight is one
 // stream that warps can split anywhere on round boundaries. Each u32 holds 16/bits pairs, one
-// code of a pair in each half, with the sign bits apart from the rest so that pair 0 is one AND
-// and the others two shifts (which the compiler issues on the FMA pipe) and two logic ops:
+// code of a pair in each half; FP4 and FP8 keep the sign bits apart from the rest so that pair 0
+// is one AND and the others two shifts (which the compiler issues on the FMA pipe) and two logic
+// ops:
 //   FP4 pair p: sign at bit 15, 12, 14, 13 (p = 0..3), exponent+mantissa at bits 11-3p..9-3p of
 //               each half -> q & 0x8e008e00 (p = 0), (q << 3) & 0x8e008e00 (p = 1), else
 //               ((q << (15 - sign bit)) & 0x80008000) | ((q << 3p) & 0x0e000e00) = value * 2^-14
 //   FP8 pair p: sign at bit 15-p, exponent+mantissa at bits 13-7p..7-7p of each half
 //               -> ((q << p) & 0x80008000) | ((q << 7p) & 0x3f803f80) = value * 2^-8
-//   INT2 pair p: the code c is stored as a sign bit (c < 2) at bit 8+p and a magnitude bit
-//                (c is 0 or 3) at bit p of each half -> (x & 0x80808080) | 0x00400040,
-//                x = q << (7 - p): an f16 subnormal +-(1 or 3) * 2^-18 = (c - 1.5) * 2^-17
+//   INT2 pair p = 2j + h: the code c itself at bits 2j + 8h.. of each half -> (x & (3 << 2j)),
+//                x = q (h = 0) or q >> 8 (h = 1): an f16 subnormal c * 4^j * 2^-24, a code, not a
+//                value (MmaCodec<int2> in gemm_q_tile.cuh says how the kernels make it one)
 // After the weights come the scales, [slab][group][64] f16, in the same order.
 //
 // The per-slab kernel: each warp owns a slab and a block's K split, and copies its part of the
@@ -256,11 +257,7 @@ __global__ void repack_tiled_kernel(const uint32_t* __restrict__ packed, int64_t
         for (int e = 0; e < 2; ++e)
           out |= ((codes[e] >> 7) << (15 - p) | (codes[e] & 0x7fu) << (7 - 7 * p)) << (16 * e);
       } else {
-        for (int e = 0; e < 2; ++e) {
-          const uint32_t negative = codes[e] < 2 ? 1u : 0u;
-          const uint32_t large = (codes[e] == 0 || codes[e] == 3) ? 1u : 0u;
-          out |= (negative << (8 + p) | large << p) << (16 * e);
-        }
+        for (int e = 0; e < 2; ++e) out |= (codes[e] << Cd::field_bit(p)) << (16 * e);
       }
     }
     tiled[idx] = out;
@@ -345,7 +342,7 @@ bool tiled_gemm_forced() { return force_tiled_gemm; }
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale) {
   // M > 16 tiles multiply by the scale times a power of two in fp16: it must stay finite.
   // Group sizes are powers of two from 32 to 256, so groups are whole units.
-  const float bias = W.format == QuantFormat::fp4_e2m1 ? 16384.0f : W.format == QuantFormat::fp8_e4m3 ? 256.0f : 32.0f;
+  const float bias = W.format == QuantFormat::fp4_e2m1 ? 16384.0f : W.format == QuantFormat::fp8_e4m3 ? 256.0f : 1.5f;
   return W.K % kUnitK == 0 && W.group_size % kUnitK == 0 && W.group_size <= kUnitsAlign * kUnitK &&
          max_abs_scale * bias <= 65504.0f;
 }

@@ -59,7 +59,8 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
 }
 
 // G: units per scale group (1, 2, 4, 8). R: A rows held (8 when M <= 8, else 16). (A one-row
-// variant with a five-deep ring measured no faster at M = 1 on an H200.)
+// variant with a five-deep ring measured no faster at M = 1 on an H200; neither did one whose
+// blocks copied their span of the row once, as f16, before the main loop: PERFORMANCE.md.)
 template <QuantFormat F, int G, int R, typename TA, bool kSwap>
 __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
@@ -146,6 +147,9 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   static_assert(!kSwap || R == 8, "swapped operands hold 8 rows of A");
   constexpr int kAccTiles = kSwap ? 4 : 8;
   float acc[kAccTiles][4], gacc[kAccTiles][4];
+  // Offset codes (INT2): the group's activation sums of this lane's rows, by an mma with ones.
+  constexpr bool kOffset = offset_codes<F>();
+  float gsum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
   for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
@@ -290,7 +294,11 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
         for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
           for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
+        if constexpr (kOffset)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) gsum[i] = 0.0f;
       }
+      constexpr uint32_t kOnes = 0x3c003c00u;  // f16 1.0 twice
       // Register (step, tile, h) of the layout: the B fragment of 8-column tile `tile`.
       auto wreg = [&](int step, int tile, int h) { return b_register<F, false>(w, (step * 8 + tile) * 2 + h, __half2()); };
       if constexpr (kSwap) {
@@ -303,30 +311,47 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
                                        wreg(step, 2 * t + 1, 1)};
             mma_16816(gacc[t], wfrag, x[step][0], x[step][1]);
           }
+        if constexpr (kOffset) {
+          const uint32_t ones[4] = {kOnes, kOnes, kOnes, kOnes};
+#pragma unroll
+          for (int step = 0; step < 2; ++step) mma_16816(gsum, ones, x[step][0], x[step][1]);
+        }
       } else {
         const uint32_t afrag[2][4] = {{lo.x, hi.x, lo.y, hi.y}, {lo.z, hi.z, lo.w, hi.w}};
 #pragma unroll
         for (int step = 0; step < 2; ++step)
 #pragma unroll
           for (int t = 0; t < kAccTiles; ++t) mma_16816(gacc[t], afrag[step], wreg(step, t, 0), wreg(step, t, 1));
+        if constexpr (kOffset)
+#pragma unroll
+          for (int step = 0; step < 2; ++step) mma_16816(gsum, afrag[step], kOnes, kOnes);
       }
       if (group_end) {
         const __half* srow = srows + (G <= kU ? (a / G) * kSlabN : 0);
+        // The group's sum of (c - 1.5) a for offset codes: c 4^j a 2^-24 summed by the mma, times
+        // 4^-j, less 1.5 a 2^-24 (the stored sums are scaled by kGroupScale = 2^24 at the end).
+        float offset[4];
+#pragma unroll
+        for (int i = 0; i < 4; ++i) offset[i] = kOffset ? gsum[i] * (-1.5f / Cd::kGroupScale) : 0.0f;
+        auto group_sum = [&](int t, int i) {
+          const int tile = kSwap ? 2 * t + i / 2 : t;
+          return kOffset ? fmaf(gacc[t][i], tile_factor<F>(tile), offset[i]) : gacc[t][i];
+        };
 #pragma unroll
         for (int t = 0; t < kAccTiles; ++t) {
           float2 sc;
           if constexpr (kSwap) {  // columns 16t + a_row (i < 2) and 16t + 8 + a_row (i >= 2)
             sc = make_float2(__half2float(srow[16 * t + a_row]), __half2float(srow[16 * t + 8 + a_row]));
-            acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
-            acc[t][1] = fmaf(gacc[t][1], sc.x, acc[t][1]);
-            acc[t][2] = fmaf(gacc[t][2], sc.y, acc[t][2]);
-            acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+            acc[t][0] = fmaf(group_sum(t, 0), sc.x, acc[t][0]);
+            acc[t][1] = fmaf(group_sum(t, 1), sc.x, acc[t][1]);
+            acc[t][2] = fmaf(group_sum(t, 2), sc.y, acc[t][2]);
+            acc[t][3] = fmaf(group_sum(t, 3), sc.y, acc[t][3]);
           } else {  // columns 8t + 2c and 8t + 2c + 1
             sc = __half22float2(*reinterpret_cast<const __half2*>(srow + t * 8 + 2 * c));
-            acc[t][0] = fmaf(gacc[t][0], sc.x, acc[t][0]);
-            acc[t][1] = fmaf(gacc[t][1], sc.y, acc[t][1]);
-            acc[t][2] = fmaf(gacc[t][2], sc.x, acc[t][2]);
-            acc[t][3] = fmaf(gacc[t][3], sc.y, acc[t][3]);
+            acc[t][0] = fmaf(group_sum(t, 0), sc.x, acc[t][0]);
+            acc[t][1] = fmaf(group_sum(t, 1), sc.y, acc[t][1]);
+            acc[t][2] = fmaf(group_sum(t, 2), sc.x, acc[t][2]);
+            acc[t][3] = fmaf(group_sum(t, 3), sc.y, acc[t][3]);
           }
         }
       }

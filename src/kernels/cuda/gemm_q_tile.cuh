@@ -66,13 +66,36 @@ template <>
 struct MmaCodec<QuantFormat::int2> {
   static constexpr int kWords = 1;
   static constexpr int kPairsPerU32 = 8;
-  static constexpr float kGroupScale = 131072.0f;  // (c - 1.5) = decoded * 2^17
-  // The fp16 path first makes the subnormal normal (times 2^12, exact), then scales by s * 2^5.
-  static constexpr float kHalfScale = 32.0f;
+  // Pair p = 2 j + h (j = its tile % 4, h = its k half) keeps its two codes c, unchanged, at
+  // bits field_bit(p).. of each half. A mask reads the h = 0 pairs in place and the h = 1 pairs
+  // from q >> 8 (one shift a word): an f16 subnormal c * 4^j * 2^-24, exact, one logic op a pair
+  // (the sign-magnitude form it replaced took two, and two more fp16 products in the scaled
+  // path). The mma then sums codes, not values: the stream kernel takes 4^-j out per tile
+  // (tile_factor) and adds -1.5 times the activations' group sum (kOffsetCodes); the scaled path
+  // makes c - 1.5 exactly before the scale (b_register).
+  static constexpr float kGroupScale = 16777216.0f;  // 2^24
+  static constexpr float kHalfScale = 1.0f;
+  static constexpr bool kOffsetCodes = true;
+  __host__ __device__ static constexpr int field_bit(int p) { return 2 * (p / 2) + 8 * (p % 2); }
+  __host__ __device__ static constexpr float tile_factor(int tile) {
+    return tile % 4 == 0 ? 1.0f : tile % 4 == 1 ? 0.25f : tile % 4 == 2 ? 0.0625f : 0.015625f;
+  }
   __device__ __forceinline__ static uint32_t pair(uint32_t q, int p) {
-    return ((q << (7 - p)) & 0x80808080u) | 0x00400040u;
+    return (p % 2 ? q >> 8 : q) & (0x00030003u << (2 * (p / 2)));
   }
 };
+
+// Formats whose decoded pairs are values (all but INT2): no per-tile factor, no offset.
+template <QuantFormat F>
+__host__ __device__ constexpr float tile_factor(int tile) {
+  if constexpr (F == QuantFormat::int2) return MmaCodec<F>::tile_factor(tile);
+  else return 1.0f;
+}
+template <QuantFormat F>
+constexpr bool offset_codes() {
+  if constexpr (F == QuantFormat::int2) return MmaCodec<F>::kOffsetCodes;
+  else return false;
+}
 
 // Stage of a warp's stream: 2 KB of weights (4 words per lane) and the scale rows of the groups
 // it touches (one per G units; G = 0, a group size known only at run time: one per unit).
@@ -98,9 +121,21 @@ __device__ __forceinline__ uint32_t b_register(const uint32_t (&w)[kN], int q, _
   if constexpr (!kScaled) {
     return raw;
   } else {
-    __half2 v = as_half2(raw);
-    if constexpr (F == QuantFormat::int2) v = __hmul2(v, __float2half2_rn(4096.0f));
-    return as_u32(__hmul2(v, scale));
+    if constexpr (F == QuantFormat::int2) {
+      // 1024 + c 4^j, exact; then c - 1.5, exact: one fma where 1024 / 4^j + 1.5 is an f16
+      // (j >= 1), two steps at j = 0 (1025.5 is not).
+      const int j = (q % Cd::kPairsPerU32) / 2;
+      __half2 v = as_half2(raw | 0x64006400u);
+      if (j == 0) {
+        v = __hsub2(__hsub2(v, __float2half2_rn(1024.0f)), __float2half2_rn(1.5f));
+      } else {
+        const float inv = Cd::tile_factor(j);
+        v = __hfma2(v, __float2half2_rn(inv), __float2half2_rn(-(1024.0f * inv + 1.5f)));
+      }
+      return as_u32(__hmul2(v, scale));
+    } else {
+      return as_u32(__hmul2(as_half2(raw), scale));
+    }
   }
 }
 
