@@ -175,7 +175,8 @@ TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
 
 // The M <= 16 stream-K kernel: warps whose ranges split a slab (long K, few slabs), cover many
 // slabs (short K, wide N), or get no work at all (tiny weights), N and K off every tile, each
-// group size, both A row counts (M <= 8 and 9..16) and both activation dtypes.
+// group size, every A row count kernel (INT2's one-row kernel at M = 1, 8 rows up to M = 8, 16
+// up to 16), every format at each M, and both activation dtypes.
 TEST_F(Cuda, StreamKernelMatchesFloat64) {
   testing::PoisonScope poison;
   cuda::set_force_tiled_gemm(true);  // also for weights the canonical kernel would take
@@ -186,7 +187,7 @@ TEST_F(Cuda, StreamKernelMatchesFloat64) {
   int cases = 0;
   for (int i = 0; i < 48; ++i) {
     const auto [K, N] = shapes[i % 8];
-    const QuantFormat f = kFormats[i % 3];
+    const QuantFormat f = kFormats[(i + i / 6) % 3];
     const int g = groups[(i / 3) % 4];
     const int64_t M = Ms[i % 6];
     const DType dt = (i / 8) % 2 ? DType::bf16 : DType::f16;
@@ -206,7 +207,8 @@ TEST_F(Cuda, StreamKernelMatchesFloat64) {
 }
 
 // Slabs summed from many warps' partials (up to 56 parts, more than one batch of loads), at
-// M = 1 (two lanes share each column quad and split the parts) and at M = 2 and 3.
+// M = 1 (two lanes share each column quad and split the parts) and at M = 2 and 3, every format
+// at each M.
 TEST_F(Cuda, StreamKernelSumsManyPartsPerSlab) {
   testing::PoisonScope poison;
   cuda::set_force_tiled_gemm(true);
@@ -215,7 +217,7 @@ TEST_F(Cuda, StreamKernelSumsManyPartsPerSlab) {
   for (const auto& [K, N] : shapes)
     for (int64_t M : {1, 2, 3})
       for (DType dt : {DType::f16, DType::bf16}) {
-        const QuantFormat f = kFormats[cases % 3];
+        const QuantFormat f = kFormats[(cases + cases / 6) % 3];
         QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1200 + cases, 0.05f).to(gpu), f, {.group_size = 128});
         ops::prepare_for_gemm(q);
         Tensor A = random_tensor({M, K}, dt, 1300 + cases);
@@ -241,7 +243,7 @@ TEST_F(Cuda, StreamKernelSplitsScaleGroupsBetweenWarps) {
   for (const int round_stages : {1, 0})
     for (int i = 0; i < 12; ++i) {
       const auto [K, N] = shapes[i % 4];
-      const QuantFormat f = kFormats[i % 3];
+      const QuantFormat f = kFormats[(i + i / 3) % 3];  // each format at M = 1, 3 and 8
       const int g = i % 2 ? 128 : 256;
       const int64_t M = i % 3 == 0 ? 1 : i % 3 == 1 ? 3 : 8;
       const DType dt = i % 4 < 2 ? DType::bf16 : DType::f16;

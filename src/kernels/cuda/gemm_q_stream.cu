@@ -58,11 +58,11 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
   return ((x + 1) * W + R - 1) / R - 1;
 }
 
-// G: units per scale group (1, 2, 4, 8). R: A rows held (8 when M <= 8, else 16). (A one-row
-// variant with a five-deep ring measured no faster at M = 1 on an H200; neither did one whose
-// blocks copied their span of the row once, as f16, before the main loop: PERFORMANCE.md.)
+// G: units per scale group (1, 2, 4, 8). R: A rows held (1 at M = 1, 8 when M <= 8, else 16).
+// (A one-row variant with a five-deep ring measured no faster at M = 1 on an H200; neither did
+// one whose blocks copied their span of the row once, as f16, before the main loop.)
 template <QuantFormat F, int G, int R, typename TA, bool kSwap>
-__global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
+__global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
     gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
                          const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
                          BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
@@ -141,10 +141,10 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     cp_async_commit();
   };
 
-  // R == 8 swaps the operands: the weights are the mma's A (two 8-column tiles, 16 rows) and
+  // R <= 8 swaps the operands: the weights are the mma's A (two 8-column tiles, 16 rows) and
   // the activations its B (8 columns = 8 rows of A), so one mma covers 16 columns, half as many
   // mma and accumulators as with A's 16-row fragment of which at most 8 rows are used.
-  static_assert(!kSwap || R == 8, "swapped operands hold 8 rows of A");
+  static_assert(!kSwap || R <= 8, "swapped operands hold up to 8 rows of A");
   constexpr int kAccTiles = kSwap ? 4 : 8;
   float acc[kAccTiles][4], gacc[kAccTiles][4];
   // Offset codes (INT2): the group's activation sums of this lane's rows, by an mma with ones.
@@ -263,17 +263,40 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
     const uint4* wslot = reinterpret_cast<const uint4*>(slot);
     const __half* srows = reinterpret_cast<const __half*>(wslot + St::kWeightWords);
     const uint32_t* a_slot = reinterpret_cast<const uint32_t*>(slot + St::kBytes);
+    // R = 1: the stage's row, kU x 16 words, converted one word a lane (not four by each of the
+    // 4 lanes that use them while the other 28 convert zeros), then shuffled to those lanes.
+    constexpr int kRowWords = kU * kUnitK / 2, kRowRegs = (kRowWords + 31) / 32;
+    uint32_t row_f16[kRowRegs];
+    if constexpr (R == 1) {
+#pragma unroll
+      for (int r = 0; r < kRowRegs; ++r) {
+        const int i = lane + 32 * r;
+        const uint32_t v = i < kRowWords ? a_slot[i] : 0u;
+        if constexpr (std::is_same_v<TA, __half>) row_f16[r] = v;
+        else row_f16[r] = bf16x2_as_scaled_f16x2(v);
+      }
+    }
 #pragma unroll
     for (int a = 0; a < kU; ++a) {
       // A: lane holds rows a_row (and a_row + 8 when R == 16), weight rows 8c..8c+7 of the
       // unit: one 16-byte read per row (the layout's k order), zeros for rows past M.
       uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
-      if (a_row < rows_a)
-        lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
-      if (R == 16 && a_row + 8 < rows_a)
-        hi = *reinterpret_cast<const uint4*>(a_slot + ((a_row + 8) * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
-      lo = activations_as_f16<TA>(lo);
-      if (R == 16) hi = activations_as_f16<TA>(hi);
+      if constexpr (R == 1) {
+        // Word 4c + j of unit a is word 16a + 4c + j of the row. Lanes past row 0 get other
+        // lanes' words: they feed only the mma's columns 1-7, tokens that M = 1 never stores.
+        const int src = 16 * (a % 2) + 4 * c;
+        lo.x = __shfl_sync(0xffffffffu, row_f16[a / 2], src);
+        lo.y = __shfl_sync(0xffffffffu, row_f16[a / 2], src + 1);
+        lo.z = __shfl_sync(0xffffffffu, row_f16[a / 2], src + 2);
+        lo.w = __shfl_sync(0xffffffffu, row_f16[a / 2], src + 3);
+      } else {
+        if (a_row < rows_a)
+          lo = *reinterpret_cast<const uint4*>(a_slot + (a_row * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
+        if (R == 16 && a_row + 8 < rows_a)
+          hi = *reinterpret_cast<const uint4*>(a_slot + ((a_row + 8) * SS::kARowHalves + a * kUnitK + 8 * c) / 2);
+        lo = activations_as_f16<TA>(lo);
+        if (R == 16) hi = activations_as_f16<TA>(hi);
+      }
       uint32_t w[kW * 4];
 #pragma unroll
       for (int j = 0; j < kW; ++j) {
@@ -370,7 +393,7 @@ __global__ void __launch_bounds__(kThreads, R == 8 ? 4 : 3)
   }
   cp_async_wait<0>();
   if (total_stages > 0 && unit_in_slab != 0) flush(slab);
-  if constexpr (R == 8) { TRACE_END(gemm) } else { TRACE_END(gemm16) }
+  if constexpr (R <= 8) { TRACE_END(gemm) } else { TRACE_END(gemm16) }
 }
 
 int forced_round_stages = 0;  // set_stream_round_stages
@@ -379,7 +402,7 @@ struct StreamScratch {
   Tensor partials, counters;
 };
 
-template <QuantFormat F, int G, int R, typename TA, bool kSwap = R == 8>
+template <QuantFormat F, int G, int R, typename TA, bool kSwap = R <= 8>
 void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
@@ -405,10 +428,10 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   };
   int round_stages = kUnitsAlign / kU;
   static const bool whole_rounds = env_is("MARLIN_STREAM_FINE_ROUNDS", "0");
-  if (R == 8 && M == 1 && !whole_rounds)
+  if (R <= 8 && M == 1 && !whole_rounds)
     for (int r = kUnitsAlign / kU / 2; r >= 1; r /= 2)
       if (longest_share(r) < longest_share(round_stages)) round_stages = r;
-  if (R == 8 && forced_round_stages > 0) round_stages = std::min(forced_round_stages, kUnitsAlign / kU);
+  if (R <= 8 && forced_round_stages > 0) round_stages = std::min(forced_round_stages, kUnitsAlign / kU);
   const int64_t rounds = stages / round_stages;
   const int64_t rounds_per_slab = units / kU / round_stages;
   const int64_t warps = std::max<int64_t>(1, std::min(capacity, rounds));
@@ -455,12 +478,21 @@ template <QuantFormat F, typename TA>
 void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                      cudaStream_t stream) {
   const int64_t M = A.size(0);
+  // INT2 at M = 1 takes the one-row kernel: its ring of 2 KB stages then fits 4 blocks an SM,
+  // not 3 (H200: 4096x28672 14.9 against 18.2 us, Llama-3.1-8B INT2 batch 1 497.35 against
+  // 475.34 tok/s). FP4 measured the same on both (420.85 / 421.81 tok/s) and FP8 slower (4096x28672
+  // 35.7 against 32.0 us), so they keep the 8-row kernel.
 #define MARLIN_STREAM_G(G)                                                  \
+  if constexpr (F == QuantFormat::int2) {                                   \
+    if (M == 1 && one_row) return launch_stream<F, G, 1, TA>(A, W, bias, C, stream); \
+  }                                                                         \
   if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);           \
   else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
   return;
-  // MARLIN_STREAM_SWAP=0: the unswapped M <= 8 kernel at group 128, to measure the swap against.
+  // MARLIN_STREAM_SWAP=0: the unswapped M <= 8 kernel at group 128, to measure the swap against;
+  // MARLIN_STREAM_ROW1=0: INT2 at M = 1 on the 8-row kernel.
   static const bool unswapped = env_is("MARLIN_STREAM_SWAP", "0");
+  static const bool one_row = !env_is("MARLIN_STREAM_ROW1", "0");
   if (unswapped && M <= 8 && W.group_size == 4 * kUnitK) return launch_stream<F, 4, 8, TA, false>(A, W, bias, C, stream);
   switch (W.group_size / kUnitK) {
     case 1: MARLIN_STREAM_G(1)
