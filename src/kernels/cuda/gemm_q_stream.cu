@@ -153,7 +153,7 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
 #pragma unroll
   for (int t = 0; t < kAccTiles; ++t)
 #pragma unroll
-    for (int i = 0; i < 4; ++i) acc[t][i] = 0.0f;
+    for (int i = 0; i < 4; ++i) acc[t][i] = gacc[t][i] = 0.0f;
   // Row of C (token) and slab column of accumulator acc[t][i] of this lane.
   auto acc_row = [&](int t, int i) { return kSwap ? 2 * (lane % 4) + i % 2 : lane / 4 + 8 * (i / 2); };
   auto acc_col = [&](int t, int i) {
@@ -308,19 +308,11 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
       }
       // Groups within a stage (G <= kU) sit at compile-time positions. Longer ones span stages,
       // and a warp's range may begin or end inside one (rounds can be single stages): its
-      // first stage starts a group and its last ends one.
-      const bool group_start = G <= kU ? a % G == 0 : a == 0 && (s == 0 || unit_in_slab % G == 0);
+      // first stage starts a group and its last ends one. A group's sums start at zero: zeroed
+      // once before the loop and again where a group ends (not where one starts, which at
+      // G > kU is a run-time test: a select a sum every stage).
       const bool group_end =
           G <= kU ? a % G == G - 1 : a == kU - 1 && (s == total_stages - 1 || (unit_in_slab + kU) % G == 0);
-      if (group_start) {
-#pragma unroll
-        for (int t = 0; t < kAccTiles; ++t)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
-        if constexpr (kOffset)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) gsum[i] = 0.0f;
-      }
       constexpr uint32_t kOnes = 0x3c003c00u;  // f16 1.0 twice
       // Register (step, tile, h) of the layout: the B fragment of 8-column tile `tile`.
       auto wreg = [&](int step, int tile, int h) { return b_register<F, false>(w, (step * 8 + tile) * 2 + h, __half2()); };
@@ -377,6 +369,12 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
             acc[t][3] = fmaf(group_sum(t, 3), sc.y, acc[t][3]);
           }
         }
+#pragma unroll
+        for (int t = 0; t < kAccTiles; ++t)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) gacc[t][i] = 0.0f;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) gsum[i] = 0.0f;
       }
     }
     // Slab boundaries fall on round boundaries, which are group boundaries.
