@@ -340,7 +340,8 @@ void set_per_slab_gemm(bool on) { per_slab_gemm = on; }
 bool tiled_gemm_forced() { return force_tiled_gemm; }
 
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale) {
-  // M > 16 tiles multiply by the scale times a power of two in fp16: it must stay finite.
+  // M > 16 tiles multiply the scale in fp16 by a power of two (FP4, FP8) or by c - 1.5 (INT2):
+  // the product must stay finite.
   // Group sizes are powers of two from 32 to 256, so groups are whole units.
   const float bias = W.format == QuantFormat::fp4_e2m1 ? 16384.0f : W.format == QuantFormat::fp8_e4m3 ? 256.0f : 1.5f;
   return W.K % kUnitK == 0 && W.group_size % kUnitK == 0 && W.group_size <= kUnitsAlign * kUnitK &&
