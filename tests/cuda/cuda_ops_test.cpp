@@ -292,6 +292,44 @@ TEST_F(Cuda, StreamKernelLeavesNoStalePartials) {
   cuda::set_force_tiled_gemm(false);
 }
 
+// The tile kernels for M > 16 multiply in fp16 (the scale by a code's value): weights whose
+// largest scale keeps every factor and product finite take the tile layout and give the
+// reference's product at M = 1 and 40; larger ones keep the canonical layout and give it too.
+// Each group's absmax is set, so its scale is the bound times 0.95 or 1.1.
+TEST_F(Cuda, TileLayoutTakesOnlyScalesWhoseProductsStayFinite) {
+  testing::PoisonScope poison;
+  struct Case {
+    QuantFormat f;
+    float code_max, bound;  // the largest code value, the largest scale the layout takes
+  };
+  const Case cases[] = {{QuantFormat::fp4_e2m1, 6.0f, 65504.0f / 16384.0f},
+                        {QuantFormat::fp8_e4m3, 448.0f, 65504.0f / 448.0f},
+                        {QuantFormat::int2, 1.5f, 65504.0f / 1.5f}};
+  constexpr int64_t K = 256, N = 96, g = 128;
+  cuda::set_force_tiled_gemm(true);  // M = 40 on the tile kernels wherever the layout exists
+  for (const Case& c : cases)
+    for (const float ratio : {0.95f, 1.1f}) {
+      const float absmax = c.bound * ratio * c.code_max;
+      std::mt19937 rng(7);
+      std::uniform_real_distribution<float> unit(-1.0f, 1.0f);
+      std::vector<float> w(K * N);
+      for (int64_t k = 0; k < K; ++k)
+        for (int64_t n = 0; n < N; ++n)
+          w[k * N + n] = k % g == n % g ? (n % 2 ? absmax : -absmax) : absmax * unit(rng);
+      QuantizedWeight q = ops::quantize(Tensor::from_vector(w, {K, N}, DType::f32).to(gpu), c.f, {.group_size = g});
+      ops::prepare_for_gemm(q);
+      EXPECT_EQ(q.tiled.defined(), ratio < 1.0f) << format_name(c.f) << " scale " << ratio << " x the bound";
+      const auto deq = to_double(dequantize_cpu(q.to(Device::cpu())));
+      for (const int64_t M : {1, 40}) {
+        Tensor A = random_tensor({M, K}, DType::bf16, 90 + M, 1e-3f);
+        Tensor C = ops::gemm_q(A.to(gpu), q);
+        EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), 6e-3)
+            << format_name(c.f) << " scale " << ratio << " x the bound, M=" << M;
+      }
+    }
+  cuda::set_force_tiled_gemm(false);
+}
+
 // The tile layout on the small weights of tiny models (K of one to nine 32-wide units, so less
 // than one 8-unit round, N far below a 64-column slab) at every M the tiled kernels take.
 TEST_F(Cuda, TiledKernelsMatchFloat64OnSmallWeights) {

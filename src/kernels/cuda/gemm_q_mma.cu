@@ -340,10 +340,12 @@ void set_per_slab_gemm(bool on) { per_slab_gemm = on; }
 bool tiled_gemm_forced() { return force_tiled_gemm; }
 
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale) {
-  // M > 16 tiles multiply the scale in fp16 by a power of two (FP4, FP8) or by c - 1.5 (INT2):
-  // the product must stay finite.
+  // M > 16 tiles multiply in fp16: FP4 and FP8 the scale times 2^14 or 2^8 by a code's value
+  // times 2^-14 or 2^-8, INT2 the scale by c - 1.5. Every factor and product must stay finite:
+  // the largest is the scale times 2^14 (FP4), times 448 (FP8's largest value: the product
+  // outgrows the factor 2^8 s) or times 1.5 (INT2).
   // Group sizes are powers of two from 32 to 256, so groups are whole units.
-  const float bias = W.format == QuantFormat::fp4_e2m1 ? 16384.0f : W.format == QuantFormat::fp8_e4m3 ? 256.0f : 1.5f;
+  const float bias = W.format == QuantFormat::fp4_e2m1 ? 16384.0f : W.format == QuantFormat::fp8_e4m3 ? 448.0f : 1.5f;
   return W.K % kUnitK == 0 && W.group_size % kUnitK == 0 && W.group_size <= kUnitsAlign * kUnitK &&
          max_abs_scale * bias <= 65504.0f;
 }
