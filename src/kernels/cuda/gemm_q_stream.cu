@@ -271,9 +271,7 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
 #pragma unroll
       for (int r = 0; r < kRowRegs; ++r) {
         const int i = lane + 32 * r;
-        const uint32_t v = i < kRowWords ? a_slot[i] : 0u;
-        if constexpr (std::is_same_v<TA, __half>) row_f16[r] = v;
-        else row_f16[r] = bf16x2_as_scaled_f16x2(v);
+        row_f16[r] = activation_pair_as_f16<TA>(i < kRowWords ? a_slot[i] : 0u);
       }
     }
 #pragma unroll

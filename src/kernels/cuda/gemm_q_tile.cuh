@@ -183,15 +183,19 @@ __device__ __forceinline__ uint32_t bf16x2_as_scaled_f16x2(uint32_t v) {
   return out;
 }
 
-// Eight activations as the mma's f16 operand: f16 as they are, bf16 by bf16x2_as_scaled_f16x2.
+// Two activations (a 32-bit word) as the mma's f16 operand: f16 as they are, bf16 by
+// bf16x2_as_scaled_f16x2.
+template <typename TA>
+__device__ __forceinline__ uint32_t activation_pair_as_f16(uint32_t v) {
+  if constexpr (std::is_same_v<TA, __half>) return v;
+  else return bf16x2_as_scaled_f16x2(v);
+}
+
+// Eight activations as the mma's f16 operand.
 template <typename TA>
 __device__ __forceinline__ uint4 activations_as_f16(uint4 v) {
-  if constexpr (std::is_same_v<TA, __half>) {
-    return v;
-  } else {
-    return make_uint4(bf16x2_as_scaled_f16x2(v.x), bf16x2_as_scaled_f16x2(v.y), bf16x2_as_scaled_f16x2(v.z),
-                      bf16x2_as_scaled_f16x2(v.w));
-  }
+  return make_uint4(activation_pair_as_f16<TA>(v.x), activation_pair_as_f16<TA>(v.y), activation_pair_as_f16<TA>(v.z),
+                    activation_pair_as_f16<TA>(v.w));
 }
 
 template <typename TA>
