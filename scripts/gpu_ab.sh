@@ -3,7 +3,8 @@
 # CLI and the CUDA test binaries) and, where old/ exists, the old tree's CLI beside it; runs the
 # CUDA tests; then decodes each row of AB_ROWS with both binaries, one after the other, so
 # machines that differ by several percent still compare within one call. The summary
-# ($OUT/summary.txt) is printed last. Rows: "config bits batch [extra flags]", separated by ';'.
+# ($OUT/summary.txt) is printed last. Rows: "config bits batch [extra flags] [NAME=value
+# environment]", separated by ';'.
 # Usage: cd .snap && AB_ROWS="llama-3.1-8b 4 1;llama-3.1-8b 8 1" AB_REPEAT=2 scripts/gpu_ab.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,10 +32,13 @@ if [ "${AB_TESTS:-1}" = "1" ]; then
   echo "marlin_tests_models (CUDA rows) exit code $?" >>"$sum"
   grep -E "^\[  (PASSED|FAILED) |FAILED  \]" "$out/tests_models.log" | head -20 >>"$sum"
 fi
-decode() {  # binary config bits batch [flags...]: the decode and roofline lines, joined
+decode() {  # binary config bits batch [flags... NAME=value...]: the decode and roofline lines, joined
   local bin=$1 cfg=$2 bits=$3 batch=$4
   shift 4
-  "$bin" bench generate --config "bench/configs/$cfg.json" --synthetic --bits "$bits" --batch "$batch" \
+  local flags=() envs=()
+  for a in "$@"; do if [[ $a =~ ^[A-Z_0-9]+= ]]; then envs+=("$a"); else flags+=("$a"); fi; done
+  set -- "${flags[@]}"
+  env "${envs[@]}" "$bin" bench generate --config "bench/configs/$cfg.json" --synthetic --bits "$bits" --batch "$batch" \
       --prompt-len 512 --gen-len 128 --warmup 1 --runs 1 "$@" 2>&1 | grep -E "decode  |roofline" | tr -s ' \n' ' '
 }
 IFS=';' read -ra rows <<<"${AB_ROWS:-llama-3.1-8b 4 1;llama-3.1-8b 8 1;llama-3.1-8b 4 8}"

@@ -158,10 +158,12 @@ __global__ void __launch_bounds__(kBatchThreads, 2)
       if (active) {
         uint4* dst = reinterpret_cast<uint4*>(ring + (s % kRingStages) * S::kStageBytes);
         const uint4* src = w_src + static_cast<int64_t>(s) * S::kWeightWords;
+        const uint64_t policy = weight_l2_policy();
 #pragma unroll
-        for (int i = half; i < 4; i += 2) cp_async16(dst + i * 32 + lane, src + i * 32);
+        for (int i = half; i < 4; i += 2) cp_async16_policy(dst + i * 32 + lane, src + i * 32, policy);
         if (half == 0 && lane < rows_per_stage * (kScaleRowBytes / 16))
-          cp_async16(dst + S::kWeightWords + lane, s_src + ((s * kU) >> group_shift) * (kScaleRowBytes / 16) + lane);
+          cp_async16_policy(dst + S::kWeightWords + lane,
+                            s_src + ((s * kU) >> group_shift) * (kScaleRowBytes / 16) + lane, policy);
       }
       if (s % kSpc == 0) issue_a(s / kSpc);
     }

@@ -98,15 +98,17 @@ __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
   // A stage's copies: its weights and scale rows (which no earlier kernel writes), then its rows
   // of A (the previous kernel's output). issue_unit: the slab-local unit of the next A copy.
   int issue_unit = static_cast<int>(first_unit % units);
+  const uint64_t policy = weight_l2_policy();
   auto issue_weights = [&](int s) {
     if (s >= total_stages) return;
     uint4* dst = reinterpret_cast<uint4*>(ring + (s % kStages) * SS::kBytes);
     const int64_t gu = first_unit + static_cast<int64_t>(s) * kU;
     const uint4* src = weights + gu * kW * 32 + lane;
 #pragma unroll
-    for (int i = 0; i < kU * kW; ++i) cp_async16(dst + i * 32 + lane, src + i * 32);
+    for (int i = 0; i < kU * kW; ++i) cp_async16_policy(dst + i * 32 + lane, src + i * 32, policy);
     if (lane < kScaleRows * (kScaleRowBytes / 16))
-      cp_async16(dst + St::kWeightWords + lane, scale_stream + (gu >> kGroupShift) * (kScaleRowBytes / 16) + lane);
+      cp_async16_policy(dst + St::kWeightWords + lane, scale_stream + (gu >> kGroupShift) * (kScaleRowBytes / 16) + lane,
+                        policy);
   };
   // A copies: a lane's pieces (row, 16-byte column v) are the same every stage, only the unit
   // moves, so their rows, offsets and predicates are computed once (fully unrolled: no loop).

@@ -88,8 +88,10 @@ constexpr float activation_unscale() {
 }
 
 // Lane (g, c)'s words of unit `unit` (32 rows of K from row 0) for columns col..col+7 of W, in
-// w[j * kWords + r] (column col + j, word r); zeros where !in.
-template <QuantFormat F>
+// w[j * kWords + r] (column col + j, word r); zeros where !in. kReadOnce: no other block reads
+// them in this launch (decode), so they are read evict_first, like the tile kernels' weights
+// (tile::weight_l2_policy); a prompt's token tiles share an expert's weights through L2.
+template <QuantFormat F, bool kReadOnce>
 __device__ __forceinline__ void load_unit_words(const MoeMatrix& W, int unit, int c, int col, bool in,
                                                 uint32_t* w) {
   using Cd = Canon<F>;
@@ -97,8 +99,15 @@ __device__ __forceinline__ void load_unit_words(const MoeMatrix& W, int unit, in
   for (int r = 0; r < Cd::kWords; ++r) {
     const int64_t prow = static_cast<int64_t>(unit) * Cd::kRowsPerUnit + Cd::row(c) + r;
     const uint32_t* src = W.packed + prow * W.N + col;
-    const uint4 lo = in ? __ldg(reinterpret_cast<const uint4*>(src)) : make_uint4(0, 0, 0, 0);
-    const uint4 hi = in ? __ldg(reinterpret_cast<const uint4*>(src + 4)) : make_uint4(0, 0, 0, 0);
+    uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
+    if (in && kReadOnce) {
+      const uint64_t policy = tile::weight_l2_policy();
+      lo = tile::ldg_nc_policy(src, policy);
+      hi = tile::ldg_nc_policy(src + 4, policy);
+    } else if (in) {
+      lo = __ldg(reinterpret_cast<const uint4*>(src));
+      hi = __ldg(reinterpret_cast<const uint4*>(src + 4));
+    }
     const uint32_t v[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
 #pragma unroll
     for (int j = 0; j < 8; ++j) w[j * Cd::kWords + r] = v[j];

@@ -68,7 +68,7 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
     for (int m = 0; m < NMAT; ++m)
 #pragma unroll
       for (int b = 0; b < kBatch; ++b)  // N % 8 == 0: all 8 columns or none
-        load_unit_words<F>(W[m], k0 / kUnitK + u0 + b, c, col, u0 + b < units && col < W[m].N, w[m][b]);
+        load_unit_words<F, true>(W[m], k0 / kUnitK + u0 + b, c, col, u0 + b < units && col < W[m].N, w[m][b]);
 #pragma unroll
     for (int m = 0; m < NMAT; ++m) {
       float sums[1][4][4] = {};

@@ -58,7 +58,7 @@ __device__ void tile_sums(const MoeMatrix (&W)[NMAT], const TA* const (&rows)[kG
           xv[b][n] = load_x(in ? rows[n] : nullptr, k0 + (u0 + b) * kUnitK + 8 * c);
 #pragma unroll
         for (int m = 0; m < NMAT; ++m)  // N % 8 == 0: all 8 columns or none
-          load_unit_words<F>(W[m], k0 / kUnitK + u0 + b, c, col, in && col < W[m].N, w[m][b]);
+          load_unit_words<F, false>(W[m], k0 / kUnitK + u0 + b, c, col, in && col < W[m].N, w[m][b]);
       }
 #pragma unroll
       for (int m = 0; m < NMAT; ++m) {
