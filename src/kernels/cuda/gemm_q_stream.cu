@@ -32,7 +32,14 @@ using namespace tile;
 
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
+// Stages of a warp's ring (one computed, the rest in flight). FP4 and INT2 at M = 1 keep one
+// fewer in flight: every warp of the grid then asks for 4 KB ahead, not 6, and the memory queues'
+// latency drops with it (H200, this tree built beside the 4-stage one: Llama-3.1-8B batch 1 FP4
+// 438.71 / 439.45 against 428.10 / 426.36 tok/s, INT2 518.83 against 508.59, GLM-4.7-Flash FP4
+// 284.03 against 280.82). FP8 at M = 1 (346.76 against 353.84) and every format at M = 8 (FP4
+// 2180.73 against 2220.13) measured slower with 3.
 constexpr int kStages = 4;
+constexpr int kStagesOneRow = 3;
 // Parts of a slab above which M > 12 goes to the batch kernel (H200, M = 16: 16 parts
 // (4096x4096, 4096x6144) and 28 (14336x4096) ran 15-25% faster there, 8 and fewer (4096x14336,
 // 2048x1536) as fast or slower; at M = 9 the stream kernel was as fast or faster at 16 and 28).
@@ -48,9 +55,9 @@ struct StreamStage {
   static constexpr int kBytes = St::kBytes + R * kARowHalves * 2;
 };
 
-template <QuantFormat F, int G, int R>
+template <QuantFormat F, int G, int R, int S>
 constexpr int stream_smem_bytes() {
-  return kWarps * kStages * StreamStage<F, G, R>::kBytes;
+  return kWarps * S * StreamStage<F, G, R>::kBytes;
 }
 
 // First warp whose range holds round x (ranges: [w R / W, (w + 1) R / W)).
@@ -61,7 +68,7 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
 // G: units per scale group (1, 2, 4, 8). R: A rows held (1 at M = 1, 8 when M <= 8, else 16).
 // (A one-row variant with a five-deep ring measured no faster at M = 1 on an H200; neither did
 // one whose blocks copied their span of the row once, as f16, before the main loop.)
-template <QuantFormat F, int G, int R, typename TA, bool kSwap>
+template <QuantFormat F, int G, int R, typename TA, bool kSwap, int kStages>
 __global__ void __launch_bounds__(kThreads, R <= 8 ? 4 : 3)
     gemm_q_stream_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
                          const uint4* __restrict__ scale_stream, const void* __restrict__ bias,
@@ -400,7 +407,7 @@ struct StreamScratch {
   Tensor partials, counters;
 };
 
-template <QuantFormat F, int G, int R, typename TA, bool kSwap = R <= 8>
+template <QuantFormat F, int G, int R, typename TA, bool kSwap = R <= 8, int S = kStages>
 void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream) {
   const int M = static_cast<int>(A.size(0)), N = static_cast<int>(W.N), K = static_cast<int>(W.K);
@@ -412,7 +419,7 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   // As many warps as fit (bytes in flight), at least a round each. The partials (at most two
   // per warp, M x 64 floats, written and soon read back) mostly stay in L2.
   static const int resident = resident_blocks_per_sm(
-      reinterpret_cast<const void*>(&gemm_q_stream_kernel<F, G, R, TA, kSwap>), kThreads, stream_smem_bytes<F, G, R>());
+      reinterpret_cast<const void*>(&gemm_q_stream_kernel<F, G, R, TA, kSwap, S>), kThreads, stream_smem_bytes<F, G, R, S>());
   const int64_t capacity = static_cast<int64_t>(resident) * multiprocessor_count(device) * kWarps;
   // Rounds: the unit of a warp's share. Whole rounds of kUnitsAlign units left the warps with one
   // round more than others a quarter to a half longer than the rest (3.4 rounds a warp on
@@ -464,8 +471,8 @@ void launch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
   }
   const uint32_t* words = W.tiled.data<uint32_t>();
   MARLIN_CUDA_CHECK(
-      launch_maybe_pdl(pdl_enabled(device), gemm_q_stream_kernel<F, G, R, TA, kSwap>, dim3(blocks), dim3(kThreads),
-                       stream_smem_bytes<F, G, R>(), stream, static_cast<const TA*>(A.data_ptr()),
+      launch_maybe_pdl(pdl_enabled(device), gemm_q_stream_kernel<F, G, R, TA, kSwap, S>, dim3(blocks), dim3(kThreads),
+                       stream_smem_bytes<F, G, R, S>(), stream, static_cast<const TA*>(A.data_ptr()),
                        reinterpret_cast<const uint4*>(words), reinterpret_cast<const uint4*>(words + weight_words<F>(K, N)),
                        bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()),
                        static_cast<TA*>(C.data_ptr()), partials, counters, M, N, K, units, rounds, round_stages, warps, max_parts),
@@ -479,13 +486,17 @@ void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bi
   // INT2 at M = 1 takes the one-row kernel: its ring of 2 KB stages then fits 4 blocks an SM,
   // not 3 (H200: 4096x28672 14.9 against 18.2 us, Llama-3.1-8B INT2 batch 1 497.35 against
   // 475.34 tok/s). FP4 measured the same on both (420.85 / 421.81 tok/s) and FP8 slower (4096x28672
-  // 35.7 against 32.0 us), so they keep the 8-row kernel.
-#define MARLIN_STREAM_G(G)                                                  \
-  if constexpr (F == QuantFormat::int2) {                                   \
-    if (M == 1 && one_row) return launch_stream<F, G, 1, TA>(A, W, bias, C, stream); \
-  }                                                                         \
-  if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);           \
-  else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                 \
+  // 35.7 against 32.0 us), so they keep the 8-row kernel. FP4 and INT2 at M = 1 run the shorter
+  // ring (kStagesOneRow).
+#define MARLIN_STREAM_G(G)                                                                                \
+  if constexpr (F == QuantFormat::int2) {                                                                 \
+    if (M == 1 && one_row) return launch_stream<F, G, 1, TA, true, kStagesOneRow>(A, W, bias, C, stream); \
+  }                                                                                                       \
+  if constexpr (F == QuantFormat::fp4_e2m1) {                                                             \
+    if (M == 1) return launch_stream<F, G, 8, TA, true, kStagesOneRow>(A, W, bias, C, stream);            \
+  }                                                                                                       \
+  if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);                                          \
+  else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                                                \
   return;
   // MARLIN_STREAM_SWAP=0: the unswapped M <= 8 kernel at group 128, to measure the swap against;
   // MARLIN_STREAM_ROW1=0: INT2 at M = 1 on the 8-row kernel.
@@ -517,9 +528,9 @@ void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias
 }
 
 void append_gemm_stream_kernels(std::vector<BuiltinKernel>& out) {
-  out.push_back({"gemm_stream_fp4_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp4_e2m1, 4, 8, __half, true>)});
-  out.push_back({"gemm_stream_fp8_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp8_e4m3, 4, 8, __half, true>)});
-  out.push_back({"gemm_stream_int2_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::int2, 4, 8, __half, true>)});
+  out.push_back({"gemm_stream_fp4_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp4_e2m1, 4, 8, __half, true, kStages>)});
+  out.push_back({"gemm_stream_fp8_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::fp8_e4m3, 4, 8, __half, true, kStages>)});
+  out.push_back({"gemm_stream_int2_m8", reinterpret_cast<const void*>(&gemm_q_stream_kernel<QuantFormat::int2, 4, 8, __half, true, kStages>)});
 }
 
 }  // namespace marlin::cuda
