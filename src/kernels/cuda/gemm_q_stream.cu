@@ -33,13 +33,18 @@ using namespace tile;
 constexpr int kWarps = 4;
 constexpr int kThreads = kWarps * 32;
 // Stages of a warp's ring (one computed, the rest in flight). FP4 and INT2 at M = 1 keep one
-// fewer in flight: every warp of the grid then asks for 4 KB ahead, not 6, and the memory queues'
-// latency drops with it (H200, this tree built beside the 4-stage one: Llama-3.1-8B batch 1 FP4
-// 438.71 / 439.45 against 428.10 / 426.36 tok/s, INT2 518.83 against 508.59, GLM-4.7-Flash FP4
-// 284.03 against 280.82). FP8 at M = 1 (346.76 against 353.84) and every format at M = 8 (FP4
-// 2180.73 against 2220.13) measured slower with 3.
+// stage in flight, not three: the grid's 2112 warps then have 4 MB of weights requested at once
+// (about 1 us of the 4.2 TB/s the device copies at), not 13 MB (3 us) that mostly wait in queues.
+// With three, a launch's blocks ended in the order they were placed, the last ~3 us after the
+// first in the gate/up GEMM (Llama-3.1-8B batch 1, traced): a block whose first stages were
+// requested later stayed behind by about one queue's wait.
+// H200, Llama-3.1-8B batch 1, tok/s: 3 stages against 4 (two builds, one call) FP4 438.71 /
+// 439.45 against 428.10 / 426.36, INT2 518.83 against 508.59; 2 against 3 (one binary) FP4
+// 450.21 / 454.12 against 434.54 / 431.51, INT2 526.61 against 512.56. FP8 at M = 1 measured
+// slower with 3 (346.76 against 353.84) and with 5 (344.92 / 343.89 against 349.91 / 349.57), and
+// M = 8 slower with 3 (FP4 batch 8 2180.73 against 2220.13), so they keep 4.
 constexpr int kStages = 4;
-constexpr int kStagesOneRow = 3;
+constexpr int kStagesOneRow = 2;
 // Parts of a slab above which M > 12 goes to the batch kernel (H200, M = 16: 16 parts
 // (4096x4096, 4096x6144) and 28 (14336x4096) ran 15-25% faster there, 8 and fewer (4096x14336,
 // 2048x1536) as fast or slower; at M = 9 the stream kernel was as fast or faster at 16 and 28).
