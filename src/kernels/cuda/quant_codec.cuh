@@ -9,6 +9,7 @@
 
 #include <cstdint>
 
+#include "kernels/cuda/gemm_q_tile.cuh"
 #include "marlin/quant.h"
 
 namespace marlin::cuda::quant_detail {
@@ -75,13 +76,8 @@ __device__ __forceinline__ void decode_word(uint32_t q, float s, float* w) {
 template <int CPT>
 __device__ __forceinline__ void load_words(const uint32_t* p, uint32_t (&w)[CPT]) {
   if constexpr (CPT == 4) {
-    // Streamed once: kept out of L1, and first out of L2 (gemm_q_tile.cuh, weight_l2_policy).
-    uint64_t policy;
-    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-    uint4 v;
-    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-                 : "l"(p), "l"(policy));
+    // Streamed once: kept out of L1, and first out of L2.
+    const uint4 v = tile::ldg_nc_policy(p, tile::weight_l2_policy());
     w[0] = v.x;
     w[1] = v.y;
     w[2] = v.z;
