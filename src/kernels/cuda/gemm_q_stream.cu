@@ -71,6 +71,7 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
 }
 
 // G: units per scale group (1, 2, 4, 8). R: A rows held (1 at M = 1, 8 when M <= 8, else 16).
+// kStages: the depth of each warp's ring (the file's kStages, or kStagesOneRow at M = 1).
 // (A one-row variant with a five-deep ring measured no faster at M = 1 on an H200; neither did
 // one whose blocks copied their span of the row once, as f16, before the main loop.)
 template <QuantFormat F, int G, int R, typename TA, bool kSwap, int kStages>
