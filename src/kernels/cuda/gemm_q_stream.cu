@@ -44,7 +44,7 @@ constexpr int kThreads = kWarps * 32;
 // slower with 3 (346.76 against 353.84) and with 5 (344.92 / 343.89 against 349.91 / 349.57), and
 // M = 8 slower with 3 (FP4 batch 8 2180.73 against 2220.13), so they keep 4.
 constexpr int kStages = 4;
-constexpr int kStagesOneRow = 2;
+constexpr int kStagesM1 = 2;
 // Parts of a slab above which M > 12 goes to the batch kernel (H200, M = 16: 16 parts
 // (4096x4096, 4096x6144) and 28 (14336x4096) ran 15-25% faster there, 8 and fewer (4096x14336,
 // 2048x1536) as fast or slower; at M = 9 the stream kernel was as fast or faster at 16 and 28).
@@ -71,7 +71,7 @@ __device__ __forceinline__ int64_t warp_of_round(int64_t x, int64_t W, int64_t R
 }
 
 // G: units per scale group (1, 2, 4, 8). R: A rows held (1 at M = 1, 8 when M <= 8, else 16).
-// kStages: the depth of each warp's ring (the file's kStages, or kStagesOneRow at M = 1).
+// kStages: the depth of each warp's ring (the file's kStages, or kStagesM1 at M = 1).
 // (A one-row variant with a five-deep ring measured no faster at M = 1 on an H200; neither did
 // one whose blocks copied their span of the row once, as f16, before the main loop.)
 template <QuantFormat F, int G, int R, typename TA, bool kSwap, int kStages>
@@ -493,16 +493,16 @@ void dispatch_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bi
   // not 3 (H200: 4096x28672 14.9 against 18.2 us, Llama-3.1-8B INT2 batch 1 497.35 against
   // 475.34 tok/s). FP4 measured the same on both (420.85 / 421.81 tok/s) and FP8 slower (4096x28672
   // 35.7 against 32.0 us), so they keep the 8-row kernel. FP4 and INT2 at M = 1 run the shorter
-  // ring (kStagesOneRow).
-#define MARLIN_STREAM_G(G)                                                                                \
-  if constexpr (F == QuantFormat::int2) {                                                                 \
-    if (M == 1 && one_row) return launch_stream<F, G, 1, TA, true, kStagesOneRow>(A, W, bias, C, stream); \
-  }                                                                                                       \
-  if constexpr (F == QuantFormat::fp4_e2m1) {                                                             \
-    if (M == 1) return launch_stream<F, G, 8, TA, true, kStagesOneRow>(A, W, bias, C, stream);            \
-  }                                                                                                       \
-  if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);                                          \
-  else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                                                \
+  // ring (kStagesM1).
+#define MARLIN_STREAM_G(G)                                                                            \
+  if constexpr (F == QuantFormat::int2) {                                                             \
+    if (M == 1 && one_row) return launch_stream<F, G, 1, TA, true, kStagesM1>(A, W, bias, C, stream); \
+  }                                                                                                   \
+  if constexpr (F == QuantFormat::fp4_e2m1) {                                                         \
+    if (M == 1) return launch_stream<F, G, 8, TA, true, kStagesM1>(A, W, bias, C, stream);            \
+  }                                                                                                   \
+  if (M <= 8) launch_stream<F, G, 8, TA>(A, W, bias, C, stream);                                      \
+  else launch_stream<F, G, 16, TA>(A, W, bias, C, stream);                                            \
   return;
   // MARLIN_STREAM_SWAP=0: the unswapped M <= 8 kernel at group 128, to measure the swap against;
   // MARLIN_STREAM_ROW1=0: INT2 at M = 1 on the 8-row kernel.
