@@ -35,4 +35,12 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
 // strides) and w [H, K, N] contiguous, one dtype and device; out [M, H, N] in x's dtype.
 Tensor mla_head_matmul(const Tensor& x, const Tensor& w);
 
+// mla_head_matmul(mla_attention(...) viewed [B*T, H, Dv], w): the absorbed decode's attention and
+// its W_UV product, w [H, Dv, N]; returns [B*T, H, N]. On CUDA the product's launch merges the
+// attention's sequence splits itself where the absorbed kernels apply (one launch fewer a step;
+// MARLIN_MLA_MERGE_IN_PRODUCT=0 keeps the merge launch), with the same result bit for bit.
+Tensor mla_attention_head_matmul(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                                 const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
+                                 const Tensor& w, const Tensor& new_tokens = {});
+
 }  // namespace marlin::ops

@@ -223,10 +223,8 @@ Tensor MLAAttention::forward(const Tensor& x, const Tensor& positions, KVCache* 
     if (!q_latent.defined()) q_latent = ops::mla_head_matmul(q.view({B * T, heads, Dn + Dr}).narrow(2, 0, Dn), w_uk_);
     const Tensor rows = cache->keys(c.layer_idx).transpose(1, 2);  // [B, S_max, 1, L]
     const Tensor cached_latent = rows.narrow(3, 0, R);
-    const Tensor attended =
-        ops::mla_attention(q_latent.view({B, T, heads, R}), q_rope, cached_latent,
-                           rows.narrow(3, R, Dr), cached_latent, seq_lens, scale_, new_tokens);
-    out = ops::mla_head_matmul(attended.view({B * T, heads, R}), w_uv_);
+    out = ops::mla_attention_head_matmul(q_latent.view({B, T, heads, R}), q_rope, cached_latent,
+                                         rows.narrow(3, R, Dr), cached_latent, seq_lens, scale_, w_uv_, new_tokens);
   }
   return proj_.o_proj.forward(out.view({B, T, heads * Dv}));
 }

@@ -1,5 +1,5 @@
-// ops::mla_attention / mla_head_matmul: the shape, dtype and device checks shared by the
-// backends, then dispatch.
+// ops::mla_attention, mla_head_matmul and mla_attention_head_matmul: the shape, dtype and device
+// checks shared by the backends, then dispatch.
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -30,12 +30,11 @@ void check_heads(const char* op, const char* name, const Tensor& t, int64_t H) {
                " heads, got ", t.describe());
 }
 
-}  // namespace
-
-Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
-                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
-                     const Tensor& new_tokens) {
-  constexpr const char* op = "mla_attention";
+// Everything ops::mla_attention checks (naming `op`): fills `args` and returns the output
+// [B, T, H, Dv], not yet written.
+Tensor prepare_attention(const char* op, const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                         const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
+                         const Tensor& new_tokens, kernels::MlaAttentionArgs& args) {
   MARLIN_CHECK(q_nope.defined() && q_nope.dim() == 4, op, "q_nope must be [B, T, H, Dn], got ",
                describe(q_nope));
   const DType dt = q_nope.dtype();
@@ -80,9 +79,14 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
                  new_tokens.device().str(), " but q_nope on ", q_nope.device().str());
   }
 
+  if (q_nope.device().is_cuda()) {
+    MARLIN_CHECK(dt != DType::f32, op, "f32 runs on the CPU only; use f16 or bf16 on ", q_nope.device().str());
+    MARLIN_CHECK(Dn <= 512 && Dv <= 512 && Dr <= 64, op, "the CUDA kernel takes Dn, Dv <= 512 and ",
+                 "Dr <= 64, got Dn=", Dn, " Dv=", Dv, " Dr=", Dr);
+  }
+
   Tensor out = Tensor::empty({B, T, H, Dv}, dt, q_nope.device());
   if (out.numel() == 0) return out;
-  kernels::MlaAttentionArgs args;
   args.q_nope = kernels::mla_operand(q_nope);
   args.q_rope = kernels::mla_operand(q_rope);
   args.k_nope = kernels::mla_operand(k_nope);
@@ -113,19 +117,39 @@ Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k
       MARLIN_CHECK(n >= 0 && n <= T && n <= len, op, "new_tokens[", b, "]=", n,
                    " must be in [0, min(T, seq_lens[b])] = [0, ", std::min<int64_t>(T, len), "]");
     }
-    cpu::mla_attention(args, dt);
-    return out;
   }
-#ifdef MARLIN_WITH_CUDA
-  MARLIN_CHECK(dt != DType::f32, op, "f32 runs on the CPU only; use f16 or bf16 on ",
-               q_nope.device().str());
-  MARLIN_CHECK(Dn <= 512 && Dv <= 512 && Dr <= 64, op, "the CUDA kernel takes Dn, Dv <= 512 and ",
-               "Dr <= 64, got Dn=", Dn, " Dv=", Dv, " Dr=", Dr);
-  cuda::mla_attention(args, dt, q_nope.device().index);
   return out;
+}
+
+// Runs the attention that prepare_attention set up (on `device`, the tensors' device).
+void run_attention([[maybe_unused]] const char* op, const kernels::MlaAttentionArgs& args, DType dt, const Device& device) {
+  if (device.is_cpu()) return cpu::mla_attention(args, dt);
+#ifdef MARLIN_WITH_CUDA
+  cuda::mla_attention(args, dt, device.index);
 #else
-  fail(op, "tensors are on ", q_nope.device().str(), " but this build has no CUDA backend");
+  fail(op, "tensors are on ", device.str(), " but this build has no CUDA backend");
 #endif
+}
+
+void run_head_matmul([[maybe_unused]] const char* op, const Tensor& x, const Tensor& w, Tensor& out) {
+  if (x.device().is_cpu()) return cpu::mla_head_matmul(x, w, out);
+#ifdef MARLIN_WITH_CUDA
+  cuda::mla_head_matmul(x, w, out);
+#else
+  fail(op, "tensors are on ", x.device().str(), " but this build has no CUDA backend");
+#endif
+}
+
+}  // namespace
+
+Tensor mla_attention(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                     const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
+                     const Tensor& new_tokens) {
+  constexpr const char* op = "mla_attention";
+  kernels::MlaAttentionArgs args;
+  Tensor out = prepare_attention(op, q_nope, q_rope, k_nope, k_rope, v, seq_lens, scale, new_tokens, args);
+  if (out.numel() > 0) run_attention(op, args, q_nope.dtype(), q_nope.device());
+  return out;
 }
 
 Tensor head_matmul_output(const char* op, const Tensor& x, const Tensor& w) {
@@ -148,17 +172,27 @@ Tensor head_matmul_output(const char* op, const Tensor& x, const Tensor& w) {
 Tensor mla_head_matmul(const Tensor& x, const Tensor& w) {
   constexpr const char* op = "mla_head_matmul";
   Tensor out = head_matmul_output(op, x, w);
-  if (out.numel() == 0) return out;
-  if (x.device().is_cpu()) {
-    cpu::mla_head_matmul(x, w, out);
-    return out;
-  }
-#ifdef MARLIN_WITH_CUDA
-  cuda::mla_head_matmul(x, w, out);
+  if (out.numel() > 0) run_head_matmul(op, x, w, out);
   return out;
-#else
-  fail(op, "tensors are on ", x.device().str(), " but this build has no CUDA backend");
+}
+
+Tensor mla_attention_head_matmul(const Tensor& q_nope, const Tensor& q_rope, const Tensor& k_nope,
+                                 const Tensor& k_rope, const Tensor& v, const Tensor& seq_lens, float scale,
+                                 const Tensor& w, const Tensor& new_tokens) {
+  constexpr const char* op = "mla_attention_head_matmul";
+  kernels::MlaAttentionArgs args;
+  const Tensor attended =
+      prepare_attention(op, q_nope, q_rope, k_nope, k_rope, v, seq_lens, scale, new_tokens, args);
+  const Tensor x = attended.view({attended.size(0) * attended.size(1), attended.size(2), attended.size(3)});
+  Tensor out = head_matmul_output(op, x, w);
+  if (out.numel() == 0) return out;
+#ifdef MARLIN_WITH_CUDA
+  if (x.device().is_cuda() && cuda::mla_attention_head_matmul(args, x.dtype(), x.device().index, x, w, out))
+    return out;
 #endif
+  run_attention(op, args, x.dtype(), x.device());
+  run_head_matmul(op, x, w, out);
+  return out;
 }
 
 }  // namespace marlin::ops

@@ -269,5 +269,52 @@ TEST_F(MlaCuda, RopeCacheWriteBesideHeadMatmulIsBothApart) {
       }
 }
 
+// The absorbed decode's attention and W_UV product with the product's launch merging the
+// attention's splits (ops::mla_attention_head_matmul) against the two ops apart on the GPU, bit
+// for bit, and against the CPU within rounding: split counts from one to the most the merge
+// holds, decode rows across the product's 4-row blocks, extend rows (T > 1), and past its 16 rows
+// (where the two ops run); GLM-4.7-Flash's latent and narrow ones (the kernel with separate k and
+// v registers at D = 96); product widths off its 64-column blocks. Outputs poisoned.
+TEST_F(MlaCuda, AttentionThenHeadMatmulIsBothApart) {
+  testing::PoisonScope poison;
+  struct Case {
+    int64_t B, T, H, S, D, Dr, N;
+    std::vector<int> lens;
+  };
+  std::vector<int> many(17);
+  for (size_t i = 0; i < many.size(); ++i) many[i] = 5 + 2 * static_cast<int>(i);
+  const Case cases[] = {
+      {1, 1, 20, 640, 512, 64, 256, {600}},  // GLM-4.7-Flash decode
+      {6, 1, 20, 300, 512, 64, 256, {1, 300, 77, 150, 2, 299}},
+      {2, 3, 5, 90, 96, 16, 40, {4, 90}},
+      {1, 1, 3, 17, 40, 8, 24, {17}},
+      {17, 1, 2, 40, 64, 16, 64, many},
+  };
+  int seed = 1200;
+  for (const Case& c : cases)
+    for (DType dt : {DType::bf16, DType::f16})
+      for (int splits : {0, 1, 3, 20, 64}) {
+        seed += 5;
+        cuda::set_mla_attention_splits(splits);
+        const auto cpu = make_mla_case(true, c.B, c.T, c.H, c.S, c.D, c.Dr, c.D, c.lens, dt, seed);
+        const auto dev = make_mla_case(true, c.B, c.T, c.H, c.S, c.D, c.Dr, c.D, c.lens, dt, seed, gpu);
+        const Tensor w = random_tensor({c.H, c.D, c.N}, dt, seed + 3);
+        const float scale = 1.0f / std::sqrt(static_cast<float>(c.D + c.Dr));
+        const Tensor fused = ops::mla_attention_head_matmul(dev.q_nope, dev.q_rope, dev.k_nope, dev.k_rope, dev.v,
+                                                            dev.seq_lens, scale, w.to(gpu));
+        const Tensor attended =
+            ops::mla_attention(dev.q_nope, dev.q_rope, dev.k_nope, dev.k_rope, dev.v, dev.seq_lens, scale);
+        const Tensor apart = ops::mla_head_matmul(attended.view({c.B * c.T, c.H, c.D}), w.to(gpu));
+        const Tensor ref = ops::mla_attention_head_matmul(cpu.q_nope, cpu.q_rope, cpu.k_nope, cpu.k_rope, cpu.v,
+                                                          cpu.seq_lens, scale, w);
+        const std::string what = "B=" + std::to_string(c.B) + " T=" + std::to_string(c.T) + " D=" +
+                                 std::to_string(c.D) + " splits=" + std::to_string(splits) + " " +
+                                 std::string(dtype_name(dt));
+        ASSERT_EQ(fused.shape(), (std::vector<int64_t>{c.B * c.T, c.H, c.N})) << what;
+        EXPECT_EQ(fused.to_float_vector(), apart.to_float_vector()) << what;
+        EXPECT_LT(relative_error(to_double(fused), to_double(ref)), 2 * tolerance(dt)) << what;
+      }
+}
+
 }  // namespace
 }  // namespace marlin

@@ -164,7 +164,22 @@ __device__ __forceinline__ float split_factors(const float2* __restrict__ row_ml
   return warp_sum(L);
 }
 
-constexpr int kMergeWarps = 4;
+// The merge of one output value, written once for flash_merge_kernel and for the kernels that
+// merge splits as they read them (mla_attention.cu's W_UV product), so both give the same bits:
+// four sums, of the splits s with s % 4 = 0, 1, 2, 3 in increasing s, each term fused, then
+// added in that order and divided by the row's total L (split_factors).
+constexpr int kMergeSums = 4;
+// One split's term: o times its factor c; a split that saw no key (c < 0) adds nothing, its
+// partial sums were never written.
+__device__ __forceinline__ float merge_term(float sum, float o, float c) { return c >= 0.0f ? fmaf(o, c, sum) : sum; }
+__device__ __forceinline__ float merge_finish(const float (&sums)[kMergeSums], float total) {
+  float sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kMergeSums; ++j) sum += sums[j];
+  return total > 0.0f ? sum / total : 0.0f;
+}
+
+constexpr int kMergeWarps = kMergeSums;  // warp w takes the sum of the splits s % 4 = w
 
 // out[row] = the merge of the row's split states; a row whose splits all saw no key is zero.
 // Block (row, chunk) writes dims 32 chunk .. 32 chunk + 31. Its first warp reads the splits'
@@ -197,18 +212,17 @@ __global__ void __launch_bounds__(kMergeWarps * 32)
 #pragma unroll 4
     for (int sp = warp; sp < splits; sp += kMergeWarps) {
       const float c = s_c[sp];
-      const float o = part_o[(row * splits + sp) * D + d];
-      O += c >= 0.0f ? o * c : 0.0f;  // an unseen split's sums were never written
+      O = merge_term(O, part_o[(row * splits + sp) * D + d], c);
     }
   }
   s_sum[warp][lane] = O;
   __syncthreads();
   TRACE_END(merge)
   if (warp != 0 || d >= D) return;
-  float sum = 0.0f;
+  float sums[kMergeSums];
 #pragma unroll
-  for (int w = 0; w < kMergeWarps; ++w) sum += s_sum[w][lane];
-  out[row * D + d] = from_float<T>(s_total > 0.0f ? sum / s_total : 0.0f);
+  for (int w = 0; w < kMergeSums; ++w) sums[w] = s_sum[w][lane];
+  out[row * D + d] = from_float<T>(merge_finish(sums, s_total));
 }
 
 // The merge done by the last block of a launch to finish its split (after arrive_last): rows

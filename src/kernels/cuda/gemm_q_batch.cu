@@ -153,12 +153,12 @@ __global__ void __launch_bounds__(kBatchThreads, 2)
   // Stage s: half of the slab's weight words (the other warp copies the other half) and the
   // scale rows (warp half 0), and A's chunk where s starts one. Always commits a group, so the
   // wait counts stay uniform at the tail.
+  const uint64_t policy = weight_l2_policy();
   auto issue = [&](int s) {
     if (s < nstages) {
       if (active) {
         uint4* dst = reinterpret_cast<uint4*>(ring + (s % kRingStages) * S::kStageBytes);
         const uint4* src = w_src + static_cast<int64_t>(s) * S::kWeightWords;
-        const uint64_t policy = weight_l2_policy();
 #pragma unroll
         for (int i = half; i < 4; i += 2) cp_async16_policy(dst + i * 32 + lane, src + i * 32, policy);
         if (half == 0 && lane < rows_per_stage * (kScaleRowBytes / 16))

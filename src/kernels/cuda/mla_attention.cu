@@ -53,6 +53,29 @@ __device__ __forceinline__ void load_lanes(const T* p, int D, int lane, float (&
 // once.
 constexpr int kKeyBatch = 4;
 
+// The attention's per-split states (mla_split_kernel with splits > 1) as the product's x: row
+// (m, h) of x is attention row m H + h, merged as the block reads it (the absorbed decode's W_UV
+// product: the merge launch and its hand-over saved). Null part_o: x is read as it is.
+struct SplitStates {
+  const float* part_o = nullptr;   // [M H][splits][K]
+  const float2* part_ml = nullptr;  // [M H][splits]
+  int splits = 0;
+};
+
+// The W_UV product that reads the attention's output (mla_attention_head_matmul): x is that
+// output viewed [B T, H, Dv].
+struct ProductAfter {
+  const Tensor& x;
+  const Tensor& w;
+  Tensor& out;
+};
+
+// out = x @ w by head on the vector kernel (defined below the kernels), with `rope`'s work in an
+// extra row of blocks, or x merged from split states.
+void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, const rope_work::RopeJob& rope,
+                               const SplitStates& states);
+
+
 template <typename T, int NL, int VL, bool kShared, bool kVIsK, int kHeads, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
@@ -160,8 +183,9 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
   TRACE_END(mla)
 }
 
+// With `after`, the W_UV product follows in place of the merge launch.
 template <typename T, int NL, int VL, bool kShared, bool kVIsK, int kHeads, int kWarps>
-void launch_split(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+void launch_split(const MlaAttentionArgs& a, int device, cudaStream_t stream, const ProductAfter* after) {
   auto kernel = mla_split_kernel<T, NL, VL, kShared, kVIsK, kHeads, kWarps>;
   const int head_chunks = (a.H + kHeads - 1) / kHeads;
   const int base_blocks = head_chunks * a.B * a.T;
@@ -181,6 +205,12 @@ void launch_split(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
                                splits > 1 ? part_o.data<float>() : nullptr,
                                splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits),
                     "mla_attention");
+  if (after != nullptr) {
+    SplitStates states;
+    if (splits > 1)
+      states = {part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()), splits};
+    return launch_head_matmul_vector(after->x, after->w, after->out, rope_work::RopeJob{}, states);
+  }
   if (splits > 1)
     MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, a.Dv), flash_merge_block(), 0,
                                  stream, part_o.data<float>(), reinterpret_cast<const float2*>(part_ml.data<float>()),
@@ -188,31 +218,36 @@ void launch_split(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
                       "mla_attention (merge)");
 }
 
+// The absorbed form passes the cached latent as both k_nope and v (one row for every head).
+bool v_is_k(const MlaAttentionArgs& a) {
+  return a.k_nope.head_stride == 0 && a.k_rope.head_stride == 0 && a.v.head_stride == 0 &&
+         a.v.data == a.k_nope.data && a.Dv == a.Dn && a.v.batch_stride == a.k_nope.batch_stride &&
+         a.v.row_stride == a.k_nope.row_stride;
+}
+
+// `after` is set only for the absorbed form (mla_attention_head_matmul checks).
 template <typename T, int NL, int VL, bool kShared>
-void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
-  // The absorbed form passes the cached latent as both k_nope and v: read it once a key.
-  const bool v_is_k = kShared && NL == VL && a.v.data == a.k_nope.data && a.Dv == a.Dn &&
-                      a.v.batch_stride == a.k_nope.batch_stride && a.v.row_stride == a.k_nope.row_stride;
+void launch_attention(const MlaAttentionArgs& a, int device, cudaStream_t stream, const ProductAfter* after) {
   // The absorbed decode takes one head a block: a warp's chain of dependent steps (the scores,
   // the softmax updates, the block's merge) is a quarter as long, with 20 head blocks a split
   // instead of 5, and the latent rows come from L2 after the first head's read. H200,
   // GLM-4.7-Flash batch 1 (heads, warps a block): (1, 4) 269.77 / 269.61 tok/s, (2, 4) 266.93 /
   // 266.95, (4, 4) 263.66 / 264.22, (1, 8) 262.54 / 262.29, (2, 8) 252.80 / 252.80.
   if constexpr (kShared && NL == VL)
-    if (v_is_k) return launch_split<T, NL, VL, kShared, true, 1, 4>(a, device, stream);
-  launch_split<T, NL, VL, kShared, false, 4, 4>(a, device, stream);
+    if (v_is_k(a)) return launch_split<T, NL, VL, kShared, true, 1, 4>(a, device, stream, after);
+  launch_split<T, NL, VL, kShared, false, 4, 4>(a, device, stream, after);
 }
 
 template <typename T, bool kShared>
-void dispatch_dims(const MlaAttentionArgs& a, int device, cudaStream_t stream) {
+void dispatch_dims(const MlaAttentionArgs& a, int device, cudaStream_t stream, const ProductAfter* after = nullptr) {
   // The smallest (k_nope, v) lanes that hold both dims: the shapes of GLM-4.7-Flash (expanded
   // 192/256, latent 512), DeepSeek (128/128, latent 512) and small test models.
   const int dims = std::max(a.Dn, a.Dv);
-  if (dims <= 64) return launch_attention<T, 2, 2, kShared>(a, device, stream);
-  if (dims <= 128) return launch_attention<T, 4, 4, kShared>(a, device, stream);
-  if (a.Dn <= 192 && a.Dv <= 256) return launch_attention<T, 6, 8, kShared>(a, device, stream);
-  if (dims <= 256) return launch_attention<T, 8, 8, kShared>(a, device, stream);
-  return launch_attention<T, 16, 16, kShared>(a, device, stream);
+  if (dims <= 64) return launch_attention<T, 2, 2, kShared>(a, device, stream, after);
+  if (dims <= 128) return launch_attention<T, 4, 4, kShared>(a, device, stream, after);
+  if (a.Dn <= 192 && a.Dv <= 256) return launch_attention<T, 6, 8, kShared>(a, device, stream, after);
+  if (dims <= 256) return launch_attention<T, 8, 8, kShared>(a, device, stream, after);
+  return launch_attention<T, 16, 16, kShared>(a, device, stream, after);
 }
 
 template <typename T, int MB>
@@ -260,14 +295,63 @@ constexpr int kVecThreads = 256, kVecCols = 64, kVecKOffsets = kVecThreads / (kV
 constexpr int kVecRows = 4, kVecRowsMax = 16;
 constexpr int kVecLoads = 16, kVecChunk = kVecLoads * kVecKOffsets;  // 512 rows of k
 
+// Block rows r < mb of x from the split states into xs [kVecRows][K] (K even): each value is
+// what flash_merge_kernel writes (merge_term, merge_finish, rounded to T), so the product is the
+// merge launch's then this kernel's, bit for bit. A thread takes two adjacent values and each
+// split's pair in one 8-byte load, kMergeBatch splits' loads in flight; for GLM-4.7-Flash's
+// latent (K = 512) a thread's whole share is one pair of 20 splits.
+constexpr int kMergeBatch = 16;
+template <typename T>
+__device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t row0, int64_t row_step, int mb, int K,
+                                                float* xs, float* scratch) {
+  // The rows' split factors and totals in `scratch` (free shared memory; dynamic, so the
+  // product's own launches need no more than before).
+  auto s_c = reinterpret_cast<float(*)[kMaxDecodeSplits]>(scratch);
+  float* s_total = scratch + kVecRows * kMaxDecodeSplits;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, splits = st.splits;
+  if (warp < mb) {
+    const float L = split_factors(st.part_ml + (row0 + warp * row_step) * splits, splits, s_c[warp]);
+    if (lane == 0) s_total[warp] = L;
+  }
+  __syncthreads();
+  const int pairs = K / 2;
+  for (int i = threadIdx.x; i < kVecRows * pairs; i += blockDim.x) {
+    const int r = i / pairs, k = 2 * (i % pairs);
+    float2 v = make_float2(0.0f, 0.0f);
+    if (r < mb) {
+      const float* o = st.part_o + (row0 + r * row_step) * splits * K + k;
+      float sx[kMergeSums] = {}, sy[kMergeSums] = {};
+      for (int sp0 = 0; sp0 < splits; sp0 += kMergeBatch) {
+        float2 part[kMergeBatch];
+#pragma unroll
+        for (int j = 0; j < kMergeBatch; ++j)
+          part[j] = sp0 + j < splits ? *reinterpret_cast<const float2*>(o + static_cast<int64_t>(sp0 + j) * K)
+                                     : make_float2(0.0f, 0.0f);
+#pragma unroll
+        for (int j = 0; j < kMergeBatch; ++j) {
+          if (sp0 + j >= splits) continue;
+          const float c = s_c[r][sp0 + j];
+          sx[j % kMergeSums] = merge_term(sx[j % kMergeSums], part[j].x, c);
+          sy[j % kMergeSums] = merge_term(sy[j % kMergeSums], part[j].y, c);
+        }
+      }
+      v.x = to_float(from_float<T>(merge_finish(sx, s_total[r])));
+      v.y = to_float(from_float<T>(merge_finish(sy, s_total[r])));
+    }
+    xs[r * K + k] = v.x;
+    xs[r * K + k + 1] = v.y;
+  }
+}
+
 // With a RoPE job (absorbed decode: W_UK's product), the blocks of y == H run the step's RoPE and
 // latent cache write (mla_rope_cache_write's work, which reads q's rope dims and the compressed
-// kv, never q_nope) instead of a product: one launch of the decode chain fewer.
+// kv, never q_nope) instead of a product: one launch of the decode chain fewer. With split
+// states, x is the attention's merge (merge_rows_into).
 template <typename T>
 __global__ void __launch_bounds__(kVecThreads)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                           const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N,
-                          rope_work::RopeJob rope) {
+                          rope_work::RopeJob rope, SplitStates states) {
   TRACE_START
   pdl_launch_dependents();
   extern __shared__ float smem_f[];
@@ -285,6 +369,7 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
   }
   float* xs = smem_f;                       // [kVecRows][K]
   float* partial = smem_f + kVecRows * K;    // [kVecKOffsets][kVecRows][kVecCols]
+  static_assert(kVecKOffsets * kVecCols >= kMaxDecodeSplits + 1, "merge_rows_into's scratch fits in partial");
   const int h = blockIdx.y, m0 = blockIdx.z * kVecRows, mb = min(kVecRows, M - m0);
   const int col8 = threadIdx.x % (kVecCols / 8), k0 = threadIdx.x / (kVecCols / 8);
   const int n0 = blockIdx.x * kVecCols + col8 * 8;
@@ -301,9 +386,13 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
   load_chunk(0);
   pdl_wait();  // x is the previous kernel's output
   TRACE_WAITED
-  for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
-    const int r = i / K, k = i % K;
-    xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
+  if (states.part_o != nullptr) {
+    merge_rows_into<T>(states, static_cast<int64_t>(m0) * H + h, H, mb, K, xs, partial);
+  } else {
+    for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
+      const int r = i / K, k = i % K;
+      xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
+    }
   }
   __syncthreads();
   float acc[kVecRows][8] = {};
@@ -363,8 +452,8 @@ bool vector_kernel_fits(const Tensor& x, const Tensor& w) {
          vector_smem_bytes(static_cast<int>(x.size(2))) <= 48 * 1024;
 }
 
-// out = x @ w by head on the vector kernel, with `rope`'s work in an extra row of blocks.
-void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, const rope_work::RopeJob& rope) {
+void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, const rope_work::RopeJob& rope,
+                               const SplitStates& states) {
   const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
   const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
   const int device = x.device().index;
@@ -374,12 +463,24 @@ void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, co
     MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(device), head_matmul_vector_kernel<T>, vgrid, dim3(kVecThreads),
                                        vector_smem_bytes(K), stream, static_cast<const T*>(x.data_ptr()),
                                        x.strides()[0], x.strides()[1], static_cast<const T*>(w.data_ptr()),
-                                       static_cast<T*>(out.data_ptr()), M, H, K, N, rope),
+                                       static_cast<T*>(out.data_ptr()), M, H, K, N, rope, states),
                       "mla_head_matmul");
   });
 }
 
 }  // namespace
+
+bool mla_attention_head_matmul(const MlaAttentionArgs& args, DType dtype, int device, const Tensor& x,
+                               const Tensor& w, Tensor& out) {
+  // MARLIN_MLA_MERGE_IN_PRODUCT=0: the merge launch, then the product (to measure against).
+  static const bool merge_in_product = !env_is("MARLIN_MLA_MERGE_IN_PRODUCT", "0");
+  if (!merge_in_product || !v_is_k(args) || args.Dv % 2 != 0 || !vector_kernel_fits(x, w)) return false;
+  auto stream = static_cast<cudaStream_t>(current_stream(device).handle);
+  const ProductAfter after{x, w, out};
+  MARLIN_DISPATCH_FLOAT16(dtype, T, "mla_attention_head_matmul",
+                          { dispatch_dims<T, true>(args, device, stream, &after); });
+  return true;
+}
 
 bool mla_head_matmul_rope_cache_write(const Tensor& x, const Tensor& w, Tensor& out, const Tensor& q_rope,
                                       const Tensor& k_rope, const Tensor& latent, const Tensor& positions,
@@ -391,7 +492,8 @@ bool mla_head_matmul_rope_cache_write(const Tensor& x, const Tensor& w, Tensor& 
   if (!vector_kernel_fits(x, w) || stage_bytes > vector_smem_bytes(static_cast<int>(x.size(2)))) return false;
   launch_head_matmul_vector(x, w, out,
                             rope_work::make_mla_rope_job(q_rope, k_rope, latent, positions, inv_freq, interleaved,
-                                                         attention_factor, norm_weight, eps, cache, starts, counts));
+                                                         attention_factor, norm_weight, eps, cache, starts, counts),
+                            SplitStates{});
   return true;
 }
 
@@ -400,7 +502,7 @@ void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out) {
   const int M = static_cast<int>(x.size(0)), H = static_cast<int>(x.size(1));
   const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
   auto stream = static_cast<cudaStream_t>(current_stream(x.device().index).handle);
-  if (vector_kernel_fits(x, w)) return launch_head_matmul_vector(x, w, out, rope_work::RopeJob{});
+  if (vector_kernel_fits(x, w)) return launch_head_matmul_vector(x, w, out, rope_work::RopeJob{}, SplitStates{});
   const dim3 grid((N + 2 * kThreads - 1) / (2 * kThreads), H, (M + kRows - 1) / kRows);
   const size_t smem = sizeof(float) * kRows * K;
   MARLIN_CHECK(smem <= 48 * 1024, "mla_head_matmul", "K=", K, " is too large (at most ",

@@ -11,6 +11,12 @@ namespace marlin::cuda {
 // f16 or bf16 operands; Dn, Dv <= 512, Dr <= 64.
 void mla_attention(const kernels::MlaAttentionArgs& args, DType dtype, int device);
 void mla_head_matmul(const Tensor& x, const Tensor& w, Tensor& out);
+// mla_attention (writing x, its output viewed [B T, H, Dv]) then mla_head_matmul(x, w, out), the
+// product's launch merging the attention's splits itself (no merge launch). False, doing nothing,
+// where that does not apply (not the absorbed form's shared latent, or the product's vector kernel
+// does not fit).
+bool mla_attention_head_matmul(const kernels::MlaAttentionArgs& args, DType dtype, int device, const Tensor& x,
+                               const Tensor& w, Tensor& out);
 // mla_head_matmul and mla_rope_cache_write (nn_kernels_cuda.h) in one launch, the absorbed decode
 // step's W_UK product beside its RoPE and latent cache write (x must not overlap q_rope, k_rope
 // or the latent). False, doing nothing, where the product's vector kernel does not apply.
