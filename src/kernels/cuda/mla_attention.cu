@@ -298,8 +298,8 @@ constexpr int kVecLoads = 16, kVecChunk = kVecLoads * kVecKOffsets;  // 512 rows
 // Block rows r < mb of x from the split states into xs [kVecRows][K] (K even): each value is
 // what flash_merge_kernel writes (merge_term, merge_finish, rounded to T), so the product is the
 // merge launch's then this kernel's, bit for bit. A thread takes two adjacent values and each
-// split's pair in one 8-byte load, kMergeBatch splits' loads in flight; for GLM-4.7-Flash's
-// latent (K = 512) a thread's whole share is one pair of 20 splits.
+// split's pair in one 8-byte load, kMergeBatch splits' loads in flight (GLM-4.7-Flash, K = 512:
+// a thread's whole share is one pair of 20 splits, two batches; 20 at once spilled registers).
 constexpr int kMergeBatch = 16;
 template <typename T>
 __device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t row0, int64_t row_step, int mb, int K,
@@ -309,37 +309,38 @@ __device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t r
   auto s_c = reinterpret_cast<float(*)[kMaxDecodeSplits]>(scratch);
   float* s_total = scratch + kVecRows * kMaxDecodeSplits;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, splits = st.splits;
+  const int pairs = K / 2, items = kVecRows * pairs;
+  float2 part[kMergeBatch];
+  auto load_batch = [&](int i, int sp0) {
+    const int r = i / pairs, k = 2 * (i % pairs);
+    const float* o = st.part_o + (row0 + r * row_step) * splits * K + k;
+#pragma unroll
+    for (int j = 0; j < kMergeBatch; ++j)
+      part[j] = r < mb && sp0 + j < splits ? *reinterpret_cast<const float2*>(o + static_cast<int64_t>(sp0 + j) * K)
+                                           : make_float2(0.0f, 0.0f);
+  };
+  // The first batch is requested before the split factors, so the two loads overlap.
+  if (threadIdx.x < items) load_batch(threadIdx.x, 0);
   if (warp < mb) {
     const float L = split_factors(st.part_ml + (row0 + warp * row_step) * splits, splits, s_c[warp]);
     if (lane == 0) s_total[warp] = L;
   }
   __syncthreads();
-  const int pairs = K / 2;
-  for (int i = threadIdx.x; i < kVecRows * pairs; i += blockDim.x) {
+  for (int i = threadIdx.x; i < items; i += blockDim.x) {
     const int r = i / pairs, k = 2 * (i % pairs);
-    float2 v = make_float2(0.0f, 0.0f);
-    if (r < mb) {
-      const float* o = st.part_o + (row0 + r * row_step) * splits * K + k;
-      float sx[kMergeSums] = {}, sy[kMergeSums] = {};
-      for (int sp0 = 0; sp0 < splits; sp0 += kMergeBatch) {
-        float2 part[kMergeBatch];
+    float sx[kMergeSums] = {}, sy[kMergeSums] = {};
+    for (int sp0 = 0; r < mb && sp0 < splits; sp0 += kMergeBatch) {
+      if (sp0 > 0 || i != static_cast<int>(threadIdx.x)) load_batch(i, sp0);
 #pragma unroll
-        for (int j = 0; j < kMergeBatch; ++j)
-          part[j] = sp0 + j < splits ? *reinterpret_cast<const float2*>(o + static_cast<int64_t>(sp0 + j) * K)
-                                     : make_float2(0.0f, 0.0f);
-#pragma unroll
-        for (int j = 0; j < kMergeBatch; ++j) {
-          if (sp0 + j >= splits) continue;
-          const float c = s_c[r][sp0 + j];
-          sx[j % kMergeSums] = merge_term(sx[j % kMergeSums], part[j].x, c);
-          sy[j % kMergeSums] = merge_term(sy[j % kMergeSums], part[j].y, c);
-        }
+      for (int j = 0; j < kMergeBatch; ++j) {
+        if (sp0 + j >= splits) continue;
+        const float c = s_c[r][sp0 + j];
+        sx[j % kMergeSums] = merge_term(sx[j % kMergeSums], part[j].x, c);
+        sy[j % kMergeSums] = merge_term(sy[j % kMergeSums], part[j].y, c);
       }
-      v.x = to_float(from_float<T>(merge_finish(sx, s_total[r])));
-      v.y = to_float(from_float<T>(merge_finish(sy, s_total[r])));
     }
-    xs[r * K + k] = v.x;
-    xs[r * K + k + 1] = v.y;
+    xs[r * K + k] = r < mb ? to_float(from_float<T>(merge_finish(sx, s_total[r]))) : 0.0f;
+    xs[r * K + k + 1] = r < mb ? to_float(from_float<T>(merge_finish(sy, s_total[r]))) : 0.0f;
   }
 }
 
@@ -347,8 +348,10 @@ __device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t r
 // latent cache write (mla_rope_cache_write's work, which reads q's rope dims and the compressed
 // kv, never q_nope) instead of a product: one launch of the decode chain fewer. With split
 // states, x is the attention's merge (merge_rows_into).
+// Two blocks an SM (at most 128 registers): GLM-4.7-Flash's W_UK launch is 168 blocks, and at 168
+// registers (one block an SM) its last 36 ran as a second wave, ~3 us a layer (H200, traced).
 template <typename T>
-__global__ void __launch_bounds__(kVecThreads)
+__global__ void __launch_bounds__(kVecThreads, 2)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                           const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N,
                           rope_work::RopeJob rope, SplitStates states) {

@@ -56,6 +56,49 @@ __device__ __noinline__ void select_exactly(const float* values, int n, int k, t
   topk::select(values, n, k, queue, out);
 }
 
+// The softmax scores of the logits, by the calling warp. Out of line, as is the group limit
+// below: the routing runs once a launch, by one warp, and its common path (sigmoid or softmax,
+// one group, no tie) is then a short stretch of code that the SM fetches once (ncu: the routing
+// warp stalled on instruction fetches; the inlined tail was ~30 KB of code).
+__device__ __noinline__ void softmax_scores_warp(const float* logits, int E, float* scores) {
+  const int lane = threadIdx.x % 32;
+  float mx = -INFINITY;
+#pragma unroll 1
+  for (int e = lane; e < E; e += 32) mx = fmaxf(mx, logits[e]);
+  mx = warp_max(mx);
+  float sum = 0.0f;
+#pragma unroll 1
+  for (int e = lane; e < E; e += 32) {
+    scores[e] = expf(logits[e] - mx);
+    sum += scores[e];
+  }
+  const float inv = 1.0f / warp_sum(sum);
+#pragma unroll 1
+  for (int e = lane; e < E; e += 32) scores[e] *= inv;
+}
+
+// The group limit (n_group > 1): the experts of groups not among the topk_group best get the
+// masked selection score.
+__device__ __noinline__ void limit_groups_warp(const RouteParams& p, const RouteScratch& s) {
+  const int lane = threadIdx.x % 32, E = p.num_experts;
+  const int G = p.n_group, per_group = E / G;
+#pragma unroll 1
+  for (int g = lane; g < G; g += 32)
+    s.group_scores[g] = moe::group_score(s.choice + g * per_group, per_group, p.method);
+  __syncwarp();
+  if (lane == 0) select_exactly(s.group_scores, G, p.topk_group, s.queue, s.chosen);
+  __syncwarp();
+  const float masked = p.method == Method::noaux_tc ? -INFINITY : 0.0f;
+#pragma unroll 1
+  for (int e = lane; e < E; e += 32) {
+    bool keep = false;
+#pragma unroll 1
+    for (int j = 0; j < p.topk_group; ++j) keep = keep || s.chosen[j] == e / per_group;
+    if (!keep) s.choice[e] = masked;
+  }
+  __syncwarp();
+}
+
 // Routes one token with the calling warp: logits [E] (any memory), results to ids/weights [k]
 // (global).
 __device__ void route_token_warp(const float* logits, const float* bias, const RouteParams& p,
@@ -63,48 +106,29 @@ __device__ void route_token_warp(const float* logits, const float* bias, const R
   const int lane = threadIdx.x % 32, E = p.num_experts, k = p.top_k;
   bool has_nan = false;
   if (p.scoring == Scoring::sigmoid) {
+#pragma unroll 1
     for (int e = lane; e < E; e += 32) s.scores[e] = moe::sigmoid_f32(logits[e]);
   } else {
-    float mx = -INFINITY;
-    for (int e = lane; e < E; e += 32) mx = fmaxf(mx, logits[e]);
-    mx = warp_max(mx);
-    float sum = 0.0f;
-    for (int e = lane; e < E; e += 32) {
-      s.scores[e] = expf(logits[e] - mx);
-      sum += s.scores[e];
-    }
-    const float inv = 1.0f / warp_sum(sum);
-    for (int e = lane; e < E; e += 32) s.scores[e] *= inv;
+    softmax_scores_warp(logits, E, s.scores);
   }
+#pragma unroll 1
   for (int e = lane; e < E; e += 32) {
     s.choice[e] = p.has_bias ? s.scores[e] + bias[e] : s.scores[e];
     has_nan = has_nan || isnan(s.choice[e]);
   }
   __syncwarp();
-  if (p.method != Method::greedy && p.n_group > 1) {
-    const int G = p.n_group, per_group = E / G;
-    for (int g = lane; g < G; g += 32)
-      s.group_scores[g] = moe::group_score(s.choice + g * per_group, per_group, p.method);
-    __syncwarp();
-    if (lane == 0) select_exactly(s.group_scores, G, p.topk_group, s.queue, s.chosen);
-    __syncwarp();
-    const float masked = p.method == Method::noaux_tc ? -INFINITY : 0.0f;
-    for (int e = lane; e < E; e += 32) {
-      bool keep = false;
-      for (int j = 0; j < p.topk_group; ++j) keep = keep || s.chosen[j] == e / per_group;
-      if (!keep) s.choice[e] = masked;
-    }
-    __syncwarp();
-  }
+  if (p.method != Method::greedy && p.n_group > 1) limit_groups_warp(p, s);
 
   // k rounds of argmax over the experts not yet taken; `taken` has a bit per expert of this lane.
   uint32_t taken = 0;
   bool tie = __any_sync(0xffffffffu, has_nan);
   float last_value = 0.0f;
+#pragma unroll 1
   for (int r = 0; r <= k && r < E && !tie; ++r) {
     float bv = -INFINITY;
     int bi = -1;
     bool dup = false;
+#pragma unroll 1
     for (int i = 0, e = lane; e < E; ++i, e += 32) {
       if (taken & (1u << i)) continue;
       const float v = s.choice[e];
@@ -141,6 +165,7 @@ __device__ void route_token_warp(const float* logits, const float* bias, const R
   if (lane == 0) {
     if (tie) select_exactly(s.choice, E, k, s.queue, s.ids);
     moe::expert_weights(s.scores, s.choice, s.ids, p, weights_out);
+#pragma unroll 1
     for (int j = 0; j < k; ++j) ids_out[j] = s.ids[j];
   }
   __syncwarp();
@@ -170,8 +195,13 @@ struct ResidualNorm {
   T* normed = nullptr;  // [T, H]
 };
 
-// The route scratch rounded up to 16 bytes: the normalized row follows it.
+// The route scratch rounded up to 16 bytes: the normalized row follows it (with the add and
+// norm), then the score bias staged for the routing warp (E floats).
 __host__ __device__ constexpr size_t route_scratch_bytes16(int E) { return (route_scratch_bytes(E) + 15) / 16 * 16; }
+template <typename T>
+__host__ __device__ constexpr size_t normed_row_bytes16(int H, bool add_norm) {
+  return add_norm ? (sizeof(T) * H + 15) / 16 * 16 : 0;
+}
 
 // Token t's new residual (this thread's 8 values) and normalized row (all H values, to
 // normed_row), as norm.cu's vector kernel computes them for rows of at most 8 kRouterWarps x 32
@@ -297,12 +327,18 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
   }
   if (warp != 0) return;
   const RouteScratch s = route_scratch(smem, E);
-  // The logits of the other blocks: read through L2 into the scratch's ids area (E floats).
+  // The logits of the other blocks, read through L2 into the scratch's ids area (E floats), and
+  // the score bias beside them: both loads in flight at once, not the bias a latency later.
   float* row = reinterpret_cast<float*>(s.ids);
-  for (int i = lane; i < E; i += 32) row[i] = __ldcg(logits + static_cast<int64_t>(t) * E + i);
+  float* bias_row = reinterpret_cast<float*>(smem + route_scratch_bytes16(E) + normed_row_bytes16<T>(H, rn.x != nullptr));
+#pragma unroll 4
+  for (int i = lane; i < E; i += 32) {
+    row[i] = __ldcg(logits + static_cast<int64_t>(t) * E + i);
+    if (p.has_bias) bias_row[i] = bias[i];
+  }
   __syncwarp();
   TRACE_MARK(2)
-  route_token_warp(row, bias, p, s, ids + static_cast<int64_t>(t) * p.top_k,
+  route_token_warp(row, bias_row, p, s, ids + static_cast<int64_t>(t) * p.top_k,
                    weights + static_cast<int64_t>(t) * p.top_k);
   TRACE_END(router)
 }
@@ -343,7 +379,8 @@ void launch_router(const Tensor& x, const Tensor& router_weight, bool round_logi
   // always, to measure against); always with the add and norm.
   static const bool warp_per_expert = env_is("MARLIN_ROUTER_WARP_PER_EXPERT", "1");
   const bool per_expert = rn.x != nullptr || (T <= kMoeDecodeMaxTokens && !warp_per_expert);
-  const size_t smem = rn.x != nullptr ? route_scratch_bytes16(E) + sizeof(TX) * H : route ? route_scratch_bytes(E) : 0;
+  const size_t smem =
+      route ? route_scratch_bytes16(E) + normed_row_bytes16<TX>(H, rn.x != nullptr) + sizeof(float) * E : 0;
   const dim3 grid(per_expert ? E : (E + kRouterWarps - 1) / kRouterWarps, T);
   // 16-byte rows of x (16-bit; the block's own normalized row with the add) and of the router.
   const bool vector8 = H % 8 == 0 &&
