@@ -295,13 +295,13 @@ constexpr int kVecThreads = 256, kVecCols = 64, kVecKOffsets = kVecThreads / (kV
 constexpr int kVecRows = 4, kVecRowsMax = 16;
 constexpr int kVecLoads = 16, kVecChunk = kVecLoads * kVecKOffsets;  // 512 rows of k
 
-// Block rows r < mb of x from the split states into xs [kVecRows][K] (K even): each value is
+// Block rows r < mb of x from the split states into xs [kRows][K] (K even): each value is
 // what flash_merge_kernel writes (merge_term, merge_finish, rounded to T), so the product is the
 // merge launch's then this kernel's, bit for bit. A thread takes two adjacent values and each
 // split's pair in one 8-byte load, kMergeBatch splits' loads in flight (GLM-4.7-Flash, K = 512:
 // a thread's whole share is one pair of 20 splits, two batches; 20 at once spilled registers).
 constexpr int kMergeBatch = 16;
-template <typename T>
+template <typename T, int kRows>
 __device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t row0, int64_t row_step, int mb, int K,
                                                 float* xs, float* scratch) {
   // The rows' split factors and totals in `scratch` (free shared memory; dynamic, so the
@@ -309,7 +309,7 @@ __device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t r
   auto s_c = reinterpret_cast<float(*)[kMaxDecodeSplits]>(scratch);
   float* s_total = scratch + kVecRows * kMaxDecodeSplits;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, splits = st.splits;
-  const int pairs = K / 2, items = kVecRows * pairs;
+  const int pairs = K / 2, items = kRows * pairs;
   float2 part[kMergeBatch];
   auto load_batch = [&](int i, int sp0) {
     const int r = i / pairs, k = 2 * (i % pairs);
@@ -350,7 +350,9 @@ __device__ __forceinline__ void merge_rows_into(const SplitStates& st, int64_t r
 // states, x is the attention's merge (merge_rows_into).
 // Two blocks an SM (at most 128 registers): GLM-4.7-Flash's W_UK launch is 168 blocks, and at 168
 // registers (one block an SM) its last 36 ran as a second wave, ~3 us a layer (H200, traced).
-template <typename T>
+// kRows: the rows of x a block takes (1 for one decode token, where four would multiply three
+// rows of zeros).
+template <typename T, int kRows>
 __global__ void __launch_bounds__(kVecThreads, 2)
 head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x_h_stride,
                           const T* __restrict__ w, T* __restrict__ out, int M, int H, int K, int N,
@@ -370,10 +372,10 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
     TRACE_END(head_matmul)
     return;
   }
-  float* xs = smem_f;                       // [kVecRows][K]
-  float* partial = smem_f + kVecRows * K;    // [kVecKOffsets][kVecRows][kVecCols]
-  static_assert(kVecKOffsets * kVecCols >= kMaxDecodeSplits + 1, "merge_rows_into's scratch fits in partial");
-  const int h = blockIdx.y, m0 = blockIdx.z * kVecRows, mb = min(kVecRows, M - m0);
+  float* xs = smem_f;                    // [kRows][K]
+  float* partial = smem_f + kRows * K;    // [kVecKOffsets][kRows][kVecCols]
+  static_assert(kVecKOffsets * kVecCols >= kVecRows * (kMaxDecodeSplits + 1), "merge_rows_into's scratch fits in partial");
+  const int h = blockIdx.y, m0 = blockIdx.z * kRows, mb = min(kRows, M - m0);
   const int col8 = threadIdx.x % (kVecCols / 8), k0 = threadIdx.x / (kVecCols / 8);
   const int n0 = blockIdx.x * kVecCols + col8 * 8;
   const T* wh = w + static_cast<int64_t>(h) * K * N + n0;
@@ -390,27 +392,28 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
   pdl_wait();  // x is the previous kernel's output
   TRACE_WAITED
   if (states.part_o != nullptr) {
-    merge_rows_into<T>(states, static_cast<int64_t>(m0) * H + h, H, mb, K, xs, partial);
+    merge_rows_into<T, kRows>(states, static_cast<int64_t>(m0) * H + h, H, mb, K, xs, partial);
   } else {
-    for (int i = threadIdx.x; i < kVecRows * K; i += blockDim.x) {
+    for (int i = threadIdx.x; i < kRows * K; i += blockDim.x) {
       const int r = i / K, k = i % K;
       xs[i] = r < mb ? to_float(x[(m0 + r) * x_m_stride + h * x_h_stride + k]) : 0.0f;
     }
   }
   __syncthreads();
-  float acc[kVecRows][8] = {};
+  float acc[kRows][8] = {};
   for (int kb = 0; kb < K; kb += kVecChunk) {
     if (kb > 0) load_chunk(kb);
 #pragma unroll
     for (int u = 0; u < kVecLoads; ++u) {
-      const int kk = min(kb + k0 + u * kVecKOffsets, K - 1);  // rows past K were loaded as zeros
+      const int kk = kb + k0 + u * kVecKOffsets;
+      if (kk >= K) break;  // rows past K (W_UK's K = 192 fills 6 of a thread's 16)
       // The 8 weights from the registers (a pointer into v would put it in local memory).
       const uint32_t words[4] = {v[u].x, v[u].y, v[u].z, v[u].w};
       float e[8];
 #pragma unroll
       for (int j = 0; j < 8; ++j) e[j] = bits16_to_float<T>((words[j / 2] >> (16 * (j % 2))) & 0xffffu);
 #pragma unroll
-      for (int r = 0; r < kVecRows; ++r) {
+      for (int r = 0; r < kRows; ++r) {
         const float xv = xs[r * K + kk];
 #pragma unroll
         for (int j = 0; j < 8; ++j) acc[r][j] = fmaf(xv, e[j], acc[r][j]);
@@ -418,17 +421,17 @@ head_matmul_vector_kernel(const T* __restrict__ x, int64_t x_m_stride, int64_t x
     }
   }
 #pragma unroll
-  for (int r = 0; r < kVecRows; ++r)
+  for (int r = 0; r < kRows; ++r)
 #pragma unroll
-    for (int j = 0; j < 8; ++j) partial[(k0 * kVecRows + r) * kVecCols + col8 * 8 + j] = acc[r][j];
+    for (int j = 0; j < 8; ++j) partial[(k0 * kRows + r) * kVecCols + col8 * 8 + j] = acc[r][j];
   __syncthreads();
-  // One (row, column) per thread: kVecRows x kVecCols = the block's 256 threads.
+  // One (row, column) per thread: kRows x kVecCols of the block's 256 threads.
   TRACE_END(head_matmul)
   const int r = threadIdx.x / kVecCols, c = threadIdx.x % kVecCols, n = blockIdx.x * kVecCols + c;
   if (r >= mb || n >= N) return;
   float sum = 0.0f;
 #pragma unroll 8
-  for (int ko = 0; ko < kVecKOffsets; ++ko) sum += partial[(ko * kVecRows + r) * kVecCols + c];
+  for (int ko = 0; ko < kVecKOffsets; ++ko) sum += partial[(ko * kRows + r) * kVecCols + c];
   out[(static_cast<int64_t>(m0 + r) * H + h) * N + n] = from_float<T>(sum);
 }
 
@@ -461,9 +464,11 @@ void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, co
   const int K = static_cast<int>(x.size(2)), N = static_cast<int>(w.size(2));
   const int device = x.device().index;
   auto stream = static_cast<cudaStream_t>(current_stream(device).handle);
-  const dim3 vgrid((N + kVecCols - 1) / kVecCols, H + (rope.items > 0 ? 1 : 0), (M + kVecRows - 1) / kVecRows);
+  const int rows = M == 1 ? 1 : kVecRows;
+  const dim3 vgrid((N + kVecCols - 1) / kVecCols, H + (rope.items > 0 ? 1 : 0), (M + rows - 1) / rows);
   MARLIN_DISPATCH_FLOAT16(x.dtype(), T, "mla_head_matmul", {
-    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(device), head_matmul_vector_kernel<T>, vgrid, dim3(kVecThreads),
+    auto* kernel = rows == 1 ? head_matmul_vector_kernel<T, 1> : head_matmul_vector_kernel<T, kVecRows>;
+    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl_enabled(device), kernel, vgrid, dim3(kVecThreads),
                                        vector_smem_bytes(K), stream, static_cast<const T*>(x.data_ptr()),
                                        x.strides()[0], x.strides()[1], static_cast<const T*>(w.data_ptr()),
                                        static_cast<T*>(out.data_ptr()), M, H, K, N, rope, states),

@@ -99,6 +99,16 @@ __device__ __noinline__ void limit_groups_warp(const RouteParams& p, const Route
   __syncwarp();
 }
 
+// An unsigned key in the order of the floats (not NaN; -0 keyed as +0, which it equals), and the
+// float back from it (+0 for either zero).
+__device__ __forceinline__ uint32_t ordered_key(float v) {
+  const uint32_t bits = __float_as_uint(v + 0.0f);
+  return bits & 0x80000000u ? ~bits : bits | 0x80000000u;
+}
+__device__ __forceinline__ float key_value(uint32_t key) {
+  return __uint_as_float(key & 0x80000000u ? key & 0x7fffffffu : ~key);
+}
+
 // Routes one token with the calling warp: logits [E] (any memory), results to ids/weights [k]
 // (global).
 __device__ void route_token_warp(const float* logits, const float* bias, const RouteParams& p,
@@ -140,6 +150,15 @@ __device__ void route_token_warp(const float* logits, const float* bias, const R
         dup = true;
       }
     }
+    // The warp's largest value, and the lowest expert index among the lanes that hold it.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    // Two redux.sync on an order-preserving integer key, instead of ten dependent shuffles.
+    const uint32_t key = bi < 0 ? 0u : ordered_key(bv);
+    const uint32_t top = __reduce_max_sync(0xffffffffu, key);
+    const bool holds = bi >= 0 && key == top;
+    const int wi = static_cast<int>(__reduce_min_sync(0xffffffffu, holds ? static_cast<uint32_t>(bi) : 0xffffffffu));
+    const float wv = key_value(top);
+#else
     float wv = bv;
     int wi = bi;
     for (int o = 16; o > 0; o >>= 1) {
@@ -150,8 +169,10 @@ __device__ void route_token_warp(const float* logits, const float* bias, const R
         wi = oi;
       }
     }
-    const unsigned holders = __ballot_sync(0xffffffffu, bi >= 0 && bv == wv);
-    const bool equal_inside = __any_sync(0xffffffffu, bi >= 0 && bv == wv && dup);
+    const bool holds = bi >= 0 && bv == wv;
+#endif
+    const unsigned holders = __ballot_sync(0xffffffffu, holds);
+    const bool equal_inside = __any_sync(0xffffffffu, holds && dup);
     if (r == k) {  // the best one left out must be strictly below the last one chosen
       tie = wv == last_value;
       break;
