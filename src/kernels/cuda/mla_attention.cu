@@ -75,7 +75,6 @@ struct ProductAfter {
 void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, const rope_work::RopeJob& rope,
                                const SplitStates& states);
 
-
 template <typename T, int NL, int VL, bool kShared, bool kVIsK, int kHeads, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,

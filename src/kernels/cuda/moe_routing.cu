@@ -59,7 +59,8 @@ __device__ __noinline__ void select_exactly(const float* values, int n, int k, t
 // The softmax scores of the logits, by the calling warp. Out of line, as is the group limit
 // below: the routing runs once a launch, by one warp, and its common path (sigmoid or softmax,
 // one group, no tie) is then a short stretch of code that the SM fetches once (ncu: the routing
-// warp stalled on instruction fetches; the inlined tail was ~30 KB of code).
+// warp stalled on instruction fetches; ~4,800 of the kernel's ~5,700 instructions came after the
+// arrival, where one warp routing took 4.3 us of the GLM-4.7-Flash router's 7.3, H200 traced).
 __device__ __noinline__ void softmax_scores_warp(const float* logits, int E, float* scores) {
   const int lane = threadIdx.x % 32;
   float mx = -INFINITY;
