@@ -5,6 +5,7 @@
     MARLIN_TRACE_FILE=trace.bin build-trace/marlin bench generate --config bench/configs/llama-3.1-8b.json \
         --synthetic --bits 4 --gen-len 16
     tools/kernel_timeline.py trace.bin [--last 40] [--ends]
+    tools/kernel_timeline.py trace.bin --layers moe_down   # medians over the file's layers
 
 Each row is one launch (a graph replays the same grid id every step, so a grid's blocks are split
 where their starts are 200 us apart): its kind, blocks, SMs used and most blocks on one SM, then in
@@ -60,13 +61,47 @@ def summary(blocks):
                 e0=ends[0], emed=ends[len(ends) // 2], e1=ends[-1], blocks=blocks)
 
 
+def print_layers(rows, first_kind):
+    """Medians over the layers: the rows cut where `first_kind` starts, kept where the cut has the
+    most common sequence of kinds (a decode step's first and last layers, and cut-off ones, differ)."""
+    starts = [i for i, g in enumerate(rows) if g["kind"] == first_kind]
+    layers = [rows[a:b] for a, b in zip(starts, starts[1:])]
+    if not layers:
+        print(f"no two launches of kind {first_kind!r}")
+        return
+    shape = collections.Counter(tuple(g["kind"] for g in layer) for layer in layers).most_common(1)[0][0]
+    layers = [(layer, rows[starts[i + 1]], rows[starts[i] - 1] if starts[i] > 0 else None)
+              for i, layer in enumerate(layers) if tuple(g["kind"] for g in layer) == shape]
+    print(f"{len(layers)} layers of {len(shape)} launches; median µs over them")
+    print(f"{'kind':10s} {'blocks':>6s} | {'after':>6s} {'runs':>6s}")
+    for j, kind in enumerate(shape):
+        afters, runs = [], []
+        for layer, _, before in layers:
+            g = layer[j]
+            prev = layer[j - 1] if j > 0 else before
+            prev_end = prev["e1"] if prev is not None else None
+            if prev_end is not None:
+                afters.append((g["w1"] - prev_end) / 1000.0)
+            runs.append((g["e1"] - g["w1"]) / 1000.0)
+        after = f"{statistics.median(afters):6.2f}" if afters else f"{'':6s}"
+        print(f"{kind:10s} {layer[j]['n']:6d} | {after} {statistics.median(runs):6.2f}")
+    periods = [(nxt["s0"] - layer[0]["s0"]) / 1000.0 for layer, nxt, _ in layers]
+    print(f"layer period (start of one {first_kind} to the next): median {statistics.median(periods):.2f} µs")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("trace")
     ap.add_argument("--last", type=int, default=40, help="rows to print, ending this many from the end")
     ap.add_argument("--ends", action="store_true")
+    ap.add_argument("--layers", metavar="KIND",
+                    help="instead of the rows: every launch of the repeating layer that starts at a launch of "
+                         "KIND (e.g. moe_down), its median after and runs over the layers in the file, and the "
+                         "median layer period")
     args = ap.parse_args()
     rows = [summary(b) for b in launches(load(args.trace))]
+    if args.layers:
+        return print_layers(rows[:-1], args.layers)
     rows = rows[-args.last - 1:-1]  # the newest launch may be cut off by the file's window
     if not rows:
         return
