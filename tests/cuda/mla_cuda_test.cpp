@@ -272,9 +272,10 @@ TEST_F(MlaCuda, RopeCacheWriteBesideHeadMatmulIsBothApart) {
 // The absorbed decode's attention and W_UV product with the product's launch merging the
 // attention's splits (ops::mla_attention_head_matmul) against the two ops apart on the GPU, bit
 // for bit, and against the CPU within rounding: split counts from one to the most the merge
-// holds, decode rows across the product's 4-row blocks, extend rows (T > 1), and past its 16 rows
-// (where the two ops run); GLM-4.7-Flash's latent and narrow ones (the kernel with separate k and
-// v registers at D = 96); product widths off its 64-column blocks. Outputs poisoned.
+// holds; one token (the product's one-row blocks), rows across its 4-row blocks, extend rows
+// (T > 1) and past its 16 rows (where the two ops run); GLM-4.7-Flash's latent and narrow ones
+// (the kernel with separate k and v registers at D = 96); product widths off its 64-column
+// blocks. Outputs poisoned.
 TEST_F(MlaCuda, AttentionThenHeadMatmulIsBothApart) {
   testing::PoisonScope poison;
   struct Case {
