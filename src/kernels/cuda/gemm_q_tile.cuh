@@ -183,6 +183,15 @@ __device__ __forceinline__ uint4 ldg_nc_policy(const void* gmem, uint64_t policy
                : "l"(gmem), "l"(policy));
   return v;
 }
+// The same, allocating in L1, where a lane's two loads are the halves of 32-byte sectors
+// (moe_canon.cuh's load_unit_words).
+__device__ __forceinline__ uint4 ldg_nc_l1_policy(const void* gmem, uint64_t policy) {
+  uint4 v;
+  asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(gmem), "l"(policy));
+  return v;
+}
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() {
