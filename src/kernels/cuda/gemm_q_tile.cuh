@@ -176,20 +176,17 @@ __device__ __forceinline__ void cp_async16_policy(void* smem, const void* gmem, 
   const uint32_t s = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
   asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;\n" ::"r"(s), "l"(gmem), "l"(policy));
 }
+// kAllocateL1: allocated in L1 too, where a lane's two loads are the halves of 32-byte sectors
+// (moe_canon.cuh's load_unit_words).
+template <bool kAllocateL1 = false>
 __device__ __forceinline__ uint4 ldg_nc_policy(const void* gmem, uint64_t policy) {
   uint4 v;
-  asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(gmem), "l"(policy));
-  return v;
-}
-// The same, allocating in L1, where a lane's two loads are the halves of 32-byte sectors
-// (moe_canon.cuh's load_unit_words).
-__device__ __forceinline__ uint4 ldg_nc_l1_policy(const void* gmem, uint64_t policy) {
-  uint4 v;
-  asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
-               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
-               : "l"(gmem), "l"(policy));
+  if constexpr (kAllocateL1)
+    asm volatile("ld.global.nc.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(gmem), "l"(policy));
+  else
+    asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+                 : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w) : "l"(gmem), "l"(policy));
   return v;
 }
 __device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }

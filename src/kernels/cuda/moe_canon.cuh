@@ -106,8 +106,8 @@ __device__ __forceinline__ void load_unit_words(const MoeMatrix& W, int unit, in
     uint4 lo = make_uint4(0, 0, 0, 0), hi = make_uint4(0, 0, 0, 0);
     if (in && kReadOnce) {
       const uint64_t policy = tile::weight_l2_policy();
-      lo = tile::ldg_nc_l1_policy(src, policy);
-      hi = tile::ldg_nc_l1_policy(src + 4, policy);
+      lo = tile::ldg_nc_policy<true>(src, policy);
+      hi = tile::ldg_nc_policy<true>(src + 4, policy);
     } else if (in) {
       lo = __ldg(reinterpret_cast<const uint4*>(src));
       hi = __ldg(reinterpret_cast<const uint4*>(src + 4));
