@@ -149,8 +149,8 @@ json run_benchmark(const Options& o) {
   MARLIN_CHECK(layers[0]->device_plan() != nullptr, kOp, "the layer has no fused CUDA plan");
   // Copies: enough that one token's calls read rotate_mib before coming back to a layer, at
   // most 64 and at most half the free memory (the baseline and the activations need the rest).
-  // Less than one token's bytes: one copy, whose chosen experts then stay in L2 between calls
-  // (the kernels' time without DRAM's).
+  // Less than one token's bytes: one copy, whose chosen experts can then stay in L2 between
+  // calls (the kernels' time without most of DRAM's).
   const DecodeStepBytes one_token = moe_call_bytes(*layers[0], static_cast<double>(k));
   const double one_token_bytes = static_cast<double>(one_token.quantized_weights + one_token.dense_weights);
   int64_t copies = static_cast<int64_t>(std::ceil(o.rotate_mib * 1048576.0 / one_token_bytes));
@@ -274,7 +274,7 @@ void print_text(const json& r) {
   std::printf("  %lld %s of the layer (%.2f GiB on the device each, built in %.1f s)%s\n",
               static_cast<long long>(copies), copies == 1 ? "copy" : "copies",
               r["layer_resident_bytes"].get<double>() / 1073741824.0, r["load_s"].get<double>(),
-              copies == 1 ? ", called again and again: the chosen experts' weights stay in L2"
+              copies == 1 ? ", called again and again: the chosen experts' weights can stay in L2"
                           : " rotated so L2 never holds a call's weights");
   std::printf("  device-to-device copy bandwidth: %.0f GB/s (read + write)\n", r["copy_gbps"].get<double>());
   std::printf("%6s %-23s %8s %9s %9s %8s %7s %9s %10s %8s\n", "tokens", "path", "experts", "MB/call",
@@ -310,7 +310,7 @@ void register_bench_moe(CLI::App& bench) {
   cmd->add_option("--dtype", o->dtype, "activations and the dense baseline: bf16 or f16")->capture_default_str();
   cmd->add_option("--rotate-mib", o->rotate_mib,
                   "MiB one token's calls read before reusing a layer copy (defeats L2); less than one "
-                  "token's bytes (say 1): one copy, its weights read from L2")
+                  "token's bytes (say 1): one copy, whose weights L2 can keep")
       ->capture_default_str();
   cmd->add_option("--seed", o->seed, "seed of the synthetic weights and inputs")->capture_default_str();
   cmd->add_flag("--eager", o->eager,
