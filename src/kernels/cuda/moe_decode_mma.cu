@@ -45,7 +45,7 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
                                                 int units, int col0, float (&acc)[NMAT][8]) {
   using Cd = Canon<F>;
   constexpr int kWordsPerUnit = 8 * Cd::kWords;
-  constexpr int kBatch = kMaxSpanUnits / Cd::kWords;  // 64 words per lane and matrix in flight
+  constexpr int kBatch = kMaxSpanUnits / Cd::kWords;  // 32 words a lane and matrix in flight
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int col = col0 + 8 * g;
 #pragma unroll
