@@ -39,7 +39,8 @@ constexpr int kDownPartSpans = 6, kMaxDownParts = 4;
 // One warp task, a scale span: acc[m][j] += (x[k0 .. k0 + units * 32) . column 8g + j of matrix
 // m) * its scale, in lanes (g, 0); the others add zeros. The batch's loads (weights, x where the
 // lane holds the token, the scales) are all issued before its first mma; the matrices are then
-// summed one after the other, so only one's accumulators are live.
+// summed one after the other, so only one's accumulators are live. FP8's tasks; FP4's and
+// INT2's take task_accumulate_rolled below.
 template <QuantFormat F, int NMAT, typename TA>
 __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int k0,
                                                 int units, int col0, float (&acc)[NMAT][8]) {
@@ -94,6 +95,67 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
   }
 }
 
+// The same sums a unit at a time in a loop that is not unrolled, the next unit's loads in flight
+// while one is multiplied: two units' code, not a span's (the FP4 path of task_accumulate is
+// ~1,550 instructions, ~25 KB of code an SM fetches at every launch). Bit for bit
+// task_accumulate's sums for FP4 and INT2 (one scaling a span). Measured against it (one binary,
+// a switch; `bench moe --tokens 1`, GLM-4.7-Flash shapes): H200 FP4 21.7 / 21.8 against 24.4 /
+// 24.4 µs, GLM-4.7-Flash FP4 b1 318.22 / 315.19 against 305.46 / 304.44 tok/s; H100 FP4 22.7
+// against 26.3 µs, INT2 24.8 against 25.7, FP8 31.2 against 30.2 (FP8 keeps task_accumulate).
+template <QuantFormat F, int NMAT, typename TA>
+__device__ __forceinline__ void task_accumulate_rolled(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int k0,
+                                                       int units, int col0, float (&acc)[NMAT][8]) {
+  using Cd = Canon<F>;
+  constexpr int kWordsPerUnit = 8 * Cd::kWords;
+  const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int col = col0 + 8 * g;
+  uint4 scale_words[NMAT];
+#pragma unroll
+  for (int m = 0; m < NMAT; ++m)
+    scale_words[m] = c == 0 && col < W[m].N
+                         ? __ldg(reinterpret_cast<const uint4*>(static_cast<const __half*>(W[m].scales) +
+                                                                static_cast<int64_t>(k0 / W[m].group_size) * W[m].N + col))
+                         : make_uint4(0, 0, 0, 0);
+  float sums[NMAT][1][4][4] = {};
+  auto load = [&](int u, uint32_t (&w)[NMAT][kWordsPerUnit], uint4& xv) {
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+      load_unit_words<F, true>(W[m], k0 / kUnitK + u, c, col, u < units && col < W[m].N, w[m]);
+    xv = g == 0 && u < units ? *reinterpret_cast<const uint4*>(x + k0 + u * kUnitK + 8 * c) : make_uint4(0, 0, 0, 0);
+  };
+  auto multiply = [&](const uint32_t (&w)[NMAT][kWordsPerUnit], uint4 xv) {
+    uint32_t xp[1][4];
+    activation_pairs<TA>(xv, xp[0]);
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m) {
+      uint32_t q[kWordsPerUnit];
+#pragma unroll
+      for (int j = 0; j < kWordsPerUnit; ++j) q[j] = Cd::prepare(w[m][j], c);
+      unit_mma<F, 1>(q, xp, sums[m]);
+    }
+  };
+  uint32_t wa[NMAT][kWordsPerUnit], wb[NMAT][kWordsPerUnit];
+  uint4 xa, xb;
+  load(0, wa, xa);
+#pragma unroll 1
+  for (int u = 0; u < units; u += 2) {
+    load(u + 1, wb, xb);
+    multiply(wa, xa);
+    if (u + 1 >= units) break;
+    load(u + 2, wa, xa);
+    multiply(wb, xb);
+  }
+#pragma unroll
+  for (int m = 0; m < NMAT; ++m) {
+    const __half* sc = reinterpret_cast<const __half*>(&scale_words[m]);
+#pragma unroll
+    for (int t = 0; t < 4; ++t) {
+      acc[m][2 * t] = fmaf(sums[m][0][t][0], __half2float(sc[2 * t]), acc[m][2 * t]);
+      acc[m][2 * t + 1] = fmaf(sums[m][0][t][2], __half2float(sc[2 * t + 1]), acc[m][2 * t + 1]);
+    }
+  }
+}
+
 // The span of K a warp task covers (rows; a whole number of units, at most one scale group).
 __device__ __forceinline__ int span_rows(const MoeMatrix& W) { return min(W.group_size, kMaxSpanUnits * kUnitK); }
 
@@ -108,7 +170,10 @@ __device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x,
   const int span_k = span_rows(W[0]);
   float acc[NMAT][8] = {};
   for (int k0 = k_begin + warp * span_k; k0 < k_end; k0 += kW * span_k)
-    task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
+    if constexpr (F != QuantFormat::fp8_e4m3)
+      task_accumulate_rolled<F, NMAT, TA>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
+    else
+      task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
   __shared__ float per_warp[kW][2][kTileN];
   if (c == 0)
 #pragma unroll
