@@ -8,19 +8,26 @@
 # H100/H200 run), and its CPU code is built for this machine's CPU (-march=native unless
 # MARLIN_CPU_NATIVE=OFF): session 21 ran it on the H200 machine as it is.
 # Usage: scripts/device_pack.sh [BUILD_DIR]   (default build)
+#   PACK_TARGETS: the targets packed (default "marlin_cli marlin_tests_cuda"; two fit the carry,
+#   e.g. "marlin_tests_cuda marlin_tests_models" to run every CUDA test and CUDA model row).
 # Then:  device run, carry [".pack"]: bash .pack/run.sh marlin bench moe --tokens 1
 #                                     bash .pack/run.sh marlin_tests_cuda --gtest_filter='Moe*'
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build=${1:-build}
-ninja -C "$build" marlin_cli marlin_tests_cuda
+read -ra targets <<<"${PACK_TARGETS:-marlin_cli marlin_tests_cuda}"
+ninja -C "$build" "${targets[@]}"
 rm -rf .pack && mkdir -p .pack/bin .pack/lib
-for binary in "$build/marlin" "$build/tests/marlin_tests_cuda"; do
+binaries=()
+for target in "${targets[@]}"; do
+  if [ "$target" = marlin_cli ]; then binaries+=("$build/marlin"); else binaries+=("$build/tests/$target"); fi
+done
+for binary in "${binaries[@]}"; do
   name=$(basename "$binary")
   cp "$binary" ".pack/bin/$name" && strip ".pack/bin/$name" && xz -T0 -6 ".pack/bin/$name"
 done
 # The Debian libraries they link that the device image may lack (cudart and cuBLAS are there).
-ldd "$build/marlin" | awk '/pcre2|utf8proc/ {print $3}' | while read -r lib; do cp -L "$lib" .pack/lib/; done
+ldd "${binaries[@]}" | awk '/pcre2|utf8proc/ {print $3}' | sort -u | while read -r lib; do cp -L "$lib" .pack/lib/; done
 cat >.pack/run.sh <<'RUN'
 #!/usr/bin/env bash
 # Runs one of the packed binaries (unpacked at its first use): bash .pack/run.sh NAME [ARGS...]
