@@ -4,8 +4,8 @@
 # are compared within one call. For each variant: the CUDA tests of SWEEP_TESTS (a gtest filter;
 # empty: none) under that variant, then each command of SWEEP_CMDS (marlin's arguments; the
 # lines of its output that carry the figures). Variants: ';'-separated lists of NAME=value
-# (space-separated), '-' for none. Prints a summary at the end.
-# Usage: SWEEP_ENVS="-;MARLIN_MOE_ROLLED=1" SWEEP_TESTS='Moe*' \
+# (space-separated), '-' for none. Prints one line a test run and one a command run.
+# Usage: SWEEP_ENVS="-;MARLIN_MOE_DOWN_WARPS=16" SWEEP_TESTS='Moe*' \
 #   SWEEP_CMDS="bench moe --tokens 1 --iters 50" SWEEP_REPEAT=2 bash scripts/pack_sweep.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
