@@ -14,6 +14,7 @@
 #include "kernels/cuda/kernel_trace.cuh"
 #include "kernels/cuda/moe_canon.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -41,12 +42,13 @@ constexpr int kDownPartSpans = 6, kMaxDownParts = 4;
 // lane holds the token, the scales) are all issued before its first mma; the matrices are then
 // summed one after the other, so only one's accumulators are live. FP8's tasks; FP4's and
 // INT2's take task_accumulate_rolled below.
-template <QuantFormat F, int NMAT, typename TA>
+template <QuantFormat F, int NMAT, typename TA, bool kDependent>
 __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int k0,
                                                 int units, int col0, float (&acc)[NMAT][8]) {
   using Cd = Canon<F>;
   constexpr int kWordsPerUnit = 8 * Cd::kWords;
   constexpr int kBatch = kMaxSpanUnits / Cd::kWords;  // 32 words a lane and matrix in flight
+  if constexpr (kDependent) pdl_wait();  // x: the output of the kernel before (task_accumulate_rolled)
   const int lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
   const int col = col0 + 8 * g;
 #pragma unroll
@@ -62,8 +64,7 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
     uint4 xv[kBatch];
 #pragma unroll
     for (int b = 0; b < kBatch; ++b)
-      xv[b] = g == 0 && u0 + b < units ? *reinterpret_cast<const uint4*>(x + k0 + (u0 + b) * kUnitK + 8 * c)
-                                       : make_uint4(0, 0, 0, 0);
+      xv[b] = g == 0 && u0 + b < units ? ld_dependent_v4(x + k0 + (u0 + b) * kUnitK + 8 * c) : make_uint4(0, 0, 0, 0);
     uint32_t w[NMAT][kBatch][kWordsPerUnit];
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
@@ -102,7 +103,7 @@ __device__ __forceinline__ void task_accumulate(const MoeMatrix (&W)[NMAT], cons
 // a switch; `bench moe --tokens 1`, GLM-4.7-Flash shapes): H200 FP4 21.7 / 21.8 against 24.4 /
 // 24.4 µs, GLM-4.7-Flash FP4 b1 318.22 / 315.19 against 305.46 / 304.44 tok/s; H100 FP4 22.7
 // against 26.3 µs, INT2 24.8 against 25.7, FP8 31.2 against 30.2 (FP8 keeps task_accumulate).
-template <QuantFormat F, int NMAT, typename TA>
+template <QuantFormat F, int NMAT, typename TA, bool kDependent>
 __device__ __forceinline__ void task_accumulate_rolled(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int k0,
                                                        int units, int col0, float (&acc)[NMAT][8]) {
   using Cd = Canon<F>;
@@ -117,11 +118,19 @@ __device__ __forceinline__ void task_accumulate_rolled(const MoeMatrix (&W)[NMAT
                                                                 static_cast<int64_t>(k0 / W[m].group_size) * W[m].N + col))
                          : make_uint4(0, 0, 0, 0);
   float sums[NMAT][1][4][4] = {};
+  auto load_weights = [&](int u, uint32_t (&w)[NMAT][kWordsPerUnit]) {
+#pragma unroll
+    for (int m = 0; m < NMAT; ++m)
+      load_unit_words<F, true>(W[m], k0 / kUnitK + u, c, col, u < units && col < W[m].N, w[m]);
+  };
+  auto load_x = [&](int u) {
+    return g == 0 && u < units ? ld_dependent_v4(x + k0 + u * kUnitK + 8 * c) : make_uint4(0, 0, 0, 0);
+  };
   auto load = [&](int u, uint32_t (&w)[NMAT][kWordsPerUnit], uint4& xv) {
 #pragma unroll
     for (int m = 0; m < NMAT; ++m)
       load_unit_words<F, true>(W[m], k0 / kUnitK + u, c, col, u < units && col < W[m].N, w[m]);
-    xv = g == 0 && u < units ? *reinterpret_cast<const uint4*>(x + k0 + u * kUnitK + 8 * c) : make_uint4(0, 0, 0, 0);
+    xv = load_x(u);
   };
   auto multiply = [&](const uint32_t (&w)[NMAT][kWordsPerUnit], uint4 xv) {
     uint32_t xp[1][4];
@@ -135,8 +144,17 @@ __device__ __forceinline__ void task_accumulate_rolled(const MoeMatrix (&W)[NMAT
     }
   };
   uint32_t wa[NMAT][kWordsPerUnit], wb[NMAT][kWordsPerUnit];
+  // The first unit's weights before x: a down kernel launched as a programmatic dependent of
+  // the gate/up kernel (MARLIN_MOE_DOWN_PDL) requests them before waiting for x (pdl.cuh; the
+  // wait is a no-op in a plain launch).
   uint4 xa, xb;
-  load(0, wa, xa);
+  if constexpr (kDependent) {
+    load_weights(0, wa);
+    pdl_wait();
+    xa = load_x(0);
+  } else {
+    load(0, wa, xa);
+  }
 #pragma unroll 1
   for (int u = 0; u < units; u += 2) {
     load(u + 1, wb, xb);
@@ -161,8 +179,9 @@ __device__ __forceinline__ int span_rows(const MoeMatrix& W) { return min(W.grou
 
 // The block's sums of NMAT matrices over rows [k_begin, k_end) of K for columns col0..col0+63:
 // each warp's spans (warp w of the block's kW takes spans w, w + kW, ... of the range), scaled,
-// then summed over the warps in order into red[NMAT][64].
-template <QuantFormat F, int NMAT, typename TA, int kW>
+// then summed over the warps in order into red[NMAT][64]. kDependent: x is written by the kernel
+// this one may overlap (pdl.cuh), waited for after the first weights are requested.
+template <QuantFormat F, int NMAT, typename TA, int kW, bool kDependent>
 __device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x, int col0, float* red,
                            int k_begin, int k_end) {
   using Cd = Canon<F>;
@@ -171,9 +190,9 @@ __device__ void block_sums(const MoeMatrix (&W)[NMAT], const TA* __restrict__ x,
   float acc[NMAT][8] = {};
   for (int k0 = k_begin + warp * span_k; k0 < k_end; k0 += kW * span_k)
     if constexpr (F != QuantFormat::fp8_e4m3)
-      task_accumulate_rolled<F, NMAT, TA>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
+      task_accumulate_rolled<F, NMAT, TA, kDependent>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
     else
-      task_accumulate<F, NMAT, TA>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
+      task_accumulate<F, NMAT, TA, kDependent>(W, x, k0, min(span_k, k_end - k0) / kUnitK, col0, acc);
   __shared__ float per_warp[kW][2][kTileN];
   if (c == 0)
 #pragma unroll
@@ -201,15 +220,22 @@ __global__ void __launch_bounds__(kThreads, 1)
                            const MoeExpertMatrices* __restrict__ table, int num_experts, int top_k,
                            int slots, int H, int Imax, TA* __restrict__ act) {
   TRACE_START
+  // A programmatic dependent of the router (pdl.cuh): nothing read before the wait, the ids and
+  // x (where the router wrote it with the residual norm) being its output.
+  pdl_wait();
   TRACE_WAITED
+  // The down kernel's blocks may start on the SMs left free. After the wait, not before: the
+  // down kernel reads the router's ids and weights before its own wait, which orders only this
+  // grid's end, so they must be final when it starts.
+  pdl_launch_dependents();
   __shared__ float red[2 * kTileN];
   const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
-  const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
+  const int expert = slot < top_k ? ld_dependent_s32(ids + t * top_k + slot) : num_experts;
   const MoeMatrix W[2] = {table[expert].gate, table[expert].up};
   const int N = W[0].N, col0 = blockIdx.x * kTileN;
   if (col0 >= N) return;  // this expert is narrower than the widest one
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 2, TA, kWarps>(W, x + static_cast<int64_t>(t) * H, col0, red, 0, W[0].K);
+    block_sums<decltype(tag)::value, 2, TA, kWarps, false>(W, x + static_cast<int64_t>(t) * H, col0, red, 0, W[0].K);
   });
   for (int i = threadIdx.x; i < kTileN; i += kThreads)
     if (col0 + i < N) act[static_cast<int64_t>(blockIdx.z) * Imax + col0 + i] = swiglu<TA>(red[i], red[kTileN + i]);
@@ -223,13 +249,18 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPar
     moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int slots, int H, int Imax, float* __restrict__ partials,
-                        unsigned* __restrict__ counters, TA* __restrict__ out) {
+                        unsigned* __restrict__ counters, TA* __restrict__ out, int trigger_early) {
   TRACE_START
   TRACE_WAITED
+  // MARLIN_MOE_DOWN_TRIGGER=1 (to measure): the kernel after this one may start at once.
+  if (trigger_early) pdl_launch_dependents();
   __shared__ float red[2 * kTileN];
   const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
-  const int expert = slot < top_k ? ids[t * top_k + slot] : num_experts;
-  const float weight = slot < top_k ? weights[t * top_k + slot] : 1.0f;
+  // A programmatic dependent of the gate/up kernel: the routing, the table entry and the first
+  // unit's weights are read before the wait (in task_accumulate*), the activations after. The
+  // router has ended when this grid starts (the gate/up kernel triggers after its own wait).
+  const int expert = slot < top_k ? __ldcg(ids + t * top_k + slot) : num_experts;
+  const float weight = slot < top_k ? __ldcg(weights + t * top_k + slot) : 1.0f;
   const MoeMatrix W[1] = {table[expert].down};
   const int col0 = blockIdx.x * kTileN, parts = gridDim.y;
   // Part p of K: spans [p n, (p + 1) n) of the matrix's, n = ceil(spans / parts).
@@ -237,9 +268,10 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPar
   const int part_k = (W[0].K + span_k * parts - 1) / (span_k * parts) * span_k;
   const int k_begin = blockIdx.y * part_k, k_end = min(W[0].K, k_begin + part_k);
   dispatch_format(W[0].bits, [&](auto tag) {
-    block_sums<decltype(tag)::value, 1, TA, kW>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red, k_begin,
+    block_sums<decltype(tag)::value, 1, TA, kW, true>(W, act + static_cast<int64_t>(blockIdx.z) * Imax, col0, red, k_begin,
                                                 k_end);
   });
+  pdl_wait();  // for warps without a task: the partials and out come after the gate/up kernel
   const int64_t part_row = static_cast<int64_t>(blockIdx.z) * parts + blockIdx.y;
   for (int i = threadIdx.x; i < kTileN; i += kW * 32)
     if (col0 + i < H) partials[part_row * H + col0 + i] = red[i] * weight;
@@ -290,22 +322,33 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
                                          max_rows * Imax * static_cast<int64_t>(sizeof(TA)));
   const auto* table = static_cast<const MoeExpertMatrices*>(plan.table.data_ptr());
   TA* act = static_cast<TA*>(s.act);
-  // Plain launches: as programmatic dependents (pdl.cuh) of the router and of each other they
-  // were slower (H200, sixteenth session: GLM-4.7-Flash 264.31 / 261.31 against 265.78 / 266.02
-  // tok/s, Qwen3-30B-A3B 312.30 / 313.23 against 323.88 / 325.61): launched early, the blocks
-  // land on the few SMs free at the time (the router's 64 on 16 SMs, up to 5 an SM).
-  moe_mma_gate_up_kernel<TA><<<dim3(tiles_i, 1, static_cast<unsigned>(rows)), kThreads, 0, stream>>>(
-      static_cast<const TA*>(x.data_ptr()), ids.data<int32_t>(), table, E, k, slots, H, Imax, act);
-  MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
+  // The gate/up kernel is a programmatic dependent of the router (which triggers at its start),
+  // the down kernel of the gate/up kernel (pdl.cuh), each waiting in its blocks, already on the
+  // SMs, for the one before to end. MARLIN_MOE_DECODE_PDL=0 launches them plainly, to measure
+  // against: H200, `bench moe --tokens 1` 20.9 / 21.0 against 22.5 / 22.5 µs, GLM-4.7-Flash FP4
+  // b1 325.82 / 321.13 against 315.81 / 314.94 tok/s (docs/PERFORMANCE.md, twenty-third session).
+  // The sixteenth session measured both as dependents slower (GLM-4.7-Flash 264.31 / 261.31
+  // against 265.78 / 266.02 tok/s), its down kernel then waiting at its first instruction.
+  static const bool decode_pdl = !env_is("MARLIN_MOE_DECODE_PDL", "0");
+  const bool pdl = decode_pdl && pdl_enabled(device);
+  MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, moe_mma_gate_up_kernel<TA>, dim3(tiles_i, 1, static_cast<unsigned>(rows)),
+                                     dim3(kThreads), 0, stream, static_cast<const TA*>(x.data_ptr()),
+                                     static_cast<const int32_t*>(ids.data<int32_t>()),
+                                     static_cast<const MoeExpertMatrices*>(table), E, k, slots, H, Imax, act),
+                    "dispatch_moe_decode");
   // MARLIN_MOE_DOWN_WARPS=16: the down kernel in blocks of 16 warps, to measure against.
   static const bool wide_down = env_int("MARLIN_MOE_DOWN_WARPS", kDownWarps) == kWarps;
   auto* down = parts > 1   ? moe_mma_down_kernel<TA, kDownPartSpans>
                : wide_down ? moe_mma_down_kernel<TA, kWarps>
                            : moe_mma_down_kernel<TA, kDownWarps>;
   const int down_warps = parts > 1 ? kDownPartSpans : wide_down ? kWarps : kDownWarps;
-  down<<<dim3(tiles_h, parts, static_cast<unsigned>(rows)), down_warps * 32, 0, stream>>>(
-      act, ids.data<int32_t>(), weights.data<float>(), table, E, k, slots, H, Imax, s.partials, s.counters,
-      static_cast<TA*>(out.data_ptr()));
+  static const bool trigger_early = env_is("MARLIN_MOE_DOWN_TRIGGER", "1");
+  MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, down, dim3(tiles_h, parts, static_cast<unsigned>(rows)),
+                                     dim3(down_warps * 32), 0, stream, static_cast<const TA*>(act),
+                                     ids.data<int32_t>(), weights.data<float>(),
+                                     static_cast<const MoeExpertMatrices*>(table), E, k, slots, H, Imax, s.partials,
+                                     s.counters, static_cast<TA*>(out.data_ptr()), trigger_early ? 1 : 0),
+                    "dispatch_moe_decode");
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
 }
 

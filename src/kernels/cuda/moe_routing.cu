@@ -12,6 +12,7 @@
 #include "kernels/cuda/moe_common.cuh"
 #include "kernels/cuda/moe_kernels_cuda.h"
 #include "kernels/cuda/nn_common.cuh"
+#include "kernels/cuda/pdl.cuh"
 #include "marlin/stream.h"
 
 namespace marlin::cuda {
@@ -299,6 +300,7 @@ __global__ void __launch_bounds__(kRouterWarps * 32)
                       ResidualNorm<T> rn) {
   TRACE_START
   TRACE_WAITED
+  pdl_launch_dependents();  // the MoE decode gate/up kernel's blocks may start on free SMs
   extern __shared__ __align__(16) char smem[];
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   const int t = blockIdx.y;

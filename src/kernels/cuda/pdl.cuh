@@ -29,6 +29,25 @@ __device__ __forceinline__ void pdl_launch_dependents() {
 #endif
 }
 
+// Loads of what a predecessor grid wrote, through L2, for a dependent that reads it after
+// pdl_wait(). Volatile asm, so they stay after the wait: a read-only load (ld.global.nc, which
+// nvcc makes of a const __restrict__ pointer) is taken to read memory that no one writes while
+// the kernel runs, and nvcc moved one above the wait (SASS of the MoE down kernel: its
+// activations loaded before griddepcontrol.wait, and 4 CUDA tests failed on wrong sums).
+__device__ __forceinline__ uint4 ld_dependent_v4(const void* p) {
+  uint4 v;
+  asm volatile("ld.global.cg.v4.u32 {%0, %1, %2, %3}, [%4];"
+               : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+               : "l"(p));
+  return v;
+}
+
+__device__ __forceinline__ int ld_dependent_s32(const int* p) {
+  int v;
+  asm volatile("ld.global.cg.s32 %0, [%1];" : "=r"(v) : "l"(p));
+  return v;
+}
+
 // Whether kernels on `device` are launched as programmatic dependents: compute capability 9.0
 // or later, unless MARLIN_PDL=0 (to compare, or to rule it out).
 bool pdl_enabled(int device);
