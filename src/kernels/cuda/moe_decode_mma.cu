@@ -249,11 +249,9 @@ __global__ void __launch_bounds__(kW * 32, kW == kDownWarps ? 2 : kW == kDownPar
     moe_mma_down_kernel(const TA* __restrict__ act, const int32_t* __restrict__ ids,
                         const float* __restrict__ weights, const MoeExpertMatrices* __restrict__ table,
                         int num_experts, int top_k, int slots, int H, int Imax, float* __restrict__ partials,
-                        unsigned* __restrict__ counters, TA* __restrict__ out, int trigger_early) {
+                        unsigned* __restrict__ counters, TA* __restrict__ out) {
   TRACE_START
   TRACE_WAITED
-  // MARLIN_MOE_DOWN_TRIGGER=1 (to measure): the kernel after this one may start at once.
-  if (trigger_early) pdl_launch_dependents();
   __shared__ float red[2 * kTileN];
   const int t = blockIdx.z / slots, slot = blockIdx.z % slots;
   // A programmatic dependent of the gate/up kernel: the routing, the table entry and the first
@@ -325,8 +323,10 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   // The gate/up kernel is a programmatic dependent of the router (which triggers at its start),
   // the down kernel of the gate/up kernel (pdl.cuh), each waiting in its blocks, already on the
   // SMs, for the one before to end. MARLIN_MOE_DECODE_PDL=0 launches them plainly, to measure
-  // against: H200, `bench moe --tokens 1` 20.9 / 21.0 against 22.5 / 22.5 µs, GLM-4.7-Flash FP4
-  // b1 325.82 / 321.13 against 315.81 / 314.94 tok/s (docs/PERFORMANCE.md, twenty-third session).
+  // against: H200, `bench moe --tokens 1` 21.0 / 21.0 against 22.5 / 22.5 µs, GLM-4.7-Flash FP4
+  // b1 324.67 / 324.89 against 315.71 / 315.56 tok/s (docs/PERFORMANCE.md, twenty-third session).
+  // The down kernel does not trigger its own dependents early: the next layer's norm starting at
+  // once measured no faster (325.77 / 322.86 tok/s).
   // The sixteenth session measured both as dependents slower (GLM-4.7-Flash 264.31 / 261.31
   // against 265.78 / 266.02 tok/s), its down kernel then waiting at its first instruction.
   static const bool decode_pdl = !env_is("MARLIN_MOE_DECODE_PDL", "0");
@@ -342,12 +342,11 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
                : wide_down ? moe_mma_down_kernel<TA, kWarps>
                            : moe_mma_down_kernel<TA, kDownWarps>;
   const int down_warps = parts > 1 ? kDownPartSpans : wide_down ? kWarps : kDownWarps;
-  static const bool trigger_early = env_is("MARLIN_MOE_DOWN_TRIGGER", "1");
   MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, down, dim3(tiles_h, parts, static_cast<unsigned>(rows)),
                                      dim3(down_warps * 32), 0, stream, static_cast<const TA*>(act),
                                      ids.data<int32_t>(), weights.data<float>(),
                                      static_cast<const MoeExpertMatrices*>(table), E, k, slots, H, Imax, s.partials,
-                                     s.counters, static_cast<TA*>(out.data_ptr()), trigger_early ? 1 : 0),
+                                     s.counters, static_cast<TA*>(out.data_ptr())),
                     "dispatch_moe_decode");
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
 }
