@@ -185,7 +185,9 @@ rope_decode_cluster_kernel(NewToken<T> tok, const int* __restrict__ starts, cons
     gqa::load_head<T, D, true>(tok.k + b * tok.k_token + kvh * tok.k_head, rk);
     gqa::load_head<T, D, true>(tok.v + b * tok.v_token + kvh * tok.v_head, rv);
   }
-  const int start = starts[b], position = tok.positions[b];
+  // The slot re-read for certain (pdl.cuh): a plain read of the __restrict__ pointer is the
+  // hint's, which nvcc reused (SASS), and a stale hint would then never be caught.
+  const int start = ld_dependent_s32(starts + b), position = tok.positions[b];
   if (position != position_hint) gqa::lane_cos_sin<T, D, true>(tok, position, c, s);  // block-uniform
   if (start != hint) {
     keys = split_keys(start, S, window, splits, split);

@@ -73,7 +73,7 @@ rope_decode_kernel(NewToken<T> tok, const int* __restrict__ starts, const T* kc,
   pdl_wait();  // launched as a programmatic dependent: q, k and v are the GEMM's output
   TRACE_WAITED
 
-  const int start = starts[b];
+  const int start = ld_dependent_s32(starts + b);  // not the prefetch's read, which nvcc would reuse
   const int pos = min(max(start, 0), S - 1);
   const int fresh_row = start == pos ? pos : -1;
   const int first = window > 0 ? max(0, pos - window + 1) : 0;
