@@ -4,7 +4,9 @@
 # are compared within one call. For each variant: the CUDA tests of SWEEP_TESTS (a gtest filter;
 # empty: none) under that variant, then each command of SWEEP_CMDS (marlin's arguments; the
 # lines of its output that carry the figures). Variants: ';'-separated lists of NAME=value
-# (space-separated), '-' for none. Prints one line a test run and one a command run.
+# (space-separated), '-' for none; a variant's PACK_CLI=NAME runs the packed binary NAME for the
+# commands instead of marlin (another build, added to .pack/bin as NAME.xz, e.g. the session's
+# start: compared in the same call). Prints one line a test run and one a command run.
 # Usage: SWEEP_ENVS="-;MARLIN_MOE_DOWN_WARPS=16" SWEEP_TESTS='Moe*' \
 #   SWEEP_CMDS="bench moe --tokens 1 --iters 50" SWEEP_REPEAT=2 bash scripts/pack_sweep.sh
 set -uo pipefail
@@ -29,7 +31,9 @@ for ((rep = 1; rep <= ${SWEEP_REPEAT:-1}; ++rep)); do
   for cmd in "${cmds[@]}"; do
     for variant in "${envs[@]}"; do
       read -ra args <<<"$cmd"
-      figures=$(with_env "$variant" timeout 200 bash "$run" marlin "${args[@]}" 2>&1 |
+      cli=marlin
+      [[ " $variant " =~ \ PACK_CLI=([^ ]+)\  ]] && cli=${BASH_REMATCH[1]}
+      figures=$(with_env "$variant" timeout 200 bash "$run" "$cli" "${args[@]}" 2>&1 |
                   grep -E "^ +[0-9]+ [a-z_]+ |decode  |roofline|[0-9]x[0-9]+ +[0-9]+ |rror" | tr -s ' \n' ' ')
       echo "[$variant] $cmd | $figures"
     done
