@@ -9,6 +9,8 @@
 // wait at their first instruction, and gain the launch latency, which the waiting grid has
 // already paid when its predecessor ends (Llama-3.1-8B FP4 decode +6%, docs/PERFORMANCE.md).
 // Both instructions are no-ops for a kernel launched without the attribute, and below sm_90.
+// Before its wait a dependent reads only what no kernel of the step writes (or hints it checks
+// after): `tools/sass_loads_before_wait.py build` lists every kernel's loads before its wait.
 #pragma once
 
 #include <cuda_runtime.h>
