@@ -144,9 +144,8 @@ __device__ __forceinline__ void task_accumulate_rolled(const MoeMatrix (&W)[NMAT
     }
   };
   uint32_t wa[NMAT][kWordsPerUnit], wb[NMAT][kWordsPerUnit];
-  // The first unit's weights before x: a down kernel launched as a programmatic dependent of
-  // the gate/up kernel (MARLIN_MOE_DOWN_PDL) requests them before waiting for x (pdl.cuh; the
-  // wait is a no-op in a plain launch).
+  // The first unit's weights before x: the down kernel, a programmatic dependent of the gate/up
+  // kernel, requests them before waiting for x (pdl.cuh; the wait is a no-op in a plain launch).
   uint4 xa, xb;
   if constexpr (kDependent) {
     load_weights(0, wa);
