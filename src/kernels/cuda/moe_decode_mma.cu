@@ -127,9 +127,7 @@ __device__ __forceinline__ void task_accumulate_rolled(const MoeMatrix (&W)[NMAT
     return g == 0 && u < units ? ld_dependent_v4(x + k0 + u * kUnitK + 8 * c) : make_uint4(0, 0, 0, 0);
   };
   auto load = [&](int u, uint32_t (&w)[NMAT][kWordsPerUnit], uint4& xv) {
-#pragma unroll
-    for (int m = 0; m < NMAT; ++m)
-      load_unit_words<F, true>(W[m], k0 / kUnitK + u, c, col, u < units && col < W[m].N, w[m]);
+    load_weights(u, w);
     xv = load_x(u);
   };
   auto multiply = [&](const uint32_t (&w)[NMAT][kWordsPerUnit], uint4 xv) {
