@@ -49,6 +49,11 @@ class QuantizedLinear {
   // else the two apart.
   Tensor forward_rms_normed(const Tensor& x, const RMSNorm& norm) const;
 
+  // forward(silu_mul(gate, up)): on CUDA for one row of an FP8 weight (a batch-1 decode step's
+  // down projection) the SwiGLU runs inside the GEMM's launch (the same values); else the two
+  // apart.
+  Tensor forward_silu_mul(const Tensor& gate, const Tensor& up) const;
+
   // The layers side by side along N, one GEMM where there were several (fused QKV, gate+up).
   // The weight layout is per output column, so the result holds exactly the parts' weights.
   // The parts must pass can_concat: one in_features, bits, group size and placement, and all

@@ -135,7 +135,7 @@ void MLP::check_projections() const {
 Tensor MLP::forward(const Tensor& x) const {
   // Fused, gate and up are the two halves of one [..., 2I] output, read by one silu_mul.
   const std::vector<Tensor> gate_up = gate_up_proj_.forward(x);
-  return down_proj_.forward(ops::silu_mul(gate_up[0], gate_up[1]));
+  return down_proj_.forward_silu_mul(gate_up[0], gate_up[1]);
 }
 
 TransformerBlock::TransformerBlock(RMSNorm input_layernorm, Attention self_attn,

@@ -153,6 +153,23 @@ Tensor QuantizedLinear::forward_rms_normed(const Tensor& x, const RMSNorm& norm)
   return forward(norm.forward(x));
 }
 
+Tensor QuantizedLinear::forward_silu_mul(const Tensor& gate, const Tensor& up) const {
+#ifdef MARLIN_WITH_CUDA
+  // One row: the views of a fused gate+up output (gate_up_proj) are contiguous as [1, in].
+  if (bits_ != 16 && in_features_ > 0 && gate.defined() && up.defined() && gate.device().is_cuda() &&
+      gate.dim() >= 1 && gate.size(-1) == in_features_ && gate.numel() == in_features_ && up.shape() == gate.shape() &&
+      gate.dtype() == placement_.dtype && up.dtype() == gate.dtype() && gate.device() == placement_.device &&
+      up.device() == gate.device() && gate.is_contiguous() && up.is_contiguous()) {
+    Shape out_shape = gate.shape();
+    out_shape.back() = out_features_;
+    Tensor y = Tensor::empty({1, out_features_}, gate.dtype(), gate.device());
+    if (cuda::gemm_q_silu_mul(gate.view({1, in_features_}), up.view({1, in_features_}), qweight_, bias_, y))
+      return y.view(out_shape);
+  }
+#endif
+  return forward(ops::silu_mul(gate, up));
+}
+
 Embedding::Embedding(const Tensor& table, const LayerPlacement& placement) {
   check_placement("Embedding", placement);
   MARLIN_CHECK(table.defined() && table.dim() == 2 && dtype_is_float(table.dtype()), "Embedding",

@@ -1,6 +1,7 @@
 // GPU-only: fused projections and fused norm epilogues on CUDA against the CPU and the unfused
 // composition. Strided copies on the device (2-D copies), QuantizedLinear::concat / columns on
-// the device bit for bit as on the host, FusedLinear against each part's own GEMM, whole models
+// the device bit for bit as on the host, FusedLinear against each part's own GEMM, the down
+// projection's SwiGLU inside its GEMM against silu_mul then the GEMM, whole models
 // fused vs unfused, forward_fused vs forward + norm, quantize_linear_layers on the device
 // against load_model at the same bits, and the kernel launches of a decode step's layers
 // counted in its CUDA graph.
@@ -20,6 +21,7 @@
 #include "marlin/allocator.h"
 #include "marlin/model.h"
 #include "marlin/npy.h"
+#include "marlin/ops_nn.h"
 #include "marlin/safetensors.h"
 #include "marlin/stream.h"
 #include "models/llama.h"
@@ -144,6 +146,54 @@ TEST_F(FusedCuda, NormInsideGemmIsNormThenGemmBitForBit) {
                                                   << " M " << M << (small_tiled ? " (stream kernel)" : "");
           }
         }
+}
+
+// The down projection's SwiGLU inside its stream GEMM (one row of FP8): the same bytes as
+// silu_mul's launch then the GEMM, for gate and up as the halves of one gate+up row (the fused
+// projection's views), over group sizes 32-256, tile-padded K, bias or none. Where it does not
+// apply (FP4, INT2, more rows, the small weights' split-K kernel) forward_silu_mul runs the two
+// apart.
+TEST_F(FusedCuda, SiluMulInsideGemmIsSiluMulThenGemmBitForBit) {
+  testing::PoisonScope poison;
+  struct Case {
+    int64_t K, N;
+    int group;
+  };
+  const Case cases[] = {{768, 1024, 128}, {2112, 64, 64}, {96, 40, 32}, {3328, 264, 256}, {4160, 200, 32}};
+  uint64_t seed = 2400;
+  int fused_runs = 0;
+  for (const bool small_tiled : {true, false})
+    for (const DType dt : {DType::bf16, DType::f16})
+      for (const int bits : {4, 8, 2})
+        for (const Case& c : cases) {
+          const Tensor bias = seed % 3 == 0 ? random_tensor({c.N}, DType::f32, seed + 7) : Tensor();
+          const QuantizedLinear linear(random_tensor({c.N, c.K}, DType::f32, ++seed, 0.05f), bias, bits, c.group,
+                                       LayerPlacement{gpu, dt});
+          for (const int64_t M : {1, 3}) {
+            cuda::set_small_decode_tiled(small_tiled);
+            const Tensor gate_up = random_tensor({M, 2 * c.K}, dt, ++seed, 3.0f).to(gpu);
+            const Tensor gate = gate_up.narrow(1, 0, c.K), up = gate_up.narrow(1, c.K, c.K);
+            const Tensor fused = linear.forward_silu_mul(gate, up);
+            const Tensor apart = linear.forward(ops::silu_mul(gate, up));
+            const std::string what = std::string(dtype_name(dt)) + " bits " + std::to_string(bits) + " K " +
+                                     std::to_string(c.K) + " N " + std::to_string(c.N) + " M " + std::to_string(M);
+            EXPECT_TRUE(same_bytes(fused, apart)) << what;
+            // The fused launch itself where it applies (so the comparison above is not two
+            // runs of the same path).
+            const bool applies = M == 1 && bits == 8 && (small_tiled || linear.qweight().nbytes() > (size_t{4} << 20));
+            Tensor direct = Tensor::empty({M, c.N}, dt, gpu);
+            EXPECT_EQ(cuda::gemm_q_silu_mul(gate.contiguous(), up.contiguous(), linear.qweight(), linear.bias(), direct) &&
+                          M == 1,
+                      applies)
+                << what;
+            if (applies) {
+              EXPECT_TRUE(same_bytes(direct, apart)) << what;
+              ++fused_runs;
+            }
+            cuda::set_small_decode_tiled(true);
+          }
+        }
+  EXPECT_EQ(fused_runs, 2 * 5);
 }
 
 std::string fixture_dir(const std::string& name) {

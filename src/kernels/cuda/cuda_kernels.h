@@ -21,6 +21,11 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
 // take its skinny decode kernel, or where the row does not fit it (then norm and GEMM run apart).
 bool gemm_q_rms_normed(const Tensor& A, const Tensor& norm_weight, float eps, const QuantizedWeight& W,
                        const Tensor& bias, Tensor& C);
+// C = silu_mul(gate, up) @ W + bias in one launch for one row (gate and up [1, K], each
+// contiguous, 16-byte aligned), the same values as the two apart; false, doing nothing, where
+// gemm_q would not take the tile-layout stream kernel or the row does not fit it.
+bool gemm_q_silu_mul(const Tensor& gate, const Tensor& up, const QuantizedWeight& W, const Tensor& bias,
+                     Tensor& C);
 // Tensor-core path over W.tiled (gemm_q_mma.cu): the tile layout, whether a weight can use it
 // (its largest |scale| keeps the kernels' fp16 scale finite), and the GEMM (the stream,
 // batch and per-slab kernels), which returns false when it does not apply (no tile layout,

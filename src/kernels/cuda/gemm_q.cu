@@ -388,6 +388,17 @@ bool gemm_q_rms_normed(const Tensor& A, const Tensor& norm_weight, float eps, co
   return true;
 }
 
+bool gemm_q_silu_mul(const Tensor& gate, const Tensor& up, const QuantizedWeight& W, const Tensor& bias,
+                     Tensor& C) {
+  // Where gemm_q takes the stream kernel for one row: a tile layout, and not the small weights'
+  // split-K kernel. MARLIN_FUSE_SILU_GEMM=0 keeps silu_mul's own launch, to measure against.
+  static const bool fuse = !env_is("MARLIN_FUSE_SILU_GEMM", "0");
+  const bool small_decode = W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() && !small_decode_tiled;
+  if (!fuse || small_decode || !W.tiled.defined() || gate.size(0) != 1) return false;
+  cudaStream_t stream = static_cast<cudaStream_t>(current_stream(gate.device().index).handle);
+  return gemm_q_stream_silu_mul(gate, up, W, bias, C, stream);
+}
+
 void gemm(const Tensor& A, const Tensor& B, const Tensor& bias, Tensor& C) {
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   cublas_gemm(A, B.data_ptr(), B.size(0), B.size(1), C, stream);

@@ -265,6 +265,11 @@ namespace marlin::cuda {
 // C[M <= 16, N] = A @ W over W.tiled (gemm_q_stream.cu).
 void gemm_q_stream(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C,
                    cudaStream_t stream);
+// C[1, N] = (silu(gate) * up) @ W over W.tiled, the product rounded as silu_mul rounds it (so C
+// is gemm_q_stream's of silu_mul's output); false, doing nothing, where it does not apply (more
+// than one row, a format other than FP8, rows not 16-byte aligned).
+bool gemm_q_stream_silu_mul(const Tensor& gate, const Tensor& up, const QuantizedWeight& W, const Tensor& bias,
+                            Tensor& C, cudaStream_t stream);
 // C[M <= 64, N] = A @ W over W.tiled with the K splits of a block's slabs summed by the block
 // (gemm_q_batch.cu), or nothing where another kernel is faster: where its grid would leave
 // most SMs idle (dequantize + cuBLAS), or its splits would be long at M <= 32 (the per-slab
