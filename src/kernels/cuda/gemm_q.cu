@@ -328,6 +328,12 @@ int multiprocessor_count(int device) {
 
 namespace {
 bool small_decode_tiled = !env_is("MARLIN_SMALL_DECODE_TILED", "0");  // set_small_decode_tiled
+
+// Whether gemm_q sends a decode-size product of W (M <= kMaxSkinnyM) to the canonical-layout
+// split-K kernel, not the tile-layout stream kernel: small weights with MARLIN_SMALL_DECODE_TILED=0.
+bool small_weight_on_split_k(const QuantizedWeight& W) {
+  return W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() && !small_decode_tiled;
+}
 }  // namespace
 
 void set_small_decode_tiled(bool on) { small_decode_tiled = on; }
@@ -339,8 +345,7 @@ void gemm_q(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tenso
   // (programmatic launch), which that kernel's plain launch cannot: GLM-4.7-Flash batch 1 decoded
   // at 262.2 / 262.0 tok/s against 239.6 / 241.3 (H200, sixteenth session).
   // MARLIN_SMALL_DECODE_TILED=0 keeps them on the split-K kernel, to measure against.
-  const bool small_decode = A.size(0) <= kMaxSkinnyM && W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() &&
-                            !small_decode_tiled;
+  const bool small_decode = A.size(0) <= kMaxSkinnyM && small_weight_on_split_k(W);
   if (!small_decode && gemm_q_tiled(A, W, bias, C)) return;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   if (A.size(0) <= kMaxSkinnyM) {
@@ -393,8 +398,7 @@ bool gemm_q_silu_mul(const Tensor& gate, const Tensor& up, const QuantizedWeight
   // Where gemm_q takes the stream kernel for one row: a tile layout, and not the small weights'
   // split-K kernel. MARLIN_FUSE_SILU_GEMM=0 keeps silu_mul's own launch, to measure against.
   static const bool fuse = !env_is("MARLIN_FUSE_SILU_GEMM", "0");
-  const bool small_decode = W.nbytes() <= (size_t{4} << 20) && !tiled_gemm_forced() && !small_decode_tiled;
-  if (!fuse || small_decode || !W.tiled.defined() || gate.size(0) != 1) return false;
+  if (!fuse || small_weight_on_split_k(W) || !W.tiled.defined() || gate.size(0) != 1) return false;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(gate.device().index).handle);
   return gemm_q_stream_silu_mul(gate, up, W, bias, C, stream);
 }

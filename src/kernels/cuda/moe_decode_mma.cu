@@ -330,8 +330,7 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   const bool pdl = decode_pdl && pdl_enabled(device);
   MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, moe_mma_gate_up_kernel<TA>, dim3(tiles_i, 1, static_cast<unsigned>(rows)),
                                      dim3(kThreads), 0, stream, static_cast<const TA*>(x.data_ptr()),
-                                     static_cast<const int32_t*>(ids.data<int32_t>()),
-                                     static_cast<const MoeExpertMatrices*>(table), E, k, slots, H, Imax, act),
+                                     ids.data<int32_t>(), table, E, k, slots, H, Imax, act),
                     "dispatch_moe_decode");
   // MARLIN_MOE_DOWN_WARPS=16: the down kernel in blocks of 16 warps, to measure against.
   static const bool wide_down = env_int("MARLIN_MOE_DOWN_WARPS", kDownWarps) == kWarps;
@@ -341,9 +340,8 @@ void launch_decode_mma(const Tensor& x, const Tensor& ids, const Tensor& weights
   const int down_warps = parts > 1 ? kDownPartSpans : wide_down ? kWarps : kDownWarps;
   MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, down, dim3(tiles_h, parts, static_cast<unsigned>(rows)),
                                      dim3(down_warps * 32), 0, stream, static_cast<const TA*>(act),
-                                     ids.data<int32_t>(), weights.data<float>(),
-                                     static_cast<const MoeExpertMatrices*>(table), E, k, slots, H, Imax, s.partials,
-                                     s.counters, static_cast<TA*>(out.data_ptr())),
+                                     ids.data<int32_t>(), weights.data<float>(), table, E, k, slots, H, Imax,
+                                     s.partials, s.counters, static_cast<TA*>(out.data_ptr())),
                     "dispatch_moe_decode");
   MARLIN_CUDA_CHECK_LAUNCH("dispatch_moe_decode");
 }
