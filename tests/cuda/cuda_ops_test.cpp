@@ -4,6 +4,7 @@
 
 #include "cuda/cuda_test.h"
 #include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/gemm_q_wgmma.h"
 #include "marlin/allocator.h"
 #include "marlin/gemm.h"
 #include "marlin/kernel_library.h"
@@ -142,8 +143,8 @@ TEST_F(Cuda, GemmIsDeterministicAcrossRuns) {
 }
 
 // The tile layout and the canonical kernels compute the same product on the big decode shapes
-// (split-K and many slabs), for every M tile of the tensor-core kernels: M > 16 on both the
-// batch kernel and the per-slab one (which takes long K splits), 13..16 on the batch kernel
+// (split-K and many slabs), for every M tile of the tensor-core kernels: M > 16 on the wgmma
+// kernel (Hopper), the batch kernel and the per-slab one (which takes long K splits), 13..16 on the batch kernel
 // where the stream kernel would cut a slab into many parts (K 8192: 32 rounds a slab), 12 on
 // the stream kernel.
 TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
@@ -159,18 +160,60 @@ TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
       const auto deq = to_double(dequantize_cpu(q.to(Device::cpu())));
       for (DType dt : {DType::f16, DType::bf16})
         for (int64_t M : {1, 12, 16, 17, 40, 64})
-          for (const bool per_slab : {false, true}) {
-            if (per_slab && M <= 16) continue;
+          for (const char* kernel : {"wgmma", "batch", "per-slab"}) {
+            const bool per_slab = kernel[0] == 'p', wgmma = kernel[0] == 'w';
+            if ((per_slab || wgmma) && M <= 16) continue;
+            if (wgmma && !cuda::wgmma_gemm_available(gpu.index)) continue;
             cuda::set_per_slab_gemm(per_slab);
+            cuda::set_wgmma_gemm(wgmma ? 17 : 0, true);
+            const int64_t launches = cuda::wgmma_gemm_launches();
             Tensor A = random_tensor({M, K}, dt, 32 + M);
             Tensor C = ops::gemm_q(A.to(gpu), q);
+            EXPECT_EQ(cuda::wgmma_gemm_launches() > launches, wgmma) << kernel;
             EXPECT_LT(relative_error(to_double(C), reference_gemm(A, deq, K, N)), dt == DType::f16 ? 1e-3 : 6e-3)
-                << format_name(f) << " K=" << K << " M=" << M << " " << dtype_name(dt)
-                << (per_slab ? " per-slab" : "");
+                << format_name(f) << " K=" << K << " M=" << M << " " << dtype_name(dt) << " " << kernel;
           }
     }
   cuda::set_per_slab_gemm(false);
+  cuda::reset_wgmma_gemm();
   cuda::set_force_tiled_gemm(false);
+}
+
+// The wgmma kernel (Hopper): every A row count from 1 to 64 in 8-row groups and passes of 32
+// (rows off every group), slabs past N in a block, K off the unit, each group size, every
+// format, both activation dtypes, bias or none, one split and many.
+TEST_F(Cuda, WgmmaKernelMatchesFloat64) {
+  if (!cuda::wgmma_gemm_available(gpu.index)) GTEST_SKIP() << "needs an sm_90a build on a Hopper GPU";
+  testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);
+  cuda::set_wgmma_gemm(1, true);
+  const std::pair<int64_t, int64_t> shapes[] = {{256, 64},   {512, 1000}, {4096, 130}, {1024, 4096},
+                                                {768, 3000}, {8192, 136}, {2048, 24},  {2688, 520}};
+  const int64_t Ms[] = {1, 3, 8, 9, 16, 17, 24, 31, 32, 33, 47, 64};
+  const int groups[] = {32, 64, 128, 256};
+  int cases = 0;
+  for (int i = 0; i < 48; ++i) {
+    const auto [K, N] = shapes[i % 8];
+    const QuantFormat f = kFormats[(i + i / 8) % 3];
+    const int g = K % 256 == 0 ? groups[(i / 3) % 4] : 32 << ((i / 3) % 3);
+    const int64_t M = Ms[i % 12];
+    const DType dt = (i / 12) % 2 ? DType::bf16 : DType::f16;
+    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1500 + i, 0.05f).to(gpu), f, {.group_size = g});
+    ops::prepare_for_gemm(q);
+    ASSERT_TRUE(q.tiled.defined());
+    Tensor A = random_tensor({M, K}, dt, 1600 + i);
+    Tensor bias = i % 4 == 0 ? random_tensor({N}, dt, 1700 + i) : Tensor();
+    const int64_t launches = cuda::wgmma_gemm_launches();
+    Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
+    EXPECT_EQ(cuda::wgmma_gemm_launches() - launches, (M + 31) / 32) << "M=" << M;
+    const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, bias);
+    EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
+        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt);
+    ++cases;
+  }
+  cuda::reset_wgmma_gemm();
+  cuda::set_force_tiled_gemm(false);
+  EXPECT_EQ(cases, 48);
 }
 
 // The M <= 16 stream-K kernel: warps whose ranges split a slab (long K, few slabs), cover many

@@ -37,6 +37,7 @@
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/gemm_q_tile.cuh"
+#include "kernels/cuda/gemm_q_wgmma.h"
 #include "kernels/cuda/split_k.cuh"
 #include "marlin/stream.h"
 
@@ -370,6 +371,7 @@ Tensor repack_tiled(const QuantizedWeight& W) {
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
   if (!W.tiled.defined() || A.size(0) > kMaxMmaM) return false;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
+  if (!per_slab_gemm && gemm_q_wgmma(A, W, bias, C, stream)) return true;
   if (A.size(0) <= 16) {
     gemm_q_stream(A, W, bias, C, stream);
     return true;

@@ -1,0 +1,443 @@
+// Tensor-core quantized GEMM for a few rows (batched decode, short prompts) on Hopper's
+// warpgroup MMA (wgmma, sm_90a), over the tile layout of gemm_q_mma.cu.
+//
+// C^T = W^T A^T: the weight is the wgmma's first operand, decoded from the tile layout into
+// registers, and A's rows are its second, staged in shared memory. wgmma's M of 64 is then the
+// weight's columns and its N (8 to 256 in steps of 8) is A's rows, so a batch of 16 or 32 rows
+// is one instruction a k16 step, where mma.sync took 2 or 4 per 8 columns (gemm_q_batch.cu).
+// The instruction runs asynchronously: a warp decodes the next step's weights while the
+// tensor cores multiply the last.
+//
+// A block is one warpgroup: 4 warps, a slab (64 columns) each, one K split. A wgmma's 64 rows
+// are 16 columns of each warp's slab, so a warp multiplies its slab in 4 rounds (tiles 2r and
+// 2r + 1) with 4 accumulator sets, and reads every byte of its slab's stream itself: lane L's
+// words of a unit hold its pairs of all 8 tiles, which are exactly its A-operand registers
+// (the mma.m16n8k16 B fragment of tile t is the wgmma A fragment's rows 8 (t % 2)..: a pair
+// (t, h) is register 2 h + t % 2 of round t / 2). Weights go straight from global memory into
+// a register ring a few units deep; no shared memory, no barrier. A's chunk of 256 k is copied
+// with cp.async into a staging buffer a chunk ahead, then each thread writes its pieces into the
+// wgmma layout (core matrices of 8 rows x 16 bytes, in the tile layout's k order: a unit's mma k
+// index j stands for its row unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4. Two
+// layout buffers alternate, two block barriers a chunk. K splits are summed by the last block
+// of each column range (split_k.cuh). More than 32 rows run as passes of 32.
+#include <algorithm>
+#include <atomic>
+#include <mutex>
+#include <type_traits>
+#include <vector>
+
+#include "core/cuda_check.h"
+#include "core/env.h"
+#include "kernels/cuda/cuda_kernels.h"
+#include "kernels/cuda/device_utils.cuh"
+#include "kernels/cuda/gemm_q_tile.cuh"
+#include "kernels/cuda/gemm_q_wgmma.h"
+#include "kernels/cuda/split_k.cuh"
+
+namespace marlin::cuda {
+namespace {
+
+using namespace tile;
+
+constexpr int kWarps = 8;                       // two warpgroups
+constexpr int kThreads = kWarps * 32;
+constexpr int kSlabsPerBlock = kWarps / 2;      // a warp per half slab
+[[maybe_unused]] constexpr int kRounds = 2;     // 16-column rounds a half slab
+constexpr int kChunkUnits = kUnitsAlign;        // splits are whole chunks
+constexpr int kChunkK = kChunkUnits * kUnitK;   // 256
+constexpr int kCoreBytes = 128;                 // a core matrix: 8 rows x 8 f16
+constexpr int kMaxPassRows = 32;
+constexpr int64_t kTwoPassMinWeights = int64_t{1} << 25;  // K x N where two passes pay (launch_wgmma)
+
+template <QuantFormat F, int NB>  // NB: A's rows a pass, in 8-row groups (the wgmma's N / 8)
+struct WgShape {
+  static constexpr int kW = MmaCodec<F>::kWords;
+  static constexpr int kRows = 8 * NB;
+  // One k16 step: NB core matrices for k 0-7, then NB for k 8-15 (the descriptor's leading
+  // byte offset NB x 128, its stride byte offset 128).
+  static constexpr int kStepBytes = 2 * NB * kCoreBytes;
+  static constexpr int kChunkBytes = kChunkUnits * 2 * kStepBytes;
+  static constexpr int kPiecesPerThread = kRows * kChunkK / 8 / kThreads;  // 16-byte pieces of A
+  static constexpr int kSmemBytes = 3 * kChunkBytes;  // two layout buffers and the staging one
+  // Units in flight a warp: 2 KB of weights (FP4 4 units, FP8 2, INT2 8), 32 KB an SM at two
+  // blocks (twice that measured slower: the ring's registers cost a block an SM).
+  static constexpr int kPrefetch = 8 / kW;
+  static_assert(kChunkUnits % kPrefetch == 0 && kPiecesPerThread >= 1, "whole rings a chunk");
+};
+
+#if defined(MARLIN_HAS_WGMMA)
+
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Shared-memory writes by the threads, made visible to wgmma's reads (the async proxy).
+__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Pins accumulators at this point of the program: the compiler sees wgmma's writes to them only
+// at the wgmma itself, and would otherwise move their reads above the wait that completes them.
+template <int N>
+__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+
+// A no-swizzle K-major descriptor: start, leading byte offset (between the two k halves of a
+// step), stride byte offset (between 8-row groups), all in 16-byte units.
+__device__ __forceinline__ uint64_t step_descriptor(uint32_t smem_addr, uint32_t leading, uint32_t stride) {
+  return static_cast<uint64_t>((smem_addr >> 4) & 0x3fff) | static_cast<uint64_t>((leading >> 4) & 0x3fff) << 16 |
+         static_cast<uint64_t>((stride >> 4) & 0x3fff) << 32;
+}
+
+// D[64 x 8 NB] += A (registers, f16) x B (shared memory, f16), f32 accumulators.
+template <int NB>
+__device__ __forceinline__ void wgmma_step(float (&d)[4 * NB], const uint32_t (&a)[4], uint64_t desc);
+
+template <>
+__device__ __forceinline__ void wgmma_step<2>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)
+      : "memory");
+}
+
+template <>
+__device__ __forceinline__ void wgmma_step<4>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
+      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)
+      : "memory");
+}
+
+#endif  // MARLIN_HAS_WGMMA
+
+// Unit u's words for this warp's half of its slab (tiles 4 h..4 h + 3), as the pairs a 4-tile
+// slab would hold (b_register's index (4 step + tile) 2 + h): FP8 the whole words h and h + 2,
+// FP4 the 8 bytes 8 h.. of words 0 and 1, INT2 the 4 bytes 4 h.. and 8 + 4 h.. of word 0 (the
+// other half's warp, in the same warpgroup and so in step, reads the rest of those sectors).
+template <QuantFormat F>
+__device__ __forceinline__ void load_half_unit(const uint4* unit, int half, uint32_t (&w)[2 * MmaCodec<F>::kWords],
+                                               uint64_t policy) {
+  if constexpr (F == QuantFormat::fp8_e4m3) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const uint4 v = ldg_nc_policy(unit + (half + 2 * r) * 32, policy);
+      w[4 * r] = v.x, w[4 * r + 1] = v.y, w[4 * r + 2] = v.z, w[4 * r + 3] = v.w;
+    }
+  } else if constexpr (F == QuantFormat::fp4_e2m1) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const char* p = reinterpret_cast<const char*>(unit + r * 32) + 8 * half;
+      asm volatile("ld.global.nc.L2::cache_hint.v2.u32 {%0, %1}, [%2], %3;"
+                   : "=r"(w[2 * r]), "=r"(w[2 * r + 1]) : "l"(p), "l"(policy));
+    }
+  } else {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const char* p = reinterpret_cast<const char*>(unit) + 4 * half + 8 * r;
+      asm volatile("ld.global.nc.L2::cache_hint.u32 %0, [%1], %2;" : "=r"(w[r]) : "l"(p), "l"(policy));
+    }
+  }
+}
+
+template <QuantFormat F, int NB, typename TA>
+__global__ void __launch_bounds__(kThreads, 2)
+    gemm_q_wgmma_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
+                        const unsigned short* __restrict__ scale_stream, const void* __restrict__ bias,
+                        BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
+                        unsigned* __restrict__ counters, int M, int N, int K, int units, int group_size,
+                        int units_per_split, int slabs) {
+#if defined(MARLIN_HAS_WGMMA)
+  using S = WgShape<F, NB>;
+  constexpr int kW = S::kW, P = S::kPrefetch;
+  extern __shared__ __align__(128) unsigned char smem[];
+  unsigned char* staging = smem + 2 * S::kChunkBytes;
+  const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
+  const int half = warp % 2;
+  const int slab = blockIdx.x * kSlabsPerBlock + warp / 2;
+  const bool active = slab < slabs;
+  const int unit0 = blockIdx.y * units_per_split;
+  const int nunits = min(units_per_split, units - unit0);  // a multiple of 8: both are
+  const int nchunks = nunits / kChunkUnits;
+  const int kbeg = unit0 * kUnitK;
+  const int kend = min(K, kbeg + nunits * kUnitK);
+  const int units_per_group = group_size / kUnitK;  // 1, 2, 4 or 8
+  const int group_shift = __ffs(units_per_group) - 1;
+  const unsigned group_mask = static_cast<unsigned>(units_per_group) - 1u;
+  const int groups = units >> group_shift;
+  // A warp past the last slab reads slab 0 (its sums are never stored): every warp of the
+  // group must issue each wgmma.
+  const int wslab = active ? slab : 0;
+  const uint4* w_src = weights + (static_cast<int64_t>(wslab) * units + unit0) * kW * 32 + lane;
+  const unsigned short* s_src = scale_stream + static_cast<int64_t>(wslab) * groups * kSlabN + 32 * half + g;
+  const uint64_t policy = weight_l2_policy();
+
+  // A's pieces: piece i = threadIdx.x + kThreads j is row 8 (i / 32 / 8) + (i % 32) / 4, unit
+  // (i / 32) % 8, k quarter i % 4 of the chunk. A warp's 32 pieces then fall on the 32 banks
+  // in the layout buffer (the bank of a 4-byte store depends on the row % 8 and the quarter
+  // only); the staging buffer is piece-major.
+  auto piece = [&](int j, int& row, int& col) {
+    const int i = threadIdx.x + j * kThreads, rest = i / 32;
+    row = 8 * (rest / kChunkUnits) + (i % 32) / 4;
+    col = (rest % kChunkUnits) * kUnitK + 8 * (i % 4);
+  };
+  auto issue_a = [&](int ch) {
+    const int kc = kbeg + ch * kChunkK;
+#pragma unroll
+    for (int j = 0; j < S::kPiecesPerThread; ++j) {
+      int row, col;
+      piece(j, row, col);
+      const bool in = row < M && kc + col < kend;
+      cp_async16_or_zero(staging + (threadIdx.x + j * kThreads) * 16,
+                         A + (in ? static_cast<int64_t>(row) * K + kc + col : 0), in);
+    }
+    cp_async_commit();
+  };
+  // Word w of a piece (unit rows 8 q + 2 w, + 1) is mma k index 16 (w / 2) + 8 (w % 2) + 2 q:
+  // step 2 u + w / 2, k half w % 2, bytes 4 q of its row.
+  auto convert_a = [&](int ch) {
+    unsigned char* buf = smem + (ch % 2) * S::kChunkBytes;
+#pragma unroll
+    for (int j = 0; j < S::kPiecesPerThread; ++j) {
+      int row, col;
+      piece(j, row, col);
+      const uint4 v = activations_as_f16<TA>(*reinterpret_cast<const uint4*>(staging + (threadIdx.x + j * kThreads) * 16));
+      const int u = col / kUnitK, q = (col % kUnitK) / 8;
+      unsigned char* base = buf + 2 * u * S::kStepBytes + (row / 8) * kCoreBytes + (row % 8) * 16 + 4 * q;
+      const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+      for (int w = 0; w < 4; ++w)
+        *reinterpret_cast<uint32_t*>(base + (w / 2) * S::kStepBytes + (w % 2) * NB * kCoreBytes) = words[w];
+    }
+  };
+
+  // The ring: unit u's words of this half, and where u starts a scale group, its 4 scales
+  // (tiles 4 half + t, column g; two a word).
+  uint32_t ring[P][2 * kW];
+  uint32_t ring_scales[P][2];
+  auto load_unit = [&](int u, uint32_t (&dst)[2 * kW], uint32_t (&sdst)[2]) {
+    load_half_unit<F>(w_src + static_cast<int64_t>(u) * kW * 32, half, dst, policy);
+    const unsigned unit = static_cast<unsigned>(unit0 + u);
+    if ((unit & group_mask) == 0) {
+      const unsigned short* sp = s_src + static_cast<int64_t>(unit >> group_shift) * kSlabN;
+#pragma unroll
+      for (int t = 0; t < 2; ++t)
+        sdst[t] = static_cast<uint32_t>(__ldg(sp + 16 * t)) | static_cast<uint32_t>(__ldg(sp + 16 * t + 8)) << 16;
+    }
+  };
+
+  float acc[kRounds][4 * NB];
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r)
+#pragma unroll
+    for (int i = 0; i < 4 * NB; ++i) acc[r][i] = 0.0f;
+  __half2 s2[4];  // the current group's scales (times the codec's factor), tile 4 half + t's column g
+#pragma unroll
+  for (int t = 0; t < 4; ++t) s2[t] = __float2half2_rn(0.0f);
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) fence_accumulators(acc[r]);
+
+#pragma unroll
+  for (int i = 0; i < P; ++i) load_unit(i, ring[i], ring_scales[i]);
+  issue_a(0);
+  cp_async_wait<0>();
+  convert_a(0);
+  fence_proxy_async();
+  __syncthreads();
+  if (nchunks > 1) issue_a(1);
+
+  for (int ch = 0; ch < nchunks; ++ch) {
+    const uint32_t buf_addr = smem_base + (ch % 2) * S::kChunkBytes;
+    for (int u0 = 0; u0 < kChunkUnits; u0 += P) {
+#pragma unroll
+      for (int i = 0; i < P; ++i) {
+        const int u = ch * kChunkUnits + u0 + i;
+        uint32_t w[2 * kW];
+#pragma unroll
+        for (int k = 0; k < 2 * kW; ++k) w[k] = ring[i][k];
+        if (((unit0 + u) & group_mask) == 0) {
+#pragma unroll
+          for (int t = 0; t < 4; ++t) {
+            const unsigned short bits = static_cast<unsigned short>(ring_scales[i][t / 2] >> (16 * (t % 2)));
+            s2[t] = __float2half2_rn(__half2float(__ushort_as_half(bits)) * MmaCodec<F>::kHalfScale);
+          }
+        }
+        if (u + P < nunits) load_unit(u + P, ring[i], ring_scales[i]);
+#pragma unroll
+        for (int s = 0; s < 2; ++s) {
+          uint32_t a[kRounds][4];
+#pragma unroll
+          for (int r = 0; r < kRounds; ++r) {
+            // Register 2 hh + t % 2 of round r holds pair (tile t = 2 r + t % 2 of the half, hh).
+            a[r][0] = b_register<F, true>(w, (4 * s + 2 * r) * 2, s2[2 * r]);
+            a[r][1] = b_register<F, true>(w, (4 * s + 2 * r + 1) * 2, s2[2 * r + 1]);
+            a[r][2] = b_register<F, true>(w, (4 * s + 2 * r) * 2 + 1, s2[2 * r]);
+            a[r][3] = b_register<F, true>(w, (4 * s + 2 * r + 1) * 2 + 1, s2[2 * r + 1]);
+          }
+          const uint64_t desc = step_descriptor(buf_addr + (2 * (u0 + i) + s) * S::kStepBytes, NB * kCoreBytes, kCoreBytes);
+          wgmma_fence();
+#pragma unroll
+          for (int r = 0; r < kRounds; ++r) wgmma_step<NB>(acc[r], a[r], desc);
+          wgmma_commit();
+          wgmma_wait<1>();  // the previous step's group: its registers may be rewritten
+        }
+      }
+    }
+    if (ch + 1 < nchunks) {
+      cp_async_wait<0>();
+      // Every warp past chunk ch - 1's wgmmas (each waited on them during chunk ch), so the
+      // buffer they read is free.
+      __syncthreads();
+      convert_a(ch + 1);
+      fence_proxy_async();
+      __syncthreads();
+      if (ch + 2 < nchunks) issue_a(ch + 2);
+    }
+  }
+  wgmma_wait<0>();
+#pragma unroll
+  for (int r = 0; r < kRounds; ++r) fence_accumulators(acc[r]);
+
+  // Accumulator i of round r, 8-row group j = i / 4: weight column 64 slab + 8 (4 half + 2 r +
+  // (i / 2) % 2) + g, A row 8 j + 2 c + i % 2.
+  SplitKEpilogue<TA> epilogue{C, partials, counters, bias, bias_kind, M, N};
+  constexpr float kUnscale = std::is_same_v<TA, __half> ? 1.0f : 1.0f / kBf16Prescale;
+  const bool split = gridDim.y > 1;
+  if (active) {
+#pragma unroll
+    for (int r = 0; r < kRounds; ++r)
+#pragma unroll
+      for (int i = 0; i < 4 * NB; ++i) {
+        const int row = 8 * (i / 4) + 2 * c + i % 2;
+        const int col = slab * kSlabN + 8 * (4 * half + 2 * r + (i / 2) % 2) + g;
+        epilogue.store(row, col, acc[r][i] * kUnscale, split);
+      }
+  }
+  if (!split) return;
+  const int col_begin = blockIdx.x * kSlabsPerBlock * kSlabN;
+  epilogue.template reduce_if_last<true>(col_begin, min(N, col_begin + kSlabsPerBlock * kSlabN), S::kRows);
+#else
+  __trap();  // launched only where MARLIN_HAS_WGMMA (sm_90a builds)
+#endif
+}
+
+int wgmma_min_rows_from_env() {
+  const int rows = env_int("MARLIN_WGMMA_ROWS", 17);
+  return rows <= 0 ? 0 : rows;
+}
+int wgmma_min_rows = wgmma_min_rows_from_env();
+bool wgmma_forced = false;
+std::atomic<int64_t> wgmma_launch_count{0};
+
+template <QuantFormat F, int NB, typename TA>
+bool launch_wgmma_pass(const TA* A, const QuantizedWeight& W, const Tensor& bias, TA* C, int M, cudaStream_t stream) {
+  using S = WgShape<F, NB>;
+  const int N = static_cast<int>(W.N), K = static_cast<int>(W.K);
+  const int device = W.device().index;
+  const int slabs = slabs_for(N);
+  const int blocks_x = (slabs + kSlabsPerBlock - 1) / kSlabsPerBlock;
+  const int units = static_cast<int>(padded_units(K));
+  const int sms = multiprocessor_count(device);
+  static const int resident = resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA>),
+                                                     kThreads, S::kSmemBytes);
+  const auto [splits, units_per_split] = plan_tiled_splits(M, K, format_bits(F), units, resident * sms, blocks_x);
+  if (blocks_x * splits * 2 < sms && !wgmma_forced) return false;
+  SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x);
+  const uint32_t* stream_words = W.tiled.data<uint32_t>();
+  gemm_q_wgmma_kernel<F, NB, TA><<<dim3(blocks_x, splits), kThreads, S::kSmemBytes, stream>>>(
+      A, reinterpret_cast<const uint4*>(stream_words),
+      reinterpret_cast<const unsigned short*>(stream_words + weight_words<F>(K, N)),
+      bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()), C, buffers.partials,
+      buffers.counters, M, N, K, units, W.group_size, units_per_split, slabs);
+  MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
+  wgmma_launch_count.fetch_add(1, std::memory_order_relaxed);
+  return true;
+}
+
+template <QuantFormat F, typename TA>
+bool launch_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream) {
+  const int M = static_cast<int>(A.size(0)), K = static_cast<int>(W.K), N = static_cast<int>(W.N);
+  const TA* a = static_cast<const TA*>(A.data_ptr());
+  TA* c = static_cast<TA*>(C.data_ptr());
+  if (M <= 16) return launch_wgmma_pass<F, 2, TA>(a, W, bias, c, M, stream);
+  // Passes of 32 rows, each reading the whole weight: faster than the batch kernel on the large
+  // decode shapes, not on small ones (H200, FP4 M = 64: 8192x28672 153.6 against 177.7 us,
+  // 4096x14336 50.8 against 58.5; 4096x4096 29.1 against 23.4).
+  if (M > kMaxPassRows && static_cast<int64_t>(K) * N < kTwoPassMinWeights && !wgmma_forced) return false;
+  // The first pass decides for all.
+  for (int r0 = 0; r0 < M; r0 += kMaxPassRows) {
+    const int rows = std::min(kMaxPassRows, M - r0);
+    const int64_t a_off = static_cast<int64_t>(r0) * K, c_off = static_cast<int64_t>(r0) * N;
+    const bool launched = rows <= 16 ? launch_wgmma_pass<F, 2, TA>(a + a_off, W, bias, c + c_off, rows, stream)
+                                     : launch_wgmma_pass<F, 4, TA>(a + a_off, W, bias, c + c_off, rows, stream);
+    // The grid depends on the rows only through the split count, never below the first pass's.
+    MARLIN_CHECK(launched || r0 == 0, "gemm_q", "the wgmma kernel took rows 0.. but not rows ", r0, "..");
+    if (!launched) return false;
+  }
+  return true;
+}
+
+template <QuantFormat F>
+bool dispatch_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream) {
+  bool launched = false;
+  MARLIN_DISPATCH_FLOAT16(A.dtype(), TA, "gemm_q", { launched = launch_wgmma<F, TA>(A, W, bias, C, stream); });
+  return launched;
+}
+
+bool device_has_wgmma(int device) {
+#if defined(MARLIN_HAS_WGMMA)
+  static std::mutex mutex;
+  static std::vector<int> state(64, -1);  // -1 unknown, 0 no, 1 yes
+  std::lock_guard<std::mutex> lock(mutex);
+  int& has = state.at(static_cast<size_t>(device));
+  if (has < 0) {
+    int major = 0;
+    MARLIN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "gemm_q");
+    has = major == 9;
+  }
+  return has == 1;
+#else
+  (void)device;
+  return false;  // an sm_90a build only
+#endif
+}
+
+}  // namespace
+
+void set_wgmma_gemm(int min_rows, bool forced) {
+  wgmma_min_rows = min_rows;
+  wgmma_forced = forced;
+}
+void reset_wgmma_gemm() {
+  wgmma_min_rows = wgmma_min_rows_from_env();
+  wgmma_forced = false;
+}
+
+int64_t wgmma_gemm_launches() { return wgmma_launch_count.load(std::memory_order_relaxed); }
+bool wgmma_gemm_available(int device) { return device_has_wgmma(device); }
+
+bool gemm_q_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream) {
+  const int64_t M = A.size(0);
+  if (wgmma_min_rows <= 0 || M < wgmma_min_rows || M > kMaxWgmmaRows || !device_has_wgmma(A.device().index))
+    return false;
+  switch (W.format) {
+    case QuantFormat::fp4_e2m1: return dispatch_wgmma<QuantFormat::fp4_e2m1>(A, W, bias, C, stream);
+    case QuantFormat::fp8_e4m3: return dispatch_wgmma<QuantFormat::fp8_e4m3>(A, W, bias, C, stream);
+    case QuantFormat::int2: return dispatch_wgmma<QuantFormat::int2>(A, W, bias, C, stream);
+  }
+  return false;
+}
+
+}  // namespace marlin::cuda

@@ -1,0 +1,26 @@
+// The wgmma GEMM over the tile layout (gemm_q_wgmma.cu): batched decode on Hopper.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+
+#include "marlin/quant.h"
+#include "marlin/tensor.h"
+
+namespace marlin::cuda {
+
+constexpr int kMaxWgmmaRows = 64;
+
+// C[M, N] = A @ W over W.tiled on the wgmma kernel, for MARLIN_WGMMA_ROWS (17 unless set; 0
+// turns it off) <= M <= 64, on an sm_90a build and a Hopper GPU, where its grid fills at least
+// half the SMs; false, doing nothing, elsewhere.
+bool gemm_q_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream);
+// Whether the kernel can run on `device` (the build and the GPU).
+bool wgmma_gemm_available(int device);
+// Tests: the kernel from min_rows rows (0: never), `forced` also where its grid is small.
+void set_wgmma_gemm(int min_rows, bool forced);
+void reset_wgmma_gemm();  // back to the environment's setting
+int64_t wgmma_gemm_launches();  // kernel launches so far, all devices
+
+}  // namespace marlin::cuda
