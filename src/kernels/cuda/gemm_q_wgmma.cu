@@ -19,7 +19,7 @@
 // wgmma layout (core matrices of 8 rows x 16 bytes, in the tile layout's k order: a unit's mma k
 // index j stands for its row unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4. Two
 // layout buffers alternate, two block barriers a chunk. K splits are summed by the last block
-// of each column range (split_k.cuh). More than 32 rows run as passes of 32.
+// of each column range (split_k.cuh).
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -46,8 +46,6 @@ constexpr int kSlabsPerBlock = kWarps / 2;      // a warp per half slab
 constexpr int kChunkUnits = kUnitsAlign;        // splits are whole chunks
 constexpr int kChunkK = kChunkUnits * kUnitK;   // 256
 constexpr int kCoreBytes = 128;                 // a core matrix: 8 rows x 8 f16
-constexpr int kMaxPassRows = 32;
-constexpr int64_t kTwoPassMinWeights = int64_t{1} << 25;  // K x N where two passes pay (launch_wgmma)
 
 template <QuantFormat F, int NB>  // NB: A's rows a pass, in 8-row groups (the wgmma's N / 8)
 struct WgShape {
@@ -119,6 +117,22 @@ __device__ __forceinline__ void wgmma_step<4>(float (&d)[16], const uint32_t (&a
       : "memory");
 }
 
+template <>
+__device__ __forceinline__ void wgmma_step<8>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
+      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)
+      : "memory");
+}
+
 #endif  // MARLIN_HAS_WGMMA
 
 // Unit u's words for this warp's half of its slab (tiles 4 h..4 h + 3), as the pairs a 4-tile
@@ -150,8 +164,9 @@ __device__ __forceinline__ void load_half_unit(const uint4* unit, int half, uint
   }
 }
 
+// Two blocks an SM up to 32 rows; at 64, the accumulators take a block's worth of registers.
 template <QuantFormat F, int NB, typename TA>
-__global__ void __launch_bounds__(kThreads, 2)
+__global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
     gemm_q_wgmma_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
                         const unsigned short* __restrict__ scale_stream, const void* __restrict__ bias,
                         BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
@@ -342,7 +357,7 @@ bool wgmma_forced = false;
 std::atomic<int64_t> wgmma_launch_count{0};
 
 template <QuantFormat F, int NB, typename TA>
-bool launch_wgmma_pass(const TA* A, const QuantizedWeight& W, const Tensor& bias, TA* C, int M, cudaStream_t stream) {
+bool launch_wgmma_rows(const TA* A, const QuantizedWeight& W, const Tensor& bias, TA* C, int M, cudaStream_t stream) {
   using S = WgShape<F, NB>;
   const int N = static_cast<int>(W.N), K = static_cast<int>(W.K);
   const int device = W.device().index;
@@ -368,25 +383,12 @@ bool launch_wgmma_pass(const TA* A, const QuantizedWeight& W, const Tensor& bias
 
 template <QuantFormat F, typename TA>
 bool launch_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream) {
-  const int M = static_cast<int>(A.size(0)), K = static_cast<int>(W.K), N = static_cast<int>(W.N);
+  const int M = static_cast<int>(A.size(0));
   const TA* a = static_cast<const TA*>(A.data_ptr());
   TA* c = static_cast<TA*>(C.data_ptr());
-  if (M <= 16) return launch_wgmma_pass<F, 2, TA>(a, W, bias, c, M, stream);
-  // Passes of 32 rows, each reading the whole weight: faster than the batch kernel on the large
-  // decode shapes, not on small ones (H200, FP4 M = 64: 8192x28672 153.6 against 177.7 us,
-  // 4096x14336 50.8 against 58.5; 4096x4096 29.1 against 23.4).
-  if (M > kMaxPassRows && static_cast<int64_t>(K) * N < kTwoPassMinWeights && !wgmma_forced) return false;
-  // The first pass decides for all.
-  for (int r0 = 0; r0 < M; r0 += kMaxPassRows) {
-    const int rows = std::min(kMaxPassRows, M - r0);
-    const int64_t a_off = static_cast<int64_t>(r0) * K, c_off = static_cast<int64_t>(r0) * N;
-    const bool launched = rows <= 16 ? launch_wgmma_pass<F, 2, TA>(a + a_off, W, bias, c + c_off, rows, stream)
-                                     : launch_wgmma_pass<F, 4, TA>(a + a_off, W, bias, c + c_off, rows, stream);
-    // The grid depends on the rows only through the split count, never below the first pass's.
-    MARLIN_CHECK(launched || r0 == 0, "gemm_q", "the wgmma kernel took rows 0.. but not rows ", r0, "..");
-    if (!launched) return false;
-  }
-  return true;
+  if (M <= 16) return launch_wgmma_rows<F, 2, TA>(a, W, bias, c, M, stream);
+  if (M <= 32) return launch_wgmma_rows<F, 4, TA>(a, W, bias, c, M, stream);
+  return launch_wgmma_rows<F, 8, TA>(a, W, bias, c, M, stream);
 }
 
 template <QuantFormat F>
