@@ -179,6 +179,21 @@ TEST_F(Cuda, TiledKernelMatchesReferenceOnLargeShapes) {
   cuda::set_force_tiled_gemm(false);
 }
 
+// One tile-layout GEMM case against float64: a random weight (seed `seed`) quantized at group g
+// and repacked, A of M rows (seed + 100), a bias (seed + 200) where asked.
+void expect_tiled_gemm_matches(const Device& gpu, int64_t K, int64_t N, QuantFormat f, int g, int64_t M, DType dt,
+                               uint64_t seed, bool with_bias) {
+  QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, seed, 0.05f).to(gpu), f, {.group_size = g});
+  ops::prepare_for_gemm(q);
+  ASSERT_TRUE(q.tiled.defined());
+  Tensor A = random_tensor({M, K}, dt, seed + 100);
+  Tensor bias = with_bias ? random_tensor({N}, dt, seed + 200) : Tensor();
+  Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
+  const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, bias);
+  EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
+      << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt);
+}
+
 // The wgmma kernel (Hopper): A row counts from 1 to 64 on each of its 16-, 32- and 64-row
 // variants (rows off every 8-row group), slabs past N in a block, K off the unit, each group size, every
 // format, both activation dtypes, bias or none, one split and many.
@@ -198,17 +213,9 @@ TEST_F(Cuda, WgmmaKernelMatchesFloat64) {
     const int g = K % 256 == 0 ? groups[(i / 3) % 4] : 32 << ((i / 3) % 3);
     const int64_t M = Ms[i % 12];
     const DType dt = (i / 12) % 2 ? DType::bf16 : DType::f16;
-    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1500 + i, 0.05f).to(gpu), f, {.group_size = g});
-    ops::prepare_for_gemm(q);
-    ASSERT_TRUE(q.tiled.defined());
-    Tensor A = random_tensor({M, K}, dt, 1600 + i);
-    Tensor bias = i % 4 == 0 ? random_tensor({N}, dt, 1700 + i) : Tensor();
     const int64_t launches = cuda::wgmma_gemm_launches();
-    Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
+    expect_tiled_gemm_matches(gpu, K, N, f, g, M, dt, 1500 + i, i % 4 == 0);
     EXPECT_EQ(cuda::wgmma_gemm_launches() - launches, 1) << "M=" << M;
-    const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, bias);
-    EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
-        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt);
     ++cases;
   }
   cuda::reset_wgmma_gemm();
@@ -234,15 +241,7 @@ TEST_F(Cuda, StreamKernelMatchesFloat64) {
     const int g = groups[(i / 3) % 4];
     const int64_t M = Ms[i % 6];
     const DType dt = (i / 8) % 2 ? DType::bf16 : DType::f16;
-    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 900 + i, 0.05f).to(gpu), f, {.group_size = g});
-    ops::prepare_for_gemm(q);
-    ASSERT_TRUE(q.tiled.defined());
-    Tensor A = random_tensor({M, K}, dt, 1000 + i);
-    Tensor bias = i % 4 == 0 ? random_tensor({N}, dt, 1100 + i) : Tensor();
-    Tensor C = ops::gemm_q(A.to(gpu), q, bias.defined() ? bias.to(gpu) : Tensor());
-    const auto ref = reference_gemm(A, to_double(dequantize_cpu(q.to(Device::cpu()))), K, N, bias);
-    EXPECT_LT(relative_error(to_double(C), ref), dt == DType::f16 ? 1e-3 : 6e-3)
-        << format_name(f) << " M=" << M << " K=" << K << " N=" << N << " g=" << g << " " << dtype_name(dt);
+    expect_tiled_gemm_matches(gpu, K, N, f, g, M, dt, 900 + i, i % 4 == 0);
     ++cases;
   }
   cuda::set_force_tiled_gemm(false);

@@ -3,28 +3,31 @@
 //
 // C^T = W^T A^T: the weight is the wgmma's first operand, decoded from the tile layout into
 // registers, and A's rows are its second, staged in shared memory. wgmma's M of 64 is then the
-// weight's columns and its N (8 to 256 in steps of 8) is A's rows, so a batch of 16 or 32 rows
-// is one instruction a k16 step, where mma.sync took 2 or 4 per 8 columns (gemm_q_batch.cu).
+// weight's columns and its N (8 to 256 in steps of 8) is A's rows, so 64 columns of a batch
+// of up to 64 rows are one instruction a k16 step, where mma.sync takes one per 16 rows and 8
+// columns (gemm_q_batch.cu).
 // The instruction runs asynchronously: a warp decodes the next step's weights while the
 // tensor cores multiply the last.
 //
-// A block is one warpgroup: 4 warps, a slab (64 columns) each, one K split. A wgmma's 64 rows
-// are 16 columns of each warp's slab, so a warp multiplies its slab in 4 rounds (tiles 2r and
-// 2r + 1) with 4 accumulator sets, and reads every byte of its slab's stream itself: lane L's
-// words of a unit hold its pairs of all 8 tiles, which are exactly its A-operand registers
-// (the mma.m16n8k16 B fragment of tile t is the wgmma A fragment's rows 8 (t % 2)..: a pair
-// (t, h) is register 2 h + t % 2 of round t / 2). Weights go straight from global memory into
-// a register ring a few units deep; no shared memory, no barrier. A's chunk of 256 k is copied
+// A block is two warpgroups: 8 warps over 4 slabs (256 columns), one K split. Each warp takes
+// half a slab (tiles 4 h..4 h + 3): a wgmma's 64 rows are 16 columns of each of its group's
+// warps, so a warp multiplies its half in 2 rounds (tiles 2 r and 2 r + 1 of the half) with 2
+// accumulator sets. Lane L's words of a unit hold its pairs of every tile, which are exactly its
+// A-operand registers (the mma.m16n8k16 B fragment of tile t is the wgmma A fragment's rows
+// 8 (t % 2)..: a pair (t, hh) is register 2 hh + t % 2 of its round). Each warp loads its half
+// of them (FP8 whole words, FP4 and INT2 the half of each word; the other half's warp, in step
+// through the wgmmas, reads the rest of those sectors) straight from global memory into a
+// register ring of 2 KB; no shared memory, no barrier for weights. (Whole-slab warps with 4
+// rounds kept 228 registers, 8 warps an SM, and ran 6-36% slower; rings of cp.async copies in
+// shared memory, slower for FP4 and INT2: docs/PERFORMANCE.md.) A's chunk of 256 k is copied
 // with cp.async into a staging buffer a chunk ahead, then each thread writes its pieces into the
 // wgmma layout (core matrices of 8 rows x 16 bytes, in the tile layout's k order: a unit's mma k
 // index j stands for its row unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4. Two
-// layout buffers alternate, two block barriers a chunk. K splits are summed by the last block
-// of each column range (split_k.cuh).
-#include <algorithm>
+// layout buffers alternate, two block barriers a chunk. Rows: 16, 32 or 64 a launch (wgmma N
+// 16, 32, 64); at 64 the accumulators leave one block an SM. K splits are summed by the last
+// block of each column range (split_k.cuh).
 #include <atomic>
-#include <mutex>
 #include <type_traits>
-#include <vector>
 
 #include "core/cuda_check.h"
 #include "core/env.h"
@@ -400,16 +403,9 @@ bool dispatch_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bia
 
 bool device_has_wgmma(int device) {
 #if defined(MARLIN_HAS_WGMMA)
-  static std::mutex mutex;
-  static std::vector<int> state(64, -1);  // -1 unknown, 0 no, 1 yes
-  std::lock_guard<std::mutex> lock(mutex);
-  int& has = state.at(static_cast<size_t>(device));
-  if (has < 0) {
-    int major = 0;
-    MARLIN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "gemm_q");
-    has = major == 9;
-  }
-  return has == 1;
+  int major = 0;
+  MARLIN_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "gemm_q");
+  return major == 9;
 #else
   (void)device;
   return false;  // an sm_90a build only
