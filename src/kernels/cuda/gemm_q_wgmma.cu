@@ -50,7 +50,7 @@ constexpr int kChunkUnits = kUnitsAlign;        // splits are whole chunks
 constexpr int kChunkK = kChunkUnits * kUnitK;   // 256
 constexpr int kCoreBytes = 128;                 // a core matrix: 8 rows x 8 f16
 
-template <QuantFormat F, int NB>  // NB: A's rows a pass, in 8-row groups (the wgmma's N / 8)
+template <QuantFormat F, int NB>  // NB: A's rows a launch covers, in 8-row groups (the wgmma's N / 8)
 struct WgShape {
   static constexpr int kW = MmaCodec<F>::kWords;
   static constexpr int kRows = 8 * NB;
