@@ -17,15 +17,19 @@
 // 8 (t % 2)..: a pair (t, hh) is register 2 hh + t % 2 of its round). Each warp loads its half
 // of them (FP8 whole words, FP4 and INT2 the half of each word; the other half's warp, in step
 // through the wgmmas, reads the rest of those sectors) straight from global memory into a
-// register ring of 2 KB; no shared memory, no barrier for weights. (Whole-slab warps with 4
+// register ring of 2 KB (4 KB at 64 rows); no shared memory, no barrier for weights. A slot's
+// next unit is loaded after its words are decoded. The scale rows come with A's chunk, through
+// shared memory (below). (Whole-slab warps with 4
 // rounds kept 228 registers, 8 warps an SM, and ran 6-36% slower; rings of cp.async copies in
 // shared memory, slower for FP4 and INT2: docs/PERFORMANCE.md.) A's chunk of 256 k is copied
 // with cp.async into a staging buffer a chunk ahead, then each thread writes its pieces into the
 // wgmma layout (core matrices of 8 rows x 16 bytes, in the tile layout's k order: a unit's mma k
-// index j stands for its row unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4. Two
-// layout buffers alternate, two block barriers a chunk. Rows: 16, 32 or 64 a launch (wgmma N
+// index j stands for its row unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4; the
+// chunk's scale rows of the block's slabs are copied with it. Two layout buffers alternate, two
+// block barriers a chunk. Rows: 16, 32 or 64 a launch (wgmma N
 // 16, 32, 64); at 64 the accumulators leave one block an SM. K splits are summed by the last
 // block of each column range (split_k.cuh).
+#include <algorithm>
 #include <atomic>
 #include <type_traits>
 
@@ -59,11 +63,16 @@ struct WgShape {
   static constexpr int kStepBytes = 2 * NB * kCoreBytes;
   static constexpr int kChunkBytes = kChunkUnits * 2 * kStepBytes;
   static constexpr int kPiecesPerThread = kRows * kChunkK / 8 / kThreads;  // 16-byte pieces of A
-  static constexpr int kSmemBytes = 3 * kChunkBytes;  // two layout buffers and the staging one
+  // A chunk's scale rows: a row per group (at most a unit each) of each of the block's slabs.
+  static constexpr int kScaleBytes = kSlabsPerBlock * kChunkUnits * kScaleRowBytes;
+  // Two layout buffers and the staging one for A, two for the scale rows.
+  static constexpr int kSmemBytes = 3 * kChunkBytes + 2 * kScaleBytes;
   // Units in flight a warp: 2 KB of weights (FP4 4 units, FP8 2, INT2 8), 32 KB an SM at two
-  // blocks (twice that measured slower: the ring's registers cost a block an SM).
-  static constexpr int kPrefetch = 8 / kW;
+  // blocks (twice that measured slower: the ring's registers cost a block an SM); 4 KB at 64
+  // rows, where one block an SM has the registers.
+  static constexpr int kPrefetch = std::min(kChunkUnits, (NB == 8 ? 16 : 8) / kW);
   static_assert(kChunkUnits % kPrefetch == 0 && kPiecesPerThread >= 1, "whole rings a chunk");
+  static_assert(kSlabsPerBlock * kChunkUnits * kScaleRowBytes / 16 <= kThreads, "a scale piece a thread");
 };
 
 #if defined(MARLIN_HAS_WGMMA)
@@ -180,6 +189,8 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   constexpr int kW = S::kW, P = S::kPrefetch;
   extern __shared__ __align__(128) unsigned char smem[];
   unsigned char* staging = smem + 2 * S::kChunkBytes;
+  // Scale rows of chunk ch: buffer ch % 2, [slab of the block][group of the chunk][column].
+  unsigned short* scale_rows = reinterpret_cast<unsigned short*>(smem + 3 * S::kChunkBytes);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
@@ -199,7 +210,7 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   // group must issue each wgmma.
   const int wslab = active ? slab : 0;
   const uint4* w_src = weights + (static_cast<int64_t>(wslab) * units + unit0) * kW * 32 + lane;
-  const unsigned short* s_src = scale_stream + static_cast<int64_t>(wslab) * groups * kSlabN + 32 * half + g;
+  const int groups_per_chunk = kChunkUnits >> group_shift;
   const uint64_t policy = weight_l2_policy();
 
   // A's pieces: piece i = threadIdx.x + kThreads j is row 8 (i / 32 / 8) + (i % 32) / 4, unit
@@ -211,6 +222,10 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
     row = 8 * (rest / kChunkUnits) + (i % 32) / 4;
     col = (rest % kChunkUnits) * kUnitK + 8 * (i % 4);
   };
+  // A chunk's rows of A and its scale rows, one commit group. The scale rows are read from shared
+  // memory where a group starts: loaded with the weights into the warp's registers, their wait
+  // came a unit later, when the two halves of a register were joined (Nsight Compute: 16% of a
+  // warp's stalls at 32 rows, 13% at 64).
   auto issue_a = [&](int ch) {
     const int kc = kbeg + ch * kChunkK;
 #pragma unroll
@@ -221,17 +236,36 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
       cp_async16_or_zero(staging + (threadIdx.x + j * kThreads) * 16,
                          A + (in ? static_cast<int64_t>(row) * K + kc + col : 0), in);
     }
+    constexpr int kPiecesPerRow = kScaleRowBytes / 16;
+    const int pieces_per_slab = groups_per_chunk * kPiecesPerRow;
+    if (threadIdx.x < kSlabsPerBlock * pieces_per_slab) {
+      const int s = threadIdx.x / pieces_per_slab, rest = threadIdx.x % pieces_per_slab;
+      const int src_slab = blockIdx.x * kSlabsPerBlock + s;
+      const int group = ((unit0 + ch * kChunkUnits) >> group_shift) + rest / kPiecesPerRow;
+      const bool in = src_slab < slabs;
+      const unsigned short* src =
+          scale_stream + (static_cast<int64_t>(in ? src_slab : 0) * groups + group) * kSlabN + 8 * (rest % kPiecesPerRow);
+      cp_async16_or_zero(scale_rows + (ch % 2) * (S::kScaleBytes / 2) +
+                             (s * kChunkUnits + rest / kPiecesPerRow) * kSlabN + 8 * (rest % kPiecesPerRow),
+                         src, in);
+    }
     cp_async_commit();
   };
   // Word w of a piece (unit rows 8 q + 2 w, + 1) is mma k index 16 (w / 2) + 8 (w % 2) + 2 q:
   // step 2 u + w / 2, k half w % 2, bytes 4 q of its row.
+  // All of a thread's pieces are read before the first is written: the compiler cannot tell the
+  // staging buffer from the layout buffer, and kept each read behind the write before it.
   auto convert_a = [&](int ch) {
     unsigned char* buf = smem + (ch % 2) * S::kChunkBytes;
+    uint4 staged[S::kPiecesPerThread];
+#pragma unroll
+    for (int j = 0; j < S::kPiecesPerThread; ++j)
+      staged[j] = *reinterpret_cast<const uint4*>(staging + (threadIdx.x + j * kThreads) * 16);
 #pragma unroll
     for (int j = 0; j < S::kPiecesPerThread; ++j) {
       int row, col;
       piece(j, row, col);
-      const uint4 v = activations_as_f16<TA>(*reinterpret_cast<const uint4*>(staging + (threadIdx.x + j * kThreads) * 16));
+      const uint4 v = activations_as_f16<TA>(staged[j]);
       const int u = col / kUnitK, q = (col % kUnitK) / 8;
       unsigned char* base = buf + 2 * u * S::kStepBytes + (row / 8) * kCoreBytes + (row % 8) * 16 + 4 * q;
       const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -241,19 +275,10 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
     }
   };
 
-  // The ring: unit u's words of this half, and where u starts a scale group, its 4 scales
-  // (tiles 4 half + t, column g; two a word).
+  // The ring: unit u's words of this half.
   uint32_t ring[P][2 * kW];
-  uint32_t ring_scales[P][2];
-  auto load_unit = [&](int u, uint32_t (&dst)[2 * kW], uint32_t (&sdst)[2]) {
+  auto load_unit = [&](int u, uint32_t (&dst)[2 * kW]) {
     load_half_unit<F>(w_src + static_cast<int64_t>(u) * kW * 32, half, dst, policy);
-    const unsigned unit = static_cast<unsigned>(unit0 + u);
-    if ((unit & group_mask) == 0) {
-      const unsigned short* sp = s_src + static_cast<int64_t>(unit >> group_shift) * kSlabN;
-#pragma unroll
-      for (int t = 0; t < 2; ++t)
-        sdst[t] = static_cast<uint32_t>(__ldg(sp + 16 * t)) | static_cast<uint32_t>(__ldg(sp + 16 * t + 8)) << 16;
-    }
   };
 
   float acc[kRounds][4 * NB];
@@ -268,7 +293,7 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   for (int r = 0; r < kRounds; ++r) fence_accumulators(acc[r]);
 
 #pragma unroll
-  for (int i = 0; i < P; ++i) load_unit(i, ring[i], ring_scales[i]);
+  for (int i = 0; i < P; ++i) load_unit(i, ring[i]);
   issue_a(0);
   cp_async_wait<0>();
   convert_a(0);
@@ -286,13 +311,13 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
 #pragma unroll
         for (int k = 0; k < 2 * kW; ++k) w[k] = ring[i][k];
         if (((unit0 + u) & group_mask) == 0) {
+          // Tile 4 half + t's column g: column 32 half + 8 t + g of the slab's row.
+          const unsigned short* row = scale_rows + (ch % 2) * (S::kScaleBytes / 2) +
+                                      ((warp / 2) * kChunkUnits + ((u0 + i) >> group_shift)) * kSlabN + 32 * half + g;
 #pragma unroll
-          for (int t = 0; t < 4; ++t) {
-            const unsigned short bits = static_cast<unsigned short>(ring_scales[i][t / 2] >> (16 * (t % 2)));
-            s2[t] = __float2half2_rn(__half2float(__ushort_as_half(bits)) * MmaCodec<F>::kHalfScale);
-          }
+          for (int t = 0; t < 4; ++t)
+            s2[t] = __float2half2_rn(__half2float(__ushort_as_half(row[8 * t])) * MmaCodec<F>::kHalfScale);
         }
-        if (u + P < nunits) load_unit(u + P, ring[i], ring_scales[i]);
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
           uint32_t a[kRounds][4];
@@ -311,6 +336,10 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
           wgmma_commit();
           wgmma_wait<1>();  // the previous step's group: its registers may be rewritten
         }
+        // The slot's next unit only now that its words are decoded: loaded before, it took other
+        // registers, moved into the slot's at the end of the loop, where the move waited for the
+        // load (Nsight Compute: 9% of the stalls at 32 rows).
+        if (u + P < nunits) load_unit(u + P, ring[i]);
       }
     }
     if (ch + 1 < nchunks) {
