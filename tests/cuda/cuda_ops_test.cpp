@@ -196,7 +196,8 @@ void expect_tiled_gemm_matches(const Device& gpu, int64_t K, int64_t N, QuantFor
 
 // The wgmma kernel (Hopper): A row counts from 1 to 64 on each of its 16-, 32- and 64-row
 // variants (rows off every 8-row group), slabs past N in a block, K off the unit, each group size, every
-// format, both activation dtypes, bias or none, one split and many.
+// format, both activation dtypes, bias or none, one split and many; A laid out by the kernel
+// and by the layout kernel before it.
 TEST_F(Cuda, WgmmaKernelMatchesFloat64) {
   if (!cuda::wgmma_gemm_available(gpu.index)) GTEST_SKIP() << "needs an sm_90a build on a Hopper GPU";
   testing::PoisonScope poison;
@@ -213,14 +214,17 @@ TEST_F(Cuda, WgmmaKernelMatchesFloat64) {
     const int g = K % 256 == 0 ? groups[(i / 3) % 4] : 32 << ((i / 3) % 3);
     const int64_t M = Ms[i % 12];
     const DType dt = (i / 12) % 2 ? DType::bf16 : DType::f16;
-    const int64_t launches = cuda::wgmma_gemm_launches();
-    expect_tiled_gemm_matches(gpu, K, N, f, g, M, dt, 1500 + i, i % 4 == 0);
-    EXPECT_EQ(cuda::wgmma_gemm_launches() - launches, 1) << "M=" << M;
-    ++cases;
+    for (int layout = 0; layout < 2; ++layout) {
+      cuda::set_wgmma_layout(layout);
+      const int64_t launches = cuda::wgmma_gemm_launches();
+      expect_tiled_gemm_matches(gpu, K, N, f, g, M, dt, 1500 + i, i % 4 == 0);
+      EXPECT_EQ(cuda::wgmma_gemm_launches() - launches, 1) << "M=" << M << " layout kernel " << layout;
+      ++cases;
+    }
   }
   cuda::reset_wgmma_gemm();
   cuda::set_force_tiled_gemm(false);
-  EXPECT_EQ(cases, 48);
+  EXPECT_EQ(cases, 96);
 }
 
 // The M <= 16 stream-K kernel: warps whose ranges split a slab (long K, few slabs), cover many

@@ -31,7 +31,9 @@
 // block of each column range (split_k.cuh).
 #include <algorithm>
 #include <atomic>
+#include <mutex>
 #include <type_traits>
+#include <vector>
 
 #include "core/cuda_check.h"
 #include "core/env.h"
@@ -39,6 +41,7 @@
 #include "kernels/cuda/device_utils.cuh"
 #include "kernels/cuda/gemm_q_tile.cuh"
 #include "kernels/cuda/gemm_q_wgmma.h"
+#include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/split_k.cuh"
 
 namespace marlin::cuda {
@@ -65,8 +68,12 @@ struct WgShape {
   static constexpr int kPiecesPerThread = kRows * kChunkK / 8 / kThreads;  // 16-byte pieces of A
   // A chunk's scale rows: a row per group (at most a unit each) of each of the block's slabs.
   static constexpr int kScaleBytes = kSlabsPerBlock * kChunkUnits * kScaleRowBytes;
-  // Two layout buffers and the staging one for A, two for the scale rows.
-  static constexpr int kSmemBytes = 3 * kChunkBytes + 2 * kScaleBytes;
+  // Three chunks of A (in the wgmma layout) and of scale rows, and a staging buffer where the
+  // kernel lays out A itself (kLaidOut false): see the kernel.
+  static constexpr int kBuffers = 3;
+  static constexpr int kSmemBytes(bool laid_out) {
+    return kBuffers * (kChunkBytes + kScaleBytes) + (laid_out ? 0 : kChunkBytes);
+  }
   // Units in flight a warp: 2 KB of weights (FP4 4 units, FP8 2, INT2 8), 32 KB an SM at two
   // blocks (twice that measured slower: the ring's registers cost a block an SM); 4 KB at 64
   // rows, where one block an SM has the registers.
@@ -147,6 +154,41 @@ __device__ __forceinline__ void wgmma_step<8>(float (&d)[32], const uint32_t (&a
 
 #endif  // MARLIN_HAS_WGMMA
 
+// A's rows in the kernel's shared-memory layout, every chunk of K, written once a launch into
+// global memory (L2 holds it: 64 rows x 8192 k are 1 MB), so that each block copies a chunk as
+// it is. Converted inside the GEMM, every block converted the same chunks again (112 blocks on
+// 8192x28672), a fifth to a quarter of the kernel's time at 32-64 rows (Nsight Compute).
+// Piece i (16 bytes: 8 k of one row) of chunk c is row i / 32, k 8 (i % 32) of the chunk; its
+// word w (unit rows 8 q + 2 w, + 1) is mma k index 16 (w / 2) + 8 (w % 2) + 2 q of its unit:
+// step 2 u + w / 2, k half w % 2, bytes 4 q of its row (a core matrix of 8 rows x 16 bytes;
+// a unit's mma k index j stands for its row unit_row_of_mma_k(j)). bf16 becomes f16 times 2^-4.
+template <int NB>
+__device__ __forceinline__ int a_word_offset(int row, int col, int w) {
+  using S = WgShape<QuantFormat::fp4_e2m1, NB>;  // the layout does not depend on the format
+  const int u = col / kUnitK, q = (col % kUnitK) / 8;
+  return 2 * u * S::kStepBytes + (row / 8) * kCoreBytes + (row % 8) * 16 + 4 * q + (w / 2) * S::kStepBytes +
+         (w % 2) * NB * kCoreBytes;
+}
+
+template <int NB, typename TA>
+__global__ void __launch_bounds__(256) wgmma_layout_a_kernel(const TA* __restrict__ A, uint32_t* __restrict__ out,
+                                                            int M, int K, int pieces) {
+  using S = WgShape<QuantFormat::fp4_e2m1, NB>;  // the layout does not depend on the format
+  pdl_wait();  // launched as a programmatic dependent: A is the previous kernel's output
+  pdl_launch_dependents();  // the GEMM may load its first weights meanwhile
+  const int i = blockIdx.x * 256 + threadIdx.x;
+  if (i >= pieces) return;
+  constexpr int kPiecesPerChunk = S::kRows * kChunkK / 8;
+  const int chunk = i / kPiecesPerChunk, p = i % kPiecesPerChunk;
+  const int row = p / 32, col = 8 * (p % 32), k = chunk * kChunkK + col;
+  uint4 v = make_uint4(0, 0, 0, 0);
+  if (row < M && k < K) v = activations_as_f16<TA>(*reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + k));
+  const uint32_t words[4] = {v.x, v.y, v.z, v.w};
+  uint32_t* dst = out + static_cast<int64_t>(chunk) * (S::kChunkBytes / 4);
+#pragma unroll
+  for (int w = 0; w < 4; ++w) dst[a_word_offset<NB>(row, col, w) / 4] = words[w];
+}
+
 // Unit u's words for this warp's half of its slab (tiles 4 h..4 h + 3), as the pairs a 4-tile
 // slab would hold (b_register's index (4 step + tile) 2 + h): FP8 the whole words h and h + 2,
 // FP4 the 8 bytes 8 h.. of words 0 and 1, INT2 the 4 bytes 4 h.. and 8 + 4 h.. of word 0 (the
@@ -177,9 +219,12 @@ __device__ __forceinline__ void load_half_unit(const uint4* unit, int half, uint
 }
 
 // Two blocks an SM up to 32 rows; at 64, the accumulators take a block's worth of registers.
-template <QuantFormat F, int NB, typename TA>
+// kLaidOut: A comes laid out by wgmma_layout_a_kernel (a_layout); else the kernel reads A's rows
+// and lays them out itself (where a block's K split is short, the extra launch cost more than
+// it saved).
+template <QuantFormat F, int NB, typename TA, bool kLaidOut>
 __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
-    gemm_q_wgmma_kernel(const TA* __restrict__ A, const uint4* __restrict__ weights,
+    gemm_q_wgmma_kernel(const TA* __restrict__ A, const uint4* __restrict__ a_layout, const uint4* __restrict__ weights,
                         const unsigned short* __restrict__ scale_stream, const void* __restrict__ bias,
                         BiasKind bias_kind, TA* __restrict__ C, float* __restrict__ partials,
                         unsigned* __restrict__ counters, int M, int N, int K, int units, int group_size,
@@ -188,9 +233,9 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   using S = WgShape<F, NB>;
   constexpr int kW = S::kW, P = S::kPrefetch;
   extern __shared__ __align__(128) unsigned char smem[];
-  unsigned char* staging = smem + 2 * S::kChunkBytes;
-  // Scale rows of chunk ch: buffer ch % 2, [slab of the block][group of the chunk][column].
-  unsigned short* scale_rows = reinterpret_cast<unsigned short*>(smem + 3 * S::kChunkBytes);
+  // Scale rows of chunk ch: buffer ch % 3, [slab of the block][group of the chunk][column].
+  unsigned short* scale_rows = reinterpret_cast<unsigned short*>(smem + S::kBuffers * S::kChunkBytes);
+  unsigned char* staging = smem + S::kBuffers * (S::kChunkBytes + S::kScaleBytes);
   const uint32_t smem_base = static_cast<uint32_t>(__cvta_generic_to_shared(smem));
 
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, c = lane % 4;
@@ -200,8 +245,6 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   const int unit0 = blockIdx.y * units_per_split;
   const int nunits = min(units_per_split, units - unit0);  // a multiple of 8: both are
   const int nchunks = nunits / kChunkUnits;
-  const int kbeg = unit0 * kUnitK;
-  const int kend = min(K, kbeg + nunits * kUnitK);
   const int units_per_group = group_size / kUnitK;  // 1, 2, 4 or 8
   const int group_shift = __ffs(units_per_group) - 1;
   const unsigned group_mask = static_cast<unsigned>(units_per_group) - 1u;
@@ -211,30 +254,42 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   const int wslab = active ? slab : 0;
   const uint4* w_src = weights + (static_cast<int64_t>(wslab) * units + unit0) * kW * 32 + lane;
   const int groups_per_chunk = kChunkUnits >> group_shift;
+  const int kbeg = unit0 * kUnitK;
+  const int kend = min(K, kbeg + nunits * kUnitK);
   const uint64_t policy = weight_l2_policy();
 
-  // A's pieces: piece i = threadIdx.x + kThreads j is row 8 (i / 32 / 8) + (i % 32) / 4, unit
-  // (i / 32) % 8, k quarter i % 4 of the chunk. A warp's 32 pieces then fall on the 32 banks
-  // in the layout buffer (the bank of a 4-byte store depends on the row % 8 and the quarter
-  // only); the staging buffer is piece-major.
+  // Laid out by the kernel, A's pieces: piece i = threadIdx.x + kThreads j is row 8 (i / 32 / 8)
+  // + (i % 32) / 4, unit (i / 32) % 8, k quarter i % 4 of the chunk. A warp's 32 pieces then
+  // fall on the 32 banks in the layout buffer (the bank of a 4-byte store depends on the row % 8
+  // and the quarter only); the staging buffer is piece-major, and a thread lays out the pieces
+  // it staged itself.
   auto piece = [&](int j, int& row, int& col) {
     const int i = threadIdx.x + j * kThreads, rest = i / 32;
     row = 8 * (rest / kChunkUnits) + (i % 32) / 4;
     col = (rest % kChunkUnits) * kUnitK + 8 * (i % 4);
   };
-  // A chunk's rows of A and its scale rows, one commit group. The scale rows are read from shared
+  // Chunk ch's rows of A (laid out, into buffer ch % 3; else into the staging buffer) and its
+  // scale rows (into buffer ch % 3), one commit group. The scale rows are read from shared
   // memory where a group starts: loaded with the weights into the warp's registers, their wait
   // came a unit later, when the two halves of a register were joined (Nsight Compute: 16% of a
-  // warp's stalls at 32 rows, 13% at 64).
+  // warp's stalls at 32 rows).
   auto issue_a = [&](int ch) {
-    const int kc = kbeg + ch * kChunkK;
+    const int b = ch % S::kBuffers;
+    if constexpr (kLaidOut) {
+      const uint4* src = a_layout + static_cast<int64_t>(unit0 / kChunkUnits + ch) * (S::kChunkBytes / 16);
 #pragma unroll
-    for (int j = 0; j < S::kPiecesPerThread; ++j) {
-      int row, col;
-      piece(j, row, col);
-      const bool in = row < M && kc + col < kend;
-      cp_async16_or_zero(staging + (threadIdx.x + j * kThreads) * 16,
-                         A + (in ? static_cast<int64_t>(row) * K + kc + col : 0), in);
+      for (int j = 0; j < S::kPiecesPerThread; ++j)
+        cp_async16(smem + b * S::kChunkBytes + (threadIdx.x + j * kThreads) * 16, src + threadIdx.x + j * kThreads);
+    } else {
+      const int kc = kbeg + ch * kChunkK;
+#pragma unroll
+      for (int j = 0; j < S::kPiecesPerThread; ++j) {
+        int row, col;
+        piece(j, row, col);
+        const bool in = row < M && kc + col < kend;
+        cp_async16_or_zero(staging + (threadIdx.x + j * kThreads) * 16,
+                           A + (in ? static_cast<int64_t>(row) * K + kc + col : 0), in);
+      }
     }
     constexpr int kPiecesPerRow = kScaleRowBytes / 16;
     const int pieces_per_slab = groups_per_chunk * kPiecesPerRow;
@@ -243,20 +298,19 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
       const int src_slab = blockIdx.x * kSlabsPerBlock + s;
       const int group = ((unit0 + ch * kChunkUnits) >> group_shift) + rest / kPiecesPerRow;
       const bool in = src_slab < slabs;
-      const unsigned short* src =
+      const unsigned short* row =
           scale_stream + (static_cast<int64_t>(in ? src_slab : 0) * groups + group) * kSlabN + 8 * (rest % kPiecesPerRow);
-      cp_async16_or_zero(scale_rows + (ch % 2) * (S::kScaleBytes / 2) +
+      cp_async16_or_zero(scale_rows + b * (S::kScaleBytes / 2) +
                              (s * kChunkUnits + rest / kPiecesPerRow) * kSlabN + 8 * (rest % kPiecesPerRow),
-                         src, in);
+                         row, in);
     }
     cp_async_commit();
   };
-  // Word w of a piece (unit rows 8 q + 2 w, + 1) is mma k index 16 (w / 2) + 8 (w % 2) + 2 q:
-  // step 2 u + w / 2, k half w % 2, bytes 4 q of its row.
-  // All of a thread's pieces are read before the first is written: the compiler cannot tell the
-  // staging buffer from the layout buffer, and kept each read behind the write before it.
-  auto convert_a = [&](int ch) {
-    unsigned char* buf = smem + (ch % 2) * S::kChunkBytes;
+  // The staged chunk ch into buffer ch % 3. All of a thread's pieces are read before the first
+  // is written: the compiler cannot tell the staging buffer from the layout buffer, and kept
+  // each read behind the write before it.
+  auto lay_out_a = [&](int ch) {
+    unsigned char* buf = smem + (ch % S::kBuffers) * S::kChunkBytes;
     uint4 staged[S::kPiecesPerThread];
 #pragma unroll
     for (int j = 0; j < S::kPiecesPerThread; ++j)
@@ -266,12 +320,9 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
       int row, col;
       piece(j, row, col);
       const uint4 v = activations_as_f16<TA>(staged[j]);
-      const int u = col / kUnitK, q = (col % kUnitK) / 8;
-      unsigned char* base = buf + 2 * u * S::kStepBytes + (row / 8) * kCoreBytes + (row % 8) * 16 + 4 * q;
       const uint32_t words[4] = {v.x, v.y, v.z, v.w};
 #pragma unroll
-      for (int w = 0; w < 4; ++w)
-        *reinterpret_cast<uint32_t*>(base + (w / 2) * S::kStepBytes + (w % 2) * NB * kCoreBytes) = words[w];
+      for (int w = 0; w < 4; ++w) *reinterpret_cast<uint32_t*>(buf + a_word_offset<NB>(row, col, w)) = words[w];
     }
   };
 
@@ -294,15 +345,27 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
 
 #pragma unroll
   for (int i = 0; i < P; ++i) load_unit(i, ring[i]);
+  pdl_wait();  // a programmatic dependent (of the layout kernel): the weights above, then A
   issue_a(0);
-  cp_async_wait<0>();
-  convert_a(0);
-  fence_proxy_async();
+  if constexpr (kLaidOut) {
+    if (nchunks > 1) {
+      issue_a(1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+  } else {
+    cp_async_wait<0>();
+    lay_out_a(0);
+  }
+  fence_proxy_async();  // the copies or stores, visible to wgmma's reads
   __syncthreads();
-  if (nchunks > 1) issue_a(1);
+  if constexpr (!kLaidOut) {
+    if (nchunks > 1) issue_a(1);
+  }
 
   for (int ch = 0; ch < nchunks; ++ch) {
-    const uint32_t buf_addr = smem_base + (ch % 2) * S::kChunkBytes;
+    const uint32_t buf_addr = smem_base + (ch % S::kBuffers) * S::kChunkBytes;
     for (int u0 = 0; u0 < kChunkUnits; u0 += P) {
 #pragma unroll
       for (int i = 0; i < P; ++i) {
@@ -312,7 +375,7 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
         for (int k = 0; k < 2 * kW; ++k) w[k] = ring[i][k];
         if (((unit0 + u) & group_mask) == 0) {
           // Tile 4 half + t's column g: column 32 half + 8 t + g of the slab's row.
-          const unsigned short* row = scale_rows + (ch % 2) * (S::kScaleBytes / 2) +
+          const unsigned short* row = scale_rows + (ch % S::kBuffers) * (S::kScaleBytes / 2) +
                                       ((warp / 2) * kChunkUnits + ((u0 + i) >> group_shift)) * kSlabN + 32 * half + g;
 #pragma unroll
           for (int t = 0; t < 4; ++t)
@@ -342,15 +405,16 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
         if (u + P < nunits) load_unit(u + P, ring[i]);
       }
     }
+    // One barrier a chunk. Past the barrier at the end of chunk ch - 1, every warp had taken its
+    // first step of chunk ch - 1, whose wait completed its wgmmas of chunk ch - 2: laid out
+    // here, chunk ch + 1 takes their buffers; past this barrier, laid out before, chunk ch + 2
+    // takes those of chunk ch - 1. The staging buffer holds a thread's own pieces only.
     if (ch + 1 < nchunks) {
-      cp_async_wait<0>();
-      // Every warp past chunk ch - 1's wgmmas (each waited on them during chunk ch), so the
-      // buffer they read is free.
-      __syncthreads();
-      convert_a(ch + 1);
+      cp_async_wait<0>();  // chunk ch + 1
+      if constexpr (!kLaidOut) lay_out_a(ch + 1);
       fence_proxy_async();
       __syncthreads();
-      if (ch + 2 < nchunks) issue_a(ch + 2);
+      if (ch + 2 < nchunks) issue_a(ch + (kLaidOut ? 2 : 2));
     }
   }
   wgmma_wait<0>();
@@ -385,8 +449,27 @@ int wgmma_min_rows_from_env() {
   return rows <= 0 ? 0 : rows;
 }
 int wgmma_min_rows = wgmma_min_rows_from_env();
+// MARLIN_WGMMA_LAYOUT: 0 the kernel lays out A itself, 1 the layout kernel always, else by the
+// split's length (kMinLaidOutUnits).
+int wgmma_layout_from_env() {
+  const int v = env_int("MARLIN_WGMMA_LAYOUT", -1);
+  return v == 0 || v == 1 ? v : -1;
+}
+int wgmma_layout = wgmma_layout_from_env();
+constexpr int kMinLaidOutUnits = 4 * kChunkUnits;
 bool wgmma_forced = false;
 std::atomic<int64_t> wgmma_launch_count{0};
+
+// Per-device scratch for A's layout, grown on demand (at least 8 MB: 64 rows of K = 32768).
+uint4* a_layout_buffer(int device, int64_t bytes) {
+  static std::mutex mutex;
+  static std::vector<Tensor> per_device(64);
+  std::lock_guard<std::mutex> lock(mutex);
+  Tensor& t = per_device.at(static_cast<size_t>(device));
+  if (!t.defined() || t.nbytes() < static_cast<size_t>(bytes))
+    t = Tensor::empty({std::max<int64_t>(bytes, int64_t{8} << 20)}, DType::u8, Device::cuda(device));
+  return static_cast<uint4*>(t.data_ptr());
+}
 
 template <QuantFormat F, int NB, typename TA>
 bool launch_wgmma_rows(const TA* A, const QuantizedWeight& W, const Tensor& bias, TA* C, int M, cudaStream_t stream) {
@@ -397,18 +480,45 @@ bool launch_wgmma_rows(const TA* A, const QuantizedWeight& W, const Tensor& bias
   const int blocks_x = (slabs + kSlabsPerBlock - 1) / kSlabsPerBlock;
   const int units = static_cast<int>(padded_units(K));
   const int sms = multiprocessor_count(device);
-  static const int resident = resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA>),
-                                                     kThreads, S::kSmemBytes);
+  // Both variants' shared memory limits set once; the plan takes the larger (the kernel's own layout).
+  static const int resident = [] {
+    resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA, true>), kThreads,
+                           S::kSmemBytes(true));
+    return resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA, false>), kThreads,
+                                  S::kSmemBytes(false));
+  }();
   const auto [splits, units_per_split] = plan_tiled_splits(M, K, format_bits(F), units, resident * sms, blocks_x);
   if (blocks_x * splits * 2 < sms && !wgmma_forced) return false;
   SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x);
   const uint32_t* stream_words = W.tiled.data<uint32_t>();
-  gemm_q_wgmma_kernel<F, NB, TA><<<dim3(blocks_x, splits), kThreads, S::kSmemBytes, stream>>>(
-      A, reinterpret_cast<const uint4*>(stream_words),
-      reinterpret_cast<const unsigned short*>(stream_words + weight_words<F>(K, N)),
-      bias.defined() ? bias.data_ptr() : nullptr, bias_kind(bias.dtype(), bias.defined()), C, buffers.partials,
-      buffers.counters, M, N, K, units, W.group_size, units_per_split, slabs);
-  MARLIN_CUDA_CHECK_LAUNCH("gemm_q");
+  const auto* weights = reinterpret_cast<const uint4*>(stream_words);
+  const auto* scales = reinterpret_cast<const unsigned short*>(stream_words + weight_words<F>(K, N));
+  const void* bias_ptr = bias.defined() ? bias.data_ptr() : nullptr;
+  const BiasKind kind = bias_kind(bias.dtype(), bias.defined());
+  const bool pdl = pdl_enabled(device);
+  const dim3 grid(blocks_x, splits);
+  // A laid out once for the launch where every block's split is long enough (H200, FP4 M = 17:
+  // 8192x28672 68.1 -> 60.5 us; 4096x4096, two chunks a split, 12.3 -> 14.3 us).
+  const bool laid_out = wgmma_layout == 1 || (wgmma_layout < 0 && units_per_split >= kMinLaidOutUnits);
+  if (laid_out) {
+    const int chunks = units / kChunkUnits;
+    uint4* a_layout = a_layout_buffer(device, static_cast<int64_t>(chunks) * S::kChunkBytes);
+    const int pieces = chunks * S::kRows * kChunkK / 8;
+    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, wgmma_layout_a_kernel<NB, TA>, dim3((pieces + 255) / 256), dim3(256), 0,
+                                       stream, A, reinterpret_cast<uint32_t*>(a_layout), M, K, pieces),
+                      "gemm_q");
+    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, gemm_q_wgmma_kernel<F, NB, TA, true>, grid, dim3(kThreads),
+                                       S::kSmemBytes(true), stream, A, static_cast<const uint4*>(a_layout), weights,
+                                       scales, bias_ptr, kind, C, buffers.partials, buffers.counters, M, N, K, units,
+                                       W.group_size, units_per_split, slabs),
+                      "gemm_q");
+  } else {
+    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, gemm_q_wgmma_kernel<F, NB, TA, false>, grid, dim3(kThreads),
+                                       S::kSmemBytes(false), stream, A, static_cast<const uint4*>(nullptr), weights,
+                                       scales, bias_ptr, kind, C, buffers.partials, buffers.counters, M, N, K, units,
+                                       W.group_size, units_per_split, slabs),
+                      "gemm_q");
+  }
   wgmma_launch_count.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
@@ -447,9 +557,11 @@ void set_wgmma_gemm(int min_rows, bool forced) {
   wgmma_min_rows = min_rows;
   wgmma_forced = forced;
 }
+void set_wgmma_layout(int mode) { wgmma_layout = mode; }
 void reset_wgmma_gemm() {
   wgmma_min_rows = wgmma_min_rows_from_env();
   wgmma_forced = false;
+  wgmma_layout = wgmma_layout_from_env();
 }
 
 int64_t wgmma_gemm_launches() { return wgmma_launch_count.load(std::memory_order_relaxed); }

@@ -20,7 +20,10 @@ bool gemm_q_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
 bool wgmma_gemm_available(int device);
 // Tests: the kernel from min_rows rows (0: never), `forced` also where its grid is small.
 void set_wgmma_gemm(int min_rows, bool forced);
-void reset_wgmma_gemm();  // back to the environment's setting
+// Tests: A laid out by the kernel itself (0), by a layout kernel before it (1), or chosen by the
+// length of a block's K split (-1, as MARLIN_WGMMA_LAYOUT unset).
+void set_wgmma_layout(int mode);
+void reset_wgmma_gemm();  // both back to the environment's setting
 int64_t wgmma_gemm_launches();  // kernel launches so far, all devices
 
 }  // namespace marlin::cuda
