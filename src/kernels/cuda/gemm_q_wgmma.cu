@@ -364,8 +364,15 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
     if (nchunks > 1) issue_a(1);
   }
 
+  // This thread's scale columns in a chunk's rows (tile 4 half + t's column g: column 32 half +
+  // 8 t + g of its slab's row), and the chunk's first wgmma descriptor (a step's is that plus
+  // the step's offset: the address field, 16-byte units, does not carry past a buffer).
+  const unsigned short* my_scales = scale_rows + (warp / 2) * kChunkUnits * kSlabN + 32 * half + g;
+  const __half2 codec_scale = __float2half2_rn(MmaCodec<F>::kHalfScale);
   for (int ch = 0; ch < nchunks; ++ch) {
-    const uint32_t buf_addr = smem_base + (ch % S::kBuffers) * S::kChunkBytes;
+    const uint64_t chunk_desc =
+        step_descriptor(smem_base + (ch % S::kBuffers) * S::kChunkBytes, NB * kCoreBytes, kCoreBytes);
+    const unsigned short* chunk_scales = my_scales + (ch % S::kBuffers) * (S::kScaleBytes / 2);
     for (int u0 = 0; u0 < kChunkUnits; u0 += P) {
 #pragma unroll
       for (int i = 0; i < P; ++i) {
@@ -374,12 +381,13 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
 #pragma unroll
         for (int k = 0; k < 2 * kW; ++k) w[k] = ring[i][k];
         if (((unit0 + u) & group_mask) == 0) {
-          // Tile 4 half + t's column g: column 32 half + 8 t + g of the slab's row.
-          const unsigned short* row = scale_rows + (ch % S::kBuffers) * (S::kScaleBytes / 2) +
-                                      ((warp / 2) * kChunkUnits + ((u0 + i) >> group_shift)) * kSlabN + 32 * half + g;
+          // Times the codec's power of two, exact in f16 (or inf, as through f32).
+          const unsigned short* row = chunk_scales + ((u0 + i) >> group_shift) * kSlabN;
 #pragma unroll
-          for (int t = 0; t < 4; ++t)
-            s2[t] = __float2half2_rn(__half2float(__ushort_as_half(row[8 * t])) * MmaCodec<F>::kHalfScale);
+          for (int t = 0; t < 4; ++t) {
+            s2[t] = __half2half2(__ushort_as_half(row[8 * t]));
+            if constexpr (MmaCodec<F>::kHalfScale != 1.0f) s2[t] = __hmul2(s2[t], codec_scale);
+          }
         }
 #pragma unroll
         for (int s = 0; s < 2; ++s) {
@@ -392,7 +400,7 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
             a[r][2] = b_register<F, true>(w, (4 * s + 2 * r) * 2 + 1, s2[2 * r]);
             a[r][3] = b_register<F, true>(w, (4 * s + 2 * r + 1) * 2 + 1, s2[2 * r + 1]);
           }
-          const uint64_t desc = step_descriptor(buf_addr + (2 * (u0 + i) + s) * S::kStepBytes, NB * kCoreBytes, kCoreBytes);
+          const uint64_t desc = chunk_desc + (static_cast<uint32_t>((2 * (u0 + i) + s) * S::kStepBytes) >> 4);
           wgmma_fence();
 #pragma unroll
           for (int r = 0; r < kRounds; ++r) wgmma_step<NB>(acc[r], a[r], desc);
