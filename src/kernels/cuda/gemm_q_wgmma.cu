@@ -18,17 +18,19 @@
 // of them (FP8 whole words, FP4 and INT2 the half of each word; the other half's warp, in step
 // through the wgmmas, reads the rest of those sectors) straight from global memory into a
 // register ring of 2 KB (4 KB at 64 rows); no shared memory, no barrier for weights. A slot's
-// next unit is loaded after its words are decoded. The scale rows come with A's chunk, through
-// shared memory (below). (Whole-slab warps with 4
-// rounds kept 228 registers, 8 warps an SM, and ran 6-36% slower; rings of cp.async copies in
-// shared memory, slower for FP4 and INT2: docs/PERFORMANCE.md.) A's chunk of 256 k is copied
-// with cp.async into a staging buffer a chunk ahead, then each thread writes its pieces into the
-// wgmma layout (core matrices of 8 rows x 16 bytes, in the tile layout's k order: a unit's mma k
-// index j stands for its row unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4; the
-// chunk's scale rows of the block's slabs are copied with it. Two layout buffers alternate, two
-// block barriers a chunk. Rows: 16, 32 or 64 a launch (wgmma N
-// 16, 32, 64); at 64 the accumulators leave one block an SM. K splits are summed by the last
-// block of each column range (split_k.cuh).
+// next unit is loaded after its words are decoded. (Whole-slab warps with 4 rounds kept 228
+// registers, 8 warps an SM, and ran 6-36% slower; rings of cp.async copies in shared memory,
+// slower for FP4 and INT2; an L2 prefetch of the units past the ring, no faster:
+// docs/PERFORMANCE.md.)
+// A's rows go through shared memory in chunks of 256 k, in the wgmma layout (core matrices of
+// 8 rows x 16 bytes, in the tile layout's k order: a unit's mma k index j stands for its row
+// unit_row_of_mma_k(j)), bf16 converted to f16 times 2^-4. Where a block's K split is 4 chunks
+// or more, a layout kernel writes that layout once a launch and the blocks copy it as it is;
+// else each block copies A's rows into a staging buffer and lays them out itself. A chunk's
+// scale rows of the block's slabs come with it. Three chunk buffers rotate, one block barrier a
+// chunk. Rows: 16, 32 or 64 a launch (wgmma N 16, 32, 64); at 64 the accumulators leave one
+// block an SM. K splits are summed by the last block of each column range (split_k.cuh). The
+// kernels are programmatic dependents (pdl.cuh): the first weights load before the wait.
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -468,7 +470,8 @@ constexpr int kMinLaidOutUnits = 4 * kChunkUnits;
 bool wgmma_forced = false;
 std::atomic<int64_t> wgmma_launch_count{0};
 
-// Per-device scratch for A's layout, grown on demand (at least 8 MB: 64 rows of K = 32768).
+// Per-device scratch for A's layout, grown on demand; at least 8 MB (64 rows of K = 65536), so
+// that a captured decode graph never sees it moved.
 uint4* a_layout_buffer(int device, int64_t bytes) {
   static std::mutex mutex;
   static std::vector<Tensor> per_device(64);
