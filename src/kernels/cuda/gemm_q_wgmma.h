@@ -12,9 +12,10 @@ namespace marlin::cuda {
 
 constexpr int kMaxWgmmaRows = 64;
 
-// C[M, N] = A @ W over W.tiled on the wgmma kernel, for MARLIN_WGMMA_ROWS (17 unless set; 0
-// turns it off) <= M <= 64, on an sm_90a build and a Hopper GPU, where its grid fills at least
-// half the SMs (a quarter for weights over 4 MB); false, doing nothing, elsewhere.
+// C[M, N] = A @ W over W.tiled on the wgmma kernel, for MARLIN_WGMMA_ROWS (9 unless set; 0
+// turns it off) <= M <= 64 (from 17 for FP8 and INT2 weights of over 2^27 values), on an sm_90a
+// build and a Hopper GPU, where its grid fills at least half the SMs (a quarter for weights
+// over 4 MB); false, doing nothing, elsewhere.
 bool gemm_q_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream);
 // Whether the kernel can run on `device` (the build and the GPU).
 bool wgmma_gemm_available(int device);
