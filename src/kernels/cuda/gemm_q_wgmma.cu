@@ -424,7 +424,7 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
       if constexpr (!kLaidOut) lay_out_a(ch + 1);
       fence_proxy_async();
       __syncthreads();
-      if (ch + 2 < nchunks) issue_a(ch + (kLaidOut ? 2 : 2));
+      if (ch + 2 < nchunks) issue_a(ch + 2);
     }
   }
   wgmma_wait<0>();
