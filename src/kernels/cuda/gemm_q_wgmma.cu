@@ -517,25 +517,21 @@ bool launch_wgmma_rows(const TA* A, const QuantizedWeight& W, const Tensor& bias
   // A laid out once for the launch where every block's split is long enough (H200, FP4 M = 17:
   // 8192x28672 68.1 -> 60.5 us; 4096x4096, two chunks a split, 12.3 -> 14.3 us).
   const bool laid_out = wgmma_layout == 1 || (wgmma_layout < 0 && units_per_split >= kMinLaidOutUnits);
+  uint4* a_layout = nullptr;
   if (laid_out) {
     const int chunks = units / kChunkUnits;
-    uint4* a_layout = a_layout_buffer(device, static_cast<int64_t>(chunks) * S::kChunkBytes);
+    a_layout = a_layout_buffer(device, static_cast<int64_t>(chunks) * S::kChunkBytes);
     const int pieces = chunks * S::kRows * kChunkK / 8;
     MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, wgmma_layout_a_kernel<NB, TA>, dim3((pieces + 255) / 256), dim3(256), 0,
                                        stream, A, reinterpret_cast<uint32_t*>(a_layout), M, K, pieces),
                       "gemm_q");
-    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, gemm_q_wgmma_kernel<F, NB, TA, true>, grid, dim3(kThreads),
-                                       S::kSmemBytes(true), stream, A, static_cast<const uint4*>(a_layout), weights,
-                                       scales, bias_ptr, kind, C, buffers.partials, buffers.counters, M, N, K, units,
-                                       W.group_size, units_per_split, slabs),
-                      "gemm_q");
-  } else {
-    MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, gemm_q_wgmma_kernel<F, NB, TA, false>, grid, dim3(kThreads),
-                                       S::kSmemBytes(false), stream, A, static_cast<const uint4*>(nullptr), weights,
-                                       scales, bias_ptr, kind, C, buffers.partials, buffers.counters, M, N, K, units,
-                                       W.group_size, units_per_split, slabs),
-                      "gemm_q");
   }
+  auto* kernel = laid_out ? gemm_q_wgmma_kernel<F, NB, TA, true> : gemm_q_wgmma_kernel<F, NB, TA, false>;
+  MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, kernel, grid, dim3(kThreads), S::kSmemBytes(laid_out), stream, A,
+                                     static_cast<const uint4*>(a_layout), weights, scales, bias_ptr, kind, C,
+                                     buffers.partials, buffers.counters, M, N, K, units, W.group_size, units_per_split,
+                                     slabs),
+                    "gemm_q");
   wgmma_launch_count.fetch_add(1, std::memory_order_relaxed);
   return true;
 }
