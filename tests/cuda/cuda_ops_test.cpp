@@ -2,6 +2,9 @@
 // outputs poisoned before each run. Run on a machine with a GPU (ctest -L cuda).
 #include <gtest/gtest.h>
 
+#include <cstdlib>
+#include <tuple>
+
 #include "cuda/cuda_test.h"
 #include "kernels/cuda/cuda_kernels.h"
 #include "kernels/cuda/gemm_q_wgmma.h"
@@ -225,6 +228,51 @@ TEST_F(Cuda, WgmmaKernelMatchesFloat64) {
   cuda::reset_wgmma_gemm();
   cuda::set_force_tiled_gemm(false);
   EXPECT_EQ(cases, 96);
+}
+
+// The wgmma kernel's wide variant (more than 64 rows, in 128-row tiles): rows off the tile and
+// off every 8-row group, one tile and many, slabs past N, K off the unit, each group size, every
+// format, both activation dtypes, bias or none, one K split and up to four. With the variant
+// off, those rows do not take the kernel; unforced, only the sizes it was measured to win.
+TEST_F(Cuda, WgmmaWideTilesMatchFloat64) {
+  if (!cuda::wgmma_gemm_available(gpu.index)) GTEST_SKIP() << "needs an sm_90a build on a Hopper GPU";
+  testing::PoisonScope poison;
+  cuda::set_force_tiled_gemm(true);
+  cuda::set_wgmma_gemm(1, true);
+  const std::pair<int64_t, int64_t> shapes[] = {{256, 64},  {4096, 130}, {1024, 4096}, {768, 3000},
+                                                {2048, 24}, {2688, 520}, {8192, 136},  {512, 1000}};
+  const int64_t Ms[] = {65, 96, 127, 128, 129, 200, 255, 300, 513};
+  const int groups[] = {32, 64, 128, 256};
+  int cases = 0;
+  for (int i = 0; i < 27; ++i) {
+    const auto [K, N] = shapes[i % 8];
+    const QuantFormat f = kFormats[(i + i / 9) % 3];
+    const int g = K % 256 == 0 ? groups[(i / 2) % 4] : 32 << ((i / 2) % 3);
+    const int64_t M = Ms[i % 9];
+    const DType dt = (i / 3) % 2 ? DType::bf16 : DType::f16;
+    const int64_t launches = cuda::wgmma_gemm_launches();
+    expect_tiled_gemm_matches(gpu, K, N, f, g, M, dt, 1700 + i, i % 4 == 1);
+    EXPECT_EQ(cuda::wgmma_gemm_launches() - launches, 1) << "M=" << M << " K=" << K << " N=" << N;
+    ++cases;
+  }
+  cuda::set_wgmma_wide(false);
+  int64_t launches = cuda::wgmma_gemm_launches();
+  expect_tiled_gemm_matches(gpu, 1024, 4096, QuantFormat::fp4_e2m1, 128, 200, DType::bf16, 1790, false);
+  EXPECT_EQ(cuda::wgmma_gemm_launches(), launches) << "the wide variant ran while off";
+  cuda::reset_wgmma_gemm();
+  cuda::set_force_tiled_gemm(false);
+  EXPECT_EQ(cases, 27);
+  // Unforced, the tiles take 65-256 rows of weights of over 2^24 values only.
+  if (std::getenv("MARLIN_WGMMA_WIDE") != nullptr) return;
+  for (const auto& [K, N, M, taken] : {std::tuple<int64_t, int64_t, int64_t, bool>{4096, 8192, 128, true},
+                                       {4096, 8192, 256, true}, {4096, 8192, 300, false}, {1024, 4096, 128, false}}) {
+    QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, 1791, 0.05f).to(gpu), QuantFormat::fp4_e2m1,
+                                      {.group_size = 128});
+    ops::prepare_for_gemm(q);
+    launches = cuda::wgmma_gemm_launches();
+    ops::gemm_q(random_tensor({M, K}, DType::bf16, 1792).to(gpu), q);
+    EXPECT_EQ(cuda::wgmma_gemm_launches() - launches, taken ? 1 : 0) << "K=" << K << " N=" << N << " M=" << M;
+  }
 }
 
 // The M <= 16 stream-K kernel: warps whose ranges split a slab (long K, few slabs), cover many

@@ -28,8 +28,8 @@ bool gemm_q_silu_mul(const Tensor& gate, const Tensor& up, const QuantizedWeight
                      Tensor& C);
 // Tensor-core path over W.tiled (gemm_q_mma.cu): the tile layout, whether a weight can use it
 // (its largest |scale| keeps the kernels' fp16 scale finite), and the GEMM (the stream,
-// batch and per-slab kernels), which returns false when it does not apply (no tile layout,
-// M > 64, or a grid too small to pay off).
+// batch, per-slab and wgmma kernels), which returns false when it does not apply (no tile
+// layout, M > 64 without the wgmma kernel's wide tiles, or a grid too small to pay off).
 bool mma_supported(const QuantizedWeight& W, float max_abs_scale);
 Tensor repack_tiled(const QuantizedWeight& W);
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C);

@@ -369,9 +369,10 @@ Tensor repack_tiled(const QuantizedWeight& W) {
 }
 
 bool gemm_q_tiled(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C) {
-  if (!W.tiled.defined() || A.size(0) > kMaxMmaM) return false;
+  if (!W.tiled.defined()) return false;
   cudaStream_t stream = static_cast<cudaStream_t>(current_stream(A.device().index).handle);
   if (!per_slab_gemm && gemm_q_wgmma(A, W, bias, C, stream)) return true;
+  if (A.size(0) > kMaxMmaM) return false;
   if (A.size(0) <= 16) {
     gemm_q_stream(A, W, bias, C, stream);
     return true;

@@ -29,7 +29,8 @@
 // else each block copies A's rows into a staging buffer and lays them out itself. A chunk's
 // scale rows of the block's slabs come with it. Three chunk buffers rotate, one block barrier a
 // chunk. Rows: 16, 32 or 64 a launch (wgmma N 16, 32, 64); at 64 the accumulators leave one
-// block an SM. K splits are summed by the last block of each column range (split_k.cuh). The
+// block an SM. Above 64 rows, tiles of 128 (wgmma N 128, blockIdx.z the tile; the layout kernel
+// always), where a decoded weight serves 128 rows. K splits are summed by the last block of each column range (split_k.cuh). The
 // kernels are programmatic dependents (pdl.cuh): the first weights load before the wait.
 #include <algorithm>
 #include <atomic>
@@ -45,6 +46,7 @@
 #include "kernels/cuda/gemm_q_wgmma.h"
 #include "kernels/cuda/pdl.cuh"
 #include "kernels/cuda/split_k.cuh"
+#include "kernels/cuda/wgmma.cuh"
 
 namespace marlin::cuda {
 namespace {
@@ -59,7 +61,11 @@ constexpr int kChunkUnits = kUnitsAlign;        // splits are whole chunks
 constexpr int kChunkK = kChunkUnits * kUnitK;   // 256
 constexpr int kCoreBytes = 128;                 // a core matrix: 8 rows x 8 f16
 
-template <QuantFormat F, int NB>  // NB: A's rows a launch covers, in 8-row groups (the wgmma's N / 8)
+// The wide variant: 128-row tiles (wgmma N 128), as many as M needs (prefill, large batches).
+template <int NB>
+constexpr bool kWide = NB == 16;
+
+template <QuantFormat F, int NB>  // NB: A's rows a tile covers, in 8-row groups (the wgmma's N / 8)
 struct WgShape {
   static constexpr int kW = MmaCodec<F>::kWords;
   static constexpr int kRows = 8 * NB;
@@ -77,84 +83,14 @@ struct WgShape {
     return kBuffers * (kChunkBytes + kScaleBytes) + (laid_out ? 0 : kChunkBytes);
   }
   // Units in flight a warp: 2 KB of weights (FP4 4 units, FP8 2, INT2 8), 32 KB an SM at two
-  // blocks (twice that measured slower: the ring's registers cost a block an SM); 4 KB at 64
-  // rows, where one block an SM has the registers.
-  static constexpr int kPrefetch = std::min(kChunkUnits, (NB == 8 ? 16 : 8) / kW);
+  // blocks (twice that measured slower: the ring's registers cost a block an SM); 4 KB from 64
+  // rows, where one block an SM has the registers (128-row tiles, H200: 8192x28672 FP8 at
+  // M = 128 122.9 us against 159.7 with 2 KB). An L2 prefetch of the units past the ring was
+  // slower there too (FP4 M = 1024 1154.1 against 1043.1 us).
+  static constexpr int kPrefetch = std::min(kChunkUnits, (NB >= 8 ? 16 : 8) / kW);
   static_assert(kChunkUnits % kPrefetch == 0 && kPiecesPerThread >= 1, "whole rings a chunk");
   static_assert(kSlabsPerBlock * kChunkUnits * kScaleRowBytes / 16 <= kThreads, "a scale piece a thread");
 };
-
-#if defined(MARLIN_HAS_WGMMA)
-
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Shared-memory writes by the threads, made visible to wgmma's reads (the async proxy).
-__device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
-
-// Pins accumulators at this point of the program: the compiler sees wgmma's writes to them only
-// at the wgmma itself, and would otherwise move their reads above the wait that completes them.
-template <int N>
-__device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-
-// A no-swizzle K-major descriptor: start, leading byte offset (between the two k halves of a
-// step), stride byte offset (between 8-row groups), all in 16-byte units.
-__device__ __forceinline__ uint64_t step_descriptor(uint32_t smem_addr, uint32_t leading, uint32_t stride) {
-  return static_cast<uint64_t>((smem_addr >> 4) & 0x3fff) | static_cast<uint64_t>((leading >> 4) & 0x3fff) << 16 |
-         static_cast<uint64_t>((stride >> 4) & 0x3fff) << 32;
-}
-
-// D[64 x 8 NB] += A (registers, f16) x B (shared memory, f16), f32 accumulators.
-template <int NB>
-__device__ __forceinline__ void wgmma_step(float (&d)[4 * NB], const uint32_t (&a)[4], uint64_t desc);
-
-template <>
-__device__ __forceinline__ void wgmma_step<2>(float (&d)[8], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %13, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n16k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7}, {%8, %9, %10, %11}, %12, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)
-      : "memory");
-}
-
-template <>
-__device__ __forceinline__ void wgmma_step<4>(float (&d)[16], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %21, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n32k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15}, "
-      "{%16, %17, %18, %19}, %20, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)
-      : "memory");
-}
-
-template <>
-__device__ __forceinline__ void wgmma_step<8>(float (&d)[32], const uint32_t (&a)[4], uint64_t desc) {
-  asm volatile(
-      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-      "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 "
-      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-      "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, "
-      "{%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-        "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-        "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-        "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc), "r"(1)
-      : "memory");
-}
-
-#endif  // MARLIN_HAS_WGMMA
 
 // A's rows in the kernel's shared-memory layout, every chunk of K, written once a launch into
 // global memory (L2 holds it: 64 rows x 8192 k are 1 MB), so that each block copies a chunk as
@@ -164,6 +100,8 @@ __device__ __forceinline__ void wgmma_step<8>(float (&d)[32], const uint32_t (&a
 // word w (unit rows 8 q + 2 w, + 1) is mma k index 16 (w / 2) + 8 (w % 2) + 2 q of its unit:
 // step 2 u + w / 2, k half w % 2, bytes 4 q of its row (a core matrix of 8 rows x 16 bytes;
 // a unit's mma k index j stands for its row unit_row_of_mma_k(j)). bf16 becomes f16 times 2^-4.
+// Wide launches (more rows than one tile) take the row tiles one after another: chunk c of tile
+// t is chunk t x chunks + c.
 template <int NB>
 __device__ __forceinline__ int a_word_offset(int row, int col, int w) {
   using S = WgShape<QuantFormat::fp4_e2m1, NB>;  // the layout does not depend on the format
@@ -174,7 +112,7 @@ __device__ __forceinline__ int a_word_offset(int row, int col, int w) {
 
 template <int NB, typename TA>
 __global__ void __launch_bounds__(256) wgmma_layout_a_kernel(const TA* __restrict__ A, uint32_t* __restrict__ out,
-                                                            int M, int K, int pieces) {
+                                                            int M, int K, int chunks, int pieces) {
   using S = WgShape<QuantFormat::fp4_e2m1, NB>;  // the layout does not depend on the format
   pdl_wait();  // launched as a programmatic dependent: A is the previous kernel's output
   pdl_launch_dependents();  // the GEMM may load its first weights meanwhile
@@ -182,13 +120,13 @@ __global__ void __launch_bounds__(256) wgmma_layout_a_kernel(const TA* __restric
   if (i >= pieces) return;
   constexpr int kPiecesPerChunk = S::kRows * kChunkK / 8;
   const int chunk = i / kPiecesPerChunk, p = i % kPiecesPerChunk;
-  const int row = p / 32, col = 8 * (p % 32), k = chunk * kChunkK + col;
+  const int row = (chunk / chunks) * S::kRows + p / 32, col = 8 * (p % 32), k = (chunk % chunks) * kChunkK + col;
   uint4 v = make_uint4(0, 0, 0, 0);
   if (row < M && k < K) v = activations_as_f16<TA>(*reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + k));
   const uint32_t words[4] = {v.x, v.y, v.z, v.w};
   uint32_t* dst = out + static_cast<int64_t>(chunk) * (S::kChunkBytes / 4);
 #pragma unroll
-  for (int w = 0; w < 4; ++w) dst[a_word_offset<NB>(row, col, w) / 4] = words[w];
+  for (int w = 0; w < 4; ++w) dst[a_word_offset<NB>(row % S::kRows, col, w) / 4] = words[w];
 }
 
 // Unit u's words for this warp's half of its slab (tiles 4 h..4 h + 3), as the pairs a 4-tile
@@ -245,6 +183,8 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   const int slab = blockIdx.x * kSlabsPerBlock + warp / 2;
   const bool active = slab < slabs;
   const int unit0 = blockIdx.y * units_per_split;
+  // The row tile (wide launches only: the decode-size variants keep one tile, and their code).
+  const int row0 = kWide<NB> ? static_cast<int>(blockIdx.z) * S::kRows : 0;
   const int nunits = min(units_per_split, units - unit0);  // a multiple of 8: both are
   const int nchunks = nunits / kChunkUnits;
   const int units_per_group = group_size / kUnitK;  // 1, 2, 4 or 8
@@ -278,7 +218,9 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
   auto issue_a = [&](int ch) {
     const int b = ch % S::kBuffers;
     if constexpr (kLaidOut) {
-      const uint4* src = a_layout + static_cast<int64_t>(unit0 / kChunkUnits + ch) * (S::kChunkBytes / 16);
+      const int64_t tile_chunk = (kWide<NB> ? static_cast<int64_t>(blockIdx.z) * (units / kChunkUnits) : 0) +
+                                 unit0 / kChunkUnits + ch;
+      const uint4* src = a_layout + tile_chunk * (S::kChunkBytes / 16);
 #pragma unroll
       for (int j = 0; j < S::kPiecesPerThread; ++j)
         cp_async16(smem + b * S::kChunkBytes + (threadIdx.x + j * kThreads) * 16, src + threadIdx.x + j * kThreads);
@@ -288,9 +230,9 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
       for (int j = 0; j < S::kPiecesPerThread; ++j) {
         int row, col;
         piece(j, row, col);
-        const bool in = row < M && kc + col < kend;
+        const bool in = row0 + row < M && kc + col < kend;
         cp_async16_or_zero(staging + (threadIdx.x + j * kThreads) * 16,
-                           A + (in ? static_cast<int64_t>(row) * K + kc + col : 0), in);
+                           A + (in ? static_cast<int64_t>(row0 + row) * K + kc + col : 0), in);
       }
     }
     constexpr int kPiecesPerRow = kScaleRowBytes / 16;
@@ -441,14 +383,19 @@ __global__ void __launch_bounds__(kThreads, NB <= 4 ? 2 : 1)
     for (int r = 0; r < kRounds; ++r)
 #pragma unroll
       for (int i = 0; i < 4 * NB; ++i) {
-        const int row = 8 * (i / 4) + 2 * c + i % 2;
+        const int row = row0 + 8 * (i / 4) + 2 * c + i % 2;
         const int col = slab * kSlabN + 8 * (4 * half + 2 * r + (i / 2) % 2) + g;
         epilogue.store(row, col, acc[r][i] * kUnscale, split);
       }
   }
   if (!split) return;
   const int col_begin = blockIdx.x * kSlabsPerBlock * kSlabN;
-  epilogue.template reduce_if_last<true>(col_begin, min(N, col_begin + kSlabsPerBlock * kSlabN), S::kRows);
+  // The row tile's own view: its rows from 0, its arrival counters past the other tiles'.
+  const int64_t tile_offset = static_cast<int64_t>(row0) * N;
+  const SplitKEpilogue<TA> tile_epilogue{C + tile_offset, partials + tile_offset,
+                                         counters + (kWide<NB> ? blockIdx.z * gridDim.x : 0u), bias, bias_kind, M, N};
+  tile_epilogue.template reduce_if_last<true>(col_begin, min(N, col_begin + kSlabsPerBlock * kSlabN),
+                                             min(S::kRows, M - row0));
 #else
   __trap();  // launched only where MARLIN_HAS_WGMMA (sm_90a builds)
 #endif
@@ -471,6 +418,8 @@ int wgmma_layout_from_env() {
 int wgmma_layout = wgmma_layout_from_env();
 constexpr int kMinLaidOutUnits = 4 * kChunkUnits;
 bool wgmma_forced = false;
+// MARLIN_WGMMA_WIDE=0: more than 64 rows go to dequantize-and-cuBLAS, not the 128-row tiles.
+bool wgmma_wide = !env_is("MARLIN_WGMMA_WIDE", "0");
 std::atomic<int64_t> wgmma_launch_count{0};
 
 // Per-device scratch for A's layout, grown on demand; at least 8 MB (64 rows of K = 65536), so
@@ -485,6 +434,16 @@ uint4* a_layout_buffer(int device, int64_t bytes) {
   return static_cast<uint4*>(t.data_ptr());
 }
 
+// The K splits of a wide launch: enough to give every SM a block where the tiles are fewer,
+// each split at least kMinLaidOutUnits long, and at most 4 (the partials are M x N floats each).
+TiledSplits plan_wide_splits(int tiles, int sms, int units) {
+  const int max_splits = std::clamp(units / kMinLaidOutUnits, 1, 4);
+  const int splits = std::clamp(sms / tiles, 1, max_splits);
+  int units_per_split = (units + splits - 1) / splits;
+  units_per_split = (units_per_split + kChunkUnits - 1) / kChunkUnits * kChunkUnits;
+  return {(units + units_per_split - 1) / units_per_split, units_per_split};
+}
+
 template <QuantFormat F, int NB, typename TA>
 bool launch_wgmma_rows(const TA* A, const QuantizedWeight& W, const Tensor& bias, TA* C, int M, cudaStream_t stream) {
   using S = WgShape<F, NB>;
@@ -494,39 +453,58 @@ bool launch_wgmma_rows(const TA* A, const QuantizedWeight& W, const Tensor& bias
   const int blocks_x = (slabs + kSlabsPerBlock - 1) / kSlabsPerBlock;
   const int units = static_cast<int>(padded_units(K));
   const int sms = multiprocessor_count(device);
-  // Both variants' shared memory limits set once; the plan takes the larger (the kernel's own layout).
+  const int row_tiles = (M + S::kRows - 1) / S::kRows;
+  // Both variants' shared memory limits set once; the plan takes the larger (the kernel's own
+  // layout). The wide variant always takes the layout kernel: its own staging would not fit.
   static const int resident = [] {
-    resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA, true>), kThreads,
-                           S::kSmemBytes(true));
-    return resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA, false>), kThreads,
-                                  S::kSmemBytes(false));
+    const int laid_out = resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA, true>),
+                                                kThreads, S::kSmemBytes(true));
+    if constexpr (kWide<NB>) {
+      return laid_out;
+    } else {
+      return resident_blocks_per_sm(reinterpret_cast<const void*>(&gemm_q_wgmma_kernel<F, NB, TA, false>), kThreads,
+                                    S::kSmemBytes(false));
+    }
   }();
-  const auto [splits, units_per_split] = plan_tiled_splits(M, K, format_bits(F), units, resident * sms, blocks_x);
+  const auto [splits, units_per_split] =
+      kWide<NB> ? plan_wide_splits(blocks_x * row_tiles, sms, units)
+                : plan_tiled_splits(M, K, format_bits(F), units, resident * sms, blocks_x);
   // The grid must fill half the SMs, a quarter for weights over 4 MB (H200, 4096x4096 INT2 at
   // M = 32: 15.0 us against 23.2 for the dequantize-and-cuBLAS path; 2048x1536 FP8: 11.6 against 10.2).
   const int min_fill_percent = W.nbytes() > (size_t{4} << 20) ? 25 : 50;
-  if (blocks_x * splits * 100 < sms * min_fill_percent && !wgmma_forced) return false;
-  SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x);
+  if (blocks_x * row_tiles * splits * 100 < sms * min_fill_percent && !wgmma_forced) return false;
+  SplitKBuffers buffers = split_k_buffers(device, splits, M, N, blocks_x * row_tiles);
   const uint32_t* stream_words = W.tiled.data<uint32_t>();
   const auto* weights = reinterpret_cast<const uint4*>(stream_words);
   const auto* scales = reinterpret_cast<const unsigned short*>(stream_words + weight_words<F>(K, N));
   const void* bias_ptr = bias.defined() ? bias.data_ptr() : nullptr;
   const BiasKind kind = bias_kind(bias.dtype(), bias.defined());
   const bool pdl = pdl_enabled(device);
-  const dim3 grid(blocks_x, splits);
+  const dim3 grid(blocks_x, splits, row_tiles);
   // A laid out once for the launch where every block's split is long enough (H200, FP4 M = 17:
   // 8192x28672 68.1 -> 60.5 us; 4096x4096, two chunks a split, 12.3 -> 14.3 us).
-  const bool laid_out = wgmma_layout == 1 || (wgmma_layout < 0 && units_per_split >= kMinLaidOutUnits);
+  const bool laid_out =
+      kWide<NB> || wgmma_layout == 1 || (wgmma_layout < 0 && units_per_split >= kMinLaidOutUnits);
   uint4* a_layout = nullptr;
+  Tensor wide_layout;  // a wide launch's layout, from the caching allocator (stream-ordered)
   if (laid_out) {
     const int chunks = units / kChunkUnits;
-    a_layout = a_layout_buffer(device, static_cast<int64_t>(chunks) * S::kChunkBytes);
-    const int pieces = chunks * S::kRows * kChunkK / 8;
+    const int64_t bytes = static_cast<int64_t>(row_tiles) * chunks * S::kChunkBytes;
+    if constexpr (kWide<NB>) {
+      wide_layout = Tensor::empty({bytes}, DType::u8, Device::cuda(device));
+      a_layout = static_cast<uint4*>(wide_layout.data_ptr());
+    } else {
+      a_layout = a_layout_buffer(device, bytes);
+    }
+    const int pieces = row_tiles * chunks * S::kRows * kChunkK / 8;
     MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, wgmma_layout_a_kernel<NB, TA>, dim3((pieces + 255) / 256), dim3(256), 0,
-                                       stream, A, reinterpret_cast<uint32_t*>(a_layout), M, K, pieces),
+                                       stream, A, reinterpret_cast<uint32_t*>(a_layout), M, K, chunks, pieces),
                       "gemm_q");
   }
-  auto* kernel = laid_out ? gemm_q_wgmma_kernel<F, NB, TA, true> : gemm_q_wgmma_kernel<F, NB, TA, false>;
+  auto* kernel = gemm_q_wgmma_kernel<F, NB, TA, true>;
+  if constexpr (!kWide<NB>) {
+    if (!laid_out) kernel = gemm_q_wgmma_kernel<F, NB, TA, false>;
+  }
   MARLIN_CUDA_CHECK(launch_maybe_pdl(pdl, kernel, grid, dim3(kThreads), S::kSmemBytes(laid_out), stream, A,
                                      static_cast<const uint4*>(a_layout), weights, scales, bias_ptr, kind, C,
                                      buffers.partials, buffers.counters, M, N, K, units, W.group_size, units_per_split,
@@ -543,7 +521,8 @@ bool launch_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
   TA* c = static_cast<TA*>(C.data_ptr());
   if (M <= 16) return launch_wgmma_rows<F, 2, TA>(a, W, bias, c, M, stream);
   if (M <= 32) return launch_wgmma_rows<F, 4, TA>(a, W, bias, c, M, stream);
-  return launch_wgmma_rows<F, 8, TA>(a, W, bias, c, M, stream);
+  if (M <= kMaxWgmmaRows) return launch_wgmma_rows<F, 8, TA>(a, W, bias, c, M, stream);
+  return launch_wgmma_rows<F, 16, TA>(a, W, bias, c, M, stream);
 }
 
 template <QuantFormat F>
@@ -571,8 +550,10 @@ void set_wgmma_gemm(int min_rows, bool forced) {
   wgmma_forced = forced;
 }
 void set_wgmma_layout(int mode) { wgmma_layout = mode; }
+void set_wgmma_wide(bool on) { wgmma_wide = on; }
 void reset_wgmma_gemm() {
   wgmma_min_rows = wgmma_min_rows_from_env();
+  wgmma_wide = !env_is("MARLIN_WGMMA_WIDE", "0");
   wgmma_forced = false;
   wgmma_layout = wgmma_layout_from_env();
 }
@@ -582,8 +563,14 @@ bool wgmma_gemm_available(int device) { return device_has_wgmma(device); }
 
 bool gemm_q_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias, Tensor& C, cudaStream_t stream) {
   const int64_t M = A.size(0);
-  if (wgmma_min_rows <= 0 || M < wgmma_min_rows || M > kMaxWgmmaRows || !device_has_wgmma(A.device().index))
+  if (wgmma_min_rows <= 0 || M < wgmma_min_rows || (M > kMaxWgmmaRows && !wgmma_wide) ||
+      !device_has_wgmma(A.device().index))
     return false;
+  // 128-row tiles up to 256 rows, on weights of over 2^24 values. There they beat dequantizing
+  // into cuBLAS (H200, 8192x28672 FP4 at M = 128: 121.2 against 373.5 us; 14336x4096 at 256:
+  // 79.6 against 96.4); 4096x4096 at 128 rows took 34.0 against 26.1, and from 512 rows
+  // cuBLAS's own tiles win (8192x28672 FP4 at 1024: 1043.1 against 912.6).
+  if (M > kMaxWgmmaRows && (M > kMaxWideRows || W.K * W.N <= (int64_t{1} << 24)) && !wgmma_forced) return false;
   // Below 17 rows, FP8 and INT2 weights of over 2^27 values stay on the stream kernel, which
   // reads their bytes faster than this kernel decodes them (H200, 8192x28672 at M = 16: FP8 73.8
   // against 79.2 us, INT2 44.8 against 53.7; FP4 59.8 against 55.3; 4096x28672 gains in all three).
