@@ -113,6 +113,25 @@ TEST_F(AttentionCuda, ExtendMatchesCpu) {
       }
 }
 
+// More (batch, position) rows than a launch's grid z holds (65535): a batched prompt of 128 x
+// 512 tokens failed its launch. A 4-key window keeps the CPU reference short.
+TEST_F(AttentionCuda, ExtendPastTheGridsRowLimitMatchesCpu) {
+  testing::PoisonScope poison;
+  const int64_t B = 2, T = 33000, Hkv = 1, Hq = 2, D = 64, S = T + 10;
+  const std::vector<int32_t> lens{33000, 33010};
+  Tensor q = random_tensor({B, T, Hq, D}, DType::f16, 301);
+  Tensor kc = random_tensor({B, Hkv, S, D}, DType::f16, 302);
+  Tensor vc = random_tensor({B, Hkv, S, D}, DType::f16, 303);
+  const Tensor seq_lens = Tensor::from_vector(lens, {B}, DType::i32);
+  for (int splits : {0, 1, 2}) {
+    cuda::set_attention_decode_splits(splits);
+    const auto want = to_double(ops::attention_extend(q, kc, vc, seq_lens, 0.125f, 4));
+    const auto got = to_double(ops::attention_extend(q.to(gpu), kc.to(gpu), vc.to(gpu), seq_lens.to(gpu), 0.125f, 4));
+    EXPECT_LT(relative_error(got, want), tolerance(DType::f16)) << "splits=" << splits;
+  }
+  cuda::set_attention_decode_splits(0);
+}
+
 TEST_F(AttentionCuda, KVCacheWritesLikeTheCpu) {
   const KVCacheConfig config{.num_layers = 2, .num_kv_heads = 4, .head_dim = 80, .max_seq_len = 64, .dtype = DType::bf16};
   KVCache host(config, 2), device(config, 2, gpu);

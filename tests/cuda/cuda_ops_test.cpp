@@ -84,18 +84,21 @@ TEST_F(Cuda, QuantizeMatchesCpuBitForBit) {
   EXPECT_THROW(ops::quantize(Tensor::from_vector(bad, {64, 2}, DType::f32).to(gpu), QuantFormat::fp4_e2m1, {.group_size = 32}), Error);
 }
 
+// N odd (a column a thread), a multiple of 8 (eight a thread, 16-byte stores) with a part-filled
+// block, and more than one block of columns.
 TEST_F(Cuda, DequantizeMatchesCpu) {
   testing::PoisonScope poison;
-  for (QuantFormat f : kFormats)
-    for (int g : {32, 128, 256}) {
-      QuantizedWeight q = ops::quantize(random_tensor({768, 131}, DType::f32, g), f, {.group_size = g});
-      const auto ref = dequantize_cpu(q).to_float_vector();
-      for (DType out : {DType::f32, DType::f16, DType::bf16}) {
-        const auto got = ops::dequantize(q.to(gpu), out).to_float_vector();
-        const auto want = Tensor::from_vector(ref, {768, 131}, DType::f32).to(out).to_float_vector();
-        EXPECT_EQ(got, want) << format_name(f) << " g=" << g << " " << dtype_name(out);
+  for (const auto& [K, N] : {std::pair<int64_t, int64_t>{768, 131}, {768, 136}, {512, 1032}})
+    for (QuantFormat f : kFormats)
+      for (int g : {32, 128, 256}) {
+        QuantizedWeight q = ops::quantize(random_tensor({K, N}, DType::f32, g + N), f, {.group_size = g});
+        const auto ref = dequantize_cpu(q).to_float_vector();
+        for (DType out : {DType::f32, DType::f16, DType::bf16}) {
+          const auto got = ops::dequantize(q.to(gpu), out).to_float_vector();
+          const auto want = Tensor::from_vector(ref, {K, N}, DType::f32).to(out).to_float_vector();
+          EXPECT_EQ(got, want) << format_name(f) << " g=" << g << " " << dtype_name(out) << " N=" << N;
+        }
       }
-    }
 }
 
 // The GEMM on the GPU against float64 over shapes covering every path: M in the skinny range

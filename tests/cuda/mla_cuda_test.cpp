@@ -126,6 +126,26 @@ TEST_F(MlaCuda, RightPaddedRowsMatchCpu) {
       }
 }
 
+// More (batch, position) rows than a launch's grid z holds (65535), right-padded to one real
+// query over a row of one to three keys, so that the CPU reference stays short.
+TEST_F(MlaCuda, RowsPastTheGridsLimitMatchCpu) {
+  testing::PoisonScope poison;
+  const int64_t B = 2, T = 33000, H = 2, S = T, Dn = 32, Dr = 16, Dv = 32;
+  const std::vector<int> lens{1, 3};
+  const auto cpu = make_mla_case(false, B, T, H, S, Dn, Dr, Dv, lens, DType::bf16, 77);
+  const auto dev = make_mla_case(false, B, T, H, S, Dn, Dr, Dv, lens, DType::bf16, 77, gpu);
+  const Tensor news = Tensor::from_vector(std::vector<int>{1, 2}, {B}, DType::i32);
+  const float scale = 1.0f / std::sqrt(static_cast<float>(Dn + Dr));
+  for (int splits : {0, 1, 2}) {
+    cuda::set_mla_attention_splits(splits);
+    const Tensor ref = ops::mla_attention(cpu.q_nope, cpu.q_rope, cpu.k_nope, cpu.k_rope, cpu.v, cpu.seq_lens, scale, news);
+    const Tensor got =
+        ops::mla_attention(dev.q_nope, dev.q_rope, dev.k_nope, dev.k_rope, dev.v, dev.seq_lens, scale, news.to(gpu));
+    EXPECT_LT(relative_error(to_double(got), to_double(ref)), tolerance(DType::bf16)) << "splits=" << splits;
+  }
+  cuda::set_mla_attention_splits(0);
+}
+
 // GLM's absorbed shapes, N off the 256-column tile, K off the 8-warp split, M across row blocks
 // and past the vector kernel's 16 rows, N not a multiple of 8 (the general kernel).
 TEST_F(MlaCuda, HeadMatmulMatchesCpu) {

@@ -30,7 +30,7 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
                     const int* __restrict__ seq_lens, const int* __restrict__ new_tokens,
                     T* __restrict__ out,
                     float* __restrict__ part_o, float2* __restrict__ part_ml, int T_len, int Hq,
-                    int Hkv, int S, float scale, int window, int splits) {
+                    int Hkv, int S, float scale, int window, int splits, int bt0) {
   pdl_launch_dependents();  // a GEMM after this kernel may start streaming its weights (pdl.cuh)
   pdl_wait();               // launched as a programmatic dependent: q and the cache rows are new
   constexpr int kPerLane = gqa::per_lane<D>(), kG = group_chunk<D>();
@@ -38,7 +38,8 @@ decode_split_kernel(const T* __restrict__ q, const T* __restrict__ kc, const T* 
   const int split = blockIdx.x;
   const int kvh = blockIdx.y / head_chunks, g0 = (blockIdx.y % head_chunks) * kG;
   const int ng = min(kG, group - g0);
-  const int b = blockIdx.z / T_len, t = blockIdx.z % T_len;
+  const int bt = bt0 + static_cast<int>(blockIdx.z);  // launches of at most kMaxGridZ (b, t) rows
+  const int b = bt / T_len, t = bt % T_len;
   const int lane = threadIdx.x % 32;
 
   // Lengths outside [fresh, S] (the CPU path rejects them) are clamped so no access leaves the
@@ -103,15 +104,17 @@ void launch_decode(const Tensor& q, const Tensor& kc, const Tensor& vc, const Te
     part_o = Tensor::empty({rows * splits * D}, DType::f32, q.device());
     part_ml = Tensor::empty({rows * splits * 2}, DType::f32, q.device());
   }
-  const dim3 grid(splits, Hkv * head_chunks, B * T_len);
-  MARLIN_CUDA_CHECK(launch_pdl(decode_split_kernel<T, D>, grid, dim3(kWarps * 32), 0, stream,
-                               static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kc.data_ptr()),
-                               static_cast<const T*>(vc.data_ptr()), seq_lens.data<int32_t>(),
-                               new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr,
-                               static_cast<T*>(out.data_ptr()), splits > 1 ? part_o.data<float>() : nullptr,
-                               splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr,
-                               T_len, Hq, Hkv, S, scale, window, splits),
-                    "attention_decode");
+  for (int bt0 = 0; bt0 < B * T_len; bt0 += kMaxGridZ) {
+    const dim3 grid(splits, Hkv * head_chunks, std::min(kMaxGridZ, B * T_len - bt0));
+    MARLIN_CUDA_CHECK(launch_pdl(decode_split_kernel<T, D>, grid, dim3(kWarps * 32), 0, stream,
+                                 static_cast<const T*>(q.data_ptr()), static_cast<const T*>(kc.data_ptr()),
+                                 static_cast<const T*>(vc.data_ptr()), seq_lens.data<int32_t>(),
+                                 new_tokens.defined() ? new_tokens.data<int32_t>() : nullptr,
+                                 static_cast<T*>(out.data_ptr()), splits > 1 ? part_o.data<float>() : nullptr,
+                                 splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr,
+                                 T_len, Hq, Hkv, S, scale, window, splits, bt0),
+                      "attention_decode");
+  }
   if (splits > 1)
     MARLIN_CUDA_CHECK(launch_pdl(flash_merge_kernel<T>, flash_merge_grid(rows, D), flash_merge_block(),
                                  0, stream, part_o.data<float>(),

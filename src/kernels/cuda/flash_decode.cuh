@@ -267,6 +267,10 @@ __device__ void merge_splits_in_block(const float* part_o, const float2* part_ml
 
 // The merge's launch shape for rows of D values.
 inline dim3 flash_merge_block() { return dim3(kMergeWarps * 32); }
+// The most blocks a launch's z dimension takes: the attention kernels launch (batch, position)
+// rows past it in several launches (a batched prompt of 128 x 512 tokens has 65536).
+constexpr int kMaxGridZ = 65535;
+
 inline dim3 flash_merge_grid(int64_t rows, int D) {
   return dim3(static_cast<unsigned>(rows), static_cast<unsigned>((D + 31) / 32));
 }

@@ -78,7 +78,7 @@ void launch_head_matmul_vector(const Tensor& x, const Tensor& w, Tensor& out, co
 template <typename T, int NL, int VL, bool kShared, bool kVIsK, int kHeads, int kWarps>
 __global__ void __launch_bounds__(kWarps * 32, 1)
 mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restrict__ part_ml,
-                 int splits) {
+                 int splits, int bt0) {
   static_assert(!kVIsK || (kShared && NL == VL), "v read as k_nope needs one latent row of both");
   // Rows of separate k_nope and v (16 + 16 lanes' worth) hold half as many keys in registers.
   constexpr int kBatch = kVIsK ? kKeyBatch : kKeyBatch / 2;
@@ -88,7 +88,8 @@ mla_split_kernel(MlaAttentionArgs a, float* __restrict__ part_o, float2* __restr
   TRACE_WAITED
   const int split = blockIdx.x, h0 = blockIdx.y * kHeads;
   const int ng = min(kHeads, a.H - h0);
-  const int b = blockIdx.z / a.T, t = blockIdx.z % a.T;
+  const int bt = bt0 + static_cast<int>(blockIdx.z);  // launches of at most kMaxGridZ (b, t) rows
+  const int b = bt / a.T, t = bt % a.T;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
   // Lengths outside [T, S] ([1, S] and new_tokens outside [0, min(T, len)] with right padding;
   // the CPU path rejects them) are clamped so no access leaves the keys. As on the CPU, a
@@ -199,11 +200,13 @@ void launch_split(const MlaAttentionArgs& a, int device, cudaStream_t stream, co
     part_o = Tensor::empty({rows * splits * a.Dv}, DType::f32, Device::cuda(device));
     part_ml = Tensor::empty({rows * splits * 2}, DType::f32, Device::cuda(device));
   }
-  const dim3 grid(splits, head_chunks, a.B * a.T);
-  MARLIN_CUDA_CHECK(launch_pdl(kernel, grid, dim3(kWarps * 32), 0, stream, a,
-                               splits > 1 ? part_o.data<float>() : nullptr,
-                               splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits),
-                    "mla_attention");
+  for (int bt0 = 0; bt0 < a.B * a.T; bt0 += kMaxGridZ) {
+    const dim3 grid(splits, head_chunks, std::min(kMaxGridZ, a.B * a.T - bt0));
+    MARLIN_CUDA_CHECK(launch_pdl(kernel, grid, dim3(kWarps * 32), 0, stream, a,
+                                 splits > 1 ? part_o.data<float>() : nullptr,
+                                 splits > 1 ? reinterpret_cast<float2*>(part_ml.data<float>()) : nullptr, splits, bt0),
+                      "mla_attention");
+  }
   if (after != nullptr) {
     SplitStates states;
     if (splits > 1)
