@@ -29,8 +29,8 @@
 // else each block copies A's rows into a staging buffer and lays them out itself. A chunk's
 // scale rows of the block's slabs come with it. Three chunk buffers rotate, one block barrier a
 // chunk. Rows: 16, 32 or 64 a launch (wgmma N 16, 32, 64); at 64 the accumulators leave one
-// block an SM. Above 64 rows, tiles of 128 (wgmma N 128, blockIdx.z the tile; the layout kernel
-// always), where a decoded weight serves 128 rows. K splits are summed by the last block of each column range (split_k.cuh). The
+// block an SM. Above 64 rows, tiles of 96 or 128 rows (wgmma N 96 or 128, blockIdx.z the tile;
+// the layout kernel always), where a decoded weight serves that many rows. K splits are summed by the last block of each column range (split_k.cuh). The
 // kernels are programmatic dependents (pdl.cuh): the first weights load before the wait.
 #include <algorithm>
 #include <atomic>
@@ -61,9 +61,9 @@ constexpr int kChunkUnits = kUnitsAlign;        // splits are whole chunks
 constexpr int kChunkK = kChunkUnits * kUnitK;   // 256
 constexpr int kCoreBytes = 128;                 // a core matrix: 8 rows x 8 f16
 
-// The wide variant: 128-row tiles (wgmma N 128), as many as M needs (prefill, large batches).
+// The wide variants: tiles of 96 or 128 rows (wgmma N 96, 128), as many as M needs (large batches).
 template <int NB>
-constexpr bool kWide = NB == 16;
+constexpr bool kWide = NB > 8;
 
 template <QuantFormat F, int NB>  // NB: A's rows a tile covers, in 8-row groups (the wgmma's N / 8)
 struct WgShape {
@@ -522,6 +522,9 @@ bool launch_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
   if (M <= 16) return launch_wgmma_rows<F, 2, TA>(a, W, bias, c, M, stream);
   if (M <= 32) return launch_wgmma_rows<F, 4, TA>(a, W, bias, c, M, stream);
   if (M <= kMaxWgmmaRows) return launch_wgmma_rows<F, 8, TA>(a, W, bias, c, M, stream);
+  // The tile height that pads M the least (128 on a tie): 65-96 and 129-192 rows in tiles of 96.
+  const auto padded = [M](int rows) { return (M + rows - 1) / rows * rows; };
+  if (padded(96) < padded(128)) return launch_wgmma_rows<F, 12, TA>(a, W, bias, c, M, stream);
   return launch_wgmma_rows<F, 16, TA>(a, W, bias, c, M, stream);
 }
 
