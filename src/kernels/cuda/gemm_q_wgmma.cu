@@ -30,8 +30,9 @@
 // scale rows of the block's slabs come with it. Three chunk buffers rotate, one block barrier a
 // chunk. Rows: 16, 32 or 64 a launch (wgmma N 16, 32, 64); at 64 the accumulators leave one
 // block an SM. Above 64 rows, tiles of 96 or 128 rows (wgmma N 96 or 128, blockIdx.z the tile;
-// the layout kernel always), where a decoded weight serves that many rows. K splits are summed by the last block of each column range (split_k.cuh). The
-// kernels are programmatic dependents (pdl.cuh): the first weights load before the wait.
+// the layout kernel always), where a decoded weight serves that many rows. K splits are summed
+// by the last block of each column range (split_k.cuh). The kernels are programmatic
+// dependents (pdl.cuh): the first weights load before the wait.
 #include <algorithm>
 #include <atomic>
 #include <mutex>
@@ -120,7 +121,8 @@ __global__ void __launch_bounds__(256) wgmma_layout_a_kernel(const TA* __restric
   if (i >= pieces) return;
   constexpr int kPiecesPerChunk = S::kRows * kChunkK / 8;
   const int chunk = i / kPiecesPerChunk, p = i % kPiecesPerChunk;
-  const int row = (chunk / chunks) * S::kRows + p / 32, col = 8 * (p % 32), k = (chunk % chunks) * kChunkK + col;
+  const int row = (chunk / chunks) * S::kRows + p / 32, col = 8 * (p % 32);
+  const int k = (chunk % chunks) * kChunkK + col;
   uint4 v = make_uint4(0, 0, 0, 0);
   if (row < M && k < K) v = activations_as_f16<TA>(*reinterpret_cast<const uint4*>(A + static_cast<int64_t>(row) * K + k));
   const uint32_t words[4] = {v.x, v.y, v.z, v.w};
@@ -418,7 +420,7 @@ int wgmma_layout_from_env() {
 int wgmma_layout = wgmma_layout_from_env();
 constexpr int kMinLaidOutUnits = 4 * kChunkUnits;
 bool wgmma_forced = false;
-// MARLIN_WGMMA_WIDE=0: more than 64 rows go to dequantize-and-cuBLAS, not the 128-row tiles.
+// MARLIN_WGMMA_WIDE=0: more than 64 rows go to dequantize-and-cuBLAS, not the tiles of 96 or 128.
 bool wgmma_wide = !env_is("MARLIN_WGMMA_WIDE", "0");
 std::atomic<int64_t> wgmma_launch_count{0};
 

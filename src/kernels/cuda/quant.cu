@@ -101,7 +101,8 @@ __global__ void __launch_bounds__(128) dequantize_vec8_kernel(const uint32_t* __
   for (int row = blockIdx.y; row < packed_rows; row += gridDim.y) {
     const uint4* words = reinterpret_cast<const uint4*>(packed + static_cast<int64_t>(row) * N + n0);
     const uint4 w0 = __ldg(words), w1 = __ldg(words + 1);
-    const uint4 sv = __ldg(reinterpret_cast<const uint4*>(scales + static_cast<int64_t>(row) * P / group_size * N + n0));
+    const int64_t group = static_cast<int64_t>(row) * P / group_size;
+    const uint4 sv = __ldg(reinterpret_cast<const uint4*>(scales + group * N + n0));
     const uint32_t q[8] = {w0.x, w0.y, w0.z, w0.w, w1.x, w1.y, w1.z, w1.w};
     const uint32_t sp[4] = {sv.x, sv.y, sv.z, sv.w};
     float sc[8];
