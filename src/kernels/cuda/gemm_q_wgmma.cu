@@ -421,7 +421,8 @@ int wgmma_layout = wgmma_layout_from_env();
 constexpr int kMinLaidOutUnits = 4 * kChunkUnits;
 bool wgmma_forced = false;
 // MARLIN_WGMMA_WIDE=0: more than 64 rows go to dequantize-and-cuBLAS, not the tiles of 96 or 128.
-bool wgmma_wide = !env_is("MARLIN_WGMMA_WIDE", "0");
+bool wgmma_wide_from_env() { return !env_is("MARLIN_WGMMA_WIDE", "0"); }
+bool wgmma_wide = wgmma_wide_from_env();
 std::atomic<int64_t> wgmma_launch_count{0};
 
 // Per-device scratch for A's layout, grown on demand; at least 8 MB (64 rows of K = 65536), so
@@ -558,7 +559,7 @@ void set_wgmma_layout(int mode) { wgmma_layout = mode; }
 void set_wgmma_wide(bool on) { wgmma_wide = on; }
 void reset_wgmma_gemm() {
   wgmma_min_rows = wgmma_min_rows_from_env();
-  wgmma_wide = !env_is("MARLIN_WGMMA_WIDE", "0");
+  wgmma_wide = wgmma_wide_from_env();
   wgmma_forced = false;
   wgmma_layout = wgmma_layout_from_env();
 }
@@ -571,8 +572,8 @@ bool gemm_q_wgmma(const Tensor& A, const QuantizedWeight& W, const Tensor& bias,
   if (wgmma_min_rows <= 0 || M < wgmma_min_rows || (M > kMaxWgmmaRows && !wgmma_wide) ||
       !device_has_wgmma(A.device().index))
     return false;
-  // 128-row tiles up to 256 rows, on weights of over 2^24 values. There they beat dequantizing
-  // into cuBLAS (H200, 8192x28672 FP4 at M = 128: 121.2 against 373.5 us; 14336x4096 at 256:
+  // Tiles of 96 or 128 rows up to 256 rows, on weights of over 2^24 values. There they beat
+  // dequantizing into cuBLAS (H200, 8192x28672 FP4 at M = 128: 121.2 against 373.5 us; 14336x4096 at 256:
   // 79.6 against 96.4); 4096x4096 at 128 rows took 34.0 against 26.1, and from 512 rows
   // cuBLAS's own tiles win (8192x28672 FP4 at 1024: 1043.1 against 912.6).
   if (M > kMaxWgmmaRows && (M > kMaxWideRows || W.K * W.N <= (int64_t{1} << 24)) && !wgmma_forced) return false;
